@@ -1,0 +1,123 @@
+//! Wiring and lifecycle: build the object store, the index and the ingest pipeline from a
+//! [`Config`], bind the HTTP listener (port 0 allowed), serve until the shutdown future
+//! resolves, then drain and close the index last.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::index::{Index, IndexError};
+use crate::ingest::Ingest;
+use crate::storage::{StorageError, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "refusing to listen on {0}: authentication is not configured, so pacs-lite serves loopback \
+         clients only; listen on 127.0.0.1 or ::1"
+    )]
+    RemoteWithoutAuth(SocketAddr),
+    #[error("HTTP server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Shared state of the HTTP handlers.
+pub struct AppState {
+    pub config: Config,
+    pub ingest: Ingest,
+}
+
+/// The back ends every command needs: the object store, the index and ingest over them.
+pub async fn open_backends(config: &Config) -> Result<Ingest, AppError> {
+    let store = Store::open(config).await?;
+    let index = Index::open(&config.index_url(), config.index.max_connections).await?;
+    Ok(Ingest::new(store, index, config.ingest.on_conflict, config.ingest.max_instance_bytes))
+}
+
+pub struct App {
+    state: Arc<AppState>,
+    http: TcpListener,
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<App, AppError> {
+        let addr = config.http.listen;
+        if !addr.ip().is_loopback() {
+            return Err(AppError::RemoteWithoutAuth(addr));
+        }
+        let ingest = open_backends(&config).await?;
+        let http = TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })?;
+        tracing::info!(
+            http = %http.local_addr().map_err(AppError::Serve)?,
+            index = ?ingest.index().backend(),
+            store = ingest.store().describe(),
+            "pacs-lite ready; no credentials are configured, so only loopback clients are served"
+        );
+        Ok(App { state: Arc::new(AppState { config, ingest }), http })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("bound listener has an address")
+    }
+
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
+        use axum::serve::ListenerExt;
+        let router = router(self.state.clone());
+        let listener = self.http.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await;
+        tracing::info!("HTTP server stopped; closing the index");
+        self.state.ingest.index().close().await;
+        served.map_err(AppError::Serve)
+    }
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .nest("/dicom-web", crate::dicomweb::router())
+        .layer(middleware::from_fn(loopback_only))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Without configured credentials only loopback clients are served.
+async fn loopback_only(ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request, next: Next) -> Response {
+    if peer.ip().is_loopback() {
+        next.run(req).await
+    } else {
+        (StatusCode::FORBIDDEN, "authentication is not configured; only loopback clients are served\n").into_response()
+    }
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let index = state.ingest.index().check().await;
+    let store = state.ingest.store().check().await;
+    match (index, store) {
+        (Ok(()), Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        (i, s) => {
+            tracing::warn!(index = ?i.err(), store = ?s.err(), "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, "index or object store unreachable\n").into_response()
+        }
+    }
+}

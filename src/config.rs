@@ -1,0 +1,259 @@
+//! Typed configuration: embedded defaults < TOML file (`--config`) < `PACS_*` environment.
+//!
+//! Nested keys are separated by a double underscore in the environment, e.g.
+//! `PACS_STORAGE__BACKEND=s3` or `PACS_INDEX__URL=postgres://…`. Secrets are wrapped in
+//! [`Secret`] so that they never appear in `Debug` output or logs.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of one pacs-lite process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the embedded defaults keep the index and the objects.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub index: IndexConfig,
+    pub storage: StorageConfig,
+    pub ingest: IngestConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Base URL clients reach this server by (for RetrieveURL and BulkDataURI), e.g.
+    /// `https://pacs.example.org`. Without it the request's `Forwarded`/`Host` is used.
+    pub public_base_url: Option<String>,
+    /// Largest request body accepted, in bytes; larger requests get 413.
+    pub max_request_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexConfig {
+    /// `sqlite://path` or `postgres://…`; defaults to `<data_dir>/index.sqlite`.
+    pub url: Option<Secret>,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Fs,
+    S3,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// Filesystem root for objects; defaults to `<data_dir>/objects`.
+    pub root: Option<PathBuf>,
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub region: String,
+    /// Key prefix inside the bucket.
+    pub prefix: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+}
+
+/// What to do when an instance arrives whose SOP Instance UID is stored with other bytes.
+/// The stored copy never changes either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConflictPolicy {
+    /// Refuse the new instance (STOW failure, C-STORE 0xA900-family status).
+    Reject,
+    /// Report success but keep the original bytes (a warning is logged).
+    KeepOriginal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    pub on_conflict: ConflictPolicy,
+    /// Spool directory for bytes in flight; defaults to `<data_dir>/spool`. Keep it on the
+    /// same filesystem as the objects so the filesystem store can rename instead of copy.
+    pub spool_dir: Option<PathBuf>,
+    /// Largest single instance accepted, in bytes.
+    pub max_instance_bytes: u64,
+    /// How many instances `import` ingests at once.
+    pub import_parallelism: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `pacs_lite=debug`.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./pacs-data"),
+            http: HttpConfig::default(),
+            index: IndexConfig::default(),
+            storage: StorageConfig::default(),
+            ingest: IngestConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_base_url: None,
+            max_request_bytes: 8 << 30,
+        }
+    }
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig { url: None, max_connections: 8 }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { backend: StorageBackend::Fs, root: None, s3: S3Config::default() }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            on_conflict: ConflictPolicy::Reject,
+            spool_dir: None,
+            max_instance_bytes: 4 << 30,
+            import_parallelism: 4,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Plain, filter: "info".into() }
+    }
+}
+
+impl Config {
+    /// Load defaults, then the TOML file if given, then `PACS_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, figment::Error> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(figment::Error::from(format!(
+                    "configuration file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig.merge(Env::prefixed("PACS_").split("__")).extract()
+    }
+
+    /// The index URL, defaulting to SQLite inside the data directory.
+    pub fn index_url(&self) -> String {
+        match &self.index.url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite://{}", self.data_dir.join("index.sqlite").display()),
+        }
+    }
+
+    pub fn objects_root(&self) -> PathBuf {
+        self.storage.root.clone().unwrap_or_else(|| self.data_dir.join("objects"))
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.ingest.spool_dir.clone().unwrap_or_else(|| self.data_dir.join("spool"))
+    }
+}
+
+/// A string that must not be logged.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_embedded_setup() {
+        let c = Config::default();
+        assert_eq!(c.http.listen.port(), 8080);
+        assert!(c.http.listen.ip().is_loopback());
+        assert_eq!(c.index_url(), "sqlite://./pacs-data/index.sqlite");
+        assert_eq!(c.objects_root(), PathBuf::from("./pacs-data/objects"));
+        assert_eq!(c.storage.backend, StorageBackend::Fs);
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "pacs.toml",
+                "data_dir = \"/srv/pacs\"\n[http]\nmax_request_bytes = 1000\n[storage]\nbackend = \"s3\"\n",
+            )?;
+            jail.set_env("PACS_HTTP__MAX_REQUEST_BYTES", "2000");
+            jail.set_env("PACS_STORAGE__S3__SECRET_ACCESS_KEY", "hunter2");
+            let c = Config::load(Some(Path::new("pacs.toml")))?;
+            assert_eq!(c.data_dir, PathBuf::from("/srv/pacs"));
+            assert_eq!(c.http.max_request_bytes, 2000);
+            assert_eq!(c.storage.backend, StorageBackend::S3);
+            assert!(!format!("{c:?}").contains("hunter2"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("pacs.toml", "[http]\nlisten_adress = \"0.0.0.0:1\"\n")?;
+            assert!(Config::load(Some(Path::new("pacs.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

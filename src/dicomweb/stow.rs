@@ -1,0 +1,284 @@
+//! STOW-RS (PS3.18 §10.5): `POST /studies[/{study}]` with `multipart/related;
+//! type="application/dicom"` or a single `application/dicom` body.
+//!
+//! Each part streams into the ingest path as it arrives; the response lists what was
+//! stored (ReferencedSOPSequence) and what was not (FailedSOPSequence) with the standard
+//! failure reasons. This file holds the one mapping from ingest outcomes to STOW.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde_json::{json, Map, Value as Json};
+
+use super::{urls, ApiError};
+use crate::app::AppState;
+use crate::index::{Origin, OriginKind};
+use crate::ingest::{Accepted, Expected, Outcome, Reason, Rejection};
+use crate::model::Uid;
+
+const DICOM_JSON: &str = "application/dicom+json";
+
+pub async fn store(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    run(app, peer, headers, None, body).await
+}
+
+pub async fn store_in_study(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Path(study): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let study = Uid::parse(&study)
+        .map_err(|e| ApiError::BadRequest(format!("StudyInstanceUID in the URL {study:?}: {e}")))?;
+    run(app, peer, headers, Some(study), body).await
+}
+
+/// How the request body is framed.
+enum Framing {
+    Single,
+    Multipart { boundary: String },
+}
+
+fn framing(headers: &HeaderMap) -> Result<Framing, ApiError> {
+    let raw = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::UnsupportedMediaType("a Content-Type is required: multipart/related; type=\"application/dicom\"".into()))?;
+    let mime: mime::Mime = raw
+        .parse()
+        .map_err(|_| ApiError::UnsupportedMediaType(format!("cannot parse Content-Type {raw:?}")))?;
+    match (mime.type_().as_str(), mime.subtype().as_str()) {
+        ("application", "dicom") => Ok(Framing::Single),
+        ("multipart", "related") => {
+            if let Some(ty) = mime.get_param("type") {
+                if !ty.as_str().eq_ignore_ascii_case("application/dicom") {
+                    return Err(ApiError::UnsupportedMediaType(format!(
+                        "multipart/related type {:?} is not supported; send type=\"application/dicom\"",
+                        ty.as_str()
+                    )));
+                }
+            }
+            let boundary = mime
+                .get_param(mime::BOUNDARY)
+                .ok_or_else(|| ApiError::BadRequest("multipart/related without a boundary parameter".into()))?;
+            Ok(Framing::Multipart { boundary: boundary.as_str().to_owned() })
+        }
+        _ => Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type {} is not supported; send multipart/related; type=\"application/dicom\" or application/dicom",
+            mime.essence_str()
+        ))),
+    }
+}
+
+fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    let ok = accept.split(',').any(|t| {
+        let t = t.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        matches!(t.as_str(), "application/dicom+json" | "application/json" | "*/*" | "application/*" | "")
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::NotAcceptable(format!("the store response is available as {DICOM_JSON} only, not {accept}")))
+    }
+}
+
+async fn run(
+    app: Arc<AppState>,
+    peer: std::net::SocketAddr,
+    headers: HeaderMap,
+    study: Option<Uid>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_accept(&headers)?;
+    let framing = framing(&headers)?;
+    let limit = app.config.http.max_request_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge(format!("the request body exceeds the limit of {limit} bytes")));
+    }
+    let over = Arc::new(AtomicBool::new(false));
+    let stream = limited(body.into_data_stream(), limit, over.clone());
+    let origin = Origin { kind: OriginKind::Stow, who: "anonymous".into(), address: Some(peer.ip().to_string()) };
+    let expected = Expected { study_uid: study.clone(), ..Default::default() };
+    let mut outcomes = Vec::new();
+
+    let result = match framing {
+        Framing::Single => app.ingest.ingest(stream, origin, &expected).await.map(|o| outcomes.push(o)),
+        Framing::Multipart { boundary } => {
+            let mut multipart = multer::Multipart::new(stream, boundary);
+            loop {
+                let field = match multipart.next_field().await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => return Err(body_error(&over, limit, &e.to_string(), outcomes.len())),
+                };
+                if let Some(ct) = field.content_type().filter(|ct| ct.essence_str() != "application/dicom") {
+                    outcomes.push(Outcome::Rejected(Rejection {
+                        reason: Reason::CannotUnderstand,
+                        detail: format!("part {} has Content-Type {ct}, not application/dicom", outcomes.len() + 1),
+                        sop_class_uid: None,
+                        sop_instance_uid: None,
+                    }));
+                    continue;
+                }
+                match app.ingest.ingest(field, origin.clone(), &expected).await {
+                    Ok(o) => outcomes.push(o),
+                    Err(e) => return Err(body_error(&over, limit, &e.0, outcomes.len())),
+                }
+            }
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        return Err(body_error(&over, limit, &e.0, 0));
+    }
+    if outcomes.is_empty() {
+        return Err(ApiError::BadRequest("the request holds no DICOM instance".into()));
+    }
+    let base = urls::base_url(app.config.http.public_base_url.as_deref(), &headers);
+    Ok(render(&base, study.as_ref(), &outcomes))
+}
+
+/// Count body bytes and end the stream with an error once `limit` is passed.
+fn limited(
+    body: impl Stream<Item = Result<Bytes, axum::Error>> + Send + 'static,
+    limit: u64,
+    over: Arc<AtomicBool>,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let mut seen = 0u64;
+    body.map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        seen += chunk.len() as u64;
+        if seen > limit {
+            over.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other(format!("request body exceeds {limit} bytes")));
+        }
+        Ok(chunk)
+    })
+}
+
+fn body_error(over: &AtomicBool, limit: u64, cause: &str, done: usize) -> ApiError {
+    let kept = if done > 0 {
+        format!(" ({done} complete instance(s) before it were processed)")
+    } else {
+        String::new()
+    };
+    if over.load(Ordering::Relaxed) {
+        ApiError::PayloadTooLarge(format!("the request body exceeds the limit of {limit} bytes{kept}"))
+    } else {
+        ApiError::BadRequest(format!("malformed or truncated request body: {cause}{kept}"))
+    }
+}
+
+/// The STOW failure reason (PS3.18 §10.5.3, PS3.4 Annex B) for an ingest rejection.
+fn failure_reason(reason: Reason) -> u16 {
+    match reason {
+        Reason::CannotUnderstand | Reason::MissingAttribute | Reason::InvalidUid => 0xC000,
+        Reason::UnsupportedTransferSyntax => 0xC122,
+        Reason::SopClassNotSupported => 0x0122,
+        Reason::DataSetMismatch => 0xA900,
+        Reason::StudyUidMismatch => 0xC409,
+        Reason::ConflictingDuplicate => 0x0111,
+        Reason::TooLarge | Reason::OutOfResources => 0xA700,
+        Reason::ProcessingFailure => 0x0110,
+    }
+}
+
+fn ui(v: &str) -> Json {
+    json!({ "vr": "UI", "Value": [v] })
+}
+
+fn render(base: &str, study: Option<&Uid>, outcomes: &[Outcome]) -> Response {
+    let mut referenced = Vec::new();
+    let mut failed = Vec::new();
+    let mut warnings = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Stored(a) | Outcome::AlreadyStored(a) => {
+                let mut item = referenced_item(base, a);
+                if a.kept_original {
+                    item.insert("00081196".into(), json!({ "vr": "US", "Value": [0xB000] }));
+                    warnings.push(format!(
+                        "{}: a different copy is stored and was kept unchanged",
+                        a.sop_instance_uid
+                    ));
+                }
+                referenced.push(Json::Object(item));
+            }
+            Outcome::Rejected(r) => {
+                let mut item = Map::new();
+                item.insert("00081150".into(), r.sop_class_uid.as_deref().map(ui).unwrap_or(json!({"vr": "UI"})));
+                item.insert("00081155".into(), r.sop_instance_uid.as_deref().map(ui).unwrap_or(json!({"vr": "UI"})));
+                item.insert("00081197".into(), json!({ "vr": "US", "Value": [failure_reason(r.reason)] }));
+                item.insert("00000902".into(), json!({ "vr": "LO", "Value": [truncate(&r.detail, 64)] }));
+                warnings.push(match &r.sop_instance_uid {
+                    Some(uid) => format!("{uid}: {}", r.detail),
+                    None => r.detail.clone(),
+                });
+                failed.push(Json::Object(item));
+            }
+        }
+    }
+    let status = match (referenced.is_empty(), failed.is_empty()) {
+        (_, true) if warnings.is_empty() => StatusCode::OK,
+        (false, _) => StatusCode::ACCEPTED,
+        (true, _) => StatusCode::CONFLICT,
+    };
+    let mut body = Map::new();
+    if let Some(study) = study {
+        body.insert("00081190".into(), json!({ "vr": "UR", "Value": [format!("{base}/dicom-web/studies/{study}")] }));
+    }
+    if !failed.is_empty() {
+        body.insert("00081198".into(), json!({ "vr": "SQ", "Value": failed }));
+    }
+    if !referenced.is_empty() {
+        body.insert("00081199".into(), json!({ "vr": "SQ", "Value": referenced }));
+    }
+    let mut response = (status, [(header::CONTENT_TYPE, DICOM_JSON)], Json::Object(body).to_string()).into_response();
+    for w in warnings.iter().take(20) {
+        let text = format!("299 pacs-lite \"{}\"", w.replace(['"', '\\', '\r', '\n'], "'"));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, v);
+        }
+    }
+    response
+}
+
+fn referenced_item(base: &str, a: &Accepted) -> Map<String, Json> {
+    let mut item = Map::new();
+    item.insert("00081150".into(), ui(a.sop_class_uid.as_str()));
+    item.insert("00081155".into(), ui(a.sop_instance_uid.as_str()));
+    item.insert(
+        "00081190".into(),
+        json!({ "vr": "UR", "Value": [format!(
+            "{base}/dicom-web/studies/{}/series/{}/instances/{}",
+            a.study_uid, a.series_uid, a.sop_instance_uid
+        )] }),
+    );
+    item
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => s[..i].to_owned(),
+        None => s.to_owned(),
+    }
+}

@@ -1,0 +1,219 @@
+//! The index: studies, series and instances in SQLite or PostgreSQL, through sqlx.
+//!
+//! Owns every SQL statement in pacs-lite. Both backends run the same statements through
+//! sqlx's `Any` driver (`$n` placeholders work on both); only the DDL differs, in
+//! `migrations/sqlite` and `migrations/postgres`, applied at start.
+//!
+//! Writes go through one writer task per process ([`writer`]) that commits the rows of
+//! concurrent ingests in one transaction (group commit); an ingest is answered only
+//! after the transaction holding its row has committed.
+
+mod records;
+mod writer;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor, Row};
+use tokio::sync::{mpsc, oneshot};
+
+pub use records::{InstanceRecord, Origin, OriginKind, SeriesRecord, StudyRecord};
+
+use crate::model::Uid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("index migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported index URL {0:?}: use sqlite://… or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("the index writer has stopped")]
+    WriterGone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// What the index holds for one instance, enough to decide idempotency and to read it.
+#[derive(Debug, Clone)]
+pub struct StoredInstance {
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub object_key: String,
+    pub sha256: String,
+    pub size: i64,
+    pub stored_at: i64,
+}
+
+/// The answer to an insert: the row was new, or one already held the SOP Instance UID.
+#[derive(Debug, Clone)]
+pub enum InsertOutcome {
+    Inserted,
+    Existing(StoredInstance),
+}
+
+#[derive(Clone)]
+pub struct Index {
+    pool: AnyPool,
+    backend: Backend,
+    writer: mpsc::Sender<writer::Job>,
+}
+
+impl Index {
+    /// Connect, apply migrations and start the writer task.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Index, IndexError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(IndexError::UnsupportedUrl(url.to_owned()));
+        };
+        let url = match backend {
+            Backend::Sqlite => prepare_sqlite_url(url)?,
+            Backend::Postgres => url.to_owned(),
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        let writer = writer::spawn(pool.clone(), backend);
+        Ok(Index { pool, backend, writer })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Is the database reachable?
+    pub async fn check(&self) -> Result<(), IndexError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Insert one instance with its study and series, committed before this returns.
+    pub async fn insert(&self, record: InstanceRecord) -> Result<InsertOutcome, IndexError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(writer::Job { record, reply })
+            .await
+            .map_err(|_| IndexError::WriterGone)?;
+        answer.await.map_err(|_| IndexError::WriterGone)?
+    }
+
+    /// Look an instance up by its SOP Instance UID.
+    pub async fn find_instance(&self, sop: &Uid) -> Result<Option<StoredInstance>, IndexError> {
+        let row = sqlx::query(&format!("{STORED_SELECT} WHERE i.sop_instance_uid = $1"))
+            .bind(sop.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| stored_from_row(&r)).transpose()?)
+    }
+
+    /// Every instance, in insertion order (for `verify`).
+    pub fn all_instances(&self) -> impl Stream<Item = Result<StoredInstance, IndexError>> + '_ {
+        sqlx::query(STORED_SELECT_ORDERED)
+            .fetch(&self.pool)
+            .map(|r| r.and_then(|r| stored_from_row(&r)).map_err(IndexError::from))
+    }
+
+    /// Does any instance row point at this object key?
+    pub async fn key_is_referenced(&self, key: &str) -> Result<bool, IndexError> {
+        let row = sqlx::query("SELECT 1 FROM instances WHERE object_key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Counts of studies, series and instances.
+    pub async fn counts(&self) -> Result<(i64, i64, i64), IndexError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM studies), (SELECT COUNT(*) FROM series), \
+             (SELECT COUNT(*) FROM instances)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+const STORED_SELECT: &str = "SELECT i.sop_instance_uid, i.sop_class_uid, st.study_uid, \
+     se.series_uid, i.object_key, i.sha256, i.size, i.stored_at \
+     FROM instances i JOIN series se ON se.id = i.series_pk JOIN studies st ON st.id = i.study_pk";
+const STORED_SELECT_ORDERED: &str = "SELECT i.sop_instance_uid, i.sop_class_uid, st.study_uid, \
+     se.series_uid, i.object_key, i.sha256, i.size, i.stored_at \
+     FROM instances i JOIN series se ON se.id = i.series_pk JOIN studies st ON st.id = i.study_pk \
+     ORDER BY i.id";
+
+fn stored_from_row(r: &sqlx::any::AnyRow) -> Result<StoredInstance, sqlx::Error> {
+    Ok(StoredInstance {
+        sop_instance_uid: r.try_get(0)?,
+        sop_class_uid: r.try_get(1)?,
+        study_uid: r.try_get(2)?,
+        series_uid: r.try_get(3)?,
+        object_key: r.try_get(4)?,
+        sha256: r.try_get(5)?,
+        size: r.try_get(6)?,
+        stored_at: r.try_get(7)?,
+    })
+}
+
+/// Make sure the SQLite file's directory exists and that the file is created on demand.
+fn prepare_sqlite_url(url: &str) -> Result<String, IndexError> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path != ":memory:" && !path.is_empty() {
+        if let Some(parent) = std::path::Path::new(path).parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|e| sqlx::Error::Io(e))?;
+            }
+        }
+    }
+    let query = if query.contains("mode=") { query.to_owned() } else if query.is_empty() {
+        "mode=rwc".to_owned()
+    } else {
+        format!("{query}&mode=rwc")
+    };
+    Ok(format!("sqlite://{path}?{query}"))
+}
+
+/// Milliseconds since the Unix epoch, the index's time unit.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,241 @@
+//! The index writer: one task that commits concurrent inserts in one transaction.
+//!
+//! Jobs queue on a channel; the task takes all that are waiting (up to a cap), writes them
+//! in one transaction with a savepoint per instance, commits, and only then answers each
+//! job. If the batch fails as a whole, every job is retried alone so that one bad row
+//! cannot fail its neighbours. Batches are sorted by study and series UID so that
+//! processes sharing a PostgreSQL database take row locks in the same order.
+
+use sqlx::{Any, AnyPool, Row, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Backend, IndexError, InsertOutcome, InstanceRecord, StoredInstance};
+
+const MAX_BATCH: usize = 256;
+
+pub(super) struct Job {
+    pub record: InstanceRecord,
+    pub reply: oneshot::Sender<Result<InsertOutcome, IndexError>>,
+}
+
+pub(super) fn spawn(pool: AnyPool, backend: Backend) -> mpsc::Sender<Job> {
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(run(pool, backend, rx));
+    tx
+}
+
+async fn run(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        batch.sort_by(|a, b| {
+            (&a.record.study.study_uid, &a.record.series.series_uid)
+                .cmp(&(&b.record.study.study_uid, &b.record.series.series_uid))
+        });
+        let records: Vec<&InstanceRecord> = batch.iter().map(|j| &j.record).collect();
+        match write_batch(&pool, backend, &records).await {
+            Ok(outcomes) => {
+                for (job, outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) if batch.len() > 1 => {
+                tracing::warn!(error = %e, size = batch.len(), "index batch failed; retrying one by one");
+                for job in batch.drain(..) {
+                    let result = write_batch(&pool, backend, &[&job.record])
+                        .await
+                        .map(|mut o| o.remove(0));
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(e) => {
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(IndexError::Db(sqlx::Error::Protocol(e.to_string()))));
+                }
+            }
+        }
+    }
+}
+
+async fn write_batch(
+    pool: &AnyPool,
+    backend: Backend,
+    records: &[&InstanceRecord],
+) -> Result<Vec<InsertOutcome>, IndexError> {
+    let mut tx = pool.begin().await?;
+    let mut outcomes = Vec::with_capacity(records.len());
+    for record in records {
+        let mut sp = sqlx::Acquire::begin(&mut tx).await?;
+        let outcome = write_one(&mut sp, backend, record).await?;
+        match outcome {
+            InsertOutcome::Inserted => sp.commit().await?,
+            InsertOutcome::Existing(_) => sp.rollback().await?,
+        }
+        outcomes.push(outcome);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+async fn write_one(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    r: &InstanceRecord,
+) -> Result<InsertOutcome, IndexError> {
+    if let Some(existing) = existing(tx, &r.sop_instance_uid).await? {
+        return Ok(InsertOutcome::Existing(existing));
+    }
+    let now = r.stored_at;
+    let st = &r.study;
+    sqlx::query(
+        "INSERT INTO studies (study_uid, patient_name, patient_name_key, patient_id, \
+         patient_birth_date, patient_sex, study_date, study_time, accession_number, study_id, \
+         study_description, referring_physician_name, referring_physician_key, attrs_json, \
+         created_at, updated_at) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$15) \
+         ON CONFLICT (study_uid) DO NOTHING",
+    )
+    .bind(&st.study_uid)
+    .bind(&st.patient_name)
+    .bind(&st.patient_name_key)
+    .bind(&st.patient_id)
+    .bind(&st.patient_birth_date)
+    .bind(&st.patient_sex)
+    .bind(&st.study_date)
+    .bind(&st.study_time)
+    .bind(&st.accession_number)
+    .bind(&st.study_id)
+    .bind(&st.study_description)
+    .bind(&st.referring_physician_name)
+    .bind(&st.referring_physician_key)
+    .bind(&st.attrs_json)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let lock = if backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+    let study = sqlx::query(&format!(
+        "SELECT id, modalities, sop_classes FROM studies WHERE study_uid = $1{lock}"
+    ))
+    .bind(&st.study_uid)
+    .fetch_one(&mut **tx)
+    .await?;
+    let study_pk: i64 = study.try_get(0)?;
+
+    let se = &r.series;
+    let new_series = sqlx::query(
+        "INSERT INTO series (series_uid, study_pk, modality, series_number, series_description, \
+         body_part_examined, performed_start_date, performed_start_time, attrs_json, created_at) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (series_uid) DO NOTHING RETURNING id",
+    )
+    .bind(&se.series_uid)
+    .bind(study_pk)
+    .bind(&se.modality)
+    .bind(se.series_number)
+    .bind(&se.series_description)
+    .bind(&se.body_part_examined)
+    .bind(&se.performed_start_date)
+    .bind(&se.performed_start_time)
+    .bind(&se.attrs_json)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let series_pk: i64 = match &new_series {
+        Some(row) => row.try_get(0)?,
+        None => {
+            let row = sqlx::query("SELECT id, study_pk FROM series WHERE series_uid = $1")
+                .bind(&se.series_uid)
+                .fetch_one(&mut **tx)
+                .await?;
+            row.try_get(0)?
+        }
+    };
+
+    let inserted = sqlx::query(
+        "INSERT INTO instances (sop_instance_uid, series_pk, study_pk, sop_class_uid, \
+         instance_number, transfer_syntax, number_of_frames, num_rows, num_columns, object_key, \
+         size, sha256, metadata_json, frame_table, origin_kind, origin_who, origin_address, stored_at) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18) \
+         ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id",
+    )
+    .bind(&r.sop_instance_uid)
+    .bind(series_pk)
+    .bind(study_pk)
+    .bind(&r.sop_class_uid)
+    .bind(r.instance_number)
+    .bind(&r.transfer_syntax)
+    .bind(r.number_of_frames)
+    .bind(r.rows)
+    .bind(r.columns)
+    .bind(&r.object_key)
+    .bind(r.size)
+    .bind(&r.sha256)
+    .bind(&r.metadata_json)
+    .bind(r.frame_table.clone())
+    .bind(r.origin.kind.as_str())
+    .bind(&r.origin.who)
+    .bind(&r.origin.address)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if inserted.is_none() {
+        // Another process committed this SOP Instance UID since our check.
+        let existing = existing(tx, &r.sop_instance_uid).await?;
+        return existing
+            .map(InsertOutcome::Existing)
+            .ok_or_else(|| IndexError::Db(sqlx::Error::RowNotFound));
+    }
+
+    sqlx::query("UPDATE series SET num_instances = num_instances + 1 WHERE id = $1")
+        .bind(series_pk)
+        .execute(&mut **tx)
+        .await?;
+    let modalities = merge_set(&study.try_get::<String, _>(1)?, se.modality.as_deref());
+    let sop_classes = merge_set(&study.try_get::<String, _>(2)?, Some(&r.sop_class_uid));
+    sqlx::query(
+        "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
+         modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1",
+    )
+    .bind(study_pk)
+    .bind(i64::from(new_series.is_some()))
+    .bind(modalities)
+    .bind(sop_classes)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(InsertOutcome::Inserted)
+}
+
+async fn existing(
+    tx: &mut Transaction<'_, Any>,
+    sop: &str,
+) -> Result<Option<StoredInstance>, IndexError> {
+    let row = sqlx::query(&format!("{} WHERE i.sop_instance_uid = $1", super::STORED_SELECT))
+        .bind(sop)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.map(|r| super::stored_from_row(&r)).transpose()?)
+}
+
+/// Add `value` to a backslash-separated, sorted set of values.
+fn merge_set(current: &str, value: Option<&str>) -> String {
+    let mut items: Vec<&str> = current.split('\\').filter(|s| !s.is_empty()).collect();
+    if let Some(v) = value.filter(|v| !v.is_empty()) {
+        if !items.contains(&v) {
+            items.push(v);
+            items.sort_unstable();
+        }
+    }
+    items.join("\\")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_set;
+
+    #[test]
+    fn merge_set_keeps_a_sorted_distinct_list() {
+        assert_eq!(merge_set("", Some("MR")), "MR");
+        assert_eq!(merge_set("MR", Some("CT")), "CT\\MR");
+        assert_eq!(merge_set("CT\\MR", Some("MR")), "CT\\MR");
+        assert_eq!(merge_set("CT", None), "CT");
+    }
+}

@@ -1,0 +1,356 @@
+//! Parse and validate one spooled object: the header (up to Pixel Data) with dicom-object,
+//! the pixel data layout with the raw walker, then everything the index keeps.
+//!
+//! Runs on a blocking thread. Returns a [`Parsed`] or the [`Rejection`] that explains,
+//! in words a sender can act on, why the object cannot be stored.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use dicom_core::dictionary::UidDictionary;
+use dicom_core::Tag;
+use dicom_dictionary_std::{tags, StandardSopClassDictionary};
+use dicom_encoding::transfer_syntax::{Codec, TransferSyntaxIndex};
+use dicom_object::{InMemDicomObject, OpenFileOptions};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use serde_json::{Map, Value as Json};
+use unicode_normalization::UnicodeNormalization;
+
+use super::frames::{self, Encoding, PixelData, WalkError};
+use super::json::{self, dataset_to_json};
+use super::{Reason, Rejection};
+use crate::index::{SeriesRecord, StudyRecord};
+use crate::model::Uid;
+
+/// What ingest learned from one object.
+#[derive(Debug)]
+pub struct Parsed {
+    pub study_uid: Uid,
+    pub series_uid: Uid,
+    pub sop_instance_uid: Uid,
+    pub sop_class_uid: Uid,
+    pub transfer_syntax: Uid,
+    pub instance_number: Option<i64>,
+    pub number_of_frames: i64,
+    pub rows: Option<i64>,
+    pub columns: Option<i64>,
+    pub metadata_json: String,
+    pub frame_table: Option<Vec<u8>>,
+    pub study: StudyRecord,
+    pub series: SeriesRecord,
+}
+
+/// Study-level attributes copied into the study's JSON (Patient and General Study modules).
+const STUDY_TAGS: &[Tag] = &[
+    tags::SPECIFIC_CHARACTER_SET,
+    tags::STUDY_DATE,
+    tags::STUDY_TIME,
+    tags::ACCESSION_NUMBER,
+    tags::ISSUER_OF_ACCESSION_NUMBER_SEQUENCE,
+    tags::REFERRING_PHYSICIAN_NAME,
+    tags::TIMEZONE_OFFSET_FROM_UTC,
+    tags::STUDY_DESCRIPTION,
+    tags::PROCEDURE_CODE_SEQUENCE,
+    tags::PATIENT_NAME,
+    tags::PATIENT_ID,
+    tags::ISSUER_OF_PATIENT_ID,
+    tags::PATIENT_BIRTH_DATE,
+    tags::PATIENT_SEX,
+    tags::OTHER_PATIENT_I_DS_SEQUENCE,
+    tags::PATIENT_AGE,
+    tags::PATIENT_SIZE,
+    tags::PATIENT_WEIGHT,
+    tags::STUDY_INSTANCE_UID,
+    tags::STUDY_ID,
+];
+
+/// Series-level attributes copied into the series' JSON (General Series module and friends).
+const SERIES_TAGS: &[Tag] = &[
+    tags::SPECIFIC_CHARACTER_SET,
+    tags::SERIES_DATE,
+    tags::SERIES_TIME,
+    tags::MODALITY,
+    tags::TIMEZONE_OFFSET_FROM_UTC,
+    tags::SERIES_DESCRIPTION,
+    tags::PERFORMING_PHYSICIAN_NAME,
+    tags::BODY_PART_EXAMINED,
+    tags::LATERALITY,
+    tags::SERIES_INSTANCE_UID,
+    tags::SERIES_NUMBER,
+    tags::PERFORMED_PROCEDURE_STEP_START_DATE,
+    tags::PERFORMED_PROCEDURE_STEP_START_TIME,
+    tags::REQUEST_ATTRIBUTES_SEQUENCE,
+];
+
+fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
+    Rejection { reason, detail: detail.into(), sop_class_uid: None, sop_instance_uid: None }
+}
+
+pub fn parse(path: &Path, len: u64) -> Result<Parsed, Rejection> {
+    let mut reader = BufReader::with_capacity(16 * 1024, File::open(path).map_err(io_failure)?);
+    let start = frames::dataset_start(&mut reader, len).map_err(walk_rejection)?;
+
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| reject(Reason::CannotUnderstand, format!("cannot parse the DICOM header: {e}")))?;
+    let meta = obj.meta();
+    let ts_uid = Uid::parse(meta.transfer_syntax())
+        .map_err(|e| reject(Reason::CannotUnderstand, format!("TransferSyntaxUID: {e}")))?;
+    let ts = TransferSyntaxRegistry.get(ts_uid.as_str()).ok_or_else(|| {
+        reject(Reason::UnsupportedTransferSyntax, format!("unknown transfer syntax {ts_uid}"))
+    })?;
+    let encoding = match (ts_uid.as_str(), ts.codec()) {
+        (_, Codec::Dataset(_)) => Encoding::Deflated,
+        ("1.2.840.10008.1.2", _) => Encoding::ImplicitLe,
+        ("1.2.840.10008.1.2.2", _) => Encoding::ExplicitBe,
+        _ => Encoding::ExplicitLe,
+    };
+
+    let mut ids = Identity::read(&obj)?;
+    let rej_ids = |mut r: Rejection, ids: &Identity| {
+        r.sop_class_uid = ids.sop_class.as_ref().map(|u| u.to_string());
+        r.sop_instance_uid = ids.sop_instance.as_ref().map(|u| u.to_string());
+        r
+    };
+    let (study_uid, series_uid, sop_instance_uid, sop_class_uid) = match ids.require() {
+        Ok(v) => v,
+        Err(r) => return Err(rej_ids(r, &ids)),
+    };
+    ids.sop_class = Some(sop_class_uid.clone());
+    ids.sop_instance = Some(sop_instance_uid.clone());
+
+    let checks = check_meta(meta, &sop_class_uid, &sop_instance_uid)
+        .and_then(|_| check_sop_class(&sop_class_uid));
+    if let Err(r) = checks {
+        return Err(rej_ids(r, &ids));
+    }
+
+    let pixel = frames::find_pixel_data(&mut reader, len, start, encoding)
+        .map_err(|e| rej_ids(walk_rejection(e), &ids))?;
+
+    let number_of_frames = int(&obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+    let rows = int(&obj, tags::ROWS);
+    let columns = int(&obj, tags::COLUMNS);
+    let bulk_base = format!("studies/{study_uid}/series/{series_uid}/instances/{sop_instance_uid}");
+    let mut map = dataset_to_json(&obj, &bulk_base);
+    let mut frame_table = None;
+    if let Some(pd) = &pixel {
+        let vr = match pd {
+            PixelData::Native { vr: Some(vr), .. } => String::from_utf8_lossy(vr).into_owned(),
+            PixelData::Native { vr: None, .. } if int(&obj, tags::BITS_ALLOCATED).unwrap_or(16) > 8 => "OW".into(),
+            _ => "OB".into(),
+        };
+        let mut entry = Map::new();
+        entry.insert("vr".into(), Json::String(vr));
+        entry.insert("BulkDataURI".into(), Json::String(json::bulk_uri(&bulk_base, tags::PIXEL_DATA)));
+        map.insert(json::tag_key(tags::PIXEL_DATA), Json::Object(entry));
+        let native_len = native_frame_len(&obj, rows, columns);
+        frame_table = frames::frames(pd, number_of_frames as u64, native_len).map(|f| frames::encode_table(&f));
+    }
+
+    let study = StudyRecord {
+        study_uid: study_uid.to_string(),
+        patient_name: text(&obj, tags::PATIENT_NAME),
+        patient_name_key: text(&obj, tags::PATIENT_NAME).map(|n| fold(&n)),
+        patient_id: text(&obj, tags::PATIENT_ID),
+        patient_birth_date: text(&obj, tags::PATIENT_BIRTH_DATE),
+        patient_sex: text(&obj, tags::PATIENT_SEX),
+        study_date: text(&obj, tags::STUDY_DATE),
+        study_time: text(&obj, tags::STUDY_TIME),
+        accession_number: text(&obj, tags::ACCESSION_NUMBER),
+        study_id: text(&obj, tags::STUDY_ID),
+        study_description: text(&obj, tags::STUDY_DESCRIPTION),
+        referring_physician_name: text(&obj, tags::REFERRING_PHYSICIAN_NAME),
+        referring_physician_key: text(&obj, tags::REFERRING_PHYSICIAN_NAME).map(|n| fold(&n)),
+        attrs_json: subset(&map, STUDY_TAGS),
+    };
+    let series = SeriesRecord {
+        series_uid: series_uid.to_string(),
+        modality: text(&obj, tags::MODALITY),
+        series_number: int(&obj, tags::SERIES_NUMBER),
+        series_description: text(&obj, tags::SERIES_DESCRIPTION),
+        body_part_examined: text(&obj, tags::BODY_PART_EXAMINED),
+        performed_start_date: text(&obj, tags::PERFORMED_PROCEDURE_STEP_START_DATE),
+        performed_start_time: text(&obj, tags::PERFORMED_PROCEDURE_STEP_START_TIME),
+        attrs_json: subset(&map, SERIES_TAGS),
+    };
+    Ok(Parsed {
+        instance_number: int(&obj, tags::INSTANCE_NUMBER),
+        number_of_frames,
+        rows,
+        columns,
+        metadata_json: Json::Object(map).to_string(),
+        frame_table,
+        study,
+        series,
+        study_uid,
+        series_uid,
+        sop_instance_uid,
+        sop_class_uid,
+        transfer_syntax: ts_uid,
+    })
+}
+
+/// The four identifying UIDs, each parsed if present.
+struct Identity {
+    study: Option<Result<Uid, Rejection>>,
+    series: Option<Result<Uid, Rejection>>,
+    sop_instance: Option<Uid>,
+    sop_instance_raw: Option<Result<Uid, Rejection>>,
+    sop_class: Option<Uid>,
+    sop_class_raw: Option<Result<Uid, Rejection>>,
+}
+
+impl Identity {
+    fn read(obj: &InMemDicomObject) -> Result<Identity, Rejection> {
+        let get = |tag: Tag, name: &str| {
+            text(obj, tag).map(|s| {
+                Uid::parse(&s).map_err(|e| reject(Reason::InvalidUid, format!("{name} {s:?}: {e}")))
+            })
+        };
+        let sop_class_raw = get(tags::SOP_CLASS_UID, "SOPClassUID");
+        let sop_instance_raw = get(tags::SOP_INSTANCE_UID, "SOPInstanceUID");
+        Ok(Identity {
+            study: get(tags::STUDY_INSTANCE_UID, "StudyInstanceUID"),
+            series: get(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID"),
+            sop_class: sop_class_raw.as_ref().and_then(|r| r.as_ref().ok().cloned()),
+            sop_instance: sop_instance_raw.as_ref().and_then(|r| r.as_ref().ok().cloned()),
+            sop_class_raw,
+            sop_instance_raw,
+        })
+    }
+
+    fn require(&mut self) -> Result<(Uid, Uid, Uid, Uid), Rejection> {
+        fn one(v: Option<Result<Uid, Rejection>>, name: &str) -> Result<Uid, Rejection> {
+            v.unwrap_or_else(|| Err(reject(Reason::MissingAttribute, format!("{name} is missing or empty"))))
+        }
+        Ok((
+            one(self.study.take(), "StudyInstanceUID")?,
+            one(self.series.take(), "SeriesInstanceUID")?,
+            one(self.sop_instance_raw.take(), "SOPInstanceUID")?,
+            one(self.sop_class_raw.take(), "SOPClassUID")?,
+        ))
+    }
+}
+
+fn check_meta(
+    meta: &dicom_object::FileMetaTable,
+    sop_class: &Uid,
+    sop_instance: &Uid,
+) -> Result<(), Rejection> {
+    let trim = |s: &str| s.trim_end_matches(['\0', ' ']).to_owned();
+    let meta_instance = trim(&meta.media_storage_sop_instance_uid);
+    if !meta_instance.is_empty() && meta_instance != sop_instance.as_str() {
+        return Err(reject(
+            Reason::DataSetMismatch,
+            format!(
+                "MediaStorageSOPInstanceUID {meta_instance} in the file meta group does not match SOPInstanceUID {sop_instance}"
+            ),
+        ));
+    }
+    let meta_class = trim(&meta.media_storage_sop_class_uid);
+    if !meta_class.is_empty() && meta_class != sop_class.as_str() {
+        return Err(reject(
+            Reason::DataSetMismatch,
+            format!("MediaStorageSOPClassUID {meta_class} does not match SOPClassUID {sop_class}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A standard SOP class must be a storage SOP class; private ones are accepted.
+pub fn check_sop_class(uid: &Uid) -> Result<(), Rejection> {
+    match StandardSopClassDictionary.by_uid(uid.as_str()) {
+        Some(entry) if !is_storage_class(entry.name) => Err(reject(
+            Reason::SopClassNotSupported,
+            format!("{uid} ({}) is not a storage SOP class", entry.name),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a standard SOP class name denotes something that can be stored.
+pub fn is_storage_class(name: &str) -> bool {
+    name.contains("Storage") && !name.contains("Commitment") && !name.contains("Media Storage Directory")
+}
+
+fn walk_rejection(e: WalkError) -> Rejection {
+    match e {
+        WalkError::Io(e) => io_failure(e),
+        WalkError::NotPart10 => reject(
+            Reason::CannotUnderstand,
+            "not a DICOM Part-10 object: the 'DICM' marker is missing (expected after a 128-byte preamble or at the start)",
+        ),
+        other => reject(Reason::CannotUnderstand, other.to_string()),
+    }
+}
+
+fn io_failure(e: std::io::Error) -> Rejection {
+    reject(Reason::ProcessingFailure, format!("reading the spooled object: {e}"))
+}
+
+/// Trimmed text of a top-level element, `None` when absent or empty.
+fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let elem = obj.element_opt(tag).ok().flatten()?;
+    let s = elem.to_str().ok()?;
+    let t = s.trim_matches(|c: char| c == ' ' || c == '\0');
+    (!t.is_empty()).then(|| t.to_owned())
+}
+
+fn int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
+    let elem = obj.element_opt(tag).ok().flatten()?;
+    elem.to_int::<i64>().ok().or_else(|| text(obj, tag)?.parse().ok())
+}
+
+fn native_frame_len(obj: &InMemDicomObject, rows: Option<i64>, columns: Option<i64>) -> Option<u64> {
+    let bits = int(obj, tags::BITS_ALLOCATED)?;
+    if bits % 8 != 0 {
+        return None;
+    }
+    let spp = int(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    let n = rows? * columns? * spp * (bits / 8);
+    u64::try_from(n).ok()
+}
+
+fn subset(map: &Map<String, Json>, wanted: &[Tag]) -> String {
+    let mut out = Map::new();
+    for tag in wanted {
+        let key = json::tag_key(*tag);
+        if let Some(v) = map.get(&key) {
+            out.insert(key, v.clone());
+        }
+    }
+    Json::Object(out).to_string()
+}
+
+/// Case- and accent-insensitive form of a name, for fuzzy matching.
+pub fn fold(name: &str) -> String {
+    name.nfkd()
+        .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fold_case_and_accents() {
+        assert_eq!(fold("Müller^JOSÉ"), "muller^jose");
+        assert_eq!(fold("Иванов^Иван"), "иванов^иван");
+        assert_eq!(fold("山田^太郎"), "山田^太郎");
+    }
+
+    #[test]
+    fn storage_classes_are_told_apart() {
+        assert!(check_sop_class(&Uid::parse("1.2.840.10008.5.1.4.1.1.2").unwrap()).is_ok());
+        assert!(check_sop_class(&Uid::parse("1.2.840.10008.5.1.4.1.1.104.1").unwrap()).is_ok());
+        assert!(check_sop_class(&Uid::parse("1.2.3.4.5").unwrap()).is_ok(), "private classes pass");
+        let verification = check_sop_class(&Uid::parse("1.2.840.10008.1.1").unwrap()).unwrap_err();
+        assert_eq!(verification.reason, Reason::SopClassNotSupported);
+        assert!(check_sop_class(&Uid::parse("1.2.840.10008.1.20.1").unwrap()).is_err());
+    }
+}

@@ -1,0 +1,333 @@
+//! The one ingest path. C-STORE, STOW-RS, the offline upload API and `import` all hand
+//! their bytes here and get an [`Outcome`] back; each entry point maps it to its own
+//! protocol in one place.
+//!
+//! The steps, in order: stream the bytes to a spool file while hashing SHA-256 → parse the
+//! header (up to Pixel Data) and locate the frames → validate → check for a stored copy →
+//! put the object durably → commit the index row → answer. Object first, index second: a
+//! crash in between leaves an object without a row (found by `verify`), never a row
+//! without its object. Only `ingest/` decides what is stored.
+
+pub mod frames;
+mod header;
+pub mod json;
+
+use std::fmt;
+use std::path::Path;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+
+use crate::config::ConflictPolicy;
+use crate::index::{Index, InsertOutcome, InstanceRecord, Origin, StoredInstance};
+use crate::model::Uid;
+use crate::storage::{ObjectKey, Spool, SpooledFile, StorageError, Store};
+
+pub use header::{fold as fold_name, is_storage_class};
+
+/// Why an object was refused. Entry points map these to STOW failure reasons and DIMSE
+/// statuses in one place each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Not parseable as DICOM (garbage, truncated, bad encoding).
+    CannotUnderstand,
+    /// A required attribute (Study/Series/SOP Instance UID, SOP Class UID) is missing.
+    MissingAttribute,
+    /// A UID is not a valid UID (letters, too long, empty components…).
+    InvalidUid,
+    /// The transfer syntax is not one this server knows.
+    UnsupportedTransferSyntax,
+    /// The SOP class is not a storage SOP class.
+    SopClassNotSupported,
+    /// The data set contradicts its file meta group or the request (UIDs that do not match).
+    DataSetMismatch,
+    /// The StudyInstanceUID differs from the one the request named.
+    StudyUidMismatch,
+    /// Another object with this SOP Instance UID and different bytes is stored.
+    ConflictingDuplicate,
+    /// The object is larger than the configured limit.
+    TooLarge,
+    /// No room to spool or store it.
+    OutOfResources,
+    /// The server failed while storing (object store or index error); nothing was committed.
+    ProcessingFailure,
+}
+
+/// A refusal with the reason, a human-readable detail and whatever UIDs were readable.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub detail: String,
+    pub sop_class_uid: Option<String>,
+    pub sop_instance_uid: Option<String>,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// A stored (or already stored) instance.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub study_uid: Uid,
+    pub series_uid: Uid,
+    pub sop_instance_uid: Uid,
+    pub sop_class_uid: Uid,
+    /// SHA-256 of the stored bytes (hex).
+    pub sha256: String,
+    pub size: u64,
+    pub stored_at: i64,
+    /// Set when the policy kept a different stored copy instead of refusing.
+    pub kept_original: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Stored(Accepted),
+    AlreadyStored(Accepted),
+    Rejected(Rejection),
+}
+
+/// What the request itself says about the instance, checked against the data set.
+#[derive(Debug, Clone, Default)]
+pub struct Expected {
+    pub study_uid: Option<Uid>,
+    pub series_uid: Option<Uid>,
+    pub sop_instance_uid: Option<Uid>,
+    pub sop_class_uid: Option<Uid>,
+}
+
+/// The sender's byte stream broke before the object was complete.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body ended abnormally: {0}")]
+pub struct BodyError(pub String);
+
+#[derive(Clone)]
+pub struct Ingest {
+    store: Store,
+    index: Index,
+    on_conflict: ConflictPolicy,
+    max_instance_bytes: u64,
+}
+
+impl Ingest {
+    pub fn new(store: Store, index: Index, on_conflict: ConflictPolicy, max_instance_bytes: u64) -> Self {
+        Ingest { store, index, on_conflict, max_instance_bytes }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Ingest one Part-10 object arriving as a byte stream.
+    #[tracing::instrument(skip_all, fields(origin = %origin.kind, who = %origin.who))]
+    pub async fn ingest<S, E>(&self, body: S, origin: Origin, expected: &Expected) -> Result<Outcome, BodyError>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: fmt::Display,
+    {
+        let mut spool = match Spool::create(self.store.spool_dir(), self.max_instance_bytes) {
+            Ok(s) => s,
+            Err(e) => return Ok(Outcome::Rejected(storage_rejection(e))),
+        };
+        let mut body = std::pin::pin!(body);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| BodyError(e.to_string()))?;
+            if let Err(e) = spool.write(&chunk).await {
+                return Ok(Outcome::Rejected(storage_rejection(e)));
+            }
+        }
+        match spool.finish().await {
+            Ok(spooled) => Ok(self.ingest_spooled(spooled, origin, expected).await),
+            Err(e) => Ok(Outcome::Rejected(storage_rejection(e))),
+        }
+    }
+
+    /// Ingest a file from disk (for `import`); the file itself is left untouched.
+    pub async fn ingest_file(&self, path: &Path, origin: Origin) -> Outcome {
+        let file = match tokio::fs::File::open(path).await {
+            Ok(f) => f,
+            Err(e) => {
+                return Outcome::Rejected(Rejection {
+                    reason: Reason::ProcessingFailure,
+                    detail: format!("cannot open {}: {e}", path.display()),
+                    sop_class_uid: None,
+                    sop_instance_uid: None,
+                })
+            }
+        };
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+        match self.ingest(stream, origin, &Expected::default()).await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome::Rejected(Rejection {
+                reason: Reason::ProcessingFailure,
+                detail: format!("reading {}: {}", path.display(), e.0),
+                sop_class_uid: None,
+                sop_instance_uid: None,
+            }),
+        }
+    }
+
+    async fn ingest_spooled(&self, spooled: SpooledFile, origin: Origin, expected: &Expected) -> Outcome {
+        let path = spooled.path().to_owned();
+        let len = spooled.len;
+        let parsed = tokio::task::spawn_blocking(move || header::parse(&path, len)).await;
+        let parsed = match parsed {
+            Ok(Ok(p)) => p,
+            Ok(Err(r)) => return Outcome::Rejected(r),
+            Err(e) => return Outcome::Rejected(failure(format!("header task failed: {e}"), None)),
+        };
+        if let Err(r) = check_expected(&parsed, expected) {
+            return Outcome::Rejected(r);
+        }
+        let sha256 = hex::encode(spooled.sha256);
+        let accepted = Accepted {
+            study_uid: parsed.study_uid.clone(),
+            series_uid: parsed.series_uid.clone(),
+            sop_instance_uid: parsed.sop_instance_uid.clone(),
+            sop_class_uid: parsed.sop_class_uid.clone(),
+            sha256: sha256.clone(),
+            size: len,
+            stored_at: crate::index::now_millis(),
+            kept_original: false,
+        };
+        match self.index.find_instance(&parsed.sop_instance_uid).await {
+            Ok(Some(existing)) => return self.duplicate(existing, accepted),
+            Ok(None) => {}
+            Err(e) => return Outcome::Rejected(failure(format!("index lookup failed: {e}"), Some(&parsed))),
+        }
+
+        let key = ObjectKey::new(&parsed.study_uid, &parsed.series_uid, &parsed.sop_instance_uid, &spooled.sha256);
+        if let Err(e) = self.store.put(&key, spooled).await {
+            let mut r = storage_rejection(e);
+            r.sop_class_uid = Some(parsed.sop_class_uid.to_string());
+            r.sop_instance_uid = Some(parsed.sop_instance_uid.to_string());
+            return Outcome::Rejected(r);
+        }
+        let record = InstanceRecord {
+            sop_instance_uid: parsed.sop_instance_uid.to_string(),
+            sop_class_uid: parsed.sop_class_uid.to_string(),
+            instance_number: parsed.instance_number,
+            transfer_syntax: parsed.transfer_syntax.to_string(),
+            number_of_frames: parsed.number_of_frames,
+            rows: parsed.rows,
+            columns: parsed.columns,
+            object_key: key.as_str().to_owned(),
+            size: len as i64,
+            sha256,
+            metadata_json: parsed.metadata_json.clone(),
+            frame_table: parsed.frame_table.clone(),
+            origin,
+            stored_at: accepted.stored_at,
+            study: parsed.study.clone(),
+            series: parsed.series.clone(),
+        };
+        match self.index.insert(record).await {
+            Ok(InsertOutcome::Inserted) => {
+                tracing::info!(sop = %accepted.sop_instance_uid, study = %accepted.study_uid, size = len, "stored");
+                Outcome::Stored(accepted)
+            }
+            Ok(InsertOutcome::Existing(existing)) => {
+                // Lost a race with another ingest of the same SOP Instance UID.
+                if existing.object_key != key.as_str() {
+                    if let Err(e) = self.store.delete(&key).await {
+                        tracing::warn!(key = %key, error = %e, "could not remove the losing copy; verify will sweep it");
+                    }
+                }
+                self.duplicate(existing, accepted)
+            }
+            Err(e) => {
+                // The object stays; `verify` finds it as an orphan (it may even have been
+                // committed if the connection broke after COMMIT).
+                tracing::error!(sop = %accepted.sop_instance_uid, error = %e, "index commit failed");
+                Outcome::Rejected(failure(format!("index commit failed: {e}"), Some(&parsed)))
+            }
+        }
+    }
+
+    fn duplicate(&self, existing: StoredInstance, mut accepted: Accepted) -> Outcome {
+        if existing.sha256 == accepted.sha256 {
+            accepted.stored_at = existing.stored_at;
+            return Outcome::AlreadyStored(accepted);
+        }
+        match self.on_conflict {
+            ConflictPolicy::KeepOriginal => {
+                tracing::warn!(sop = %accepted.sop_instance_uid, "different bytes for a stored instance; original kept");
+                accepted.kept_original = true;
+                accepted.sha256 = existing.sha256;
+                accepted.size = existing.size as u64;
+                accepted.stored_at = existing.stored_at;
+                Outcome::AlreadyStored(accepted)
+            }
+            ConflictPolicy::Reject => Outcome::Rejected(Rejection {
+                reason: Reason::ConflictingDuplicate,
+                detail: format!(
+                    "SOP Instance {} is already stored with different content (sha256 {}); stored instances are immutable",
+                    accepted.sop_instance_uid, existing.sha256
+                ),
+                sop_class_uid: Some(accepted.sop_class_uid.to_string()),
+                sop_instance_uid: Some(accepted.sop_instance_uid.to_string()),
+            }),
+        }
+    }
+}
+
+fn check_expected(p: &header::Parsed, e: &Expected) -> Result<(), Rejection> {
+    let mismatch = |reason, name: &str, want: &Uid, got: &Uid| Rejection {
+        reason,
+        detail: format!("{name} {got} of the data set does not match {want} of the request"),
+        sop_class_uid: Some(p.sop_class_uid.to_string()),
+        sop_instance_uid: Some(p.sop_instance_uid.to_string()),
+    };
+    if let Some(want) = e.study_uid.as_ref().filter(|w| **w != p.study_uid) {
+        return Err(mismatch(Reason::StudyUidMismatch, "StudyInstanceUID", want, &p.study_uid));
+    }
+    let checks = [
+        (&e.series_uid, &p.series_uid, "SeriesInstanceUID"),
+        (&e.sop_instance_uid, &p.sop_instance_uid, "SOPInstanceUID"),
+        (&e.sop_class_uid, &p.sop_class_uid, "SOPClassUID"),
+    ];
+    for (want, got, name) in checks {
+        if let Some(want) = want.as_ref().filter(|w| *w != got) {
+            return Err(mismatch(Reason::DataSetMismatch, name, want, got));
+        }
+    }
+    Ok(())
+}
+
+fn storage_rejection(e: StorageError) -> Rejection {
+    let (reason, detail) = match &e {
+        StorageError::TooLarge { limit } => {
+            (Reason::TooLarge, format!("the object is larger than the limit of {limit} bytes"))
+        }
+        StorageError::Io { source, .. } if is_out_of_space(source) => {
+            tracing::error!(error = %e, "out of space");
+            (Reason::OutOfResources, "the server is out of storage space".to_owned())
+        }
+        _ => {
+            tracing::error!(error = %e, "storage failure during ingest");
+            (Reason::ProcessingFailure, "the object store failed while storing the object".to_owned())
+        }
+    };
+    Rejection { reason, detail, sop_class_uid: None, sop_instance_uid: None }
+}
+
+fn is_out_of_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(28) | Some(122)) // ENOSPC, EDQUOT
+}
+
+fn failure(detail: String, parsed: Option<&header::Parsed>) -> Rejection {
+    tracing::error!(%detail, "ingest failure");
+    Rejection {
+        reason: Reason::ProcessingFailure,
+        detail: "the server failed while storing the object".to_owned(),
+        sop_class_uid: parsed.map(|p| p.sop_class_uid.to_string()),
+        sop_instance_uid: parsed.map(|p| p.sop_instance_uid.to_string()),
+    }
+}

@@ -1,0 +1,21 @@
+//! pacs-lite: a small, durable DICOM archive and gateway.
+//!
+//! # Layout
+//! - [`config`]: one typed `Config` (defaults < TOML < `PACS_*`).
+//! - [`app`]: wiring and lifecycle of the server.
+//! - [`model`]: domain newtypes parsed at the boundary (UIDs, …).
+//! - [`ingest`]: the one path every entry point stores through, and its outcomes.
+//! - [`index`]: the only module that speaks SQL (SQLite or PostgreSQL).
+//! - [`storage`]: the only module that touches objects (filesystem or S3 via opendal).
+//! - [`dicomweb`]: the DICOMweb HTTP routes (STOW-RS so far).
+//! - [`import`], [`verify`]: the `import` and `verify` commands.
+
+pub mod app;
+pub mod config;
+pub mod dicomweb;
+pub mod import;
+pub mod index;
+pub mod ingest;
+pub mod model;
+pub mod storage;
+pub mod verify;

@@ -1,0 +1,189 @@
+//! The `pacs-lite` command: parses arguments, loads the configuration, dispatches.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pacs_lite::app::{open_backends, App};
+use pacs_lite::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "pacs-lite", version, about = "A small, durable DICOM archive and gateway")]
+struct Cli {
+    /// TOML configuration file (defaults < file < PACS_* environment variables).
+    #[arg(long, global = true, env = "PACS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (DICOMweb on HTTP).
+    Serve,
+    /// Store DICOM files and folders through the ingest path.
+    Import {
+        /// Files or folders (walked recursively).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// How many files to ingest at once (default: ingest.import_parallelism).
+        #[arg(long, short = 'j')]
+        parallel: Option<usize>,
+    },
+    /// Re-hash every stored object; report missing, corrupt and orphan objects.
+    Verify {
+        /// Re-index orphan objects (recovery after a crash between object and index writes).
+        #[arg(long)]
+        reindex: bool,
+        /// Delete orphan objects (ignored with --reindex).
+        #[arg(long)]
+        delete_orphans: bool,
+        /// Leave orphans younger than this many seconds alone (in-flight ingests).
+        #[arg(long, default_value_t = 900)]
+        grace_secs: i64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create or upgrade the index schema, then exit.
+    Migrate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pacs-lite: configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pacs-lite: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve => {
+            let app = App::build(config).await.context("starting the server")?;
+            println!("pacs-lite listening on http://{} (DICOMweb at /dicom-web)", app.http_addr());
+            app.run(shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let ingest = open_backends(&config).await?;
+            let (studies, series, instances) = ingest.index().counts().await?;
+            println!("index schema is current: {studies} studies, {series} series, {instances} instances");
+            ingest.index().close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import { paths, parallel } => {
+            let ingest = open_backends(&config).await?;
+            let files = pacs_lite::import::collect_files(&paths)?;
+            let started = std::time::Instant::now();
+            let parallel = parallel.unwrap_or(config.ingest.import_parallelism);
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let summary = pacs_lite::import::import(&ingest, files, parallel, tty).await;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "import: {} stored, {} already stored, {} rejected; {:.1} MB in {:.2} s",
+                summary.stored,
+                summary.already_stored,
+                summary.rejected.len(),
+                summary.bytes as f64 / 1e6,
+                secs
+            );
+            for (path, r) in &summary.rejected {
+                println!("  rejected {}: {}", path.display(), r.detail);
+            }
+            ingest.index().close().await;
+            Ok(if summary.rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Verify { reindex, delete_orphans, grace_secs, json } => {
+            let ingest = open_backends(&config).await?;
+            let opts = pacs_lite::verify::VerifyOptions {
+                reindex_orphans: reindex,
+                delete_orphans,
+                grace_secs,
+                parallelism: 4,
+            };
+            let report = pacs_lite::verify::verify(&ingest, opts).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_report(&report);
+            }
+            ingest.index().close().await;
+            let clean = report.missing.is_empty()
+                && report.mismatched.is_empty()
+                && (report.orphans.len() == report.reindexed.len() + report.deleted.len());
+            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+fn print_report(r: &pacs_lite::verify::VerifyReport) {
+    println!(
+        "verify: {} instances checked, {} intact ({:.1} MB), {} missing, {} mismatched, {} orphans",
+        r.instances_checked,
+        r.intact,
+        r.bytes_checked as f64 / 1e6,
+        r.missing.len(),
+        r.mismatched.len(),
+        r.orphans.len()
+    );
+    let lists = [
+        ("missing", &r.missing),
+        ("mismatched", &r.mismatched),
+        ("orphan", &r.orphans),
+        ("recent orphan (skipped)", &r.recent_orphans),
+        ("foreign file", &r.foreign),
+        ("re-indexed", &r.reindexed),
+        ("deleted", &r.deleted),
+    ];
+    for (label, items) in lists {
+        for item in items {
+            println!("  {label}: {item}");
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PACS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Plain => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,340 @@
+//! The object store: where instance bytes live, outside the index.
+//!
+//! Owns every call into opendal and every filesystem write of objects. Keys are built
+//! only from validated [`Uid`]s and a SHA-256, so one key always names one byte
+//! sequence and no input can escape the store's root. Called by `ingest/` (put), the
+//! retrieval routes (read) and `verify` (list, read, delete).
+//!
+//! Durability: on the filesystem a put is *fsync spool file → rename → fsync directory*
+//! (plus the parents it had to create); on S3 a put completes when the upload has.
+
+mod spool;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use opendal::{services, ErrorKind, Operator};
+
+use crate::config::{Config, StorageBackend};
+use crate::model::Uid;
+
+pub use spool::{Spool, SpooledFile};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("object store: {0}")]
+    Backend(#[from] opendal::Error),
+    #[error("object {0} not found")]
+    NotFound(String),
+    #[error("more than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl StorageError {
+    pub(crate) fn io(what: &'static str, path: &Path, source: std::io::Error) -> Self {
+        StorageError::Io { what, path: path.to_owned(), source }
+    }
+}
+
+/// The name of one stored object: `<study>/<series>/<sop>.<sha256>.dcm`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    pub fn new(study: &Uid, series: &Uid, sop: &Uid, sha256: &[u8; 32]) -> Self {
+        ObjectKey(format!("{study}/{series}/{sop}.{}.dcm", hex::encode(sha256)))
+    }
+
+    /// Accept a key read back from the index or a listing, if it has our shape.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let mut parts = raw.split('/');
+        let (study, series, file) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let stem = file.strip_suffix(".dcm")?;
+        let (sop, hash) = stem.rsplit_once('.')?;
+        let ok = Uid::parse(study).is_ok()
+            && Uid::parse(series).is_ok()
+            && Uid::parse(sop).is_ok()
+            && hash.len() == 64
+            && hash.bytes().all(|b| b.is_ascii_hexdigit());
+        ok.then(|| ObjectKey(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A handle on the configured object store.
+#[derive(Clone)]
+pub struct Store {
+    op: Operator,
+    /// Set for the filesystem backend: puts are renames under this root.
+    fs_root: Option<PathBuf>,
+    spool_dir: PathBuf,
+    describe: String,
+}
+
+impl Store {
+    pub async fn open(config: &Config) -> Result<Store, StorageError> {
+        let spool_dir = config.spool_dir();
+        create_dir(&spool_dir)?;
+        match config.storage.backend {
+            StorageBackend::Fs => {
+                let root = config.objects_root();
+                create_dir(&root)?;
+                let root = root
+                    .canonicalize()
+                    .map_err(|e| StorageError::io("resolving", &root, e))?;
+                let op = Operator::new(services::Fs::default().root(&root.to_string_lossy()))?
+                    .finish();
+                let describe = format!("filesystem {}", root.display());
+                Ok(Store { op, fs_root: Some(root), spool_dir, describe })
+            }
+            StorageBackend::S3 => {
+                let s3 = &config.storage.s3;
+                let mut b = services::S3::default()
+                    .bucket(&s3.bucket)
+                    .region(if s3.region.is_empty() { "us-east-1" } else { &s3.region })
+                    .root(&format!("/{}", s3.prefix.trim_matches('/')));
+                if let Some(endpoint) = &s3.endpoint {
+                    b = b.endpoint(endpoint);
+                }
+                if let Some(id) = &s3.access_key_id {
+                    b = b.access_key_id(id);
+                }
+                if let Some(secret) = &s3.secret_access_key {
+                    b = b.secret_access_key(secret.expose());
+                }
+                let op = Operator::new(b)?.finish();
+                let describe = format!(
+                    "s3 bucket {} at {}",
+                    s3.bucket,
+                    s3.endpoint.as_deref().unwrap_or("the default endpoint")
+                );
+                Ok(Store { op, fs_root: None, spool_dir, describe })
+            }
+        }
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    pub fn spool_dir(&self) -> &Path {
+        &self.spool_dir
+    }
+
+    /// Check that the store answers (used at start-up and by readiness checks).
+    pub async fn check(&self) -> Result<(), StorageError> {
+        self.op.check().await?;
+        Ok(())
+    }
+
+    /// Durably store a finished spool file under `key`. Returns only when the object would
+    /// survive a power failure (filesystem) or the upload has completed (S3).
+    pub async fn put(&self, key: &ObjectKey, spooled: SpooledFile) -> Result<(), StorageError> {
+        match &self.fs_root {
+            Some(root) => {
+                let target = root.join(key.as_str());
+                tokio::task::spawn_blocking(move || durable_rename(spooled, &target))
+                    .await
+                    .map_err(|e| StorageError::Internal(format!("put task failed: {e}")))?
+            }
+            None => self.upload(key, spooled).await,
+        }
+    }
+
+    async fn upload(&self, key: &ObjectKey, spooled: SpooledFile) -> Result<(), StorageError> {
+        let path = spooled.path().to_owned();
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| StorageError::io("opening spool file", &path, e))?;
+        let mut writer = self
+            .op
+            .writer_with(key.as_str())
+            .chunk(8 << 20)
+            .concurrent(2)
+            .await?;
+        let mut stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| StorageError::io("reading spool file", &path, e))?;
+            writer.write(chunk).await?;
+        }
+        writer.close().await?;
+        Ok(())
+    }
+
+    /// The object's size, or `None` when it does not exist.
+    pub async fn size(&self, key: &ObjectKey) -> Result<Option<u64>, StorageError> {
+        match self.op.stat(key.as_str()).await {
+            Ok(meta) => Ok(Some(meta.content_length())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stream the whole object (or a byte range of it) in chunks.
+    pub async fn stream(
+        &self,
+        key: &ObjectKey,
+        range: Option<Range<u64>>,
+    ) -> Result<impl Stream<Item = Result<Bytes, StorageError>> + Send + 'static, StorageError>
+    {
+        let reader = self
+            .op
+            .reader_with(key.as_str())
+            .chunk(1 << 20)
+            .await
+            .map_err(|e| not_found(e, key))?;
+        let stream = match range {
+            Some(r) => reader.into_bytes_stream(r).await,
+            None => reader.into_bytes_stream(..).await,
+        }
+        .map_err(|e| not_found(e, key))?;
+        Ok(stream.map_err(|e| StorageError::Io {
+            what: "reading object",
+            path: PathBuf::new(),
+            source: e,
+        }))
+    }
+
+    /// Read a byte range into memory (for frames and headers: small by construction).
+    pub async fn read_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StorageError> {
+        let buf = self
+            .op
+            .read_with(key.as_str())
+            .range(range)
+            .await
+            .map_err(|e| not_found(e, key))?;
+        Ok(buf.to_bytes())
+    }
+
+    pub async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        self.op.delete(key.as_str()).await?;
+        Ok(())
+    }
+
+    /// Every object in the store. Files that do not have our key shape (stray files,
+    /// temporary files) come back as `Err(raw path)` so callers can report them.
+    pub async fn list(
+        &self,
+    ) -> Result<impl Stream<Item = Result<Result<ObjectKey, String>, StorageError>>, StorageError> {
+        let lister = self.op.lister_with("").recursive(true).await?;
+        Ok(lister.filter_map(|entry| async move {
+            match entry {
+                Err(e) => Some(Err(StorageError::from(e))),
+                Ok(entry) if entry.metadata().is_dir() => None,
+                Ok(entry) => {
+                    let path = entry.path().trim_start_matches('/').to_owned();
+                    Some(Ok(ObjectKey::parse(&path).ok_or(path)))
+                }
+            }
+        }))
+    }
+
+    /// When the object was last written, in seconds since the Unix epoch, if known.
+    pub async fn modified(&self, key: &ObjectKey) -> Result<Option<i64>, StorageError> {
+        match self.op.stat(key.as_str()).await {
+            Ok(meta) => Ok(meta.last_modified().map(|t| t.timestamp())),
+            Err(e) => Err(not_found(e, key)),
+        }
+    }
+}
+
+fn not_found(e: opendal::Error, key: &ObjectKey) -> StorageError {
+    if e.kind() == ErrorKind::NotFound {
+        StorageError::NotFound(key.to_string())
+    } else {
+        e.into()
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<(), StorageError> {
+    std::fs::create_dir_all(dir).map_err(|e| StorageError::io("creating directory", dir, e))
+}
+
+/// Rename the spool file to `target` and fsync every directory whose entries changed.
+fn durable_rename(spooled: SpooledFile, target: &Path) -> Result<(), StorageError> {
+    let parent = target.parent().expect("object keys have a directory");
+    let mut created = Vec::new();
+    let mut dir = parent;
+    while !dir.exists() {
+        created.push(dir.to_owned());
+        match dir.parent() {
+            Some(p) => dir = p,
+            None => break,
+        }
+    }
+    create_dir(parent)?;
+    spooled
+        .file
+        .persist(target)
+        .map_err(|e| StorageError::io("renaming spool file to", target, e.error))?;
+    fsync_dir(parent)?;
+    for dir in &created {
+        if let Some(p) = dir.parent() {
+            fsync_dir(p)?;
+        }
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io("fsyncing directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uid(s: &str) -> Uid {
+        Uid::parse(s).unwrap()
+    }
+
+    #[test]
+    fn keys_round_trip_and_refuse_foreign_shapes() {
+        let key = ObjectKey::new(&uid("1.2"), &uid("1.2.3"), &uid("1.2.3.4"), &[0xab; 32]);
+        assert_eq!(key.as_str(), format!("1.2/1.2.3/1.2.3.4.{}.dcm", "ab".repeat(32)));
+        assert_eq!(ObjectKey::parse(key.as_str()), Some(key));
+        assert_eq!(ObjectKey::parse("1.2/1.2.3/x.dcm"), None);
+        assert_eq!(ObjectKey::parse("../1.2/1.2.3.4.aa.dcm"), None);
+        assert_eq!(ObjectKey::parse(".spool-abc"), None);
+    }
+
+    #[tokio::test]
+    async fn filesystem_put_is_readable_and_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.data_dir = dir.path().to_owned();
+        let store = Store::open(&config).await.unwrap();
+        let mut spool = Spool::create(store.spool_dir(), 1 << 20).unwrap();
+        spool.write(b"hello object").await.unwrap();
+        let spooled = spool.finish().await.unwrap();
+        let key = ObjectKey::new(&uid("1.2"), &uid("1.2.3"), &uid("1.2.3.4"), &spooled.sha256);
+        store.put(&key, spooled).await.unwrap();
+        assert_eq!(store.size(&key).await.unwrap(), Some(12));
+        assert_eq!(&store.read_range(&key, 6..12).await.unwrap()[..], b"object");
+        let listed: Vec<_> = store.list().await.unwrap().collect::<Vec<_>>().await;
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].as_ref().unwrap().as_ref().unwrap(), &key);
+        assert!(store.modified(&key).await.unwrap().is_some());
+        assert_eq!(std::fs::read_dir(store.spool_dir()).unwrap().count(), 0);
+    }
+}
