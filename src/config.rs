@@ -176,7 +176,14 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig.merge(Env::prefixed("PACS_").split("__")).extract()
+        // PACS_CONFIG names the file itself and PACS_TEST_* belong to the test suite.
+        let env = Env::prefixed("PACS_")
+            .filter(|key| {
+                let key = key.as_str().to_ascii_lowercase();
+                key != "config" && !key.starts_with("test_")
+            })
+            .split("__");
+        fig.merge(env).extract()
     }
 
     /// The index URL, defaulting to SQLite inside the data directory.
@@ -239,6 +246,8 @@ mod tests {
             )?;
             jail.set_env("PACS_HTTP__MAX_REQUEST_BYTES", "2000");
             jail.set_env("PACS_STORAGE__S3__SECRET_ACCESS_KEY", "hunter2");
+            jail.set_env("PACS_CONFIG", "pacs.toml");
+            jail.set_env("PACS_TEST_BACKENDS", "sqlite-fs");
             let c = Config::load(Some(Path::new("pacs.toml")))?;
             assert_eq!(c.data_dir, PathBuf::from("/srv/pacs"));
             assert_eq!(c.http.max_request_bytes, 2000);

@@ -157,8 +157,8 @@ fn print_report(r: &pacs_lite::verify::VerifyReport) {
 }
 
 fn init_tracing(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PACS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),

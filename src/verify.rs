@@ -134,7 +134,8 @@ async fn check_one(ingest: &Ingest, row: &StoredInstance) -> Result<Check, Verif
         len += chunk.len() as u64;
         hasher.update(&chunk);
     }
-    let ok = hex::encode(hasher.finalize()) == row.sha256 && len == row.size as u64;
+    let digest = hex::encode(hasher.finalize());
+    let ok = digest == row.sha256 && digest == key.sha256_hex() && len == row.size as u64;
     Ok(if ok { Check::Intact(len) } else { Check::Mismatch })
 }
 

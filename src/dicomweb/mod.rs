@@ -5,6 +5,7 @@
 //! STOW failure reason, errors → HTTP status) live in one place per service.
 
 mod error;
+pub mod media;
 mod stow;
 pub mod urls;
 

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::{json, Map, Value as Json};
 
+use super::media::MediaType;
 use super::{urls, ApiError};
 use crate::app::AppState;
 use crate::index::{Origin, OriginKind};
@@ -56,28 +57,26 @@ fn framing(headers: &HeaderMap) -> Result<Framing, ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ApiError::UnsupportedMediaType("a Content-Type is required: multipart/related; type=\"application/dicom\"".into()))?;
-    let mime: mime::Mime = raw
-        .parse()
-        .map_err(|_| ApiError::UnsupportedMediaType(format!("cannot parse Content-Type {raw:?}")))?;
-    match (mime.type_().as_str(), mime.subtype().as_str()) {
-        ("application", "dicom") => Ok(Framing::Single),
-        ("multipart", "related") => {
-            if let Some(ty) = mime.get_param("type") {
-                if !ty.as_str().eq_ignore_ascii_case("application/dicom") {
+    let media = MediaType::parse(raw)
+        .ok_or_else(|| ApiError::UnsupportedMediaType(format!("cannot parse Content-Type {raw:?}")))?;
+    match media.essence.as_str() {
+        "application/dicom" => Ok(Framing::Single),
+        "multipart/related" => {
+            if let Some(ty) = media.param("type") {
+                if !ty.eq_ignore_ascii_case("application/dicom") {
                     return Err(ApiError::UnsupportedMediaType(format!(
-                        "multipart/related type {:?} is not supported; send type=\"application/dicom\"",
-                        ty.as_str()
+                        "multipart/related type {ty:?} is not supported; send type=\"application/dicom\""
                     )));
                 }
             }
-            let boundary = mime
-                .get_param(mime::BOUNDARY)
+            let boundary = media
+                .param("boundary")
+                .filter(|b| !b.is_empty())
                 .ok_or_else(|| ApiError::BadRequest("multipart/related without a boundary parameter".into()))?;
-            Ok(Framing::Multipart { boundary: boundary.as_str().to_owned() })
+            Ok(Framing::Multipart { boundary: boundary.to_owned() })
         }
-        _ => Err(ApiError::UnsupportedMediaType(format!(
-            "Content-Type {} is not supported; send multipart/related; type=\"application/dicom\" or application/dicom",
-            mime.essence_str()
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type {other} is not supported; send multipart/related; type=\"application/dicom\" or application/dicom"
         ))),
     }
 }
@@ -130,7 +129,9 @@ async fn run(
                     Ok(None) => break,
                     Err(e) => return Err(body_error(&over, limit, &e.to_string(), outcomes.len())),
                 };
-                if let Some(ct) = field.content_type().filter(|ct| ct.essence_str() != "application/dicom") {
+                let part_type = field.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+                let part_media = part_type.map(|t| MediaType::parse(t).map(|m| m.essence).unwrap_or_default());
+                if let Some(ct) = part_media.filter(|m| m != "application/dicom") {
                     outcomes.push(Outcome::Rejected(Rejection {
                         reason: Reason::CannotUnderstand,
                         detail: format!("part {} has Content-Type {ct}, not application/dicom", outcomes.len() + 1),

@@ -50,40 +50,83 @@ pub enum WalkError {
 /// A frame as the list of byte ranges (offset, length) that make it up.
 pub type Frame = Vec<(u64, u32)>;
 
-/// Find the start of the data set (just after the file meta group) of a Part-10 object.
-pub fn dataset_start<R: Read + Seek>(r: &mut R, len: u64) -> Result<u64, WalkError> {
-    let mut magic = [0u8; 4];
-    let mut pos = 0u64;
+/// How a Part-10 object begins: where its file meta group and data set start, and the
+/// transfer syntax the meta group declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Whether the `DICM` marker is present (after a 128-byte preamble or at offset 0).
+    /// Some writers (pydicom without `enforce_file_format`) emit the meta group bare.
+    pub has_marker: bool,
+    pub meta_start: u64,
+    /// The first meta element after the group length element (if there is one).
+    pub meta_body_start: u64,
+    pub dataset_start: u64,
+    pub transfer_syntax: Option<String>,
+}
+
+/// Find the file meta group and the start of the data set of a Part-10 object.
+pub fn layout<R: Read + Seek>(r: &mut R, len: u64) -> Result<Layout, WalkError> {
+    let mut magic = [0u8; 6];
+    let mut meta_start = None;
     for candidate in [128u64, 0] {
         if len >= candidate + 4 {
             r.seek(SeekFrom::Start(candidate))?;
-            r.read_exact(&mut magic)?;
-            if &magic == b"DICM" {
-                pos = candidate + 4;
+            r.read_exact(&mut magic[..4])?;
+            if &magic[..4] == b"DICM" {
+                meta_start = Some(candidate + 4);
                 break;
             }
         }
     }
-    if pos == 0 {
+    let has_marker = meta_start.is_some();
+    if meta_start.is_none() && len >= 6 {
+        // A bare meta group: (0002,xxxx) with an explicit VR right at the start.
+        r.seek(SeekFrom::Start(0))?;
+        r.read_exact(&mut magic)?;
+        if magic[..2] == [0x02, 0x00] && magic[4..6].iter().all(u8::is_ascii_uppercase) {
+            meta_start = Some(0);
+        }
+    }
+    let meta_start = meta_start.ok_or(WalkError::NotPart10)?;
+    let mut w = Walker { r, len, pos: meta_start, enc: Encoding::ExplicitLe };
+    w.seek(meta_start)?;
+    let mut transfer_syntax = None;
+    let mut meta_body_start = meta_start;
+    loop {
+        let start = w.pos;
+        if start == len {
+            break;
+        }
+        // The data set may use another encoding: look at the group before reading a VR.
+        let group = u16::from_le_bytes(w.read::<2>("file meta group")?);
+        w.seek(start)?;
+        if group != 0x0002 {
+            break;
+        }
+        let (tag, _, length) = w.header(Encoding::ExplicitLe)?;
+        if length == UNDEFINED || length > 1 << 20 {
+            return Err(WalkError::Malformed(format!("file meta element ({:04X},{:04X}) has length {length}", tag.0, tag.1)));
+        }
+        if tag == (0x0002, 0x0000) && start == meta_start {
+            meta_body_start = start + 12;
+        }
+        if tag == (0x0002, 0x0010) && length <= 128 {
+            let mut v = vec![0u8; length as usize];
+            if w.pos + length as u64 > len {
+                return Err(WalkError::Truncated("file meta group"));
+            }
+            w.r.read_exact(&mut v)?;
+            w.pos += length as u64;
+            let ts = String::from_utf8_lossy(&v).trim_end_matches(['\0', ' ']).to_owned();
+            transfer_syntax = Some(ts);
+        } else {
+            w.skip(length as u64, "file meta group")?;
+        }
+    }
+    if meta_start == w.pos {
         return Err(WalkError::NotPart10);
     }
-    let mut w = Walker { r, len, pos, enc: Encoding::ExplicitLe };
-    w.seek(pos)?;
-    loop {
-        if w.pos == len {
-            return Ok(w.pos);
-        }
-        let start = w.pos;
-        let (tag, vr, length) = w.header(Encoding::ExplicitLe)?;
-        if tag.0 != 0x0002 {
-            return Ok(start);
-        }
-        let _ = vr;
-        if length == UNDEFINED {
-            return Err(WalkError::Malformed("undefined length in the file meta group".into()));
-        }
-        w.skip(length as u64, "file meta group")?;
-    }
+    Ok(Layout { has_marker, meta_start, meta_body_start, dataset_start: w.pos, transfer_syntax })
 }
 
 /// Walk the top level of the data set to the Pixel Data element, if any.
@@ -384,8 +427,11 @@ mod tests {
         let bytes = part10(&body);
         let len = bytes.len() as u64;
         let mut c = Cursor::new(bytes);
-        let start = dataset_start(&mut c, len).unwrap();
+        let layout = layout(&mut c, len).unwrap();
+        let start = layout.dataset_start;
         assert_eq!(start, 132 + 8 + 20);
+        assert_eq!(layout.transfer_syntax.as_deref(), Some("1.2.840.10008.1.2.1"));
+        assert!(layout.has_marker);
         let pd = find_pixel_data(&mut c, len, start, Encoding::ExplicitLe).unwrap().unwrap();
         let PixelData::Native { offset, length, .. } = pd.clone() else { panic!() };
         assert_eq!(length, 32);
@@ -409,7 +455,7 @@ mod tests {
         let bytes = part10(&body);
         let len = bytes.len() as u64;
         let mut c = Cursor::new(bytes.clone());
-        let start = dataset_start(&mut c, len).unwrap();
+        let start = layout(&mut c, len).unwrap().dataset_start;
         let pd = find_pixel_data(&mut c, len, start, Encoding::ExplicitLe).unwrap().unwrap();
         let f = frames(&pd, 2, None).unwrap();
         assert_eq!(f[0].len(), 2);
@@ -425,6 +471,16 @@ mod tests {
     #[test]
     fn not_part10_is_refused() {
         let mut c = Cursor::new(vec![0u8; 300]);
-        assert!(matches!(dataset_start(&mut c, 300), Err(WalkError::NotPart10)));
+        assert!(matches!(layout(&mut c, 300), Err(WalkError::NotPart10)));
+    }
+
+    #[test]
+    fn a_bare_meta_group_is_accepted() {
+        let with_marker = part10(&[0x08, 0x00, 0x18, 0x00, b'U', b'I', 2, 0, b'1', 0]);
+        let bare = with_marker[132..].to_vec();
+        let len = bare.len() as u64;
+        let l = layout(&mut Cursor::new(bare), len).unwrap();
+        assert!(!l.has_marker);
+        assert_eq!((l.meta_start, l.meta_body_start, l.dataset_start), (0, 0, 28));
     }
 }

@@ -5,13 +5,14 @@
 //! in words a sender can act on, why the object cannot be stored.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use dicom_core::dictionary::UidDictionary;
 use dicom_core::Tag;
 use dicom_dictionary_std::{tags, StandardSopClassDictionary};
 use dicom_encoding::transfer_syntax::{Codec, TransferSyntaxIndex};
+use dicom_object::file::ReadPreamble;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use serde_json::{Map, Value as Json};
@@ -89,17 +90,14 @@ fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
 
 pub fn parse(path: &Path, len: u64) -> Result<Parsed, Rejection> {
     let mut reader = BufReader::with_capacity(16 * 1024, File::open(path).map_err(io_failure)?);
-    let start = frames::dataset_start(&mut reader, len).map_err(walk_rejection)?;
-
-    let obj = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(path)
-        .map_err(|e| reject(Reason::CannotUnderstand, format!("cannot parse the DICOM header: {e}")))?;
-    let meta = obj.meta();
-    let ts_uid = Uid::parse(meta.transfer_syntax())
-        .map_err(|e| reject(Reason::CannotUnderstand, format!("TransferSyntaxUID: {e}")))?;
+    let layout = frames::layout(&mut reader, len).map_err(walk_rejection)?;
+    let ts_raw = layout.transfer_syntax.clone().ok_or_else(|| {
+        reject(Reason::CannotUnderstand, "the file meta group has no TransferSyntaxUID (0002,0010)")
+    })?;
+    let ts_uid = Uid::parse(&ts_raw)
+        .map_err(|e| reject(Reason::CannotUnderstand, format!("TransferSyntaxUID {ts_raw:?}: {e}")))?;
     let ts = TransferSyntaxRegistry.get(ts_uid.as_str()).ok_or_else(|| {
-        reject(Reason::UnsupportedTransferSyntax, format!("unknown transfer syntax {ts_uid}"))
+        reject(Reason::UnsupportedTransferSyntax, format!("transfer syntax {ts_uid} is not supported"))
     })?;
     let encoding = match (ts_uid.as_str(), ts.codec()) {
         (_, Codec::Dataset(_)) => Encoding::Deflated,
@@ -107,6 +105,9 @@ pub fn parse(path: &Path, len: u64) -> Result<Parsed, Rejection> {
         ("1.2.840.10008.1.2.2", _) => Encoding::ExplicitBe,
         _ => Encoding::ExplicitLe,
     };
+    let obj = open_header(path, &layout)
+        .map_err(|e| reject(Reason::CannotUnderstand, format!("cannot parse the DICOM header: {e}")))?;
+    let meta = obj.meta();
 
     let mut ids = Identity::read(&obj)?;
     let rej_ids = |mut r: Rejection, ids: &Identity| {
@@ -121,14 +122,17 @@ pub fn parse(path: &Path, len: u64) -> Result<Parsed, Rejection> {
     ids.sop_class = Some(sop_class_uid.clone());
     ids.sop_instance = Some(sop_instance_uid.clone());
 
-    let checks = check_meta(meta, &sop_class_uid, &sop_instance_uid)
-        .and_then(|_| check_sop_class(&sop_class_uid));
-    if let Err(r) = checks {
+    check_meta(meta, &sop_class_uid, &sop_instance_uid);
+    if let Err(r) = check_sop_class(&sop_class_uid) {
         return Err(rej_ids(r, &ids));
     }
-
-    let pixel = frames::find_pixel_data(&mut reader, len, start, encoding)
+    let pixel = frames::find_pixel_data(&mut reader, len, layout.dataset_start, encoding)
         .map_err(|e| rej_ids(walk_rejection(e), &ids))?;
+    // Deflated data sets cannot be walked; dicom-object has read them up to Pixel Data.
+    let has_pixels = pixel.is_some() || encoding == Encoding::Deflated;
+    if let Err(r) = check_iod(&sop_class_uid, &obj, has_pixels) {
+        return Err(rej_ids(r, &ids));
+    }
 
     let number_of_frames = int(&obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
     let rows = int(&obj, tags::ROWS);
@@ -193,6 +197,25 @@ pub fn parse(path: &Path, len: u64) -> Result<Parsed, Rejection> {
     })
 }
 
+/// Parse the header up to Pixel Data. dicom-object wants `DICM` and a correct group
+/// length first; objects in the wild lack one or both, so the parser reads a marker and a
+/// group length computed by the walker, then the meta elements and the data set as they
+/// are stored (the stored bytes are never changed).
+fn open_header(path: &Path, layout: &frames::Layout) -> Result<dicom_object::DefaultDicomObject, String> {
+    let mut file = File::open(path).map_err(|e| e.to_string())?;
+    file.seek(SeekFrom::Start(layout.meta_body_start)).map_err(|e| e.to_string())?;
+    let group_length = u32::try_from(layout.dataset_start - layout.meta_body_start).map_err(|e| e.to_string())?;
+    let mut prefix = Vec::with_capacity(16);
+    prefix.extend_from_slice(b"DICM\x02\x00\x00\x00UL\x04\x00");
+    prefix.extend_from_slice(&group_length.to_le_bytes());
+    let reader = std::io::Cursor::new(prefix).chain(BufReader::with_capacity(64 * 1024, file));
+    OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .read_preamble(ReadPreamble::Never)
+        .from_reader(reader)
+        .map_err(|e| e.to_string())
+}
+
 /// The four identifying UIDs, each parsed if present.
 struct Identity {
     study: Option<Result<Uid, Rejection>>,
@@ -235,29 +258,50 @@ impl Identity {
     }
 }
 
-fn check_meta(
-    meta: &dicom_object::FileMetaTable,
-    sop_class: &Uid,
-    sop_instance: &Uid,
-) -> Result<(), Rejection> {
+/// The file meta group is media bookkeeping; the data set is authoritative. Files whose
+/// meta group disagrees with the data set are common after anonymisation, so they are
+/// stored under the data set's UIDs and the disagreement is logged.
+fn check_meta(meta: &dicom_object::FileMetaTable, sop_class: &Uid, sop_instance: &Uid) {
     let trim = |s: &str| s.trim_end_matches(['\0', ' ']).to_owned();
     let meta_instance = trim(&meta.media_storage_sop_instance_uid);
-    if !meta_instance.is_empty() && meta_instance != sop_instance.as_str() {
-        return Err(reject(
-            Reason::DataSetMismatch,
-            format!(
-                "MediaStorageSOPInstanceUID {meta_instance} in the file meta group does not match SOPInstanceUID {sop_instance}"
-            ),
-        ));
-    }
     let meta_class = trim(&meta.media_storage_sop_class_uid);
-    if !meta_class.is_empty() && meta_class != sop_class.as_str() {
-        return Err(reject(
-            Reason::DataSetMismatch,
-            format!("MediaStorageSOPClassUID {meta_class} does not match SOPClassUID {sop_class}"),
-        ));
+    if (!meta_instance.is_empty() && meta_instance != sop_instance.as_str())
+        || (!meta_class.is_empty() && meta_class != sop_class.as_str())
+    {
+        tracing::warn!(
+            sop = %sop_instance,
+            meta_sop = %meta_instance,
+            meta_class = %meta_class,
+            "file meta group disagrees with the data set; the data set's UIDs are used"
+        );
     }
-    Ok(())
+}
+
+/// Image storage SOP classes need pixel data and its geometry (PS3.3 Image Pixel module).
+fn check_iod(sop_class: &Uid, obj: &InMemDicomObject, has_pixels: bool) -> Result<(), Rejection> {
+    let Some(entry) = StandardSopClassDictionary.by_uid(sop_class.as_str()) else {
+        return Ok(());
+    };
+    if !entry.name.contains("Image Storage") {
+        return Ok(());
+    }
+    let float_pixels = obj.element_opt(tags::FLOAT_PIXEL_DATA).ok().flatten().is_some()
+        || obj.element_opt(tags::DOUBLE_FLOAT_PIXEL_DATA).ok().flatten().is_some();
+    let missing: Vec<&str> = [
+        (!has_pixels && !float_pixels).then_some("PixelData"),
+        int(obj, tags::ROWS).is_none().then_some("Rows"),
+        int(obj, tags::COLUMNS).is_none().then_some("Columns"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(reject(
+        Reason::DataSetMismatch,
+        format!("the data set does not match its SOP class {} ({}): {} missing", sop_class, entry.name, missing.join(", ")),
+    ))
 }
 
 /// A standard SOP class must be a storage SOP class; private ones are accepted.

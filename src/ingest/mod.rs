@@ -203,7 +203,7 @@ impl Ingest {
             Err(e) => return Outcome::Rejected(failure(format!("index lookup failed: {e}"), Some(&parsed))),
         }
 
-        let key = ObjectKey::new(&parsed.study_uid, &parsed.series_uid, &parsed.sop_instance_uid, &spooled.sha256);
+        let key = ObjectKey::new(&parsed.study_uid, &spooled.sha256);
         if let Err(e) = self.store.put(&key, spooled).await {
             let mut r = storage_rejection(e);
             r.sop_class_uid = Some(parsed.sop_class_uid.to_string());

@@ -1,8 +1,10 @@
 //! The object store: where instance bytes live, outside the index.
 //!
-//! Owns every call into opendal and every filesystem write of objects. Keys are built
-//! only from validated [`Uid`]s and a SHA-256, so one key always names one byte
-//! sequence and no input can escape the store's root. Called by `ingest/` (put), the
+//! Owns every call into opendal and every filesystem write of objects. A key is
+//! `<StudyInstanceUID>/<sha256 of the bytes>.dcm`: built only from a validated [`Uid`] and
+//! a digest, so no input can escape the store's root, and one key always names one byte
+//! sequence (two versions of an instance can never overwrite each other). Keys stay
+//! short (at most 133 bytes) so that every S3 implementation takes them. Called by `ingest/` (put), the
 //! retrieval routes (read) and `verify` (list, read, delete).
 //!
 //! Durability: on the filesystem a put is *fsync spool file → rename → fsync directory*
@@ -42,30 +44,29 @@ impl StorageError {
     }
 }
 
-/// The name of one stored object: `<study>/<series>/<sop>.<sha256>.dcm`.
+/// The name of one stored object: `<study>/<sha256>.dcm`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ObjectKey(String);
 
 impl ObjectKey {
-    pub fn new(study: &Uid, series: &Uid, sop: &Uid, sha256: &[u8; 32]) -> Self {
-        ObjectKey(format!("{study}/{series}/{sop}.{}.dcm", hex::encode(sha256)))
+    pub fn new(study: &Uid, sha256: &[u8; 32]) -> Self {
+        ObjectKey(format!("{study}/{}.dcm", hex::encode(sha256)))
     }
 
     /// Accept a key read back from the index or a listing, if it has our shape.
     pub fn parse(raw: &str) -> Option<Self> {
-        let mut parts = raw.split('/');
-        let (study, series, file) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() {
-            return None;
-        }
-        let stem = file.strip_suffix(".dcm")?;
-        let (sop, hash) = stem.rsplit_once('.')?;
+        let (study, file) = raw.split_once('/')?;
+        let hash = file.strip_suffix(".dcm")?;
         let ok = Uid::parse(study).is_ok()
-            && Uid::parse(series).is_ok()
-            && Uid::parse(sop).is_ok()
             && hash.len() == 64
-            && hash.bytes().all(|b| b.is_ascii_hexdigit());
+            && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         ok.then(|| ObjectKey(raw.to_owned()))
+    }
+
+    /// The SHA-256 (hex) the key claims for its bytes.
+    pub fn sha256_hex(&self) -> &str {
+        let file = self.0.rsplit('/').next().unwrap_or("");
+        file.strip_suffix(".dcm").unwrap_or(file)
     }
 
     pub fn as_str(&self) -> &str {
@@ -310,12 +311,16 @@ mod tests {
 
     #[test]
     fn keys_round_trip_and_refuse_foreign_shapes() {
-        let key = ObjectKey::new(&uid("1.2"), &uid("1.2.3"), &uid("1.2.3.4"), &[0xab; 32]);
-        assert_eq!(key.as_str(), format!("1.2/1.2.3/1.2.3.4.{}.dcm", "ab".repeat(32)));
+        let key = ObjectKey::new(&uid("1.2"), &[0xab; 32]);
+        assert_eq!(key.as_str(), format!("1.2/{}.dcm", "ab".repeat(32)));
+        assert_eq!(key.sha256_hex(), "ab".repeat(32));
         assert_eq!(ObjectKey::parse(key.as_str()), Some(key));
-        assert_eq!(ObjectKey::parse("1.2/1.2.3/x.dcm"), None);
-        assert_eq!(ObjectKey::parse("../1.2/1.2.3.4.aa.dcm"), None);
+        assert_eq!(ObjectKey::parse("1.2/x.dcm"), None);
+        assert_eq!(ObjectKey::parse(&format!("../{}.dcm", "ab".repeat(32))), None);
+        assert_eq!(ObjectKey::parse(&format!("1.2/1.3/{}.dcm", "ab".repeat(32))), None);
         assert_eq!(ObjectKey::parse(".spool-abc"), None);
+        let longest = ObjectKey::new(&uid(&"1".repeat(64)), &[0; 32]);
+        assert_eq!(longest.as_str().len(), 133);
     }
 
     #[tokio::test]
@@ -327,7 +332,7 @@ mod tests {
         let mut spool = Spool::create(store.spool_dir(), 1 << 20).unwrap();
         spool.write(b"hello object").await.unwrap();
         let spooled = spool.finish().await.unwrap();
-        let key = ObjectKey::new(&uid("1.2"), &uid("1.2.3"), &uid("1.2.3.4"), &spooled.sha256);
+        let key = ObjectKey::new(&uid("1.2"), &spooled.sha256);
         store.put(&key, spooled).await.unwrap();
         assert_eq!(store.size(&key).await.unwrap(), Some(12));
         assert_eq!(&store.read_range(&key, 6..12).await.unwrap()[..], b"object");
