@@ -14,6 +14,7 @@ mod spool;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -87,13 +88,15 @@ pub struct Store {
     /// Set for the filesystem backend: puts are renames under this root.
     fs_root: Option<PathBuf>,
     spool_dir: PathBuf,
+    /// Held (locked) for the life of the process: marks `spool_dir` as in use.
+    _spool_lock: Arc<std::fs::File>,
     describe: String,
 }
 
 impl Store {
     pub async fn open(config: &Config) -> Result<Store, StorageError> {
-        let spool_dir = config.spool_dir();
-        create_dir(&spool_dir)?;
+        let (spool_dir, spool_lock) = claim_spool(&config.spool_dir())?;
+        let _spool_lock = Arc::new(spool_lock);
         match config.storage.backend {
             StorageBackend::Fs => {
                 let root = config.objects_root();
@@ -104,7 +107,7 @@ impl Store {
                 let op = Operator::new(services::Fs::default().root(&root.to_string_lossy()))?
                     .finish();
                 let describe = format!("filesystem {}", root.display());
-                Ok(Store { op, fs_root: Some(root), spool_dir, describe })
+                Ok(Store { op, fs_root: Some(root), spool_dir, _spool_lock, describe })
             }
             StorageBackend::S3 => {
                 let s3 = &config.storage.s3;
@@ -127,7 +130,7 @@ impl Store {
                     s3.bucket,
                     s3.endpoint.as_deref().unwrap_or("the default endpoint")
                 );
-                Ok(Store { op, fs_root: None, spool_dir, describe })
+                Ok(Store { op, fs_root: None, spool_dir, _spool_lock, describe })
             }
         }
     }
@@ -265,6 +268,30 @@ fn not_found(e: opendal::Error, key: &ObjectKey) -> StorageError {
     }
 }
 
+/// Give this process its own spool directory under `base`, locked while it runs, and
+/// remove the directories of processes that are gone (what a crash left behind).
+fn claim_spool(base: &Path) -> Result<(PathBuf, std::fs::File), StorageError> {
+    create_dir(base)?;
+    if let Ok(entries) = std::fs::read_dir(base) {
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Ok(lock) = std::fs::OpenOptions::new().write(true).open(dir.join(".lock")) else {
+                continue;
+            };
+            if lock.try_lock().is_ok() {
+                tracing::info!(dir = %dir.display(), "removing the spool of a process that is gone");
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
+    let dir = base.join(uuid::Uuid::new_v4().simple().to_string());
+    create_dir(&dir)?;
+    let lock_path = dir.join(".lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|e| StorageError::io("creating", &lock_path, e))?;
+    lock.try_lock().map_err(|e| StorageError::io("locking", &lock_path, std::io::Error::other(e.to_string())))?;
+    Ok((dir, lock))
+}
+
 fn create_dir(dir: &Path) -> Result<(), StorageError> {
     std::fs::create_dir_all(dir).map_err(|e| StorageError::io("creating directory", dir, e))
 }
@@ -340,6 +367,15 @@ mod tests {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].as_ref().unwrap().as_ref().unwrap(), &key);
         assert!(store.modified(&key).await.unwrap().is_some());
-        assert_eq!(std::fs::read_dir(store.spool_dir()).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(store.spool_dir()).unwrap().count(), 1, "only the lock file");
+        // A second store on the same data directory gets its own spool and leaves ours alone.
+        let other = Store::open(&config).await.unwrap();
+        assert_ne!(other.spool_dir(), store.spool_dir());
+        assert!(store.spool_dir().exists());
+        let gone = other.spool_dir().to_owned();
+        drop(other);
+        let _third = Store::open(&config).await.unwrap();
+        assert!(!gone.exists(), "the spool of a finished process is removed");
+        assert!(store.spool_dir().exists());
     }
 }

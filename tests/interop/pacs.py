@@ -186,7 +186,7 @@ class Pacs:
 
     def spool_files(self) -> list[Path]:
         spool = self.dir / "data" / "spool"
-        return [p for p in spool.rglob("*") if p.is_file()] if spool.exists() else []
+        return [p for p in spool.rglob("*") if p.is_file() and p.name != ".lock"] if spool.exists() else []
 
     def count(self, table: str) -> int:
         url = self.env.get("PACS_INDEX__URL")
