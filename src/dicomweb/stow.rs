@@ -13,6 +13,8 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
 use serde_json::{json, Map, Value as Json};
 
@@ -117,45 +119,110 @@ async fn run(
     let stream = limited(body.into_data_stream(), limit, over.clone());
     let origin = Origin { kind: OriginKind::Stow, who: "anonymous".into(), address: Some(peer.ip().to_string()) };
     let expected = Expected { study_uid: study.clone(), ..Default::default() };
-    let mut outcomes = Vec::new();
-
-    let result = match framing {
-        Framing::Single => app.ingest.ingest(stream, origin, &expected).await.map(|o| outcomes.push(o)),
+    let mut parts = Pipeline::new(app.clone(), origin, expected);
+    let framing_result = match framing {
+        Framing::Single => parts.add(stream).await,
         Framing::Multipart { boundary } => {
             let mut multipart = multer::Multipart::new(stream, boundary);
             loop {
                 let field = match multipart.next_field().await {
                     Ok(Some(f)) => f,
-                    Ok(None) => break,
-                    Err(e) => return Err(body_error(&over, limit, &e.to_string(), outcomes.len())),
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e.to_string()),
                 };
                 let part_type = field.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
                 let part_media = part_type.map(|t| MediaType::parse(t).map(|m| m.essence).unwrap_or_default());
                 if let Some(ct) = part_media.filter(|m| m != "application/dicom") {
-                    outcomes.push(Outcome::Rejected(Rejection {
+                    parts.refuse(Rejection {
                         reason: Reason::CannotUnderstand,
-                        detail: format!("part {} has Content-Type {ct}, not application/dicom", outcomes.len() + 1),
+                        detail: format!("part {} has Content-Type {ct}, not application/dicom", parts.len() + 1),
                         sop_class_uid: None,
                         sop_instance_uid: None,
-                    }));
+                    });
                     continue;
                 }
-                match app.ingest.ingest(field, origin.clone(), &expected).await {
-                    Ok(o) => outcomes.push(o),
-                    Err(e) => return Err(body_error(&over, limit, &e.0, outcomes.len())),
+                if let Err(e) = parts.add(field).await {
+                    break Err(e);
                 }
             }
-            Ok(())
         }
     };
-    if let Err(e) = result {
-        return Err(body_error(&over, limit, &e.0, 0));
+    // Every part that was received completely is stored (or refused) before answering.
+    let outcomes = parts.finish().await;
+    if let Err(cause) = framing_result {
+        return Err(body_error(&over, limit, &cause, outcomes.len()));
     }
     if outcomes.is_empty() {
         return Err(ApiError::BadRequest("the request holds no DICOM instance".into()));
     }
     let base = urls::base_url(app.config.http.public_base_url.as_deref(), &headers);
     Ok(render(&base, study.as_ref(), &outcomes))
+}
+
+/// The parts of one request: each is spooled as it arrives, then stored on its own task
+/// while the next part is read, so that fsyncs overlap and index rows share commits.
+/// At most [`IN_FLIGHT`] parts are being stored at once; outcomes keep request order.
+struct Pipeline {
+    app: Arc<AppState>,
+    origin: Origin,
+    expected: Arc<Expected>,
+    pending: FuturesOrdered<BoxFuture<'static, Outcome>>,
+    done: Vec<Outcome>,
+}
+
+const IN_FLIGHT: usize = 16;
+
+impl Pipeline {
+    fn new(app: Arc<AppState>, origin: Origin, expected: Expected) -> Self {
+        Pipeline { app, origin, expected: Arc::new(expected), pending: FuturesOrdered::new(), done: Vec::new() }
+    }
+
+    fn len(&self) -> usize {
+        self.done.len() + self.pending.len()
+    }
+
+    fn refuse(&mut self, r: Rejection) {
+        self.pending.push_back(Box::pin(futures::future::ready(Outcome::Rejected(r))));
+    }
+
+    /// Spool one part and start storing it. Err: the body broke off inside this part.
+    async fn add<S, E>(&mut self, part: S) -> Result<(), String>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        match self.app.ingest.spool(part).await.map_err(|e| e.0)? {
+            Err(r) => self.refuse(r),
+            Ok(spooled) => {
+                let (ingest, origin, expected) = (self.app.ingest.clone(), self.origin.clone(), self.expected.clone());
+                let task = tokio::spawn(async move { ingest.store_spooled(spooled, origin, &expected).await });
+                self.pending.push_back(Box::pin(async move {
+                    task.await.unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "store task failed");
+                        Outcome::Rejected(Rejection {
+                            reason: Reason::ProcessingFailure,
+                            detail: "the server failed while storing the object".into(),
+                            sop_class_uid: None,
+                            sop_instance_uid: None,
+                        })
+                    })
+                }));
+            }
+        }
+        while self.pending.len() >= IN_FLIGHT {
+            if let Some(outcome) = self.pending.next().await {
+                self.done.push(outcome);
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Vec<Outcome> {
+        while let Some(outcome) = self.pending.next().await {
+            self.done.push(outcome);
+        }
+        self.done
+    }
 }
 
 /// Count body bytes and end the stream with an error once `limit` is passed.

@@ -132,21 +132,32 @@ impl Ingest {
         S: Stream<Item = Result<Bytes, E>>,
         E: fmt::Display,
     {
+        Ok(match self.spool(body).await? {
+            Ok(spooled) => self.store_spooled(spooled, origin, expected).await,
+            Err(rejection) => Outcome::Rejected(rejection),
+        })
+    }
+
+    /// First half of [`Ingest::ingest`]: stream the bytes into a spool file, hashing them.
+    /// Entry points that receive several objects in a row (STOW multipart) spool each as
+    /// it arrives and run [`Ingest::store_spooled`] for it concurrently with the next.
+    pub async fn spool<S, E>(&self, body: S) -> Result<Result<SpooledFile, Rejection>, BodyError>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: fmt::Display,
+    {
         let mut spool = match Spool::create(self.store.spool_dir(), self.max_instance_bytes) {
             Ok(s) => s,
-            Err(e) => return Ok(Outcome::Rejected(storage_rejection(e))),
+            Err(e) => return Ok(Err(storage_rejection(e))),
         };
         let mut body = std::pin::pin!(body);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| BodyError(e.to_string()))?;
             if let Err(e) = spool.write(&chunk).await {
-                return Ok(Outcome::Rejected(storage_rejection(e)));
+                return Ok(Err(storage_rejection(e)));
             }
         }
-        match spool.finish().await {
-            Ok(spooled) => Ok(self.ingest_spooled(spooled, origin, expected).await),
-            Err(e) => Ok(Outcome::Rejected(storage_rejection(e))),
-        }
+        Ok(spool.finish().await.map_err(storage_rejection))
     }
 
     /// Ingest a file from disk (for `import`); the file itself is left untouched.
@@ -174,7 +185,8 @@ impl Ingest {
         }
     }
 
-    async fn ingest_spooled(&self, spooled: SpooledFile, origin: Origin, expected: &Expected) -> Outcome {
+    /// Second half of [`Ingest::ingest`]: parse, validate, store and index a spooled object.
+    pub async fn store_spooled(&self, spooled: SpooledFile, origin: Origin, expected: &Expected) -> Outcome {
         let path = spooled.path().to_owned();
         let len = spooled.len;
         let parsed = tokio::task::spawn_blocking(move || header::parse(&path, len)).await;

@@ -311,6 +311,11 @@ fn durable_rename(spooled: SpooledFile, target: &Path) -> Result<(), StorageErro
     create_dir(parent)?;
     spooled
         .file
+        .as_file()
+        .sync_data()
+        .map_err(|e| StorageError::io("fsyncing spool file", spooled.path(), e))?;
+    spooled
+        .file
         .persist(target)
         .map_err(|e| StorageError::io("renaming spool file to", target, e.error))?;
     fsync_dir(parent)?;

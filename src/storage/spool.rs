@@ -68,22 +68,19 @@ impl Spool {
         }
         self.buf.extend_from_slice(chunk);
         if self.buf.len() >= FLUSH_AT {
-            self.flush(false).await?;
+            self.flush().await?;
         }
         Ok(())
     }
 
     /// Write and hash what is buffered, on a blocking thread.
-    async fn flush(&mut self, sync: bool) -> Result<(), StorageError> {
+    async fn flush(&mut self) -> Result<(), StorageError> {
         let mut file = self.file.take().expect("spool file present");
         let mut hasher = self.hasher.take().expect("hasher present");
         let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(FLUSH_AT));
         let (file, hasher, result) = tokio::task::spawn_blocking(move || {
             hasher.update(&buf);
-            let mut r = file.as_file_mut().write_all(&buf);
-            if r.is_ok() && sync {
-                r = file.as_file().sync_data();
-            }
+            let r = file.as_file_mut().write_all(&buf);
             (file, hasher, r)
         })
         .await
@@ -94,9 +91,10 @@ impl Spool {
         result.map_err(|e| StorageError::io("writing spool file", &path, e))
     }
 
-    /// Flush, fsync and return the finished file with its SHA-256.
+    /// Flush and return the finished file with its SHA-256. It is not fsynced yet: the
+    /// store does that when it puts the file (so that concurrent puts fsync in parallel).
     pub async fn finish(mut self) -> Result<SpooledFile, StorageError> {
-        self.flush(true).await?;
+        self.flush().await?;
         let file = self.file.take().expect("spool file present");
         let sha256 = self.hasher.take().expect("hasher present").finalize().into();
         Ok(SpooledFile { file, len: self.len, sha256 })
