@@ -13,7 +13,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::index::{IndexError, Origin, OriginKind, StoredInstance};
-use crate::ingest::{Expected, Ingest, Outcome};
+use crate::ingest::{Expected, Ingest, Outcome, Reason};
 use crate::storage::{ObjectKey, StorageError};
 
 #[derive(Debug, Default, Serialize)]
@@ -149,6 +149,12 @@ async fn reindex(ingest: &Ingest, key: &ObjectKey, report: &mut VerifyReport) ->
         Ok(Outcome::AlreadyStored(a)) => {
             // Another copy of this instance is indexed; this one is a losing duplicate.
             tracing::info!(key = %key, sop = %a.sop_instance_uid, "orphan duplicates an indexed instance; deleting it");
+            ingest.store().delete(key).await?;
+            report.deleted.push(key.to_string());
+        }
+        Ok(Outcome::Rejected(r)) if r.reason == Reason::ConflictingDuplicate => {
+            // A losing version of an indexed instance (a crash before it was swept).
+            tracing::info!(key = %key, "orphan is another version of an indexed instance; deleting it");
             ingest.store().delete(key).await?;
             report.deleted.push(key.to_string());
         }

@@ -285,8 +285,8 @@ fn check_iod(sop_class: &Uid, obj: &InMemDicomObject, has_pixels: bool) -> Resul
     if !entry.name.contains("Image Storage") {
         return Ok(());
     }
-    let float_pixels = obj.element_opt(tags::FLOAT_PIXEL_DATA).ok().flatten().is_some()
-        || obj.element_opt(tags::DOUBLE_FLOAT_PIXEL_DATA).ok().flatten().is_some();
+    let float_pixels = obj.get(tags::FLOAT_PIXEL_DATA).is_some()
+        || obj.get(tags::DOUBLE_FLOAT_PIXEL_DATA).is_some();
     let missing: Vec<&str> = [
         (!has_pixels && !float_pixels).then_some("PixelData"),
         int(obj, tags::ROWS).is_none().then_some("Rows"),
@@ -335,16 +335,17 @@ fn io_failure(e: std::io::Error) -> Rejection {
     reject(Reason::ProcessingFailure, format!("reading the spooled object: {e}"))
 }
 
-/// Trimmed text of a top-level element, `None` when absent or empty.
+/// Trimmed text of a top-level element, `None` when absent or empty. (`get`, not
+/// `element_opt`: the latter builds an error with a captured backtrace for every absent tag.)
 fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let elem = obj.element_opt(tag).ok().flatten()?;
+    let elem = obj.get(tag)?;
     let s = elem.to_str().ok()?;
     let t = s.trim_matches(|c: char| c == ' ' || c == '\0');
     (!t.is_empty()).then(|| t.to_owned())
 }
 
 fn int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
-    let elem = obj.element_opt(tag).ok().flatten()?;
+    let elem = obj.get(tag)?;
     elem.to_int::<i64>().ok().or_else(|| text(obj, tag)?.parse().ok())
 }
 

@@ -209,12 +209,8 @@ impl Ingest {
             stored_at: crate::index::now_millis(),
             kept_original: false,
         };
-        match self.index.find_instance(&parsed.sop_instance_uid).await {
-            Ok(Some(existing)) => return self.duplicate(existing, accepted),
-            Ok(None) => {}
-            Err(e) => return Outcome::Rejected(failure(format!("index lookup failed: {e}"), Some(&parsed))),
-        }
-
+        // No look-up first: the key names the bytes, so putting an instance that is already
+        // stored rewrites an identical object, and the index's uniqueness decides the rest.
         let key = ObjectKey::new(&parsed.study_uid, &spooled.sha256);
         if let Err(e) = self.store.put(&key, spooled).await {
             let mut r = storage_rejection(e);
@@ -246,7 +242,7 @@ impl Ingest {
                 Outcome::Stored(accepted)
             }
             Ok(InsertOutcome::Existing(existing)) => {
-                // Lost a race with another ingest of the same SOP Instance UID.
+                // Already stored (or a concurrent ingest won): keep the indexed object only.
                 if existing.object_key != key.as_str() {
                     if let Err(e) = self.store.delete(&key).await {
                         tracing::warn!(key = %key, error = %e, "could not remove the losing copy; verify will sweep it");

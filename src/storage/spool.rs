@@ -77,15 +77,17 @@ impl Spool {
     async fn flush(&mut self) -> Result<(), StorageError> {
         let mut file = self.file.take().expect("spool file present");
         let mut hasher = self.hasher.take().expect("hasher present");
-        let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(FLUSH_AT));
-        let (file, hasher, result) = tokio::task::spawn_blocking(move || {
+        let buf = std::mem::take(&mut self.buf);
+        let (file, hasher, result, mut buf) = tokio::task::spawn_blocking(move || {
             hasher.update(&buf);
             let r = file.as_file_mut().write_all(&buf);
-            (file, hasher, r)
+            (file, hasher, r, buf)
         })
         .await
         .map_err(|e| StorageError::Internal(format!("spool task failed: {e}")))?;
         let path: PathBuf = file.path().to_owned();
+        buf.clear();
+        self.buf = buf;
         self.file = Some(file);
         self.hasher = Some(hasher);
         result.map_err(|e| StorageError::io("writing spool file", &path, e))
