@@ -27,7 +27,10 @@ pub enum AppError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(
         "refusing to listen on {0}: authentication is not configured, so pacs-lite serves loopback \
          clients only; listen on 127.0.0.1 or ::1"
@@ -47,7 +50,12 @@ pub struct AppState {
 pub async fn open_backends(config: &Config) -> Result<Ingest, AppError> {
     let store = Store::open(config).await?;
     let index = Index::open(&config.index_url(), config.index.max_connections).await?;
-    Ok(Ingest::new(store, index, config.ingest.on_conflict, config.ingest.max_instance_bytes))
+    Ok(Ingest::new(
+        store,
+        index,
+        config.ingest.on_conflict,
+        config.ingest.max_instance_bytes,
+    ))
 }
 
 pub struct App {
@@ -62,29 +70,42 @@ impl App {
             return Err(AppError::RemoteWithoutAuth(addr));
         }
         let ingest = open_backends(&config).await?;
-        let http = TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })?;
+        let http = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Bind { addr, source })?;
         tracing::info!(
             http = %http.local_addr().map_err(AppError::Serve)?,
             index = ?ingest.index().backend(),
             store = ingest.store().describe(),
             "pacs-lite ready; no credentials are configured, so only loopback clients are served"
         );
-        Ok(App { state: Arc::new(AppState { config, ingest }), http })
+        Ok(App {
+            state: Arc::new(AppState { config, ingest }),
+            http,
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr().expect("bound listener has an address")
+        self.http
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
         use axum::serve::ListenerExt;
         let router = router(self.state.clone());
         let listener = self.http.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
         tracing::info!("HTTP server stopped; closing the index");
         self.state.ingest.index().close().await;
         served.map_err(AppError::Serve)
@@ -102,11 +123,19 @@ fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Without configured credentials only loopback clients are served.
-async fn loopback_only(ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request, next: Next) -> Response {
+async fn loopback_only(
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
     if peer.ip().is_loopback() {
         next.run(req).await
     } else {
-        (StatusCode::FORBIDDEN, "authentication is not configured; only loopback clients are served\n").into_response()
+        (
+            StatusCode::FORBIDDEN,
+            "authentication is not configured; only loopback clients are served\n",
+        )
+            .into_response()
     }
 }
 
@@ -117,7 +146,11 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         (Ok(()), Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         (i, s) => {
             tracing::warn!(index = ?i.err(), store = ?s.err(), "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, "index or object store unreachable\n").into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "index or object store unreachable\n",
+            )
+                .into_response()
         }
     }
 }

@@ -136,13 +136,20 @@ impl Default for HttpConfig {
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        IndexConfig { url: None, max_connections: 8 }
+        IndexConfig {
+            url: None,
+            max_connections: 8,
+        }
     }
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { backend: StorageBackend::Fs, root: None, s3: S3Config::default() }
+        StorageConfig {
+            backend: StorageBackend::Fs,
+            root: None,
+            s3: S3Config::default(),
+        }
     }
 }
 
@@ -159,20 +166,23 @@ impl Default for IngestConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Plain, filter: "info".into() }
+        LogConfig {
+            format: LogFormat::Plain,
+            filter: "info".into(),
+        }
     }
 }
 
 impl Config {
     /// Load defaults, then the TOML file if given, then `PACS_*` variables.
-    pub fn load(file: Option<&Path>) -> Result<Config, figment::Error> {
+    pub fn load(file: Option<&Path>) -> Result<Config, Box<figment::Error>> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(figment::Error::from(format!(
+                return Err(Box::new(figment::Error::from(format!(
                     "configuration file {} does not exist",
                     path.display()
-                )));
+                ))));
             }
             fig = fig.merge(Toml::file(path));
         }
@@ -183,7 +193,7 @@ impl Config {
                 key != "config" && !key.starts_with("test_")
             })
             .split("__");
-        fig.merge(env).extract()
+        fig.merge(env).extract().map_err(Box::new)
     }
 
     /// The index URL, defaulting to SQLite inside the data directory.
@@ -195,11 +205,17 @@ impl Config {
     }
 
     pub fn objects_root(&self) -> PathBuf {
-        self.storage.root.clone().unwrap_or_else(|| self.data_dir.join("objects"))
+        self.storage
+            .root
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("objects"))
     }
 
     pub fn spool_dir(&self) -> PathBuf {
-        self.ingest.spool_dir.clone().unwrap_or_else(|| self.data_dir.join("spool"))
+        self.ingest
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("spool"))
     }
 }
 
@@ -224,6 +240,7 @@ impl fmt::Debug for Secret {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -248,7 +265,7 @@ mod tests {
             jail.set_env("PACS_STORAGE__S3__SECRET_ACCESS_KEY", "hunter2");
             jail.set_env("PACS_CONFIG", "pacs.toml");
             jail.set_env("PACS_TEST_BACKENDS", "sqlite-fs");
-            let c = Config::load(Some(Path::new("pacs.toml")))?;
+            let c = Config::load(Some(Path::new("pacs.toml"))).map_err(|e| *e)?;
             assert_eq!(c.data_dir, PathBuf::from("/srv/pacs"));
             assert_eq!(c.http.max_request_bytes, 2000);
             assert_eq!(c.storage.backend, StorageBackend::S3);

@@ -27,7 +27,10 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, std::io::Error> 
                 format!("{} does not exist", path.display()),
             ));
         }
-        for entry in walkdir::WalkDir::new(path).follow_links(true).sort_by_file_name() {
+        for entry in walkdir::WalkDir::new(path)
+            .follow_links(true)
+            .sort_by_file_name()
+        {
             let entry = entry.map_err(std::io::Error::other)?;
             if entry.file_type().is_file() {
                 files.push(entry.into_path());
@@ -37,16 +40,31 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, std::io::Error> 
     Ok(files)
 }
 
-pub async fn import(ingest: &Ingest, files: Vec<PathBuf>, parallelism: usize, show_progress: bool) -> ImportSummary {
-    let bar = if show_progress { ProgressBar::new(files.len() as u64) } else { ProgressBar::hidden() };
+pub async fn import(
+    ingest: &Ingest,
+    files: Vec<PathBuf>,
+    parallelism: usize,
+    show_progress: bool,
+) -> ImportSummary {
+    let bar = if show_progress {
+        ProgressBar::new(files.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut summary = ImportSummary::default();
     let mut results = futures::stream::iter(files)
         .map(|path| async move {
-            let origin = Origin { kind: OriginKind::Import, who: display_name(&path), address: None };
+            let origin = Origin {
+                kind: OriginKind::Import,
+                who: display_name(&path),
+                address: None,
+            };
             let outcome = ingest.ingest_file(&path, origin).await;
             (path, outcome)
         })

@@ -9,7 +9,11 @@ use pacs_lite::app::{open_backends, App};
 use pacs_lite::config::{Config, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "pacs-lite", version, about = "A small, durable DICOM archive and gateway")]
+#[command(
+    name = "pacs-lite",
+    version,
+    about = "A small, durable DICOM archive and gateway"
+)]
 struct Cli {
     /// TOML configuration file (defaults < file < PACS_* environment variables).
     #[arg(long, global = true, env = "PACS_CONFIG")]
@@ -60,7 +64,10 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&config);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match runtime.block_on(run(cli.command, config)) {
         Ok(code) => code,
         Err(e) => {
@@ -74,7 +81,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve => {
             let app = App::build(config).await.context("starting the server")?;
-            println!("pacs-lite listening on http://{} (DICOMweb at /dicom-web)", app.http_addr());
+            println!(
+                "pacs-lite listening on http://{} (DICOMweb at /dicom-web)",
+                app.http_addr()
+            );
             app.run(shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -105,9 +115,18 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 println!("  rejected {}: {}", path.display(), r.detail);
             }
             ingest.index().close().await;
-            Ok(if summary.rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if summary.rejected.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Command::Verify { reindex, delete_orphans, grace_secs, json } => {
+        Command::Verify {
+            reindex,
+            delete_orphans,
+            grace_secs,
+            json,
+        } => {
             let ingest = open_backends(&config).await?;
             let opts = pacs_lite::verify::VerifyOptions {
                 reindex_orphans: reindex,
@@ -125,7 +144,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let clean = report.missing.is_empty()
                 && report.mismatched.is_empty()
                 && (report.orphans.len() == report.reindexed.len() + report.deleted.len());
-            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
@@ -159,7 +182,9 @@ fn print_report(r: &pacs_lite::verify::VerifyReport) {
 fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Plain => builder.init(),

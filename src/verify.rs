@@ -82,8 +82,12 @@ pub async fn verify(ingest: &Ingest, opts: VerifyOptions) -> Result<VerifyReport
                     report.intact += 1;
                     report.bytes_checked += n;
                 }
-                Check::Missing => report.missing.push(format!("{} ({})", row.sop_instance_uid, row.object_key)),
-                Check::Mismatch => report.mismatched.push(format!("{} ({})", row.sop_instance_uid, row.object_key)),
+                Check::Missing => report
+                    .missing
+                    .push(format!("{} ({})", row.sop_instance_uid, row.object_key)),
+                Check::Mismatch => report
+                    .mismatched
+                    .push(format!("{} ({})", row.sop_instance_uid, row.object_key)),
             }
             keys.insert(row.object_key);
         }
@@ -136,14 +140,26 @@ async fn check_one(ingest: &Ingest, row: &StoredInstance) -> Result<Check, Verif
     }
     let digest = hex::encode(hasher.finalize());
     let ok = digest == row.sha256 && digest == key.sha256_hex() && len == row.size as u64;
-    Ok(if ok { Check::Intact(len) } else { Check::Mismatch })
+    Ok(if ok {
+        Check::Intact(len)
+    } else {
+        Check::Mismatch
+    })
 }
 
 /// Feed an orphan back through ingest: it is a complete, self-describing object whose
 /// row was lost (a crash between object write and index commit).
-async fn reindex(ingest: &Ingest, key: &ObjectKey, report: &mut VerifyReport) -> Result<(), VerifyError> {
+async fn reindex(
+    ingest: &Ingest,
+    key: &ObjectKey,
+    report: &mut VerifyReport,
+) -> Result<(), VerifyError> {
     let stream = ingest.store().stream(key, None).await?;
-    let origin = Origin { kind: OriginKind::Import, who: format!("verify --reindex {key}"), address: None };
+    let origin = Origin {
+        kind: OriginKind::Import,
+        who: format!("verify --reindex {key}"),
+        address: None,
+    };
     match ingest.ingest(stream, origin, &Expected::default()).await {
         Ok(Outcome::Stored(_)) => report.reindexed.push(key.to_string()),
         Ok(Outcome::AlreadyStored(a)) => {
@@ -158,7 +174,9 @@ async fn reindex(ingest: &Ingest, key: &ObjectKey, report: &mut VerifyReport) ->
             ingest.store().delete(key).await?;
             report.deleted.push(key.to_string());
         }
-        Ok(Outcome::Rejected(r)) => tracing::warn!(key = %key, reason = %r, "orphan could not be re-indexed"),
+        Ok(Outcome::Rejected(r)) => {
+            tracing::warn!(key = %key, reason = %r, "orphan could not be re-indexed")
+        }
         Err(e) => tracing::warn!(key = %key, error = %e, "orphan could not be read"),
     }
     Ok(())

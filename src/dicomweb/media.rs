@@ -30,7 +30,10 @@ impl MediaType {
 
     /// A parameter's value (names are case-insensitive).
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -80,16 +83,24 @@ mod tests {
 
     #[test]
     fn parses_what_clients_send() {
-        let m = MediaType::parse("Multipart/Related; type=\"application/dicom\"; boundary=\"a;b\"").unwrap();
+        let m = MediaType::parse("Multipart/Related; type=\"application/dicom\"; boundary=\"a;b\"")
+            .unwrap();
         assert_eq!(m.essence, "multipart/related");
         assert_eq!(m.param("TYPE"), Some("application/dicom"));
         assert_eq!(m.param("boundary"), Some("a;b"));
-        let m = MediaType::parse("multipart/related; type=application/dicom; boundary=xyz").unwrap();
+        let m =
+            MediaType::parse("multipart/related; type=application/dicom; boundary=xyz").unwrap();
         assert_eq!(m.param("type"), Some("application/dicom"));
         assert_eq!(m.param("boundary"), Some("xyz"));
-        assert_eq!(MediaType::parse("application/dicom").unwrap().params, vec![]);
+        assert_eq!(
+            MediaType::parse("application/dicom").unwrap().params,
+            vec![]
+        );
         assert!(MediaType::parse("nonsense").is_none());
         assert!(MediaType::parse("a/b; novalue").is_none());
-        assert_eq!(MediaType::parse("a/b; q=\"x\\\"y\"").unwrap().param("q"), Some("x\"y"));
+        assert_eq!(
+            MediaType::parse("a/b; q=\"x\\\"y\"").unwrap().param("q"),
+            Some("x\"y")
+        );
     }
 }

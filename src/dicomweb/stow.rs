@@ -58,9 +58,14 @@ fn framing(headers: &HeaderMap) -> Result<Framing, ApiError> {
     let raw = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| ApiError::UnsupportedMediaType("a Content-Type is required: multipart/related; type=\"application/dicom\"".into()))?;
-    let media = MediaType::parse(raw)
-        .ok_or_else(|| ApiError::UnsupportedMediaType(format!("cannot parse Content-Type {raw:?}")))?;
+        .ok_or_else(|| {
+            ApiError::UnsupportedMediaType(
+                "a Content-Type is required: multipart/related; type=\"application/dicom\"".into(),
+            )
+        })?;
+    let media = MediaType::parse(raw).ok_or_else(|| {
+        ApiError::UnsupportedMediaType(format!("cannot parse Content-Type {raw:?}"))
+    })?;
     match media.essence.as_str() {
         "application/dicom" => Ok(Framing::Single),
         "multipart/related" => {
@@ -88,13 +93,23 @@ fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
         return Ok(());
     };
     let ok = accept.split(',').any(|t| {
-        let t = t.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        matches!(t.as_str(), "application/dicom+json" | "application/json" | "*/*" | "application/*" | "")
+        let t = t
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        matches!(
+            t.as_str(),
+            "application/dicom+json" | "application/json" | "*/*" | "application/*" | ""
+        )
     });
     if ok {
         Ok(())
     } else {
-        Err(ApiError::NotAcceptable(format!("the store response is available as {DICOM_JSON} only, not {accept}")))
+        Err(ApiError::NotAcceptable(format!(
+            "the store response is available as {DICOM_JSON} only, not {accept}"
+        )))
     }
 }
 
@@ -113,12 +128,21 @@ async fn run(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::PayloadTooLarge(format!("the request body exceeds the limit of {limit} bytes")));
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the request body exceeds the limit of {limit} bytes"
+        )));
     }
     let over = Arc::new(AtomicBool::new(false));
     let stream = limited(body.into_data_stream(), limit, over.clone());
-    let origin = Origin { kind: OriginKind::Stow, who: "anonymous".into(), address: Some(peer.ip().to_string()) };
-    let expected = Expected { study_uid: study.clone(), ..Default::default() };
+    let origin = Origin {
+        kind: OriginKind::Stow,
+        who: "anonymous".into(),
+        address: Some(peer.ip().to_string()),
+    };
+    let expected = Expected {
+        study_uid: study.clone(),
+        ..Default::default()
+    };
     let mut parts = Pipeline::new(app.clone(), origin, expected);
     let framing_result = match framing {
         Framing::Single => parts.add(stream).await,
@@ -130,12 +154,19 @@ async fn run(
                     Ok(None) => break Ok(()),
                     Err(e) => break Err(e.to_string()),
                 };
-                let part_type = field.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-                let part_media = part_type.map(|t| MediaType::parse(t).map(|m| m.essence).unwrap_or_default());
+                let part_type = field
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok());
+                let part_media =
+                    part_type.map(|t| MediaType::parse(t).map(|m| m.essence).unwrap_or_default());
                 if let Some(ct) = part_media.filter(|m| m != "application/dicom") {
                     parts.refuse(Rejection {
                         reason: Reason::CannotUnderstand,
-                        detail: format!("part {} has Content-Type {ct}, not application/dicom", parts.len() + 1),
+                        detail: format!(
+                            "part {} has Content-Type {ct}, not application/dicom",
+                            parts.len() + 1
+                        ),
                         sop_class_uid: None,
                         sop_instance_uid: None,
                     });
@@ -153,7 +184,9 @@ async fn run(
         return Err(body_error(&over, limit, &cause, outcomes.len()));
     }
     if outcomes.is_empty() {
-        return Err(ApiError::BadRequest("the request holds no DICOM instance".into()));
+        return Err(ApiError::BadRequest(
+            "the request holds no DICOM instance".into(),
+        ));
     }
     let base = urls::base_url(app.config.http.public_base_url.as_deref(), &headers);
     Ok(render(&base, study.as_ref(), &outcomes))
@@ -174,7 +207,13 @@ const IN_FLIGHT: usize = 16;
 
 impl Pipeline {
     fn new(app: Arc<AppState>, origin: Origin, expected: Expected) -> Self {
-        Pipeline { app, origin, expected: Arc::new(expected), pending: FuturesOrdered::new(), done: Vec::new() }
+        Pipeline {
+            app,
+            origin,
+            expected: Arc::new(expected),
+            pending: FuturesOrdered::new(),
+            done: Vec::new(),
+        }
     }
 
     fn len(&self) -> usize {
@@ -182,7 +221,8 @@ impl Pipeline {
     }
 
     fn refuse(&mut self, r: Rejection) {
-        self.pending.push_back(Box::pin(futures::future::ready(Outcome::Rejected(r))));
+        self.pending
+            .push_back(Box::pin(futures::future::ready(Outcome::Rejected(r))));
     }
 
     /// Spool one part and start storing it. Err: the body broke off inside this part.
@@ -194,8 +234,15 @@ impl Pipeline {
         match self.app.ingest.spool(part).await.map_err(|e| e.0)? {
             Err(r) => self.refuse(r),
             Ok(spooled) => {
-                let (ingest, origin, expected) = (self.app.ingest.clone(), self.origin.clone(), self.expected.clone());
-                let task = tokio::spawn(async move { ingest.store_spooled(spooled, origin, &expected).await });
+                let (ingest, origin, expected) = (
+                    self.app.ingest.clone(),
+                    self.origin.clone(),
+                    self.expected.clone(),
+                );
+                let task =
+                    tokio::spawn(
+                        async move { ingest.store_spooled(spooled, origin, &expected).await },
+                    );
                 self.pending.push_back(Box::pin(async move {
                     task.await.unwrap_or_else(|e| {
                         tracing::error!(error = %e, "store task failed");
@@ -237,7 +284,9 @@ fn limited(
         seen += chunk.len() as u64;
         if seen > limit {
             over.store(true, Ordering::Relaxed);
-            return Err(std::io::Error::other(format!("request body exceeds {limit} bytes")));
+            return Err(std::io::Error::other(format!(
+                "request body exceeds {limit} bytes"
+            )));
         }
         Ok(chunk)
     })
@@ -250,9 +299,13 @@ fn body_error(over: &AtomicBool, limit: u64, cause: &str, done: usize) -> ApiErr
         String::new()
     };
     if over.load(Ordering::Relaxed) {
-        ApiError::PayloadTooLarge(format!("the request body exceeds the limit of {limit} bytes{kept}"))
+        ApiError::PayloadTooLarge(format!(
+            "the request body exceeds the limit of {limit} bytes{kept}"
+        ))
     } else {
-        ApiError::BadRequest(format!("malformed or truncated request body: {cause}{kept}"))
+        ApiError::BadRequest(format!(
+            "malformed or truncated request body: {cause}{kept}"
+        ))
     }
 }
 
@@ -293,10 +346,28 @@ fn render(base: &str, study: Option<&Uid>, outcomes: &[Outcome]) -> Response {
             }
             Outcome::Rejected(r) => {
                 let mut item = Map::new();
-                item.insert("00081150".into(), r.sop_class_uid.as_deref().map(ui).unwrap_or(json!({"vr": "UI"})));
-                item.insert("00081155".into(), r.sop_instance_uid.as_deref().map(ui).unwrap_or(json!({"vr": "UI"})));
-                item.insert("00081197".into(), json!({ "vr": "US", "Value": [failure_reason(r.reason)] }));
-                item.insert("00000902".into(), json!({ "vr": "LO", "Value": [truncate(&r.detail, 64)] }));
+                item.insert(
+                    "00081150".into(),
+                    r.sop_class_uid
+                        .as_deref()
+                        .map(ui)
+                        .unwrap_or(json!({"vr": "UI"})),
+                );
+                item.insert(
+                    "00081155".into(),
+                    r.sop_instance_uid
+                        .as_deref()
+                        .map(ui)
+                        .unwrap_or(json!({"vr": "UI"})),
+                );
+                item.insert(
+                    "00081197".into(),
+                    json!({ "vr": "US", "Value": [failure_reason(r.reason)] }),
+                );
+                item.insert(
+                    "00000902".into(),
+                    json!({ "vr": "LO", "Value": [truncate(&r.detail, 64)] }),
+                );
                 warnings.push(match &r.sop_instance_uid {
                     Some(uid) => format!("{uid}: {}", r.detail),
                     None => r.detail.clone(),
@@ -312,17 +383,31 @@ fn render(base: &str, study: Option<&Uid>, outcomes: &[Outcome]) -> Response {
     };
     let mut body = Map::new();
     if let Some(study) = study {
-        body.insert("00081190".into(), json!({ "vr": "UR", "Value": [format!("{base}/dicom-web/studies/{study}")] }));
+        body.insert(
+            "00081190".into(),
+            json!({ "vr": "UR", "Value": [format!("{base}/dicom-web/studies/{study}")] }),
+        );
     }
     if !failed.is_empty() {
         body.insert("00081198".into(), json!({ "vr": "SQ", "Value": failed }));
     }
     if !referenced.is_empty() {
-        body.insert("00081199".into(), json!({ "vr": "SQ", "Value": referenced }));
+        body.insert(
+            "00081199".into(),
+            json!({ "vr": "SQ", "Value": referenced }),
+        );
     }
-    let mut response = (status, [(header::CONTENT_TYPE, DICOM_JSON)], Json::Object(body).to_string()).into_response();
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, DICOM_JSON)],
+        Json::Object(body).to_string(),
+    )
+        .into_response();
     for w in warnings.iter().take(20) {
-        let text = format!("299 pacs-lite \"{}\"", w.replace(['"', '\\', '\r', '\n'], "'"));
+        let text = format!(
+            "299 pacs-lite \"{}\"",
+            w.replace(['"', '\\', '\r', '\n'], "'")
+        );
         if let Ok(v) = HeaderValue::from_str(&text) {
             response.headers_mut().append(header::WARNING, v);
         }

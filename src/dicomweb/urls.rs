@@ -34,7 +34,11 @@ pub fn base_url(configured: Option<&str>, headers: &HeaderMap) -> String {
     let host = host
         .or_else(|| header("x-forwarded-host").map(first))
         .or_else(|| header("host").map(str::to_owned))
-        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b'"'))
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'"')
+        })
         .unwrap_or_else(|| "localhost".to_owned());
     format!("{proto}://{host}")
 }
@@ -54,16 +58,41 @@ mod tests {
 
     #[test]
     fn picks_the_right_source() {
-        assert_eq!(base_url(Some("https://pacs.example/"), &headers(&[("host", "x")])), "https://pacs.example");
-        assert_eq!(base_url(None, &headers(&[("host", "10.0.0.1:8080")])), "http://10.0.0.1:8080");
         assert_eq!(
-            base_url(None, &headers(&[("host", "a"), ("forwarded", "for=1.2.3.4;proto=https;host=\"pacs.org\", for=5")])),
+            base_url(Some("https://pacs.example/"), &headers(&[("host", "x")])),
+            "https://pacs.example"
+        );
+        assert_eq!(
+            base_url(None, &headers(&[("host", "10.0.0.1:8080")])),
+            "http://10.0.0.1:8080"
+        );
+        assert_eq!(
+            base_url(
+                None,
+                &headers(&[
+                    ("host", "a"),
+                    (
+                        "forwarded",
+                        "for=1.2.3.4;proto=https;host=\"pacs.org\", for=5"
+                    )
+                ])
+            ),
             "https://pacs.org"
         );
         assert_eq!(
-            base_url(None, &headers(&[("host", "a"), ("x-forwarded-proto", "https"), ("x-forwarded-host", "b.org, c")])),
+            base_url(
+                None,
+                &headers(&[
+                    ("host", "a"),
+                    ("x-forwarded-proto", "https"),
+                    ("x-forwarded-host", "b.org, c")
+                ])
+            ),
             "https://b.org"
         );
-        assert_eq!(base_url(None, &headers(&[("host", "evil/\"x")])), "http://localhost");
+        assert_eq!(
+            base_url(None, &headers(&[("host", "evil/\"x")])),
+            "http://localhost"
+        );
     }
 }

@@ -106,7 +106,11 @@ impl Index {
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
         let writer = writer::spawn(pool.clone(), backend);
-        Ok(Index { pool, backend, writer })
+        Ok(Index {
+            pool,
+            backend,
+            writer,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -142,7 +146,10 @@ impl Index {
     pub fn all_instances(&self) -> impl Stream<Item = Result<StoredInstance, IndexError>> + '_ {
         sqlx::query(STORED_SELECT_ORDERED)
             .fetch(&self.pool)
-            .map(|r| r.and_then(|r| stored_from_row(&r)).map_err(IndexError::from))
+            .map(|r| {
+                r.and_then(|r| stored_from_row(&r))
+                    .map_err(IndexError::from)
+            })
     }
 
     /// Does any instance row point at this object key?
@@ -198,11 +205,13 @@ fn prepare_sqlite_url(url: &str) -> Result<String, IndexError> {
     if path != ":memory:" && !path.is_empty() {
         if let Some(parent) = std::path::Path::new(path).parent() {
             if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent).map_err(|e| sqlx::Error::Io(e))?;
+                std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
             }
         }
     }
-    let query = if query.contains("mode=") { query.to_owned() } else if query.is_empty() {
+    let query = if query.contains("mode=") {
+        query.to_owned()
+    } else if query.is_empty() {
         "mode=rwc".to_owned()
     } else {
         format!("{query}&mode=rwc")

@@ -9,7 +9,9 @@
 use sqlx::{Any, AnyPool, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Backend, IndexError, InsertOutcome, InstanceRecord, StoredInstance};
+use super::{
+    Backend, IndexError, InsertOutcome, InstanceRecord, SeriesRecord, StoredInstance, StudyRecord,
+};
 
 const MAX_BATCH: usize = 256;
 
@@ -49,7 +51,9 @@ async fn run(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<Job>) {
             }
             Err(e) => {
                 for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(IndexError::Db(sqlx::Error::Protocol(e.to_string()))));
+                    let _ = job
+                        .reply
+                        .send(Err(IndexError::Db(sqlx::Error::Protocol(e.to_string()))));
                 }
             }
         }
@@ -84,8 +88,46 @@ async fn write_one(
     if let Some(existing) = existing(tx, &r.sop_instance_uid).await? {
         return Ok(InsertOutcome::Existing(existing));
     }
-    let now = r.stored_at;
-    let st = &r.study;
+    let study = upsert_study(tx, backend, &r.study, r.stored_at).await?;
+    let (series_pk, new_series) = upsert_series(tx, study.pk, &r.series, r.stored_at).await?;
+    if !insert_instance(tx, study.pk, series_pk, r).await? {
+        // Another process committed this SOP Instance UID since our check.
+        let existing = existing(tx, &r.sop_instance_uid).await?;
+        return existing
+            .map(InsertOutcome::Existing)
+            .ok_or_else(|| IndexError::Db(sqlx::Error::RowNotFound));
+    }
+    sqlx::query("UPDATE series SET num_instances = num_instances + 1 WHERE id = $1")
+        .bind(series_pk)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
+         modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1",
+    )
+    .bind(study.pk)
+    .bind(i64::from(new_series))
+    .bind(merge_set(&study.modalities, r.series.modality.as_deref()))
+    .bind(merge_set(&study.sop_classes, Some(&r.sop_class_uid)))
+    .bind(r.stored_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(InsertOutcome::Inserted)
+}
+
+/// The study row (created from this instance if new), locked for update on PostgreSQL.
+struct StudyRow {
+    pk: i64,
+    modalities: String,
+    sop_classes: String,
+}
+
+async fn upsert_study(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    st: &StudyRecord,
+    now: i64,
+) -> Result<StudyRow, IndexError> {
     sqlx::query(
         "INSERT INTO studies (study_uid, patient_name, patient_name_key, patient_id, \
          patient_birth_date, patient_sex, study_date, study_time, accession_number, study_id, \
@@ -111,17 +153,32 @@ async fn write_one(
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    let lock = if backend == Backend::Postgres { " FOR UPDATE" } else { "" };
-    let study = sqlx::query(&format!(
+    let lock = if backend == Backend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let row = sqlx::query(&format!(
         "SELECT id, modalities, sop_classes FROM studies WHERE study_uid = $1{lock}"
     ))
     .bind(&st.study_uid)
     .fetch_one(&mut **tx)
     .await?;
-    let study_pk: i64 = study.try_get(0)?;
+    Ok(StudyRow {
+        pk: row.try_get(0)?,
+        modalities: row.try_get(1)?,
+        sop_classes: row.try_get(2)?,
+    })
+}
 
-    let se = &r.series;
-    let new_series = sqlx::query(
+/// The series' primary key, and whether this instance created it.
+async fn upsert_series(
+    tx: &mut Transaction<'_, Any>,
+    study_pk: i64,
+    se: &SeriesRecord,
+    now: i64,
+) -> Result<(i64, bool), IndexError> {
+    let created = sqlx::query(
         "INSERT INTO series (series_uid, study_pk, modality, series_number, series_description, \
          body_part_examined, performed_start_date, performed_start_time, attrs_json, created_at) \
          VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (series_uid) DO NOTHING RETURNING id",
@@ -138,17 +195,23 @@ async fn write_one(
     .bind(now)
     .fetch_optional(&mut **tx)
     .await?;
-    let series_pk: i64 = match &new_series {
-        Some(row) => row.try_get(0)?,
-        None => {
-            let row = sqlx::query("SELECT id, study_pk FROM series WHERE series_uid = $1")
-                .bind(&se.series_uid)
-                .fetch_one(&mut **tx)
-                .await?;
-            row.try_get(0)?
-        }
-    };
+    if let Some(row) = created {
+        return Ok((row.try_get(0)?, true));
+    }
+    let row = sqlx::query("SELECT id FROM series WHERE series_uid = $1")
+        .bind(&se.series_uid)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok((row.try_get(0)?, false))
+}
 
+/// Insert the instance row; false when the SOP Instance UID is already there.
+async fn insert_instance(
+    tx: &mut Transaction<'_, Any>,
+    study_pk: i64,
+    series_pk: i64,
+    r: &InstanceRecord,
+) -> Result<bool, IndexError> {
     let inserted = sqlx::query(
         "INSERT INTO instances (sop_instance_uid, series_pk, study_pk, sop_class_uid, \
          instance_number, transfer_syntax, number_of_frames, num_rows, num_columns, object_key, \
@@ -173,45 +236,23 @@ async fn write_one(
     .bind(r.origin.kind.as_str())
     .bind(&r.origin.who)
     .bind(&r.origin.address)
-    .bind(now)
+    .bind(r.stored_at)
     .fetch_optional(&mut **tx)
     .await?;
-    if inserted.is_none() {
-        // Another process committed this SOP Instance UID since our check.
-        let existing = existing(tx, &r.sop_instance_uid).await?;
-        return existing
-            .map(InsertOutcome::Existing)
-            .ok_or_else(|| IndexError::Db(sqlx::Error::RowNotFound));
-    }
-
-    sqlx::query("UPDATE series SET num_instances = num_instances + 1 WHERE id = $1")
-        .bind(series_pk)
-        .execute(&mut **tx)
-        .await?;
-    let modalities = merge_set(&study.try_get::<String, _>(1)?, se.modality.as_deref());
-    let sop_classes = merge_set(&study.try_get::<String, _>(2)?, Some(&r.sop_class_uid));
-    sqlx::query(
-        "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
-         modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1",
-    )
-    .bind(study_pk)
-    .bind(i64::from(new_series.is_some()))
-    .bind(modalities)
-    .bind(sop_classes)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(InsertOutcome::Inserted)
+    Ok(inserted.is_some())
 }
 
 async fn existing(
     tx: &mut Transaction<'_, Any>,
     sop: &str,
 ) -> Result<Option<StoredInstance>, IndexError> {
-    let row = sqlx::query(&format!("{} WHERE i.sop_instance_uid = $1", super::STORED_SELECT))
-        .bind(sop)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let row = sqlx::query(&format!(
+        "{} WHERE i.sop_instance_uid = $1",
+        super::STORED_SELECT
+    ))
+    .bind(sop)
+    .fetch_optional(&mut **tx)
+    .await?;
     Ok(row.map(|r| super::stored_from_row(&r)).transpose()?)
 }
 

@@ -29,10 +29,18 @@ pub enum Encoding {
 pub enum PixelData {
     /// Native pixel data: the value's offset and length, and its VR (`OB`/`OW`, or `None`
     /// when the encoding is implicit).
-    Native { offset: u64, length: u64, vr: Option<[u8; 2]> },
+    Native {
+        offset: u64,
+        length: u64,
+        vr: Option<[u8; 2]>,
+    },
     /// Encapsulated: the basic offset table and each fragment's (value offset, length),
     /// plus the offset of the first fragment's item header (BOT entries count from there).
-    Encapsulated { offset_table: Vec<u32>, fragments: Vec<(u64, u32)>, first_item: u64 },
+    Encapsulated {
+        offset_table: Vec<u32>,
+        fragments: Vec<(u64, u32)>,
+        first_item: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +54,9 @@ pub enum WalkError {
     #[error("reading the object: {0}")]
     Io(#[from] io::Error),
 }
+
+/// An element header: tag (group, element), VR when explicit, value length.
+type ElementHeader = ((u16, u16), Option<[u8; 2]>, u32);
 
 /// A frame as the list of byte ranges (offset, length) that make it up.
 pub type Frame = Vec<(u64, u32)>;
@@ -88,7 +99,12 @@ pub fn layout<R: Read + Seek>(r: &mut R, len: u64) -> Result<Layout, WalkError> 
         }
     }
     let meta_start = meta_start.ok_or(WalkError::NotPart10)?;
-    let mut w = Walker { r, len, pos: meta_start, enc: Encoding::ExplicitLe };
+    let mut w = Walker {
+        r,
+        len,
+        pos: meta_start,
+        enc: Encoding::ExplicitLe,
+    };
     w.seek(meta_start)?;
     let mut transfer_syntax = None;
     let mut meta_body_start = meta_start;
@@ -105,7 +121,10 @@ pub fn layout<R: Read + Seek>(r: &mut R, len: u64) -> Result<Layout, WalkError> 
         }
         let (tag, _, length) = w.header(Encoding::ExplicitLe)?;
         if length == UNDEFINED || length > 1 << 20 {
-            return Err(WalkError::Malformed(format!("file meta element ({:04X},{:04X}) has length {length}", tag.0, tag.1)));
+            return Err(WalkError::Malformed(format!(
+                "file meta element ({:04X},{:04X}) has length {length}",
+                tag.0, tag.1
+            )));
         }
         if tag == (0x0002, 0x0000) && start == meta_start {
             meta_body_start = start + 12;
@@ -117,7 +136,9 @@ pub fn layout<R: Read + Seek>(r: &mut R, len: u64) -> Result<Layout, WalkError> 
             }
             w.r.read_exact(&mut v)?;
             w.pos += length as u64;
-            let ts = String::from_utf8_lossy(&v).trim_end_matches(['\0', ' ']).to_owned();
+            let ts = String::from_utf8_lossy(&v)
+                .trim_end_matches(['\0', ' '])
+                .to_owned();
             transfer_syntax = Some(ts);
         } else {
             w.skip(length as u64, "file meta group")?;
@@ -126,7 +147,13 @@ pub fn layout<R: Read + Seek>(r: &mut R, len: u64) -> Result<Layout, WalkError> 
     if meta_start == w.pos {
         return Err(WalkError::NotPart10);
     }
-    Ok(Layout { has_marker, meta_start, meta_body_start, dataset_start: w.pos, transfer_syntax })
+    Ok(Layout {
+        has_marker,
+        meta_start,
+        meta_body_start,
+        dataset_start: w.pos,
+        transfer_syntax,
+    })
 }
 
 /// Walk the top level of the data set to the Pixel Data element, if any.
@@ -139,7 +166,12 @@ pub fn find_pixel_data<R: Read + Seek>(
     if enc == Encoding::Deflated {
         return Ok(None);
     }
-    let mut w = Walker { r, len, pos: start, enc };
+    let mut w = Walker {
+        r,
+        len,
+        pos: start,
+        enc,
+    };
     w.seek(start)?;
     while w.pos < len {
         let (tag, vr, length) = w.header(enc)?;
@@ -157,7 +189,11 @@ pub fn find_pixel_data<R: Read + Seek>(
 /// Split pixel data into frames. Returns `None` when frames cannot be located without
 /// decoding (encapsulated with more fragments than frames and no usable offset table, or
 /// 1-bit native data).
-pub fn frames(pd: &PixelData, number_of_frames: u64, native_frame_len: Option<u64>) -> Option<Vec<Frame>> {
+pub fn frames(
+    pd: &PixelData,
+    number_of_frames: u64,
+    native_frame_len: Option<u64>,
+) -> Option<Vec<Frame>> {
     let n = number_of_frames.max(1);
     match pd {
         PixelData::Native { offset, length, .. } => {
@@ -165,9 +201,17 @@ pub fn frames(pd: &PixelData, number_of_frames: u64, native_frame_len: Option<u6
             if flen == 0 || flen * n > *length || flen > u32::MAX as u64 {
                 return None;
             }
-            Some((0..n).map(|i| vec![(offset + i * flen, flen as u32)]).collect())
+            Some(
+                (0..n)
+                    .map(|i| vec![(offset + i * flen, flen as u32)])
+                    .collect(),
+            )
         }
-        PixelData::Encapsulated { offset_table, fragments, first_item } => {
+        PixelData::Encapsulated {
+            offset_table,
+            fragments,
+            first_item,
+        } => {
             if fragments.is_empty() {
                 return None;
             }
@@ -184,7 +228,10 @@ pub fn frames(pd: &PixelData, number_of_frames: u64, native_frame_len: Option<u6
             let mut out: Vec<Frame> = Vec::with_capacity(n as usize);
             for (i, &rel) in offset_table.iter().enumerate() {
                 let begin = first_item + rel as u64;
-                let end = offset_table.get(i + 1).map(|&e| first_item + e as u64).unwrap_or(u64::MAX);
+                let end = offset_table
+                    .get(i + 1)
+                    .map(|&e| first_item + e as u64)
+                    .unwrap_or(u64::MAX);
                 let frame: Frame = fragments
                     .iter()
                     .filter(|(off, _)| *off - 8 >= begin && *off - 8 < end)
@@ -242,7 +289,19 @@ struct Walker<'a, R> {
 fn long_vr(vr: &[u8; 2]) -> bool {
     matches!(
         vr,
-        b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
+        b"OB"
+            | b"OD"
+            | b"OF"
+            | b"OL"
+            | b"OV"
+            | b"OW"
+            | b"SQ"
+            | b"SV"
+            | b"UC"
+            | b"UN"
+            | b"UR"
+            | b"UT"
+            | b"UV"
     )
 }
 
@@ -265,12 +324,20 @@ impl<R: Read + Seek> Walker<'_, R> {
 
     fn u16(&mut self, enc: Encoding, what: &'static str) -> Result<u16, WalkError> {
         let b = self.read::<2>(what)?;
-        Ok(if enc == Encoding::ExplicitBe { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) })
+        Ok(if enc == Encoding::ExplicitBe {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        })
     }
 
     fn u32(&mut self, enc: Encoding, what: &'static str) -> Result<u32, WalkError> {
         let b = self.read::<4>(what)?;
-        Ok(if enc == Encoding::ExplicitBe { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
+        Ok(if enc == Encoding::ExplicitBe {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
     }
 
     fn skip(&mut self, n: u64, what: &'static str) -> Result<(), WalkError> {
@@ -283,8 +350,11 @@ impl<R: Read + Seek> Walker<'_, R> {
     }
 
     /// Read an element header: tag, VR (explicit encodings only) and value length.
-    fn header(&mut self, enc: Encoding) -> Result<((u16, u16), Option<[u8; 2]>, u32), WalkError> {
-        let tag = (self.u16(enc, "element header")?, self.u16(enc, "element header")?);
+    fn header(&mut self, enc: Encoding) -> Result<ElementHeader, WalkError> {
+        let tag = (
+            self.u16(enc, "element header")?,
+            self.u16(enc, "element header")?,
+        );
         if tag.0 == 0xFFFE {
             // Items and delimiters have no VR in any encoding.
             return Ok((tag, None, self.u32(enc, "item header")?));
@@ -315,13 +385,19 @@ impl<R: Read + Seek> Walker<'_, R> {
             return self.skip(length as u64, "element value");
         }
         // Undefined length: a sequence (or UN holding one, encoded implicit little endian).
-        let inner = if vr == Some(*b"UN") { Encoding::ImplicitLe } else { self.enc };
+        let inner = if vr == Some(*b"UN") {
+            Encoding::ImplicitLe
+        } else {
+            self.enc
+        };
         self.skip_sequence(inner, 0)
     }
 
     fn skip_sequence(&mut self, enc: Encoding, depth: u32) -> Result<(), WalkError> {
         if depth > 64 {
-            return Err(WalkError::Malformed("sequences nested more than 64 deep".into()));
+            return Err(WalkError::Malformed(
+                "sequences nested more than 64 deep".into(),
+            ));
         }
         loop {
             let (tag, _, len) = self.header(enc)?;
@@ -346,7 +422,11 @@ impl<R: Read + Seek> Walker<'_, R> {
                 return Ok(());
             }
             if len == UNDEFINED {
-                let inner = if vr == Some(*b"UN") { Encoding::ImplicitLe } else { enc };
+                let inner = if vr == Some(*b"UN") {
+                    Encoding::ImplicitLe
+                } else {
+                    enc
+                };
                 self.skip_sequence(inner, depth + 1)?;
             } else {
                 self.skip(len as u64, "sequence item")?;
@@ -358,12 +438,18 @@ impl<R: Read + Seek> Walker<'_, R> {
         if length != UNDEFINED {
             let offset = self.pos;
             self.skip(length as u64, "pixel data")?;
-            return Ok(PixelData::Native { offset, length: length as u64, vr });
+            return Ok(PixelData::Native {
+                offset,
+                length: length as u64,
+                vr,
+            });
         }
         let enc = self.enc;
         let (tag, _, bot_len) = self.header(enc)?;
         if tag != ITEM {
-            return Err(WalkError::Malformed("encapsulated pixel data without an offset table item".into()));
+            return Err(WalkError::Malformed(
+                "encapsulated pixel data without an offset table item".into(),
+            ));
         }
         let mut offset_table = Vec::with_capacity(bot_len as usize / 4);
         for _ in 0..bot_len / 4 {
@@ -380,10 +466,18 @@ impl<R: Read + Seek> Walker<'_, R> {
                     fragments.push((self.pos, len));
                     self.skip(len as u64, "pixel data fragment")?;
                 }
-                _ => return Err(WalkError::Malformed("unexpected element among pixel data fragments".into())),
+                _ => {
+                    return Err(WalkError::Malformed(
+                        "unexpected element among pixel data fragments".into(),
+                    ))
+                }
             }
         }
-        Ok(PixelData::Encapsulated { offset_table, fragments, first_item })
+        Ok(PixelData::Encapsulated {
+            offset_table,
+            fragments,
+            first_item,
+        })
     }
 }
 
@@ -418,7 +512,9 @@ mod tests {
         let mut body = Vec::new();
         el(&mut body, 0x0008, 0x0018, b"UI", b"1.2.3\0");
         // an undefined-length sequence with one undefined-length item
-        body.extend_from_slice(&[0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        body.extend_from_slice(&[
+            0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
         body.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
         el(&mut body, 0x0008, 0x1150, b"UI", b"1.2\0");
         body.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
@@ -430,22 +526,34 @@ mod tests {
         let layout = layout(&mut c, len).unwrap();
         let start = layout.dataset_start;
         assert_eq!(start, 132 + 8 + 20);
-        assert_eq!(layout.transfer_syntax.as_deref(), Some("1.2.840.10008.1.2.1"));
+        assert_eq!(
+            layout.transfer_syntax.as_deref(),
+            Some("1.2.840.10008.1.2.1")
+        );
         assert!(layout.has_marker);
-        let pd = find_pixel_data(&mut c, len, start, Encoding::ExplicitLe).unwrap().unwrap();
-        let PixelData::Native { offset, length, .. } = pd.clone() else { panic!() };
+        let pd = find_pixel_data(&mut c, len, start, Encoding::ExplicitLe)
+            .unwrap()
+            .unwrap();
+        let PixelData::Native { offset, length, .. } = pd.clone() else {
+            panic!()
+        };
         assert_eq!(length, 32);
         assert_eq!(offset, len - 32);
         let f = frames(&pd, 2, Some(16)).unwrap();
         assert_eq!(f, vec![vec![(offset, 16)], vec![(offset + 16, 16)]]);
         assert_eq!(decode_table(&encode_table(&f)).unwrap(), f);
-        assert!(frames(&pd, 3, Some(16)).is_none(), "frames beyond the value are refused");
+        assert!(
+            frames(&pd, 3, Some(16)).is_none(),
+            "frames beyond the value are refused"
+        );
     }
 
     #[test]
     fn encapsulated_fragments_map_to_frames_and_truncation_is_seen() {
         let mut body = Vec::new();
-        body.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        body.extend_from_slice(&[
+            0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
         // BOT with 2 entries: frame 0 at 0, frame 1 at 2 items later (12 + 12 bytes)
         body.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 8, 0, 0, 0, 0, 0, 0, 0, 24, 0, 0, 0]);
         for _ in 0..3 {
@@ -456,7 +564,9 @@ mod tests {
         let len = bytes.len() as u64;
         let mut c = Cursor::new(bytes.clone());
         let start = layout(&mut c, len).unwrap().dataset_start;
-        let pd = find_pixel_data(&mut c, len, start, Encoding::ExplicitLe).unwrap().unwrap();
+        let pd = find_pixel_data(&mut c, len, start, Encoding::ExplicitLe)
+            .unwrap()
+            .unwrap();
         let f = frames(&pd, 2, None).unwrap();
         assert_eq!(f[0].len(), 2);
         assert_eq!(f[1].len(), 1);
@@ -464,7 +574,8 @@ mod tests {
 
         let cut = &bytes[..bytes.len() - 10];
         let mut c = Cursor::new(cut.to_vec());
-        let err = find_pixel_data(&mut c, cut.len() as u64, start, Encoding::ExplicitLe).unwrap_err();
+        let err =
+            find_pixel_data(&mut c, cut.len() as u64, start, Encoding::ExplicitLe).unwrap_err();
         assert!(matches!(err, WalkError::Truncated(_)), "{err}");
     }
 
@@ -481,6 +592,9 @@ mod tests {
         let len = bare.len() as u64;
         let l = layout(&mut Cursor::new(bare), len).unwrap();
         assert!(!l.has_marker);
-        assert_eq!((l.meta_start, l.meta_body_start, l.dataset_start), (0, 0, 28));
+        assert_eq!(
+            (l.meta_start, l.meta_body_start, l.dataset_start),
+            (0, 0, 28)
+        );
     }
 }

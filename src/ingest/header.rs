@@ -85,126 +85,164 @@ const SERIES_TAGS: &[Tag] = &[
 ];
 
 fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
-    Rejection { reason, detail: detail.into(), sop_class_uid: None, sop_instance_uid: None }
+    Rejection {
+        reason,
+        detail: detail.into(),
+        sop_class_uid: None,
+        sop_instance_uid: None,
+    }
 }
 
 pub fn parse(path: &Path, len: u64) -> Result<Parsed, Rejection> {
     let mut reader = BufReader::with_capacity(16 * 1024, File::open(path).map_err(io_failure)?);
     let layout = frames::layout(&mut reader, len).map_err(walk_rejection)?;
-    let ts_raw = layout.transfer_syntax.clone().ok_or_else(|| {
-        reject(Reason::CannotUnderstand, "the file meta group has no TransferSyntaxUID (0002,0010)")
+    let (ts_uid, encoding) = transfer_syntax(&layout)?;
+    let obj = open_header(path, &layout).map_err(|e| {
+        reject(
+            Reason::CannotUnderstand,
+            format!("cannot parse the DICOM header: {e}"),
+        )
     })?;
-    let ts_uid = Uid::parse(&ts_raw)
-        .map_err(|e| reject(Reason::CannotUnderstand, format!("TransferSyntaxUID {ts_raw:?}: {e}")))?;
-    let ts = TransferSyntaxRegistry.get(ts_uid.as_str()).ok_or_else(|| {
-        reject(Reason::UnsupportedTransferSyntax, format!("transfer syntax {ts_uid} is not supported"))
-    })?;
-    let encoding = match (ts_uid.as_str(), ts.codec()) {
-        (_, Codec::Dataset(_)) => Encoding::Deflated,
-        ("1.2.840.10008.1.2", _) => Encoding::ImplicitLe,
-        ("1.2.840.10008.1.2.2", _) => Encoding::ExplicitBe,
-        _ => Encoding::ExplicitLe,
-    };
-    let obj = open_header(path, &layout)
-        .map_err(|e| reject(Reason::CannotUnderstand, format!("cannot parse the DICOM header: {e}")))?;
-    let meta = obj.meta();
-
-    let mut ids = Identity::read(&obj)?;
-    let rej_ids = |mut r: Rejection, ids: &Identity| {
-        r.sop_class_uid = ids.sop_class.as_ref().map(|u| u.to_string());
-        r.sop_instance_uid = ids.sop_instance.as_ref().map(|u| u.to_string());
-        r
-    };
-    let (study_uid, series_uid, sop_instance_uid, sop_class_uid) = match ids.require() {
-        Ok(v) => v,
-        Err(r) => return Err(rej_ids(r, &ids)),
-    };
-    ids.sop_class = Some(sop_class_uid.clone());
-    ids.sop_instance = Some(sop_instance_uid.clone());
-
-    check_meta(meta, &sop_class_uid, &sop_instance_uid);
-    if let Err(r) = check_sop_class(&sop_class_uid) {
-        return Err(rej_ids(r, &ids));
-    }
+    let uids = read_uids(&obj)?;
+    let attribute = |r: Rejection| r.about(&uids.sop_class, &uids.sop_instance);
+    check_meta(obj.meta(), &uids.sop_class, &uids.sop_instance);
+    check_sop_class(&uids.sop_class).map_err(attribute)?;
     let pixel = frames::find_pixel_data(&mut reader, len, layout.dataset_start, encoding)
-        .map_err(|e| rej_ids(walk_rejection(e), &ids))?;
+        .map_err(|e| attribute(walk_rejection(e)))?;
     // Deflated data sets cannot be walked; dicom-object has read them up to Pixel Data.
     let has_pixels = pixel.is_some() || encoding == Encoding::Deflated;
-    if let Err(r) = check_iod(&sop_class_uid, &obj, has_pixels) {
-        return Err(rej_ids(r, &ids));
-    }
+    check_iod(&uids.sop_class, &obj, has_pixels).map_err(attribute)?;
 
     let number_of_frames = int(&obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
-    let rows = int(&obj, tags::ROWS);
-    let columns = int(&obj, tags::COLUMNS);
-    let bulk_base = format!("studies/{study_uid}/series/{series_uid}/instances/{sop_instance_uid}");
+    let (rows, columns) = (int(&obj, tags::ROWS), int(&obj, tags::COLUMNS));
+    let bulk_base = format!(
+        "studies/{}/series/{}/instances/{}",
+        uids.study, uids.series, uids.sop_instance
+    );
     let mut map = dataset_to_json(&obj, &bulk_base);
     let mut frame_table = None;
     if let Some(pd) = &pixel {
-        let vr = match pd {
-            PixelData::Native { vr: Some(vr), .. } => String::from_utf8_lossy(vr).into_owned(),
-            PixelData::Native { vr: None, .. } if int(&obj, tags::BITS_ALLOCATED).unwrap_or(16) > 8 => "OW".into(),
-            _ => "OB".into(),
-        };
-        let mut entry = Map::new();
-        entry.insert("vr".into(), Json::String(vr));
-        entry.insert("BulkDataURI".into(), Json::String(json::bulk_uri(&bulk_base, tags::PIXEL_DATA)));
-        map.insert(json::tag_key(tags::PIXEL_DATA), Json::Object(entry));
+        map.insert(
+            json::tag_key(tags::PIXEL_DATA),
+            pixel_data_json(pd, &obj, &bulk_base),
+        );
         let native_len = native_frame_len(&obj, rows, columns);
-        frame_table = frames::frames(pd, number_of_frames as u64, native_len).map(|f| frames::encode_table(&f));
+        frame_table = frames::frames(pd, number_of_frames as u64, native_len)
+            .map(|f| frames::encode_table(&f));
     }
-
-    let study = StudyRecord {
-        study_uid: study_uid.to_string(),
-        patient_name: text(&obj, tags::PATIENT_NAME),
-        patient_name_key: text(&obj, tags::PATIENT_NAME).map(|n| fold(&n)),
-        patient_id: text(&obj, tags::PATIENT_ID),
-        patient_birth_date: text(&obj, tags::PATIENT_BIRTH_DATE),
-        patient_sex: text(&obj, tags::PATIENT_SEX),
-        study_date: text(&obj, tags::STUDY_DATE),
-        study_time: text(&obj, tags::STUDY_TIME),
-        accession_number: text(&obj, tags::ACCESSION_NUMBER),
-        study_id: text(&obj, tags::STUDY_ID),
-        study_description: text(&obj, tags::STUDY_DESCRIPTION),
-        referring_physician_name: text(&obj, tags::REFERRING_PHYSICIAN_NAME),
-        referring_physician_key: text(&obj, tags::REFERRING_PHYSICIAN_NAME).map(|n| fold(&n)),
-        attrs_json: subset(&map, STUDY_TAGS),
-    };
-    let series = SeriesRecord {
-        series_uid: series_uid.to_string(),
-        modality: text(&obj, tags::MODALITY),
-        series_number: int(&obj, tags::SERIES_NUMBER),
-        series_description: text(&obj, tags::SERIES_DESCRIPTION),
-        body_part_examined: text(&obj, tags::BODY_PART_EXAMINED),
-        performed_start_date: text(&obj, tags::PERFORMED_PROCEDURE_STEP_START_DATE),
-        performed_start_time: text(&obj, tags::PERFORMED_PROCEDURE_STEP_START_TIME),
-        attrs_json: subset(&map, SERIES_TAGS),
-    };
     Ok(Parsed {
         instance_number: int(&obj, tags::INSTANCE_NUMBER),
         number_of_frames,
         rows,
         columns,
+        study: study_record(&obj, &uids.study, &map),
+        series: series_record(&obj, &uids.series, &map),
         metadata_json: Json::Object(map).to_string(),
         frame_table,
-        study,
-        series,
-        study_uid,
-        series_uid,
-        sop_instance_uid,
-        sop_class_uid,
+        study_uid: uids.study,
+        series_uid: uids.series,
+        sop_instance_uid: uids.sop_instance,
+        sop_class_uid: uids.sop_class,
         transfer_syntax: ts_uid,
     })
+}
+
+/// The declared transfer syntax, which must be one dicom-rs knows, and how to walk it.
+fn transfer_syntax(layout: &frames::Layout) -> Result<(Uid, Encoding), Rejection> {
+    let raw = layout.transfer_syntax.as_deref().ok_or_else(|| {
+        reject(
+            Reason::CannotUnderstand,
+            "the file meta group has no TransferSyntaxUID (0002,0010)",
+        )
+    })?;
+    let uid = Uid::parse(raw).map_err(|e| {
+        reject(
+            Reason::CannotUnderstand,
+            format!("TransferSyntaxUID {raw:?}: {e}"),
+        )
+    })?;
+    let ts = TransferSyntaxRegistry.get(uid.as_str()).ok_or_else(|| {
+        reject(
+            Reason::UnsupportedTransferSyntax,
+            format!("transfer syntax {uid} is not supported"),
+        )
+    })?;
+    let encoding = match (uid.as_str(), ts.codec()) {
+        (_, Codec::Dataset(_)) => Encoding::Deflated,
+        ("1.2.840.10008.1.2", _) => Encoding::ImplicitLe,
+        ("1.2.840.10008.1.2.2", _) => Encoding::ExplicitBe,
+        _ => Encoding::ExplicitLe,
+    };
+    Ok((uid, encoding))
+}
+
+/// The Pixel Data entry of the metadata: its VR and a BulkDataURI.
+fn pixel_data_json(pd: &PixelData, obj: &InMemDicomObject, bulk_base: &str) -> Json {
+    let vr = match pd {
+        PixelData::Native { vr: Some(vr), .. } => String::from_utf8_lossy(vr).into_owned(),
+        PixelData::Native { vr: None, .. } if int(obj, tags::BITS_ALLOCATED).unwrap_or(16) > 8 => {
+            "OW".into()
+        }
+        _ => "OB".into(),
+    };
+    let mut entry = Map::new();
+    entry.insert("vr".into(), Json::String(vr));
+    entry.insert(
+        "BulkDataURI".into(),
+        Json::String(json::bulk_uri(bulk_base, tags::PIXEL_DATA)),
+    );
+    Json::Object(entry)
+}
+
+fn study_record(obj: &InMemDicomObject, study_uid: &Uid, map: &Map<String, Json>) -> StudyRecord {
+    StudyRecord {
+        study_uid: study_uid.to_string(),
+        patient_name: text(obj, tags::PATIENT_NAME),
+        patient_name_key: text(obj, tags::PATIENT_NAME).map(|n| fold(&n)),
+        patient_id: text(obj, tags::PATIENT_ID),
+        patient_birth_date: text(obj, tags::PATIENT_BIRTH_DATE),
+        patient_sex: text(obj, tags::PATIENT_SEX),
+        study_date: text(obj, tags::STUDY_DATE),
+        study_time: text(obj, tags::STUDY_TIME),
+        accession_number: text(obj, tags::ACCESSION_NUMBER),
+        study_id: text(obj, tags::STUDY_ID),
+        study_description: text(obj, tags::STUDY_DESCRIPTION),
+        referring_physician_name: text(obj, tags::REFERRING_PHYSICIAN_NAME),
+        referring_physician_key: text(obj, tags::REFERRING_PHYSICIAN_NAME).map(|n| fold(&n)),
+        attrs_json: subset(map, STUDY_TAGS),
+    }
+}
+
+fn series_record(
+    obj: &InMemDicomObject,
+    series_uid: &Uid,
+    map: &Map<String, Json>,
+) -> SeriesRecord {
+    SeriesRecord {
+        series_uid: series_uid.to_string(),
+        modality: text(obj, tags::MODALITY),
+        series_number: int(obj, tags::SERIES_NUMBER),
+        series_description: text(obj, tags::SERIES_DESCRIPTION),
+        body_part_examined: text(obj, tags::BODY_PART_EXAMINED),
+        performed_start_date: text(obj, tags::PERFORMED_PROCEDURE_STEP_START_DATE),
+        performed_start_time: text(obj, tags::PERFORMED_PROCEDURE_STEP_START_TIME),
+        attrs_json: subset(map, SERIES_TAGS),
+    }
 }
 
 /// Parse the header up to Pixel Data. dicom-object wants `DICM` and a correct group
 /// length first; objects in the wild lack one or both, so the parser reads a marker and a
 /// group length computed by the walker, then the meta elements and the data set as they
 /// are stored (the stored bytes are never changed).
-fn open_header(path: &Path, layout: &frames::Layout) -> Result<dicom_object::DefaultDicomObject, String> {
+fn open_header(
+    path: &Path,
+    layout: &frames::Layout,
+) -> Result<dicom_object::DefaultDicomObject, String> {
     let mut file = File::open(path).map_err(|e| e.to_string())?;
-    file.seek(SeekFrom::Start(layout.meta_body_start)).map_err(|e| e.to_string())?;
-    let group_length = u32::try_from(layout.dataset_start - layout.meta_body_start).map_err(|e| e.to_string())?;
+    file.seek(SeekFrom::Start(layout.meta_body_start))
+        .map_err(|e| e.to_string())?;
+    let group_length =
+        u32::try_from(layout.dataset_start - layout.meta_body_start).map_err(|e| e.to_string())?;
     let mut prefix = Vec::with_capacity(16);
     prefix.extend_from_slice(b"DICM\x02\x00\x00\x00UL\x04\x00");
     prefix.extend_from_slice(&group_length.to_le_bytes());
@@ -216,46 +254,38 @@ fn open_header(path: &Path, layout: &frames::Layout) -> Result<dicom_object::Def
         .map_err(|e| e.to_string())
 }
 
-/// The four identifying UIDs, each parsed if present.
-struct Identity {
-    study: Option<Result<Uid, Rejection>>,
-    series: Option<Result<Uid, Rejection>>,
-    sop_instance: Option<Uid>,
-    sop_instance_raw: Option<Result<Uid, Rejection>>,
-    sop_class: Option<Uid>,
-    sop_class_raw: Option<Result<Uid, Rejection>>,
+/// The four identifying UIDs of an instance.
+struct Uids {
+    study: Uid,
+    series: Uid,
+    sop_instance: Uid,
+    sop_class: Uid,
 }
 
-impl Identity {
-    fn read(obj: &InMemDicomObject) -> Result<Identity, Rejection> {
-        let get = |tag: Tag, name: &str| {
-            text(obj, tag).map(|s| {
-                Uid::parse(&s).map_err(|e| reject(Reason::InvalidUid, format!("{name} {s:?}: {e}")))
-            })
-        };
-        let sop_class_raw = get(tags::SOP_CLASS_UID, "SOPClassUID");
-        let sop_instance_raw = get(tags::SOP_INSTANCE_UID, "SOPInstanceUID");
-        Ok(Identity {
-            study: get(tags::STUDY_INSTANCE_UID, "StudyInstanceUID"),
-            series: get(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID"),
-            sop_class: sop_class_raw.as_ref().and_then(|r| r.as_ref().ok().cloned()),
-            sop_instance: sop_instance_raw.as_ref().and_then(|r| r.as_ref().ok().cloned()),
-            sop_class_raw,
-            sop_instance_raw,
-        })
-    }
-
-    fn require(&mut self) -> Result<(Uid, Uid, Uid, Uid), Rejection> {
-        fn one(v: Option<Result<Uid, Rejection>>, name: &str) -> Result<Uid, Rejection> {
-            v.unwrap_or_else(|| Err(reject(Reason::MissingAttribute, format!("{name} is missing or empty"))))
+/// Read and parse the identifying UIDs; a refusal names whichever SOP UIDs were readable.
+fn read_uids(obj: &InMemDicomObject) -> Result<Uids, Rejection> {
+    let get = |tag: Tag, name: &str| match text(obj, tag) {
+        None => Err(reject(
+            Reason::MissingAttribute,
+            format!("{name} is missing or empty"),
+        )),
+        Some(s) => {
+            Uid::parse(&s).map_err(|e| reject(Reason::InvalidUid, format!("{name} {s:?}: {e}")))
         }
-        Ok((
-            one(self.study.take(), "StudyInstanceUID")?,
-            one(self.series.take(), "SeriesInstanceUID")?,
-            one(self.sop_instance_raw.take(), "SOPInstanceUID")?,
-            one(self.sop_class_raw.take(), "SOPClassUID")?,
-        ))
-    }
+    };
+    let sop_class = get(tags::SOP_CLASS_UID, "SOPClassUID");
+    let sop_instance = get(tags::SOP_INSTANCE_UID, "SOPInstanceUID");
+    let attribute = |r: Rejection| Rejection {
+        sop_class_uid: sop_class.as_ref().ok().map(Uid::to_string),
+        sop_instance_uid: sop_instance.as_ref().ok().map(Uid::to_string),
+        ..r
+    };
+    Ok(Uids {
+        study: get(tags::STUDY_INSTANCE_UID, "StudyInstanceUID").map_err(attribute)?,
+        series: get(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID").map_err(attribute)?,
+        sop_instance: sop_instance.clone().map_err(attribute)?,
+        sop_class: sop_class.clone().map_err(attribute)?,
+    })
 }
 
 /// The file meta group is media bookkeeping; the data set is authoritative. Files whose
@@ -300,7 +330,12 @@ fn check_iod(sop_class: &Uid, obj: &InMemDicomObject, has_pixels: bool) -> Resul
     }
     Err(reject(
         Reason::DataSetMismatch,
-        format!("the data set does not match its SOP class {} ({}): {} missing", sop_class, entry.name, missing.join(", ")),
+        format!(
+            "the data set does not match its SOP class {} ({}): {} missing",
+            sop_class,
+            entry.name,
+            missing.join(", ")
+        ),
     ))
 }
 
@@ -317,7 +352,9 @@ pub fn check_sop_class(uid: &Uid) -> Result<(), Rejection> {
 
 /// Whether a standard SOP class name denotes something that can be stored.
 pub fn is_storage_class(name: &str) -> bool {
-    name.contains("Storage") && !name.contains("Commitment") && !name.contains("Media Storage Directory")
+    name.contains("Storage")
+        && !name.contains("Commitment")
+        && !name.contains("Media Storage Directory")
 }
 
 fn walk_rejection(e: WalkError) -> Rejection {
@@ -332,7 +369,10 @@ fn walk_rejection(e: WalkError) -> Rejection {
 }
 
 fn io_failure(e: std::io::Error) -> Rejection {
-    reject(Reason::ProcessingFailure, format!("reading the spooled object: {e}"))
+    reject(
+        Reason::ProcessingFailure,
+        format!("reading the spooled object: {e}"),
+    )
 }
 
 /// Trimmed text of a top-level element, `None` when absent or empty. (`get`, not
@@ -346,10 +386,16 @@ fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
 
 fn int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
     let elem = obj.get(tag)?;
-    elem.to_int::<i64>().ok().or_else(|| text(obj, tag)?.parse().ok())
+    elem.to_int::<i64>()
+        .ok()
+        .or_else(|| text(obj, tag)?.parse().ok())
 }
 
-fn native_frame_len(obj: &InMemDicomObject, rows: Option<i64>, columns: Option<i64>) -> Option<u64> {
+fn native_frame_len(
+    obj: &InMemDicomObject,
+    rows: Option<i64>,
+    columns: Option<i64>,
+) -> Option<u64> {
     let bits = int(obj, tags::BITS_ALLOCATED)?;
     if bits % 8 != 0 {
         return None;
@@ -393,7 +439,10 @@ mod tests {
     fn storage_classes_are_told_apart() {
         assert!(check_sop_class(&Uid::parse("1.2.840.10008.5.1.4.1.1.2").unwrap()).is_ok());
         assert!(check_sop_class(&Uid::parse("1.2.840.10008.5.1.4.1.1.104.1").unwrap()).is_ok());
-        assert!(check_sop_class(&Uid::parse("1.2.3.4.5").unwrap()).is_ok(), "private classes pass");
+        assert!(
+            check_sop_class(&Uid::parse("1.2.3.4.5").unwrap()).is_ok(),
+            "private classes pass"
+        );
         let verification = check_sop_class(&Uid::parse("1.2.840.10008.1.1").unwrap()).unwrap_err();
         assert_eq!(verification.reason, Reason::SopClassNotSupported);
         assert!(check_sop_class(&Uid::parse("1.2.840.10008.1.20.1").unwrap()).is_err());

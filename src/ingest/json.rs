@@ -6,8 +6,8 @@
 //! the server's address changes.
 
 use base64::Engine as _;
-use dicom_core::value::{PrimitiveValue, Value};
 use dicom_core::header::Header;
+use dicom_core::value::{PrimitiveValue, Value};
 use dicom_core::{Tag, VR};
 use dicom_object::InMemDicomObject;
 use serde_json::{json, Map, Number, Value as Json};
@@ -26,7 +26,10 @@ pub fn dataset_to_json(obj: &InMemDicomObject, bulk_base: &str) -> Map<String, J
 
 /// The BulkDataURI for a top-level tag of an instance.
 pub fn bulk_uri(bulk_base: &str, tag: Tag) -> String {
-    format!("{BULK_PREFIX}{bulk_base}/bulkdata/{:04X}{:04X}", tag.0, tag.1)
+    format!(
+        "{BULK_PREFIX}{bulk_base}/bulkdata/{:04X}{:04X}",
+        tag.0, tag.1
+    )
 }
 
 /// The JSON key of a tag: eight upper-case hex digits.
@@ -42,7 +45,10 @@ fn object(obj: &InMemDicomObject, bulk_base: Option<&str>) -> Map<String, Json> 
         if tag.1 == 0 {
             continue;
         }
-        map.insert(tag_key(tag), element(tag, elem.vr(), elem.value(), bulk_base));
+        map.insert(
+            tag_key(tag),
+            element(tag, elem.vr(), elem.value(), bulk_base),
+        );
     }
     map
 }
@@ -57,8 +63,11 @@ fn element(
     out.insert("vr".into(), Json::String(vr.to_string().to_owned()));
     match value {
         Value::Sequence(seq) => {
-            let items: Vec<Json> =
-                seq.items().iter().map(|item| Json::Object(object(item, None))).collect();
+            let items: Vec<Json> = seq
+                .items()
+                .iter()
+                .map(|item| Json::Object(object(item, None)))
+                .collect();
             if !items.is_empty() {
                 out.insert("Value".into(), Json::Array(items));
             }
@@ -73,7 +82,13 @@ fn element(
     Json::Object(out)
 }
 
-fn primitive(out: &mut Map<String, Json>, tag: Tag, vr: VR, p: &PrimitiveValue, bulk: Option<&str>) {
+fn primitive(
+    out: &mut Map<String, Json>,
+    tag: Tag,
+    vr: VR,
+    p: &PrimitiveValue,
+    bulk: Option<&str>,
+) {
     if matches!(p, PrimitiveValue::Empty) {
         return;
     }
@@ -101,13 +116,24 @@ fn primitive(out: &mut Map<String, Json>, tag: Tag, vr: VR, p: &PrimitiveValue, 
         VR::FL | VR::FD => floats(p),
         VR::IS => strings(p)
             .into_iter()
-            .map(|s| s.and_then(|s| s.parse::<i64>().ok()).map(Json::from).unwrap_or(Json::Null))
+            .map(|s| {
+                s.and_then(|s| s.parse::<i64>().ok())
+                    .map(Json::from)
+                    .unwrap_or(Json::Null)
+            })
             .collect(),
         VR::DS => strings(p)
             .into_iter()
-            .map(|s| s.and_then(|s| s.parse::<f64>().ok()).map(number).unwrap_or(Json::Null))
+            .map(|s| {
+                s.and_then(|s| s.parse::<f64>().ok())
+                    .map(number)
+                    .unwrap_or(Json::Null)
+            })
             .collect(),
-        _ => strings(p).into_iter().map(|s| s.map(Json::String).unwrap_or(Json::Null)).collect(),
+        _ => strings(p)
+            .into_iter()
+            .map(|s| s.map(Json::String).unwrap_or(Json::Null))
+            .collect(),
     };
     if !values.is_empty() && !values.iter().all(Json::is_null) {
         out.insert("Value".into(), Json::Array(values));
@@ -149,12 +175,21 @@ fn integers(p: &PrimitiveValue) -> Vec<Json> {
         PrimitiveValue::U32(v) => v.iter().map(|x| json!(x)).collect(),
         PrimitiveValue::I64(v) => v.iter().map(|x| json!(x)).collect(),
         PrimitiveValue::U64(v) => v.iter().map(|x| json!(x)).collect(),
-        other => other.to_multi_int::<i64>().unwrap_or_default().into_iter().map(Json::from).collect(),
+        other => other
+            .to_multi_int::<i64>()
+            .unwrap_or_default()
+            .into_iter()
+            .map(Json::from)
+            .collect(),
     }
 }
 
 fn floats(p: &PrimitiveValue) -> Vec<Json> {
-    p.to_multi_float64().unwrap_or_default().into_iter().map(number).collect()
+    p.to_multi_float64()
+        .unwrap_or_default()
+        .into_iter()
+        .map(number)
+        .collect()
 }
 
 fn number(x: f64) -> Json {
@@ -191,15 +226,47 @@ mod tests {
     #[test]
     fn serializes_the_common_vrs() {
         let mut obj = InMemDicomObject::new_empty();
-        obj.put(DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("Doe^John=ド^ジョン")));
-        obj.put(DataElement::new(tags::IMAGE_TYPE, VR::CS, dicom_value!(Strs, ["ORIGINAL", "", "AXIAL"])));
-        obj.put(DataElement::new(tags::ROWS, VR::US, dicom_value!(U16, [512])));
-        obj.put(DataElement::new(tags::SLICE_THICKNESS, VR::DS, PrimitiveValue::from("2.50 ")));
-        obj.put(DataElement::new(tags::INSTANCE_NUMBER, VR::IS, PrimitiveValue::from(" 7")));
-        obj.put(DataElement::new(tags::STUDY_DESCRIPTION, VR::LO, PrimitiveValue::Empty));
-        obj.put(DataElement::new(Tag(0x6000, 0x3000), VR::OW, PrimitiveValue::U16(vec![1u16; 1000].into())));
+        obj.put(DataElement::new(
+            tags::PATIENT_NAME,
+            VR::PN,
+            PrimitiveValue::from("Doe^John=ド^ジョン"),
+        ));
+        obj.put(DataElement::new(
+            tags::IMAGE_TYPE,
+            VR::CS,
+            dicom_value!(Strs, ["ORIGINAL", "", "AXIAL"]),
+        ));
+        obj.put(DataElement::new(
+            tags::ROWS,
+            VR::US,
+            dicom_value!(U16, [512]),
+        ));
+        obj.put(DataElement::new(
+            tags::SLICE_THICKNESS,
+            VR::DS,
+            PrimitiveValue::from("2.50 "),
+        ));
+        obj.put(DataElement::new(
+            tags::INSTANCE_NUMBER,
+            VR::IS,
+            PrimitiveValue::from(" 7"),
+        ));
+        obj.put(DataElement::new(
+            tags::STUDY_DESCRIPTION,
+            VR::LO,
+            PrimitiveValue::Empty,
+        ));
+        obj.put(DataElement::new(
+            Tag(0x6000, 0x3000),
+            VR::OW,
+            PrimitiveValue::U16(vec![1u16; 1000].into()),
+        ));
         let mut item = InMemDicomObject::new_empty();
-        item.put(DataElement::new(tags::CODE_VALUE, VR::SH, PrimitiveValue::from("T-1234")));
+        item.put(DataElement::new(
+            tags::CODE_VALUE,
+            VR::SH,
+            PrimitiveValue::from("T-1234"),
+        ));
         obj.put(DataElement::new(
             tags::ANATOMIC_REGION_SEQUENCE,
             VR::SQ,
@@ -208,7 +275,10 @@ mod tests {
         let json = Json::Object(dataset_to_json(&obj, "studies/1/series/2/instances/3"));
         assert_eq!(json["00100010"]["Value"][0]["Alphabetic"], "Doe^John");
         assert_eq!(json["00100010"]["Value"][0]["Ideographic"], "ド^ジョン");
-        assert_eq!(json["00080008"]["Value"], json!(["ORIGINAL", null, "AXIAL"]));
+        assert_eq!(
+            json["00080008"]["Value"],
+            json!(["ORIGINAL", null, "AXIAL"])
+        );
         assert_eq!(json["00280010"], json!({"vr": "US", "Value": [512]}));
         assert_eq!(json["00180050"]["Value"][0], 2.5);
         assert_eq!(json["00200013"]["Value"][0], 7);
@@ -217,6 +287,9 @@ mod tests {
             json["60003000"]["BulkDataURI"],
             "pacs-lite:bulk/studies/1/series/2/instances/3/bulkdata/60003000"
         );
-        assert_eq!(json["00082218"]["Value"][0]["00080100"]["Value"][0], "T-1234");
+        assert_eq!(
+            json["00082218"]["Value"][0]["00080100"]["Value"][0],
+            "T-1234"
+        );
     }
 }

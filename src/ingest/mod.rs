@@ -62,6 +62,17 @@ pub struct Rejection {
     pub sop_instance_uid: Option<String>,
 }
 
+impl Rejection {
+    /// The same refusal, naming the instance it is about.
+    pub fn about(self, sop_class: &Uid, sop_instance: &Uid) -> Self {
+        Rejection {
+            sop_class_uid: Some(sop_class.to_string()),
+            sop_instance_uid: Some(sop_instance.to_string()),
+            ..self
+        }
+    }
+}
+
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.detail)
@@ -113,8 +124,18 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(store: Store, index: Index, on_conflict: ConflictPolicy, max_instance_bytes: u64) -> Self {
-        Ingest { store, index, on_conflict, max_instance_bytes }
+    pub fn new(
+        store: Store,
+        index: Index,
+        on_conflict: ConflictPolicy,
+        max_instance_bytes: u64,
+    ) -> Self {
+        Ingest {
+            store,
+            index,
+            on_conflict,
+            max_instance_bytes,
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -127,7 +148,12 @@ impl Ingest {
 
     /// Ingest one Part-10 object arriving as a byte stream.
     #[tracing::instrument(skip_all, fields(origin = %origin.kind, who = %origin.who))]
-    pub async fn ingest<S, E>(&self, body: S, origin: Origin, expected: &Expected) -> Result<Outcome, BodyError>
+    pub async fn ingest<S, E>(
+        &self,
+        body: S,
+        origin: Origin,
+        expected: &Expected,
+    ) -> Result<Outcome, BodyError>
     where
         S: Stream<Item = Result<Bytes, E>>,
         E: fmt::Display,
@@ -186,7 +212,12 @@ impl Ingest {
     }
 
     /// Second half of [`Ingest::ingest`]: parse, validate, store and index a spooled object.
-    pub async fn store_spooled(&self, spooled: SpooledFile, origin: Origin, expected: &Expected) -> Outcome {
+    pub async fn store_spooled(
+        &self,
+        spooled: SpooledFile,
+        origin: Origin,
+        expected: &Expected,
+    ) -> Outcome {
         let path = spooled.path().to_owned();
         let len = spooled.len;
         let parsed = tokio::task::spawn_blocking(move || header::parse(&path, len)).await;
@@ -294,7 +325,12 @@ fn check_expected(p: &header::Parsed, e: &Expected) -> Result<(), Rejection> {
         sop_instance_uid: Some(p.sop_instance_uid.to_string()),
     };
     if let Some(want) = e.study_uid.as_ref().filter(|w| **w != p.study_uid) {
-        return Err(mismatch(Reason::StudyUidMismatch, "StudyInstanceUID", want, &p.study_uid));
+        return Err(mismatch(
+            Reason::StudyUidMismatch,
+            "StudyInstanceUID",
+            want,
+            &p.study_uid,
+        ));
     }
     let checks = [
         (&e.series_uid, &p.series_uid, "SeriesInstanceUID"),
@@ -311,19 +347,31 @@ fn check_expected(p: &header::Parsed, e: &Expected) -> Result<(), Rejection> {
 
 fn storage_rejection(e: StorageError) -> Rejection {
     let (reason, detail) = match &e {
-        StorageError::TooLarge { limit } => {
-            (Reason::TooLarge, format!("the object is larger than the limit of {limit} bytes"))
-        }
+        StorageError::TooLarge { limit } => (
+            Reason::TooLarge,
+            format!("the object is larger than the limit of {limit} bytes"),
+        ),
         StorageError::Io { source, .. } if is_out_of_space(source) => {
             tracing::error!(error = %e, "out of space");
-            (Reason::OutOfResources, "the server is out of storage space".to_owned())
+            (
+                Reason::OutOfResources,
+                "the server is out of storage space".to_owned(),
+            )
         }
         _ => {
             tracing::error!(error = %e, "storage failure during ingest");
-            (Reason::ProcessingFailure, "the object store failed while storing the object".to_owned())
+            (
+                Reason::ProcessingFailure,
+                "the object store failed while storing the object".to_owned(),
+            )
         }
     };
-    Rejection { reason, detail, sop_class_uid: None, sop_instance_uid: None }
+    Rejection {
+        reason,
+        detail,
+        sop_class_uid: None,
+        sop_instance_uid: None,
+    }
 }
 
 fn is_out_of_space(e: &std::io::Error) -> bool {

@@ -79,7 +79,10 @@ mod tests {
 
     #[test]
     fn accepts_valid_and_trims_padding() {
-        assert_eq!(Uid::parse("1.2.840.10008.1.2\0").unwrap().as_str(), "1.2.840.10008.1.2");
+        assert_eq!(
+            Uid::parse("1.2.840.10008.1.2\0").unwrap().as_str(),
+            "1.2.840.10008.1.2"
+        );
         assert_eq!(Uid::parse("1.2.3 ").unwrap().as_str(), "1.2.3");
         assert!(Uid::parse("1.2.03").is_ok(), "leading zeros are tolerated");
         assert!(Uid::parse(&"1".repeat(64)).is_ok());
@@ -95,7 +98,10 @@ mod tests {
         assert!(matches!(Uid::parse("1..2"), Err(UidError::EmptyComponent)));
         assert!(matches!(Uid::parse(".1.2"), Err(UidError::EmptyComponent)));
         assert!(matches!(Uid::parse("1.2."), Err(UidError::EmptyComponent)));
-        assert!(matches!(Uid::parse(&"1".repeat(65)), Err(UidError::TooLong(65))));
+        assert!(matches!(
+            Uid::parse(&"1".repeat(65)),
+            Err(UidError::TooLong(65))
+        ));
         assert!(matches!(Uid::parse("1.2 3"), Err(UidError::BadChar(' '))));
     }
 }

@@ -28,7 +28,11 @@ pub use spool::{Spool, SpooledFile};
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("object store: {0}")]
     Backend(#[from] opendal::Error),
     #[error("object {0} not found")]
@@ -41,7 +45,11 @@ pub enum StorageError {
 
 impl StorageError {
     pub(crate) fn io(what: &'static str, path: &Path, source: std::io::Error) -> Self {
-        StorageError::Io { what, path: path.to_owned(), source }
+        StorageError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        }
     }
 }
 
@@ -60,7 +68,9 @@ impl ObjectKey {
         let hash = file.strip_suffix(".dcm")?;
         let ok = Uid::parse(study).is_ok()
             && hash.len() == 64
-            && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hash
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         ok.then(|| ObjectKey(raw.to_owned()))
     }
 
@@ -104,16 +114,26 @@ impl Store {
                 let root = root
                     .canonicalize()
                     .map_err(|e| StorageError::io("resolving", &root, e))?;
-                let op = Operator::new(services::Fs::default().root(&root.to_string_lossy()))?
-                    .finish();
+                let op =
+                    Operator::new(services::Fs::default().root(&root.to_string_lossy()))?.finish();
                 let describe = format!("filesystem {}", root.display());
-                Ok(Store { op, fs_root: Some(root), spool_dir, _spool_lock, describe })
+                Ok(Store {
+                    op,
+                    fs_root: Some(root),
+                    spool_dir,
+                    _spool_lock,
+                    describe,
+                })
             }
             StorageBackend::S3 => {
                 let s3 = &config.storage.s3;
                 let mut b = services::S3::default()
                     .bucket(&s3.bucket)
-                    .region(if s3.region.is_empty() { "us-east-1" } else { &s3.region })
+                    .region(if s3.region.is_empty() {
+                        "us-east-1"
+                    } else {
+                        &s3.region
+                    })
                     .root(&format!("/{}", s3.prefix.trim_matches('/')));
                 if let Some(endpoint) = &s3.endpoint {
                     b = b.endpoint(endpoint);
@@ -130,7 +150,13 @@ impl Store {
                     s3.bucket,
                     s3.endpoint.as_deref().unwrap_or("the default endpoint")
                 );
-                Ok(Store { op, fs_root: None, spool_dir, _spool_lock, describe })
+                Ok(Store {
+                    op,
+                    fs_root: None,
+                    spool_dir,
+                    _spool_lock,
+                    describe,
+                })
             }
         }
     }
@@ -218,7 +244,11 @@ impl Store {
     }
 
     /// Read a byte range into memory (for frames and headers: small by construction).
-    pub async fn read_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StorageError> {
+    pub async fn read_range(
+        &self,
+        key: &ObjectKey,
+        range: Range<u64>,
+    ) -> Result<Bytes, StorageError> {
         let buf = self
             .op
             .read_with(key.as_str())
@@ -237,7 +267,8 @@ impl Store {
     /// temporary files) come back as `Err(raw path)` so callers can report them.
     pub async fn list(
         &self,
-    ) -> Result<impl Stream<Item = Result<Result<ObjectKey, String>, StorageError>>, StorageError> {
+    ) -> Result<impl Stream<Item = Result<Result<ObjectKey, String>, StorageError>>, StorageError>
+    {
         let lister = self.op.lister_with("").recursive(true).await?;
         Ok(lister.filter_map(|entry| async move {
             match entry {
@@ -275,7 +306,10 @@ fn claim_spool(base: &Path) -> Result<(PathBuf, std::fs::File), StorageError> {
     if let Ok(entries) = std::fs::read_dir(base) {
         for entry in entries.flatten() {
             let dir = entry.path();
-            let Ok(lock) = std::fs::OpenOptions::new().write(true).open(dir.join(".lock")) else {
+            let Ok(lock) = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join(".lock"))
+            else {
                 continue;
             };
             if lock.try_lock().is_ok() {
@@ -287,8 +321,11 @@ fn claim_spool(base: &Path) -> Result<(PathBuf, std::fs::File), StorageError> {
     let dir = base.join(uuid::Uuid::new_v4().simple().to_string());
     create_dir(&dir)?;
     let lock_path = dir.join(".lock");
-    let lock = std::fs::File::create(&lock_path).map_err(|e| StorageError::io("creating", &lock_path, e))?;
-    lock.try_lock().map_err(|e| StorageError::io("locking", &lock_path, std::io::Error::other(e.to_string())))?;
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| StorageError::io("creating", &lock_path, e))?;
+    lock.try_lock().map_err(|e| {
+        StorageError::io("locking", &lock_path, std::io::Error::other(e.to_string()))
+    })?;
     Ok((dir, lock))
 }
 
@@ -348,8 +385,14 @@ mod tests {
         assert_eq!(key.sha256_hex(), "ab".repeat(32));
         assert_eq!(ObjectKey::parse(key.as_str()), Some(key));
         assert_eq!(ObjectKey::parse("1.2/x.dcm"), None);
-        assert_eq!(ObjectKey::parse(&format!("../{}.dcm", "ab".repeat(32))), None);
-        assert_eq!(ObjectKey::parse(&format!("1.2/1.3/{}.dcm", "ab".repeat(32))), None);
+        assert_eq!(
+            ObjectKey::parse(&format!("../{}.dcm", "ab".repeat(32))),
+            None
+        );
+        assert_eq!(
+            ObjectKey::parse(&format!("1.2/1.3/{}.dcm", "ab".repeat(32))),
+            None
+        );
         assert_eq!(ObjectKey::parse(".spool-abc"), None);
         let longest = ObjectKey::new(&uid(&"1".repeat(64)), &[0; 32]);
         assert_eq!(longest.as_str().len(), 133);
@@ -358,8 +401,10 @@ mod tests {
     #[tokio::test]
     async fn filesystem_put_is_readable_and_listed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.data_dir = dir.path().to_owned();
+        let config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
         let store = Store::open(&config).await.unwrap();
         let mut spool = Spool::create(store.spool_dir(), 1 << 20).unwrap();
         spool.write(b"hello object").await.unwrap();
@@ -372,7 +417,11 @@ mod tests {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].as_ref().unwrap().as_ref().unwrap(), &key);
         assert!(store.modified(&key).await.unwrap().is_some());
-        assert_eq!(std::fs::read_dir(store.spool_dir()).unwrap().count(), 1, "only the lock file");
+        assert_eq!(
+            std::fs::read_dir(store.spool_dir()).unwrap().count(),
+            1,
+            "only the lock file"
+        );
         // A second store on the same data directory gets its own spool and leaves ours alone.
         let other = Store::open(&config).await.unwrap();
         assert_ne!(other.spool_dir(), store.spool_dir());

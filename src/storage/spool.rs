@@ -98,8 +98,17 @@ impl Spool {
     pub async fn finish(mut self) -> Result<SpooledFile, StorageError> {
         self.flush().await?;
         let file = self.file.take().expect("spool file present");
-        let sha256 = self.hasher.take().expect("hasher present").finalize().into();
-        Ok(SpooledFile { file, len: self.len, sha256 })
+        let sha256 = self
+            .hasher
+            .take()
+            .expect("hasher present")
+            .finalize()
+            .into();
+        Ok(SpooledFile {
+            file,
+            len: self.len,
+            sha256,
+        })
     }
 }
 
@@ -124,7 +133,10 @@ mod tests {
         assert!(!path.exists());
 
         let mut spool = Spool::create(dir.path(), 5).unwrap();
-        assert!(matches!(spool.write(b"123456").await, Err(StorageError::TooLarge { limit: 5 })));
+        assert!(matches!(
+            spool.write(b"123456").await,
+            Err(StorageError::TooLarge { limit: 5 })
+        ));
         drop(spool);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -301,3 +301,29 @@ def test_stored_metadata_json_is_dicom_json(pacs):
     for kw in ["PatientName", "PatientID", "StudyInstanceUID", "SOPInstanceUID", "Rows", "Columns",
                "ImagePositionPatient", "PixelSpacing", "InstanceNumber", "WindowCenter"]:
         assert back.get(kw) == ds.get(kw), kw
+
+
+def test_concurrent_stores_of_one_instance(pacs):
+    """Racing copies of one SOP instance: identical bytes all succeed; of differing
+    versions exactly one is stored, the others are refused, and one object remains."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds = ct_series(n=1)[0]
+    raw = to_bytes(ds)
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: pacs.post("/studies", raw, "application/dicom").status_code, range(16)))
+    assert codes == [200] * 16
+    assert pacs.count("instances") == 1 and len(pacs.object_files()) == 1
+
+    ds2 = ct_series(n=1)[0]
+    versions = []
+    for i in range(8):
+        ds2.PatientID = f"V{i}"
+        versions.append(to_bytes(ds2))
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda v: pacs.post("/studies", v, "application/dicom").status_code, versions))
+    assert sorted(codes) == [200] + [409] * 7, codes
+    assert pacs.count("instances") == 2
+    assert len(pacs.object_files()) == 2
+    winner = versions[codes.index(200)]
+    assert pacs.object_bytes(str(ds2.SOPInstanceUID)) == winner
