@@ -59,6 +59,7 @@ CREATE TABLE instances (
     object_key        TEXT    NOT NULL,
     size              INTEGER NOT NULL,
     sha256            TEXT    NOT NULL,
+    attrs_json        TEXT    NOT NULL,
     metadata_json     TEXT    NOT NULL,
     frame_table       BLOB,
     origin_kind       TEXT    NOT NULL,

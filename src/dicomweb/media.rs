@@ -104,3 +104,78 @@ mod tests {
         );
     }
 }
+
+/// One entry of an `Accept` header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acceptable {
+    pub media: MediaType,
+    pub q: f32,
+}
+
+/// Parse an `Accept` header (absent: `*/*`), most preferred first. Entries that do not
+/// parse are skipped; `q=0` entries are dropped.
+pub fn parse_accept(header: Option<&str>) -> Vec<Acceptable> {
+    let raw = header.unwrap_or("*/*");
+    let mut out: Vec<Acceptable> = split_outside_quotes(raw, ',')
+        .into_iter()
+        .filter_map(|item| MediaType::parse(item.trim()))
+        .map(|media| {
+            let q = media
+                .param("q")
+                .and_then(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            Acceptable { media, q }
+        })
+        .filter(|a| a.q > 0.0)
+        .collect();
+    out.sort_by(|a, b| b.q.partial_cmp(&a.q).unwrap_or(std::cmp::Ordering::Equal));
+    out
+}
+
+impl Acceptable {
+    /// Does this entry accept the media type `essence` (`*/*` and `type/*` included)?
+    pub fn covers(&self, essence: &str) -> bool {
+        let e = self.media.essence.as_str();
+        e == essence
+            || e == "*/*"
+            || (e.ends_with("/*") && essence.split('/').next() == e.split('/').next())
+    }
+}
+
+/// Does the `Accept` header allow one of the given media types?
+pub fn accepts_any(header: Option<&str>, offered: &[&str]) -> bool {
+    let list = parse_accept(header);
+    list.is_empty() && header.is_some_and(|h| h.trim().is_empty())
+        || list.iter().any(|a| offered.iter().any(|o| a.covers(o)))
+}
+
+#[cfg(test)]
+mod accept_tests {
+    use super::*;
+
+    #[test]
+    fn accept_lists() {
+        let l = parse_accept(Some(
+            "application/json;q=0.5, application/dicom+json, */*;q=0.1",
+        ));
+        assert_eq!(l[0].media.essence, "application/dicom+json");
+        assert_eq!(l[2].media.essence, "*/*");
+        assert!(accepts_any(None, &["application/dicom+json"]));
+        assert!(accepts_any(
+            Some("application/*"),
+            &["application/dicom+json"]
+        ));
+        assert!(!accepts_any(
+            Some("application/dicom+xml"),
+            &["application/dicom+json", "application/json"]
+        ));
+        assert!(!accepts_any(
+            Some("application/json;q=0"),
+            &["application/json"]
+        ));
+        assert!(accepts_any(
+            Some("multipart/related; type=\"application/dicom\""),
+            &["multipart/related"]
+        ));
+    }
+}

@@ -43,8 +43,7 @@ pub async fn store_in_study(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let study = Uid::parse(&study)
-        .map_err(|e| ApiError::BadRequest(format!("StudyInstanceUID in the URL {study:?}: {e}")))?;
+    let study = super::path_uid(&study, "StudyInstanceUID")?;
     run(app, peer, headers, Some(study), body).await
 }
 

@@ -8,6 +8,7 @@
 //! concurrent ingests in one transaction (group commit); an ingest is answered only
 //! after the transaction holding its row has committed.
 
+pub mod query;
 mod records;
 mod writer;
 
@@ -92,7 +93,8 @@ impl Index {
                     if backend == Backend::Sqlite {
                         conn.execute(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                             PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
+                             PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON; \
+                             PRAGMA case_sensitive_like = ON;",
                         )
                         .await?;
                     }

@@ -85,6 +85,8 @@ pub struct InstanceRecord {
     pub object_key: String,
     pub size: i64,
     pub sha256: String,
+    /// Instance-level attributes (QIDO-RS defaults) as a DICOM JSON object.
+    pub attrs_json: String,
     /// The instance as DICOM JSON (PS3.18 F.2), bulk data as BulkDataURI.
     pub metadata_json: String,
     /// Encoded frame offset table (see `ingest::frames`), if frames can be range-read.

@@ -36,6 +36,7 @@ pub struct Parsed {
     pub number_of_frames: i64,
     pub rows: Option<i64>,
     pub columns: Option<i64>,
+    pub attrs_json: String,
     pub metadata_json: String,
     pub frame_table: Option<Vec<u8>>,
     pub study: StudyRecord,
@@ -82,6 +83,23 @@ const SERIES_TAGS: &[Tag] = &[
     tags::PERFORMED_PROCEDURE_STEP_START_DATE,
     tags::PERFORMED_PROCEDURE_STEP_START_TIME,
     tags::REQUEST_ATTRIBUTES_SEQUENCE,
+];
+
+/// Instance-level attributes kept for QIDO-RS (PS3.18 Table 6.7.1-2 and what viewers sort by).
+const INSTANCE_TAGS: &[Tag] = &[
+    tags::SPECIFIC_CHARACTER_SET,
+    tags::IMAGE_TYPE,
+    tags::SOP_CLASS_UID,
+    tags::SOP_INSTANCE_UID,
+    tags::CONTENT_DATE,
+    tags::CONTENT_TIME,
+    tags::TIMEZONE_OFFSET_FROM_UTC,
+    tags::ACQUISITION_NUMBER,
+    tags::INSTANCE_NUMBER,
+    tags::NUMBER_OF_FRAMES,
+    tags::ROWS,
+    tags::COLUMNS,
+    tags::BITS_ALLOCATED,
 ];
 
 fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
@@ -137,6 +155,7 @@ pub fn parse(path: &Path, len: u64) -> Result<Parsed, Rejection> {
         columns,
         study: study_record(&obj, &uids.study, &map),
         series: series_record(&obj, &uids.series, &map),
+        attrs_json: subset(&map, INSTANCE_TAGS),
         metadata_json: Json::Object(map).to_string(),
         frame_table,
         study_uid: uids.study,

@@ -260,6 +260,7 @@ impl Ingest {
             object_key: key.as_str().to_owned(),
             size: len as i64,
             sha256,
+            attrs_json: parsed.attrs_json.clone(),
             metadata_json: parsed.metadata_json.clone(),
             frame_table: parsed.frame_table.clone(),
             origin,

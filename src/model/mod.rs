@@ -2,6 +2,7 @@
 //!
 //! Owns no I/O. Everything here is pure and unit-tested beside its definition.
 
+pub mod query;
 mod uid;
 
 pub use uid::{Uid, UidError};

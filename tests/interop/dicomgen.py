@@ -14,7 +14,8 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 def ct_series(n=3, size=64, patient_name="Test^Patient", patient_id="P1", study_uid=None,
               series_uid=None, charset="ISO_IR 192", study_date="20240115", modality="CT",
-              accession="ACC1", seed=0):
+              accession="ACC1", seed=0, series_number=1, study_description="Generated study",
+              series_description="Generated series", extra=None):
     """A list of n CT instances of one series (one study)."""
     study_uid = study_uid or generate_uid()
     series_uid = series_uid or generate_uid()
@@ -39,11 +40,11 @@ def ct_series(n=3, size=64, patient_name="Test^Patient", patient_id="P1", study_
         ds.StudyTime = "101500"
         ds.AccessionNumber = accession
         ds.StudyID = "1"
-        ds.StudyDescription = "Generated study"
+        ds.StudyDescription = study_description
         ds.ReferringPhysicianName = "Ref^Doc"
         ds.Modality = modality
-        ds.SeriesNumber = 1
-        ds.SeriesDescription = "Generated series"
+        ds.SeriesNumber = series_number
+        ds.SeriesDescription = series_description
         ds.InstanceNumber = i + 1
         ds.ImagePositionPatient = [0, 0, float(i)]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
@@ -62,6 +63,8 @@ def ct_series(n=3, size=64, patient_name="Test^Patient", patient_id="P1", study_
         ds.WindowCenter = 40
         ds.WindowWidth = 400
         ds.PixelData = rng.integers(0, 4096, size=(size, size), dtype=np.uint16).tobytes()
+        if extra:
+            extra(ds)
         out.append(ds)
     return out
 

@@ -1,0 +1,574 @@
+//! Searching the index: one SQL statement per QIDO-RS or C-FIND request.
+//!
+//! Query keys with a column (patient, study, series and instance attributes that are
+//! indexed) become WHERE clauses; any other key is matched in memory against the JSON the
+//! index keeps for that level, in which case paging is done after that filtering. Either
+//! way no object is read.
+
+use dicom_core::{Tag, VR};
+use dicom_dictionary_std::tags;
+use serde_json::{json, Map, Value as Json};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{Index, IndexError};
+use crate::ingest::fold_name;
+use crate::model::query::{wildcard_match, Filter, Level, Matcher};
+use crate::model::Uid;
+
+/// A search: level, the UIDs of the URL path, query keys, paging.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub level: Level,
+    pub study_uid: Option<Uid>,
+    pub series_uid: Option<Uid>,
+    pub filters: Vec<Filter>,
+    pub fuzzy: bool,
+    pub offset: usize,
+    pub limit: usize,
+    /// Load each instance's full metadata (for `includefield` beyond the defaults).
+    pub full_instance_json: bool,
+}
+
+/// One result: the attributes of its level (with computed attributes) and, for
+/// `includefield`, the attributes of the levels above it.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub study_uid: String,
+    pub series_uid: Option<String>,
+    pub sop_instance_uid: Option<String>,
+    pub attrs: Map<String, Json>,
+    pub context: Map<String, Json>,
+}
+
+/// Results and whether more matched than were returned.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub hits: Vec<Hit>,
+    pub more: bool,
+}
+
+/// How a column compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    /// A person name, stored case- and accent-folded.
+    Name,
+    Int,
+    /// A backslash-separated set of values (ModalitiesInStudy, SOPClassesInStudy).
+    Set,
+}
+
+/// The column that holds an attribute at a query level, if any.
+fn column(level: Level, tag: Tag) -> Option<(&'static str, Kind)> {
+    let study_level = level == Level::Study;
+    Some(match tag {
+        tags::PATIENT_NAME => ("st.patient_name_key", Kind::Name),
+        tags::PATIENT_ID => ("st.patient_id", Kind::Text),
+        tags::PATIENT_BIRTH_DATE => ("st.patient_birth_date", Kind::Text),
+        tags::PATIENT_SEX => ("st.patient_sex", Kind::Text),
+        tags::STUDY_DATE => ("st.study_date", Kind::Text),
+        tags::STUDY_TIME => ("st.study_time", Kind::Text),
+        tags::ACCESSION_NUMBER => ("st.accession_number", Kind::Text),
+        tags::STUDY_ID => ("st.study_id", Kind::Text),
+        tags::STUDY_DESCRIPTION => ("st.study_description", Kind::Text),
+        tags::REFERRING_PHYSICIAN_NAME => ("st.referring_physician_key", Kind::Name),
+        tags::STUDY_INSTANCE_UID => ("st.study_uid", Kind::Text),
+        tags::MODALITIES_IN_STUDY => ("st.modalities", Kind::Set),
+        tags::SOP_CLASSES_IN_STUDY => ("st.sop_classes", Kind::Set),
+        tags::MODALITY if study_level => ("st.modalities", Kind::Set),
+        tags::SOP_CLASS_UID if study_level => ("st.sop_classes", Kind::Set),
+        _ if study_level => return None,
+        tags::MODALITY => ("se.modality", Kind::Text),
+        tags::SERIES_INSTANCE_UID => ("se.series_uid", Kind::Text),
+        tags::SERIES_NUMBER => ("se.series_number", Kind::Int),
+        tags::SERIES_DESCRIPTION => ("se.series_description", Kind::Text),
+        tags::BODY_PART_EXAMINED => ("se.body_part_examined", Kind::Text),
+        tags::PERFORMED_PROCEDURE_STEP_START_DATE => ("se.performed_start_date", Kind::Text),
+        tags::PERFORMED_PROCEDURE_STEP_START_TIME => ("se.performed_start_time", Kind::Text),
+        _ if level == Level::Series => return None,
+        tags::SOP_CLASS_UID => ("i.sop_class_uid", Kind::Text),
+        tags::SOP_INSTANCE_UID => ("i.sop_instance_uid", Kind::Text),
+        tags::INSTANCE_NUMBER => ("i.instance_number", Kind::Int),
+        tags::NUMBER_OF_FRAMES => ("i.number_of_frames", Kind::Int),
+        _ => return None,
+    })
+}
+
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// SQL text with its arguments, numbered `$1…` for both backends.
+#[derive(Default)]
+struct Sql {
+    text: String,
+    args: Vec<Arg>,
+}
+
+impl Sql {
+    fn arg(&mut self, a: Arg) -> String {
+        self.args.push(a);
+        format!("${}", self.args.len())
+    }
+
+    fn text(&mut self, v: &str) -> String {
+        self.arg(Arg::Text(v.to_owned()))
+    }
+}
+
+/// Escape a literal for `LIKE … ESCAPE '!'`.
+fn like_literal(s: &str) -> String {
+    s.replace('!', "!!").replace('%', "!%").replace('_', "!_")
+}
+
+/// A DICOM wildcard pattern as a LIKE pattern.
+fn like_pattern(p: &str) -> String {
+    like_literal(p).replace('*', "%").replace('?', "_")
+}
+
+/// Add the WHERE clause for one filter; false when it must be matched in memory.
+fn push_condition(sql: &mut Sql, level: Level, f: &Filter, fuzzy: bool) -> bool {
+    if f.key.is_nested() {
+        return false;
+    }
+    let Some((col, kind)) = column(level, f.key.tag()) else {
+        return false;
+    };
+    let cond = match (kind, &f.matcher) {
+        (_, Matcher::Universal) => return true,
+        (Kind::Name, Matcher::Exact(v)) if fuzzy => fuzzy_condition(sql, col, v),
+        (Kind::Name, Matcher::Wildcard(v)) if fuzzy => fuzzy_condition(sql, col, v),
+        (Kind::Name, Matcher::Exact(v)) => format!("{col} = {}", sql.text(&fold_name(v))),
+        (Kind::Name, Matcher::Wildcard(p)) => {
+            format!(
+                "{col} LIKE {} ESCAPE '!'",
+                sql.text(&like_pattern(&fold_name(p)))
+            )
+        }
+        (Kind::Text, Matcher::Exact(v)) => format!("{col} = {}", sql.text(v)),
+        (Kind::Text, Matcher::Wildcard(p)) => {
+            format!("{col} LIKE {} ESCAPE '!'", sql.text(&like_pattern(p)))
+        }
+        (Kind::Text, Matcher::UidList(list)) => {
+            let args: Vec<String> = list.iter().map(|u| sql.text(u.as_str())).collect();
+            format!("{col} IN ({})", args.join(", "))
+        }
+        (Kind::Text, Matcher::Range { from, to }) => {
+            let mut parts = Vec::new();
+            if let Some(from) = from {
+                parts.push(format!("{col} >= {}", sql.text(from)));
+            }
+            if let Some(to) = to {
+                parts.push(format!("{col} <= {}", sql.text(to)));
+            }
+            parts.join(" AND ")
+        }
+        (Kind::Int, Matcher::Exact(v)) => match v.trim().parse::<i64>() {
+            Ok(n) => format!("{col} = {}", sql.arg(Arg::Int(n))),
+            Err(_) => "1 = 0".to_owned(),
+        },
+        (Kind::Set, Matcher::Exact(v)) => set_condition(sql, col, &[like_literal(v)]),
+        (Kind::Set, Matcher::Wildcard(p)) => set_condition(sql, col, &[like_pattern(p)]),
+        (Kind::Set, Matcher::UidList(list)) => {
+            let items: Vec<String> = list.iter().map(|u| like_literal(u.as_str())).collect();
+            set_condition(sql, col, &items)
+        }
+        _ => return false,
+    };
+    sql.text.push_str(" AND (");
+    sql.text.push_str(&cond);
+    sql.text.push(')');
+    true
+}
+
+/// A value in a backslash-separated set column.
+fn set_condition(sql: &mut Sql, col: &str, patterns: &[String]) -> String {
+    let parts: Vec<String> = patterns
+        .iter()
+        .map(|p| {
+            format!(
+                "('\\' || {col} || '\\') LIKE {} ESCAPE '!'",
+                sql.text(&format!("%\\{p}\\%"))
+            )
+        })
+        .collect();
+    parts.join(" OR ")
+}
+
+/// Fuzzy person-name matching: every word of the query (split on `^`, `=`, spaces and
+/// commas) must begin some component of the name, ignoring case and accents.
+fn fuzzy_condition(sql: &mut Sql, col: &str, value: &str) -> String {
+    let folded = fold_name(value);
+    let words: Vec<&str> = folded
+        .split(['^', '=', ' ', ','])
+        .map(|w| w.trim_matches('*'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words.is_empty() {
+        return "1 = 1".to_owned();
+    }
+    let mut all = Vec::new();
+    for w in words {
+        let w = like_pattern(w);
+        let starts = sql.text(&format!("{w}%"));
+        let after: Vec<String> = ['^', '=', ' ']
+            .iter()
+            .map(|sep| format!("{col} LIKE {} ESCAPE '!'", sql.text(&format!("%{sep}{w}%"))))
+            .collect();
+        all.push(format!(
+            "({col} LIKE {starts} ESCAPE '!' OR {})",
+            after.join(" OR ")
+        ));
+    }
+    all.join(" AND ")
+}
+
+const STUDY_SELECT: &str = "SELECT st.study_uid, st.attrs_json, st.modalities, st.sop_classes, \
+     st.num_series, st.num_instances FROM studies st WHERE 1 = 1";
+const SERIES_SELECT: &str = "SELECT st.study_uid, se.series_uid, se.attrs_json, se.num_instances, \
+     st.attrs_json FROM series se JOIN studies st ON st.id = se.study_pk WHERE 1 = 1";
+
+fn instance_select(full: bool) -> String {
+    let json = if full {
+        "i.metadata_json"
+    } else {
+        "i.attrs_json"
+    };
+    format!(
+        "SELECT st.study_uid, se.series_uid, i.sop_instance_uid, {json}, se.attrs_json, st.attrs_json \
+         FROM instances i JOIN series se ON se.id = i.series_pk JOIN studies st ON st.id = i.study_pk \
+         WHERE 1 = 1"
+    )
+}
+
+impl Index {
+    /// Run a search. Results come in a stable order (series and instance numbers, then
+    /// insertion order).
+    pub async fn search(&self, q: &Query) -> Result<Found, IndexError> {
+        let mut sql = Sql::default();
+        sql.text.push_str(&match q.level {
+            Level::Study => STUDY_SELECT.to_owned(),
+            Level::Series => SERIES_SELECT.to_owned(),
+            Level::Instance => instance_select(q.full_instance_json),
+        });
+        if let Some(study) = &q.study_uid {
+            let p = sql.text(study.as_str());
+            sql.text.push_str(&format!(" AND st.study_uid = {p}"));
+        }
+        if let (Some(series), true) = (&q.series_uid, q.level == Level::Instance) {
+            let p = sql.text(series.as_str());
+            sql.text.push_str(&format!(" AND se.series_uid = {p}"));
+        }
+        let in_memory: Vec<&Filter> = q
+            .filters
+            .iter()
+            .filter(|f| !push_condition(&mut sql, q.level, f, q.fuzzy))
+            .collect();
+        sql.text.push_str(match q.level {
+            Level::Study => " ORDER BY st.id",
+            Level::Series => " ORDER BY st.id, se.series_number, se.id",
+            Level::Instance => " ORDER BY se.id, i.instance_number, i.id",
+        });
+        if in_memory.is_empty() {
+            let (limit, offset) = (q.limit as i64 + 1, q.offset as i64);
+            let (l, o) = (sql.arg(Arg::Int(limit)), sql.arg(Arg::Int(offset)));
+            sql.text.push_str(&format!(" LIMIT {l} OFFSET {o}"));
+        }
+        let mut query = sqlx::query(&sql.text);
+        for a in &sql.args {
+            query = match a {
+                Arg::Text(s) => query.bind(s.as_str()),
+                Arg::Int(n) => query.bind(*n),
+            };
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut hits = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let hit = hit_from_row(q.level, row)?;
+            if in_memory.iter().all(|f| filter_matches(f, &hit, q.fuzzy)) {
+                hits.push(hit);
+            }
+        }
+        if !in_memory.is_empty() {
+            hits = hits.into_iter().skip(q.offset).collect();
+        }
+        let more = hits.len() > q.limit;
+        hits.truncate(q.limit);
+        Ok(Found { hits, more })
+    }
+}
+
+fn parse_obj(text: &str) -> Map<String, Json> {
+    match serde_json::from_str(text) {
+        Ok(Json::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+fn key(tag: Tag) -> String {
+    format!("{:04X}{:04X}", tag.0, tag.1)
+}
+
+fn hit_from_row(level: Level, r: &AnyRow) -> Result<Hit, sqlx::Error> {
+    let study_uid: String = r.try_get(0)?;
+    let mut context = Map::new();
+    let mut hit = match level {
+        Level::Study => {
+            let mut attrs = parse_obj(&r.try_get::<String, _>(1)?);
+            let split = |s: String| -> Vec<Json> {
+                s.split('\\')
+                    .filter(|v| !v.is_empty())
+                    .map(Json::from)
+                    .collect()
+            };
+            put(
+                &mut attrs,
+                tags::MODALITIES_IN_STUDY,
+                "CS",
+                split(r.try_get(2)?),
+            );
+            put(
+                &mut attrs,
+                tags::SOP_CLASSES_IN_STUDY,
+                "UI",
+                split(r.try_get(3)?),
+            );
+            put(
+                &mut attrs,
+                tags::NUMBER_OF_STUDY_RELATED_SERIES,
+                "IS",
+                vec![json!(r.try_get::<i64, _>(4)?)],
+            );
+            put(
+                &mut attrs,
+                tags::NUMBER_OF_STUDY_RELATED_INSTANCES,
+                "IS",
+                vec![json!(r.try_get::<i64, _>(5)?)],
+            );
+            Hit {
+                study_uid: study_uid.clone(),
+                series_uid: None,
+                sop_instance_uid: None,
+                attrs,
+                context: Map::new(),
+            }
+        }
+        Level::Series => {
+            let series_uid: String = r.try_get(1)?;
+            let mut attrs = parse_obj(&r.try_get::<String, _>(2)?);
+            put(
+                &mut attrs,
+                tags::NUMBER_OF_SERIES_RELATED_INSTANCES,
+                "IS",
+                vec![json!(r.try_get::<i64, _>(3)?)],
+            );
+            context = parse_obj(&r.try_get::<String, _>(4)?);
+            Hit {
+                study_uid: study_uid.clone(),
+                series_uid: Some(series_uid),
+                sop_instance_uid: None,
+                attrs,
+                context: Map::new(),
+            }
+        }
+        Level::Instance => {
+            let attrs = parse_obj(&r.try_get::<String, _>(3)?);
+            context = parse_obj(&r.try_get::<String, _>(5)?);
+            context.extend(parse_obj(&r.try_get::<String, _>(4)?));
+            Hit {
+                study_uid: study_uid.clone(),
+                series_uid: Some(r.try_get(1)?),
+                sop_instance_uid: Some(r.try_get(2)?),
+                attrs,
+                context: Map::new(),
+            }
+        }
+    };
+    put(
+        &mut hit.attrs,
+        tags::STUDY_INSTANCE_UID,
+        "UI",
+        vec![json!(study_uid)],
+    );
+    if let Some(series) = &hit.series_uid {
+        put(
+            &mut hit.attrs,
+            tags::SERIES_INSTANCE_UID,
+            "UI",
+            vec![json!(series)],
+        );
+    }
+    put(
+        &mut hit.attrs,
+        tags::INSTANCE_AVAILABILITY,
+        "CS",
+        vec![json!("ONLINE")],
+    );
+    hit.context = context;
+    Ok(hit)
+}
+
+fn put(map: &mut Map<String, Json>, tag: Tag, vr: &str, values: Vec<Json>) {
+    let mut v = Map::new();
+    v.insert("vr".into(), json!(vr));
+    if !values.is_empty() {
+        v.insert("Value".into(), Json::Array(values));
+    }
+    map.insert(key(tag), Json::Object(v));
+}
+
+/// Match a filter against the JSON of a hit (its level first, then the levels above).
+fn filter_matches(f: &Filter, hit: &Hit, fuzzy: bool) -> bool {
+    if f.matcher == Matcher::Universal {
+        return true;
+    }
+    let first = key(f.key.path[0]);
+    let Some(elem) = hit.attrs.get(&first).or_else(|| hit.context.get(&first)) else {
+        return false;
+    };
+    let mut values = Vec::new();
+    collect_values(elem, &f.key.path[1..], &mut values);
+    let is_name = f.key.vr == VR::PN;
+    values.iter().any(|v| {
+        if !is_name {
+            return f.matcher.matches(v);
+        }
+        let v = fold_name(v);
+        match &f.matcher {
+            Matcher::Exact(q) if fuzzy => fuzzy_match(q, &v),
+            Matcher::Wildcard(q) if fuzzy => fuzzy_match(q, &v),
+            Matcher::Exact(q) => fold_name(q) == v,
+            Matcher::Wildcard(q) => wildcard_match(&fold_name(q), &v),
+            other => other.matches(&v),
+        }
+    })
+}
+
+fn fuzzy_match(query: &str, folded_value: &str) -> bool {
+    let q = fold_name(query);
+    let components: Vec<&str> = folded_value.split(['^', '=', ' ']).collect();
+    q.split(['^', '=', ' ', ','])
+        .map(|w| w.trim_matches('*'))
+        .filter(|w| !w.is_empty())
+        .all(|w| components.iter().any(|c| c.starts_with(w)))
+}
+
+/// The string forms of an element's values, following a sequence path.
+fn collect_values(elem: &Json, rest: &[Tag], out: &mut Vec<String>) {
+    let Some(values) = elem.get("Value").and_then(Json::as_array) else {
+        return;
+    };
+    match rest.split_first() {
+        Some((next, tail)) => {
+            for item in values {
+                if let Some(e) = item.get(key(*next)) {
+                    collect_values(e, tail, out);
+                }
+            }
+        }
+        None => {
+            for v in values {
+                match v {
+                    Json::String(s) => out.push(s.clone()),
+                    Json::Number(n) => out.push(n.to_string()),
+                    Json::Object(pn) => {
+                        out.extend(pn.values().filter_map(Json::as_str).map(str::to_owned));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::query::AttributeKey;
+
+    fn filter(k: &str, v: &str) -> Filter {
+        let key = AttributeKey::parse(k).unwrap();
+        let matcher = Matcher::parse(&key, v).unwrap();
+        Filter { key, matcher }
+    }
+
+    #[test]
+    fn conditions_for_columns() {
+        let mut sql = Sql::default();
+        assert!(push_condition(
+            &mut sql,
+            Level::Study,
+            &filter("PatientID", "P_1%"),
+            false
+        ));
+        assert!(sql.text.contains("st.patient_id = $1"));
+        assert!(push_condition(
+            &mut sql,
+            Level::Study,
+            &filter("PatientName", "Mü*"),
+            false
+        ));
+        assert!(matches!(&sql.args[1], Arg::Text(p) if p == "mu%"));
+        assert!(push_condition(
+            &mut sql,
+            Level::Study,
+            &filter("Modality", "CT"),
+            false
+        ));
+        assert!(matches!(&sql.args[2], Arg::Text(p) if p == "%\\CT\\%"));
+        assert!(!push_condition(
+            &mut sql,
+            Level::Study,
+            &filter("SeriesDescription", "x"),
+            false
+        ));
+        assert!(push_condition(
+            &mut sql,
+            Level::Series,
+            &filter("SeriesDescription", "x_*"),
+            false
+        ));
+        assert!(matches!(&sql.args[3], Arg::Text(p) if p == "x!_%"));
+        assert!(!push_condition(
+            &mut sql,
+            Level::Series,
+            &filter("RequestAttributesSequence.RequestedProcedureID", "1"),
+            false
+        ));
+    }
+
+    #[test]
+    fn in_memory_matching_follows_sequences_and_names() {
+        let attrs: Map<String, Json> = serde_json::from_value(json!({
+            "00400275": {"vr": "SQ", "Value": [{"00401001": {"vr": "SH", "Value": ["RP7"]}}]},
+            "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Müller^José"}]},
+        }))
+        .unwrap();
+        let hit = Hit {
+            study_uid: "1".into(),
+            series_uid: None,
+            sop_instance_uid: None,
+            attrs,
+            context: Map::new(),
+        };
+        assert!(filter_matches(
+            &filter("RequestAttributesSequence.RequestedProcedureID", "RP7"),
+            &hit,
+            false
+        ));
+        assert!(!filter_matches(
+            &filter("RequestAttributesSequence.RequestedProcedureID", "RP8"),
+            &hit,
+            false
+        ));
+        assert!(filter_matches(
+            &filter("PatientName", "muller*"),
+            &hit,
+            false
+        ));
+        assert!(filter_matches(&filter("PatientName", "jos"), &hit, true));
+        assert!(!filter_matches(&filter("PatientName", "jos"), &hit, false));
+    }
+}
