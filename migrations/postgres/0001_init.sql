@@ -59,6 +59,7 @@ CREATE TABLE instances (
     num_columns       BIGINT,
     object_key        TEXT COLLATE "C"    NOT NULL,
     size              BIGINT  NOT NULL,
+    part10_prefix     BIGINT  NOT NULL,
     sha256            TEXT COLLATE "C"    NOT NULL,
     attrs_json        TEXT COLLATE "C"    NOT NULL,
     metadata_json     TEXT COLLATE "C"    NOT NULL,

@@ -58,6 +58,7 @@ CREATE TABLE instances (
     num_columns       INTEGER,
     object_key        TEXT    NOT NULL,
     size              INTEGER NOT NULL,
+    part10_prefix     INTEGER NOT NULL,
     sha256            TEXT    NOT NULL,
     attrs_json        TEXT    NOT NULL,
     metadata_json     TEXT    NOT NULL,

@@ -9,6 +9,7 @@
 //! after the transaction holding its row has committed.
 
 pub mod query;
+pub mod read;
 mod records;
 mod writer;
 

@@ -84,6 +84,9 @@ pub struct InstanceRecord {
     pub columns: Option<i64>,
     pub object_key: String,
     pub size: i64,
+    /// Bytes to put in front of the stored object to make a standard Part-10 file: 0, or
+    /// 128 (no preamble), or 132 (neither preamble nor `DICM`).
+    pub part10_prefix: i64,
     pub sha256: String,
     /// Instance-level attributes (QIDO-RS defaults) as a DICOM JSON object.
     pub attrs_json: String,

@@ -216,8 +216,8 @@ async fn insert_instance(
         "INSERT INTO instances (sop_instance_uid, series_pk, study_pk, sop_class_uid, \
          instance_number, transfer_syntax, number_of_frames, num_rows, num_columns, object_key, \
          size, sha256, metadata_json, frame_table, origin_kind, origin_who, origin_address, stored_at, \
-         attrs_json) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19) \
+         attrs_json, part10_prefix) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20) \
          ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id",
     )
     .bind(&r.sop_instance_uid)
@@ -239,6 +239,7 @@ async fn insert_instance(
     .bind(&r.origin.address)
     .bind(r.stored_at)
     .bind(&r.attrs_json)
+    .bind(r.part10_prefix)
     .fetch_optional(&mut **tx)
     .await?;
     Ok(inserted.is_some())

@@ -202,7 +202,7 @@ fn number(x: f64) -> Json {
 }
 
 /// Binary values as little-endian bytes, as DICOM JSON's InlineBinary expects.
-fn binary_le(p: &PrimitiveValue) -> Vec<u8> {
+pub fn binary_le(p: &PrimitiveValue) -> Vec<u8> {
     match p {
         PrimitiveValue::U8(v) => v.to_vec(),
         PrimitiveValue::U16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),

@@ -259,6 +259,7 @@ impl Ingest {
             columns: parsed.columns,
             object_key: key.as_str().to_owned(),
             size: len as i64,
+            part10_prefix: parsed.part10_prefix,
             sha256,
             attrs_json: parsed.attrs_json.clone(),
             metadata_json: parsed.metadata_json.clone(),

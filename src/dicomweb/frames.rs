@@ -1,0 +1,369 @@
+//! WADO-RS frames and bulk data (PS3.18 §10.4.1.1.4-5): pixel data served by range reads
+//! through the frame offset table computed at ingest, never by parsing the object.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures::stream::{self, StreamExt};
+
+use super::media::parse_accept;
+use super::multipart;
+use super::wado::{locate, scope};
+use super::ApiError;
+use crate::app::AppState;
+use crate::index::read::InstanceLocation;
+use crate::ingest::frames::{decode_table, Frame};
+use crate::storage::ObjectKey;
+
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+
+/// The media type of frames encoded in a transfer syntax (PS3.18 Table 8.7.3-2), or
+/// `None` for native (uncompressed) pixel data.
+pub fn frame_media_type(ts: &str) -> Option<&'static str> {
+    Some(match ts {
+        "1.2.840.10008.1.2.4.50"
+        | "1.2.840.10008.1.2.4.51"
+        | "1.2.840.10008.1.2.4.57"
+        | "1.2.840.10008.1.2.4.70" => "image/jpeg",
+        "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => "image/jls",
+        "1.2.840.10008.1.2.4.90" | "1.2.840.10008.1.2.4.91" => "image/jp2",
+        "1.2.840.10008.1.2.4.92" | "1.2.840.10008.1.2.4.93" => "image/jpx",
+        "1.2.840.10008.1.2.4.201" | "1.2.840.10008.1.2.4.202" | "1.2.840.10008.1.2.4.203" => {
+            "image/jphc"
+        }
+        "1.2.840.10008.1.2.5" => "image/dicom-rle",
+        "1.2.840.10008.1.2.4.100" | "1.2.840.10008.1.2.4.101" => "video/mpeg",
+        "1.2.840.10008.1.2.4.102"
+        | "1.2.840.10008.1.2.4.103"
+        | "1.2.840.10008.1.2.4.104"
+        | "1.2.840.10008.1.2.4.105"
+        | "1.2.840.10008.1.2.4.106" => "video/mp4",
+        "1.2.840.10008.1.2.4.107" | "1.2.840.10008.1.2.4.108" => "video/H265",
+        "1.2.840.10008.1.2.4.110" | "1.2.840.10008.1.2.4.111" | "1.2.840.10008.1.2.4.112" => {
+            "image/jxl"
+        }
+        _ => return None,
+    })
+}
+
+/// What the frames are sent as.
+#[derive(Debug, PartialEq, Eq)]
+struct FrameForm {
+    /// Content-Type of each part (or of the single body).
+    part_type: String,
+    multipart: bool,
+}
+
+/// Choose how to send frames stored in `stored_ts`. Frames go out as they are stored:
+/// native pixel data as `application/octet-stream` (little endian), compressed frames in
+/// their own media type; a request that needs decoding is refused until transcoding is
+/// available.
+fn negotiate(accept: &str, stored_ts: &str, frames: usize) -> Result<FrameForm, ApiError> {
+    let native_ts = match stored_ts {
+        EXPLICIT_LE | IMPLICIT_LE => Some(EXPLICIT_LE),
+        _ => None,
+    };
+    let compressed = frame_media_type(stored_ts);
+    let own_type = compressed.unwrap_or("application/octet-stream");
+    let own_ts = native_ts.unwrap_or(stored_ts);
+    let part_type = format!("{own_type}; transfer-syntax={own_ts}");
+    for a in parse_accept(Some(accept)) {
+        let (multipart, ty) = match a.media.essence.as_str() {
+            "multipart/related" => (
+                true,
+                a.media
+                    .param("type")
+                    .unwrap_or("application/octet-stream")
+                    .to_ascii_lowercase(),
+            ),
+            "*/*" => (true, "*/*".to_owned()),
+            other => (false, other.to_owned()),
+        };
+        if !multipart && frames != 1 {
+            continue;
+        }
+        let ts = a.media.param("transfer-syntax");
+        let fits = match ty.as_str() {
+            "*/*" => true,
+            "application/octet-stream" => match ts {
+                Some("*") => true,
+                None | Some(EXPLICIT_LE) => native_ts.is_some(),
+                Some(t) => t == stored_ts,
+            },
+            t if Some(t) == compressed
+                || (t == "image/x-dicom-rle" && compressed == Some("image/dicom-rle")) =>
+            {
+                matches!(ts, None | Some("*")) || ts == Some(stored_ts)
+            }
+            _ => false,
+        };
+        if fits {
+            return Ok(FrameForm {
+                part_type: part_type.clone(),
+                multipart,
+            });
+        }
+    }
+    Err(ApiError::NotAcceptable(format!(
+        "the frames are stored as {own_type} (transfer syntax {stored_ts}); ask for \
+         multipart/related; type=\"{own_type}\" or transfer-syntax=* (transcoding is not available yet)"
+    )))
+}
+
+/// Parse `1,3,5` into frame numbers (1-based), checking them against the instance.
+fn frame_numbers(list: &str, available: usize) -> Result<Vec<usize>, ApiError> {
+    let numbers = list
+        .split(',')
+        .map(|n| n.trim().parse::<usize>().ok().filter(|n| *n >= 1))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "frame list {list:?} must be frame numbers (from 1), comma-separated"
+            ))
+        })?;
+    if let Some(n) = numbers.iter().find(|n| **n > available) {
+        return Err(ApiError::NotFound(format!(
+            "frame {n} does not exist; the instance has {available} frame(s)"
+        )));
+    }
+    if numbers.len() > 10_000 {
+        return Err(ApiError::BadRequest(
+            "too many frames in one request".into(),
+        ));
+    }
+    Ok(numbers)
+}
+
+pub async fn frames(
+    State(app): State<Arc<AppState>>,
+    Path((study, series, sop, list)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let scope = scope(&study, Some(&series), Some(&sop))?;
+    let loc = locate(&app, &scope).await?.remove(0);
+    let table = frame_table(&loc)?;
+    let numbers = frame_numbers(&list, table.len())?;
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("*/*");
+    let form = negotiate(accept, &loc.transfer_syntax, numbers.len())?;
+    let selected: Vec<Frame> = numbers.iter().map(|n| table[n - 1].clone()).collect();
+    send_frames(app, &loc, selected, form)
+}
+
+/// Bulk data of an instance: Pixel Data (as its frames) or another top-level binary value.
+pub async fn bulkdata(
+    State(app): State<Arc<AppState>>,
+    Path((study, series, sop, tag)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let scope = scope(&study, Some(&series), Some(&sop))?;
+    let loc = locate(&app, &scope).await?.remove(0);
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("*/*");
+    if tag.eq_ignore_ascii_case("7FE00010") {
+        let table = frame_table(&loc)?;
+        let form = negotiate(accept, &loc.transfer_syntax, table.len())?;
+        return send_frames(
+            app,
+            &loc,
+            table,
+            FrameForm {
+                multipart: true,
+                ..form
+            },
+        );
+    }
+    let tag = parse_tag(&tag)?;
+    let key = object_key(&loc)?;
+    let store = app.ingest.store().clone();
+    let value = super::bulk::read_value(&store, &key, tag).await?;
+    let header = multipart::part_header("application/octet-stream", Some(value.len() as u64), None);
+    let body = multipart::part(header, stream::once(async move { Ok(value) }).boxed())
+        .chain(multipart::closing());
+    Ok(Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            multipart::content_type("application/octet-stream"),
+        )
+        .body(Body::from_stream(body))
+        .expect("valid response"))
+}
+
+fn parse_tag(raw: &str) -> Result<dicom_core::Tag, ApiError> {
+    let ok = raw.len() == 8 && raw.bytes().all(|b| b.is_ascii_hexdigit());
+    let bad = || ApiError::BadRequest(format!("bulk data tag {raw:?} is not 8 hex digits"));
+    if !ok {
+        return Err(bad());
+    }
+    let g = u16::from_str_radix(&raw[..4], 16).map_err(|_| bad())?;
+    let e = u16::from_str_radix(&raw[4..], 16).map_err(|_| bad())?;
+    Ok(dicom_core::Tag(g, e))
+}
+
+fn object_key(loc: &InstanceLocation) -> Result<ObjectKey, ApiError> {
+    ObjectKey::parse(&loc.object_key)
+        .ok_or_else(|| ApiError::Internal(format!("malformed object key {}", loc.object_key)))
+}
+
+fn frame_table(loc: &InstanceLocation) -> Result<Vec<Frame>, ApiError> {
+    let raw = loc.frame_table.as_deref().ok_or_else(|| {
+        ApiError::NotAcceptable(format!(
+            "instance {} has no directly readable frames (no pixel data, a deflated data set, \
+             or fragments without an offset table); retrieve the instance instead",
+            loc.sop_instance_uid
+        ))
+    })?;
+    decode_table(raw).ok_or_else(|| {
+        ApiError::Internal(format!("corrupt frame table for {}", loc.sop_instance_uid))
+    })
+}
+
+fn send_frames(
+    app: Arc<AppState>,
+    loc: &InstanceLocation,
+    frames: Vec<Frame>,
+    form: FrameForm,
+) -> Result<Response, ApiError> {
+    let key = object_key(loc)?;
+    let store = app.ingest.store().clone();
+    let read = move |frame: Frame| {
+        let (store, key) = (store.clone(), key.clone());
+        async move {
+            let mut out = BytesMut::with_capacity(frame.iter().map(|(_, l)| *l as usize).sum());
+            for (off, len) in frame {
+                let chunk = store
+                    .read_range(&key, off..off + len as u64)
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                out.extend_from_slice(&chunk);
+            }
+            Ok::<Bytes, std::io::Error>(out.freeze())
+        }
+    };
+    if !form.multipart {
+        let frame = frames.into_iter().next().expect("one frame");
+        let len: u64 = frame.iter().map(|(_, l)| *l as u64).sum();
+        let body = stream::once(read(frame));
+        return Ok(Response::builder()
+            .header(header::CONTENT_TYPE, form.part_type)
+            .header(header::CONTENT_LENGTH, len)
+            .body(Body::from_stream(body))
+            .expect("valid response"));
+    }
+    let part_type = form.part_type.clone();
+    let parts = stream::iter(frames)
+        .then(move |frame| {
+            let part_type = part_type.clone();
+            let len: u64 = frame.iter().map(|(_, l)| *l as u64).sum();
+            let data = read(frame);
+            async move {
+                let header = multipart::part_header(&part_type, Some(len), None);
+                multipart::part(header, stream::once(data).boxed())
+            }
+        })
+        .flatten()
+        .chain(multipart::closing());
+    let outer = form
+        .part_type
+        .split(';')
+        .next()
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    Ok(Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            format!(
+                "{}; transfer-syntax={}",
+                multipart::content_type(&outer),
+                part_ts(&form.part_type)
+            ),
+        )
+        .body(Body::from_stream(parts))
+        .expect("valid response"))
+}
+
+fn part_ts(part_type: &str) -> &str {
+    part_type
+        .split("transfer-syntax=")
+        .nth(1)
+        .unwrap_or(EXPLICIT_LE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_negotiation() {
+        let ok = |accept: &str, ts: &str| negotiate(accept, ts, 2).map(|f| f.part_type);
+        assert_eq!(
+            ok(
+                "multipart/related; type=application/octet-stream; transfer-syntax=*",
+                IMPLICIT_LE
+            )
+            .unwrap(),
+            "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+        );
+        assert!(ok(
+            "multipart/related; type=\"application/octet-stream\"",
+            EXPLICIT_LE
+        )
+        .is_ok());
+        let jpeg = "1.2.840.10008.1.2.4.50";
+        assert_eq!(
+            ok("multipart/related; type=\"image/jpeg\"", jpeg).unwrap(),
+            format!("image/jpeg; transfer-syntax={jpeg}")
+        );
+        assert_eq!(
+            ok(
+                "multipart/related; type=application/octet-stream; transfer-syntax=*",
+                jpeg
+            )
+            .unwrap(),
+            format!("image/jpeg; transfer-syntax={jpeg}")
+        );
+        assert!(
+            ok("multipart/related; type=application/octet-stream", jpeg).is_err(),
+            "needs decoding"
+        );
+        assert!(ok("multipart/related; type=image/jp2", jpeg).is_err());
+        assert!(ok("*/*", jpeg).is_ok());
+        assert!(ok(
+            "multipart/related; type=image/x-dicom-rle",
+            "1.2.840.10008.1.2.5"
+        )
+        .is_ok());
+        assert!(
+            negotiate("application/octet-stream", EXPLICIT_LE, 2).is_err(),
+            "single part needs one frame"
+        );
+        assert!(
+            !negotiate("application/octet-stream", EXPLICIT_LE, 1)
+                .unwrap()
+                .multipart
+        );
+    }
+
+    #[test]
+    fn frame_lists() {
+        assert_eq!(frame_numbers("1,3, 2", 3).unwrap(), vec![1, 3, 2]);
+        assert!(matches!(
+            frame_numbers("0", 3),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(frame_numbers("4", 3), Err(ApiError::NotFound(_))));
+        assert!(matches!(
+            frame_numbers("a", 3),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+}

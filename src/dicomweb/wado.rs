@@ -1,0 +1,354 @@
+//! WADO-RS (PS3.18 §10.4): retrieve studies, series and instances as Part-10 objects, and
+//! their metadata as DICOM JSON.
+//!
+//! Objects stream from the object store into a `multipart/related` body; metadata is the
+//! JSON precomputed at ingest, with BulkDataURIs made absolute for this request.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+
+use super::media::{parse_accept, Acceptable};
+use super::multipart::{self, ByteStream};
+use super::{path_uid, urls, ApiError};
+use crate::app::AppState;
+use crate::index::read::{InstanceLocation, Scope};
+use crate::ingest::json::BULK_PREFIX;
+use crate::storage::ObjectKey;
+
+pub async fn study(
+    State(app): State<Arc<AppState>>,
+    Path(study): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let scope = Scope {
+        study: path_uid(&study, "StudyInstanceUID")?,
+        series: None,
+        instance: None,
+    };
+    retrieve(app, headers, scope).await
+}
+
+pub async fn series(
+    State(app): State<Arc<AppState>>,
+    Path((study, series)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let scope = scope(&study, Some(&series), None)?;
+    retrieve(app, headers, scope).await
+}
+
+pub async fn instance(
+    State(app): State<Arc<AppState>>,
+    Path((study, series, sop)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let scope = scope(&study, Some(&series), Some(&sop))?;
+    retrieve(app, headers, scope).await
+}
+
+pub async fn study_metadata(
+    State(app): State<Arc<AppState>>,
+    Path(study): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    metadata(app, headers, scope(&study, None, None)?).await
+}
+
+pub async fn series_metadata(
+    State(app): State<Arc<AppState>>,
+    Path((study, series)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    metadata(app, headers, scope(&study, Some(&series), None)?).await
+}
+
+pub async fn instance_metadata(
+    State(app): State<Arc<AppState>>,
+    Path((study, series, sop)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    metadata(app, headers, scope(&study, Some(&series), Some(&sop))?).await
+}
+
+pub(crate) fn scope(
+    study: &str,
+    series: Option<&str>,
+    instance: Option<&str>,
+) -> Result<Scope, ApiError> {
+    Ok(Scope {
+        study: path_uid(study, "StudyInstanceUID")?,
+        series: series
+            .map(|s| path_uid(s, "SeriesInstanceUID"))
+            .transpose()?,
+        instance: instance
+            .map(|s| path_uid(s, "SOPInstanceUID"))
+            .transpose()?,
+    })
+}
+
+pub(crate) async fn locate(
+    app: &AppState,
+    scope: &Scope,
+) -> Result<Vec<InstanceLocation>, ApiError> {
+    let found = app
+        .ingest
+        .index()
+        .locate(scope)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if found.is_empty() {
+        return Err(ApiError::NotFound(not_found_message(scope)));
+    }
+    Ok(found)
+}
+
+fn not_found_message(scope: &Scope) -> String {
+    match (&scope.series, &scope.instance) {
+        (_, Some(sop)) => format!(
+            "no instance {sop} in series {} of study {}",
+            scope.series.as_ref().unwrap(),
+            scope.study
+        ),
+        (Some(series), None) => format!("no series {series} in study {}", scope.study),
+        _ => format!("no study {}", scope.study),
+    }
+}
+
+/// How the objects are to be sent.
+enum Packaging {
+    Multipart,
+    /// A bare `application/dicom` body (one instance only).
+    Single,
+}
+
+/// Pick the response form and check the requested transfer syntax. Objects are sent in
+/// their stored transfer syntax; a request for another one is refused (406) until
+/// transcoding is available.
+fn negotiate(accept: &[Acceptable], single: bool) -> Result<Packaging, ApiError> {
+    for a in accept {
+        let ts = a.media.param("transfer-syntax");
+        let packaging = match a.media.essence.as_str() {
+            "multipart/related" => match a.media.param("type") {
+                None => Packaging::Multipart,
+                Some(t) if t.eq_ignore_ascii_case("application/dicom") => Packaging::Multipart,
+                Some(_) => continue,
+            },
+            "application/dicom" if single => Packaging::Single,
+            "*/*" | "multipart/*" => Packaging::Multipart,
+            _ => continue,
+        };
+        return match ts {
+            None | Some("*") => Ok(packaging),
+            Some(_) => Err(ApiError::NotAcceptable(
+                "objects are served in the transfer syntax they were stored in; request transfer-syntax=* \
+                 (transcoding is not available yet)"
+                    .into(),
+            )),
+        };
+    }
+    Err(ApiError::NotAcceptable(
+        "instances are available as multipart/related; type=\"application/dicom\" (or application/dicom for one instance)".into(),
+    ))
+}
+
+/// Where the stored bytes need a preamble (and `DICM`) to be a standard Part-10 file.
+fn part10_prefix(loc: &InstanceLocation) -> Option<Bytes> {
+    match loc.part10_prefix {
+        0 => None,
+        128 => Some(Bytes::from(vec![0u8; 128])),
+        _ => {
+            let mut v = vec![0u8; 128];
+            v.extend_from_slice(b"DICM");
+            Some(Bytes::from(v))
+        }
+    }
+}
+
+/// The Part-10 bytes of one instance, streamed.
+pub(crate) async fn object_stream(
+    app: &AppState,
+    loc: &InstanceLocation,
+) -> Result<ByteStream, ApiError> {
+    let key = ObjectKey::parse(&loc.object_key)
+        .ok_or_else(|| ApiError::Internal(format!("malformed object key {}", loc.object_key)))?;
+    let body = app
+        .ingest
+        .store()
+        .stream(&key, None)
+        .await
+        .map_err(|e| ApiError::Internal(format!("reading {key}: {e}")))?
+        .map_err(std::io::Error::other);
+    Ok(match part10_prefix(loc) {
+        None => body.boxed(),
+        Some(prefix) => stream::once(async move { Ok(prefix) }).chain(body).boxed(),
+    })
+}
+
+async fn retrieve(
+    app: Arc<AppState>,
+    headers: HeaderMap,
+    scope: Scope,
+) -> Result<Response, ApiError> {
+    let accept = parse_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let packaging = negotiate(&accept, scope.instance.is_some())?;
+    let found = locate(&app, &scope).await?;
+    if let Packaging::Single = packaging {
+        let loc = &found[0];
+        let body = object_stream(&app, loc).await?;
+        let len = loc.size + loc.part10_prefix;
+        return Ok(Response::builder()
+            .header(
+                header::CONTENT_TYPE,
+                format!("application/dicom; transfer-syntax={}", loc.transfer_syntax),
+            )
+            .header(header::CONTENT_LENGTH, len)
+            .body(Body::from_stream(body))
+            .expect("valid response"));
+    }
+    // Open the first object now so that a storage failure is an error status, not a
+    // truncated body; the rest open as the body streams.
+    let first = object_stream(&app, &found[0]).await?;
+    let mut first = Some(first);
+    let app2 = app.clone();
+    let parts = stream::iter(found)
+        .then(move |loc| {
+            let app = app2.clone();
+            let opened = first.take();
+            async move {
+                let header = multipart::part_header(
+                    &format!("application/dicom; transfer-syntax={}", loc.transfer_syntax),
+                    Some(loc.size + loc.part10_prefix),
+                    None,
+                );
+                let body = match opened {
+                    Some(b) => b,
+                    None => match object_stream(&app, &loc).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::error!(sop = %loc.sop_instance_uid, error = %e, "object unreadable during retrieval");
+                            stream::once(async move { Err(std::io::Error::other(e.to_string())) }).boxed()
+                        }
+                    },
+                };
+                multipart::part(header, body)
+            }
+        })
+        .flatten()
+        .chain(multipart::closing());
+    Ok(Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            multipart::content_type("application/dicom"),
+        )
+        .body(Body::from_stream(parts))
+        .expect("valid response"))
+}
+
+async fn metadata(
+    app: Arc<AppState>,
+    headers: HeaderMap,
+    scope: Scope,
+) -> Result<Response, ApiError> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if !super::media::accepts_any(accept, &["application/dicom+json", "application/json"]) {
+        return Err(ApiError::NotAcceptable(
+            "metadata is available as application/dicom+json".into(),
+        ));
+    }
+    let rows = app
+        .ingest
+        .index()
+        .metadata(&scope)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if rows.is_empty() {
+        return Err(ApiError::NotFound(not_found_message(&scope)));
+    }
+    let base = urls::base_url(app.config.http.public_base_url.as_deref(), &headers);
+    let mut hasher = Sha256::new();
+    hasher.update(base.as_bytes());
+    for (_, sha) in &rows {
+        hasher.update(sha.as_bytes());
+    }
+    let etag = format!("\"{}\"", &hex::encode(hasher.finalize())[..32]);
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().trim_start_matches("W/") == etag || t.trim() == "*")
+        });
+    if matches {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    let prefix = format!("\"BulkDataURI\":\"{BULK_PREFIX}");
+    let replacement = format!("\"BulkDataURI\":\"{base}/dicom-web/");
+    let total: usize = rows.iter().map(|(j, _)| j.len() + 1).sum();
+    let mut body = String::with_capacity(total + 2);
+    body.push('[');
+    for (i, (json, _)) in rows.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&json.replace(&prefix, &replacement));
+    }
+    body.push(']');
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/dicom+json")],
+        body,
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(s: &str) -> Vec<Acceptable> {
+        parse_accept(Some(s))
+    }
+
+    #[test]
+    fn negotiation() {
+        assert!(matches!(
+            negotiate(&accept("*/*"), false),
+            Ok(Packaging::Multipart)
+        ));
+        assert!(matches!(
+            negotiate(&accept("multipart/related; type=application/dicom"), false),
+            Ok(Packaging::Multipart)
+        ));
+        assert!(matches!(
+            negotiate(
+                &accept("multipart/related; type=\"application/dicom\"; transfer-syntax=*"),
+                false
+            ),
+            Ok(Packaging::Multipart)
+        ));
+        assert!(matches!(
+            negotiate(&accept("application/dicom"), true),
+            Ok(Packaging::Single)
+        ));
+        assert!(negotiate(&accept("application/dicom"), false).is_err());
+        assert!(negotiate(&accept("application/zip"), true).is_err());
+        assert!(negotiate(
+            &accept(
+                "multipart/related; type=application/dicom; transfer-syntax=1.2.840.10008.1.2.4.50"
+            ),
+            true
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! Reading what WADO-RS serves: the instances of a study, series or instance with where
+//! their bytes are, their precomputed metadata and frame tables.
+
+use sqlx::Row;
+
+use super::{Index, IndexError};
+use crate::model::Uid;
+
+/// Where and what one stored instance is.
+#[derive(Debug, Clone)]
+pub struct InstanceLocation {
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub transfer_syntax: String,
+    pub object_key: String,
+    pub size: u64,
+    pub part10_prefix: u64,
+    pub sha256: String,
+    pub number_of_frames: i64,
+    pub frame_table: Option<Vec<u8>>,
+}
+
+/// Which instances: a whole study, one series, or one instance.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub study: Uid,
+    pub series: Option<Uid>,
+    pub instance: Option<Uid>,
+}
+
+impl Scope {
+    fn where_clause(&self) -> (String, Vec<&str>) {
+        let mut sql = String::from(" WHERE st.study_uid = $1");
+        let mut args = vec![self.study.as_str()];
+        if let Some(series) = &self.series {
+            args.push(series.as_str());
+            sql.push_str(&format!(" AND se.series_uid = ${}", args.len()));
+        }
+        if let Some(sop) = &self.instance {
+            args.push(sop.as_str());
+            sql.push_str(&format!(" AND i.sop_instance_uid = ${}", args.len()));
+        }
+        (sql, args)
+    }
+}
+
+const FROM: &str =
+    " FROM instances i JOIN series se ON se.id = i.series_pk JOIN studies st ON st.id = i.study_pk";
+const ORDER: &str = " ORDER BY se.series_number, se.id, i.instance_number, i.id";
+
+impl Index {
+    /// The instances in scope, in series and instance order.
+    pub async fn locate(&self, scope: &Scope) -> Result<Vec<InstanceLocation>, IndexError> {
+        let (filter, args) = scope.where_clause();
+        let sql = format!(
+            "SELECT st.study_uid, se.series_uid, i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax, \
+             i.object_key, i.size, i.part10_prefix, i.sha256, i.number_of_frames, i.frame_table{FROM}{filter}{ORDER}"
+        );
+        let mut q = sqlx::query(&sql);
+        for a in args {
+            q = q.bind(a);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(InstanceLocation {
+                    study_uid: r.try_get(0)?,
+                    series_uid: r.try_get(1)?,
+                    sop_instance_uid: r.try_get(2)?,
+                    sop_class_uid: r.try_get(3)?,
+                    transfer_syntax: r.try_get(4)?,
+                    object_key: r.try_get(5)?,
+                    size: r.try_get::<i64, _>(6)? as u64,
+                    part10_prefix: r.try_get::<i64, _>(7)? as u64,
+                    sha256: r.try_get(8)?,
+                    number_of_frames: r.try_get(9)?,
+                    frame_table: r.try_get(10)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(IndexError::from)
+    }
+
+    /// The precomputed metadata of the instances in scope, with each one's SHA-256
+    /// (which makes a strong validator for the whole answer).
+    pub async fn metadata(&self, scope: &Scope) -> Result<Vec<(String, String)>, IndexError> {
+        let (filter, args) = scope.where_clause();
+        let sql = format!("SELECT i.metadata_json, i.sha256{FROM}{filter}{ORDER}");
+        let mut q = sqlx::query(&sql);
+        for a in args {
+            q = q.bind(a);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(IndexError::from)
+    }
+}
