@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
@@ -115,11 +116,28 @@ impl App {
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .nest("/dicom-web", crate::dicomweb::router())
+        .merge(crate::viewer::router(&state.config.viewer.dir))
         .layer(middleware::from_fn(loopback_only))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .layer(cors(&state.config.http.cors_origins))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// CORS for browser clients on other origins: preflight answered, Authorization allowed.
+fn cors(origins: &[String]) -> CorsLayer {
+    use axum::http::{header, HeaderValue, Method};
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT, header::IF_NONE_MATCH])
+        .expose_headers([header::WARNING, header::ETAG, header::CONTENT_LOCATION]);
+    if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(AllowOrigin::any())
+    } else {
+        let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+        layer.allow_origin(AllowOrigin::list(list))
+    }
 }
 
 /// Without configured credentials only loopback clients are served.

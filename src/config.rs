@@ -22,7 +22,24 @@ pub struct Config {
     pub index: IndexConfig,
     pub storage: StorageConfig,
     pub ingest: IngestConfig,
+    pub viewer: ViewerConfig,
     pub log: LogConfig,
+}
+
+/// The OHIF viewer served under `/viewer` (see `ohif-config/`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ViewerConfig {
+    /// Where the prebuilt viewer is (`scripts/fetch-ohif.sh` puts it in `viewer-dist`).
+    pub dir: PathBuf,
+    /// The name the viewer shows for this server.
+    pub name: String,
+}
+
+impl Default for ViewerConfig {
+    fn default() -> Self {
+        ViewerConfig { dir: PathBuf::from("viewer-dist"), name: "pacs-lite".into() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +51,8 @@ pub struct HttpConfig {
     pub public_base_url: Option<String>,
     /// Largest request body accepted, in bytes; larger requests get 413.
     pub max_request_bytes: u64,
+    /// Origins allowed to call the API from a browser (CORS); `*` for any. Empty: none.
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +138,7 @@ impl Default for Config {
             index: IndexConfig::default(),
             storage: StorageConfig::default(),
             ingest: IngestConfig::default(),
+            viewer: ViewerConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -130,6 +150,7 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_base_url: None,
             max_request_bytes: 8 << 30,
+            cors_origins: Vec::new(),
         }
     }
 }

@@ -7,7 +7,8 @@
 //! - [`ingest`]: the one path every entry point stores through, and its outcomes.
 //! - [`index`]: the only module that speaks SQL (SQLite or PostgreSQL).
 //! - [`storage`]: the only module that touches objects (filesystem or S3 via opendal).
-//! - [`dicomweb`]: the DICOMweb HTTP routes (STOW-RS so far).
+//! - [`dicomweb`]: the DICOMweb HTTP routes (STOW-RS, QIDO-RS, WADO-RS).
+//! - [`viewer`]: the OHIF viewer served same-origin.
 //! - [`import`], [`verify`]: the `import` and `verify` commands.
 
 pub mod app;
@@ -19,3 +20,4 @@ pub mod ingest;
 pub mod model;
 pub mod storage;
 pub mod verify;
+pub mod viewer;

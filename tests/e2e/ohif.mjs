@@ -1,0 +1,66 @@
+// Drive the OHIF viewer served by pacs-lite in headless Chromium.
+//
+//   node ohif.mjs <base-url> <out-dir> <study-uid>...
+//
+// Opens the study list and screenshots it, then opens each study in the viewer and
+// screenshots its first viewport's canvas. Prints one JSON report on stdout: the study
+// list's text, per study whether a canvas appeared, plus every failed HTTP request,
+// console error and error notification seen. The Python test judges the report and
+// the pixels.
+import { chromium } from 'playwright-core';
+
+const [base, outDir, ...studies] = process.argv.slice(2);
+const report = { list: null, studies: {}, httpErrors: [], consoleErrors: [], notifications: [] };
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+         '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+});
+const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+page.on('console', m => { if (m.type() === 'error') report.consoleErrors.push(m.text().slice(0, 500)); });
+page.on('response', r => { if (r.status() >= 400) report.httpErrors.push(`${r.status()} ${r.url()}`); });
+page.on('requestfailed', r => report.httpErrors.push(`failed ${r.url()} ${r.failure()?.errorText}`));
+
+async function dismissOverlays() {
+  for (const label of ['Skip all', 'Confirm and hide']) {
+    const button = page.getByText(label, { exact: true });
+    if (await button.count()) await button.first().click().catch(() => {});
+  }
+}
+
+async function collectNotifications() {
+  const texts = await page.$$eval('[data-sonner-toast][data-type="error"], [role="alert"]',
+    els => els.map(e => e.textContent.trim()).filter(t => t.length > 0));
+  report.notifications.push(...texts);
+}
+
+try {
+  await page.goto(`${base}/viewer`, { waitUntil: 'networkidle', timeout: 60000 });
+  await page.waitForSelector('table tbody tr, [data-cy="study-list-results"] tr, [role="row"]', { timeout: 30000 })
+    .catch(() => {});
+  await page.waitForTimeout(1000);
+  await dismissOverlays();
+  report.list = await page.evaluate(() => document.body.innerText);
+  await page.screenshot({ path: `${outDir}/study-list.png` });
+  await collectNotifications();
+
+  for (const uid of studies) {
+    await page.goto(`${base}/viewer/viewer?StudyInstanceUIDs=${uid}`, { waitUntil: 'networkidle', timeout: 60000 });
+    const canvas = page.locator('canvas.cornerstone-canvas').first();
+    const appeared = await canvas.waitFor({ state: 'visible', timeout: 30000 }).then(() => true, () => false);
+    await page.waitForLoadState('networkidle');
+    await page.waitForTimeout(2500);
+    await dismissOverlays();
+    await page.waitForTimeout(500);
+    if (appeared) await canvas.screenshot({ path: `${outDir}/${uid}.png` });
+    await page.screenshot({ path: `${outDir}/${uid}-page.png` });
+    await collectNotifications();
+    report.studies[uid] = { canvas: appeared };
+  }
+} catch (e) {
+  report.fatal = String(e);
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(report));

@@ -1,0 +1,81 @@
+"""OHIF, unmodified, in headless Chromium against the real server: the study list shows
+the stored studies, and a CT series, a multi-frame series and a JPEG-compressed series
+render real pixels, with no failed request and no error notification."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from dicomweb_client.api import DICOMwebClient
+from PIL import Image, ImageStat
+
+from dicomgen import ct_series, sample
+from pacs import ROOT
+
+E2E = ROOT / "tests" / "e2e"
+VIEWER = ROOT / "viewer-dist"
+
+
+def ohif_available():
+    missing = []
+    if not (VIEWER / "index.html").exists():
+        missing.append("viewer-dist (scripts/fetch-ohif.sh)")
+    if not (E2E / "node_modules" / "playwright-core").exists():
+        missing.append("playwright-core (npm ci in tests/e2e)")
+    if not shutil.which("node") or not Path(os.environ.get("CHROMIUM", "/usr/bin/chromium")).exists():
+        missing.append("node and chromium")
+    return missing
+
+
+@pytest.fixture
+def ohif_pacs(make_pacs):
+    missing = ohif_available()
+    if missing:
+        if os.environ.get("PACS_TEST_REQUIRE_OHIF"):
+            pytest.fail(f"OHIF end-to-end test cannot run: missing {', '.join(missing)}")
+        pytest.skip(f"missing {', '.join(missing)}")
+    return make_pacs({"PACS_VIEWER__DIR": str(VIEWER)})
+
+
+def run_ohif(pacs, out: Path, studies):
+    r = subprocess.run(["node", E2E / "ohif.mjs", pacs.url, out, *studies], capture_output=True, text=True,
+                       timeout=600, cwd=E2E)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_ohif_lists_and_renders_studies(ohif_pacs, tmp_path):
+    pacs = ohif_pacs
+    client = DICOMwebClient(pacs.dicomweb)
+    ct = ct_series(n=12, size=256, patient_name="Viewer^Computed", patient_id="OHIF-CT")
+    client.store_instances(ct)
+    dose, jpeg = sample("rtdose.dcm"), sample("SC_rgb_jpeg_dcmtk.dcm")
+    client.store_instances([dose, jpeg])
+    studies = {"ct": str(ct[0].StudyInstanceUID), "multiframe": str(dose.StudyInstanceUID),
+               "jpeg": str(jpeg.StudyInstanceUID)}
+
+    report = run_ohif(pacs, tmp_path, list(studies.values()))
+    assert "fatal" not in report, report
+    assert report["httpErrors"] == [], report["httpErrors"]
+    assert report["notifications"] == [], report["notifications"]
+    # The study list shows every study (OHIF formats names "Family, Given").
+    for text in ["Viewer, Computed", "ACC1", "Generated study"]:
+        assert text in report["list"], report["list"][:2000]
+    assert "RTDOSE" in report["list"] and "OT" in report["list"]
+
+    for label, uid in studies.items():
+        assert report["studies"][uid]["canvas"], f"{label}: no viewport canvas"
+        image = Image.open(tmp_path / f"{uid}.png").convert("RGB")
+        stats = ImageStat.Stat(image.convert("L"))
+        assert stats.stddev[0] > 10, f"{label}: the viewport is blank (stddev {stats.stddev[0]:.1f})"
+
+    # The JPEG sample is colour bars: the viewport must show saturated red, green and blue.
+    colours = Image.open(tmp_path / f"{studies['jpeg']}.png").convert("RGB").getcolors(1 << 20)
+    def has(pred):
+        return sum(n for n, c in colours if pred(*c)) > 500
+    assert has(lambda r, g, b: r > 200 and g < 60 and b < 60), "red bar"
+    assert has(lambda r, g, b: g > 200 and r < 60 and b < 60), "green bar"
+    assert has(lambda r, g, b: b > 200 and r < 60 and g < 60), "blue bar"
