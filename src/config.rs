@@ -38,7 +38,10 @@ pub struct ViewerConfig {
 
 impl Default for ViewerConfig {
     fn default() -> Self {
-        ViewerConfig { dir: PathBuf::from("viewer-dist"), name: "pacs-lite".into() }
+        ViewerConfig {
+            dir: PathBuf::from("viewer-dist"),
+            name: "pacs-lite".into(),
+        }
     }
 }
 

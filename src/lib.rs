@@ -8,6 +8,7 @@
 //! - [`index`]: the only module that speaks SQL (SQLite or PostgreSQL).
 //! - [`storage`]: the only module that touches objects (filesystem or S3 via opendal).
 //! - [`dicomweb`]: the DICOMweb HTTP routes (STOW-RS, QIDO-RS, WADO-RS).
+//! - [`render`]: rendered images and thumbnails (decode, window, scale, encode).
 //! - [`viewer`]: the OHIF viewer served same-origin.
 //! - [`import`], [`verify`]: the `import` and `verify` commands.
 
@@ -18,6 +19,7 @@ pub mod import;
 pub mod index;
 pub mod ingest;
 pub mod model;
+pub mod render;
 pub mod storage;
 pub mod verify;
 pub mod viewer;

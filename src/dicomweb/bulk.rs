@@ -4,30 +4,19 @@
 
 use bytes::Bytes;
 use dicom_core::Tag;
-use dicom_object::OpenFileOptions;
-use futures::StreamExt;
-use std::io::Write;
 
 use super::ApiError;
 use crate::storage::{ObjectKey, Store};
 
 /// Read the value of a top-level element of a stored object, as little-endian bytes.
 pub async fn read_value(store: &Store, key: &ObjectKey, tag: Tag) -> Result<Bytes, ApiError> {
-    // Copy the object to a temporary file (bounded memory for any object size), then parse.
-    let mut tmp = tempfile::NamedTempFile::new_in(store.spool_dir())
-        .map_err(|e| ApiError::Internal(format!("temporary file: {e}")))?;
-    let mut stream = store
-        .stream(key, None)
+    // A temporary copy keeps memory bounded whatever the object's size until parsing.
+    let tmp = store
+        .fetch_to_temp(key)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::Internal(e.to_string()))?;
-        tmp.write_all(&chunk)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-    }
     tokio::task::spawn_blocking(move || {
-        let obj = OpenFileOptions::new()
-            .open_file(tmp.path())
+        let obj = crate::ingest::open_stored(tmp.path())
             .map_err(|e| ApiError::Internal(format!("parsing {}: {e}", tmp.path().display())))?;
         let elem = obj.get(tag).ok_or_else(|| {
             ApiError::NotFound(format!(
@@ -38,7 +27,7 @@ pub async fn read_value(store: &Store, key: &ObjectKey, tag: Tag) -> Result<Byte
         let bytes = elem
             .value()
             .primitive()
-            .map(|p| crate::ingest::json::binary_le(p))
+            .map(crate::ingest::json::binary_le)
             .ok_or_else(|| {
                 ApiError::NotFound(format!("{:04X}{:04X} is not a binary value", tag.0, tag.1))
             })?;

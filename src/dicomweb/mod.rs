@@ -10,6 +10,7 @@ pub mod frames;
 pub mod media;
 mod multipart;
 mod qido;
+mod rendered;
 mod stow;
 pub mod urls;
 mod wado;
@@ -56,6 +57,32 @@ pub fn router() -> Router<Arc<AppState>> {
         .route(
             "/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag}",
             get(frames::bulkdata),
+        )
+        .route("/studies/{study}/rendered", get(rendered::study))
+        .route("/studies/{study}/thumbnail", get(rendered::study_thumbnail))
+        .route(
+            "/studies/{study}/series/{series}/rendered",
+            get(rendered::series),
+        )
+        .route(
+            "/studies/{study}/series/{series}/thumbnail",
+            get(rendered::series_thumbnail),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{sop}/rendered",
+            get(rendered::instance),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{sop}/thumbnail",
+            get(rendered::instance_thumbnail),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}/rendered",
+            get(rendered::frame),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}/thumbnail",
+            get(rendered::frame_thumbnail),
         )
         .route("/series", get(qido::series))
         .route("/instances", get(qido::instances))

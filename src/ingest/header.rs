@@ -263,6 +263,23 @@ fn open_header(
     path: &Path,
     layout: &frames::Layout,
 ) -> Result<dicom_object::DefaultDicomObject, String> {
+    open_with_layout(path, layout, true)
+}
+
+/// Parse a whole stored object (for rendering and non-pixel bulk data), tolerating what
+/// ingest tolerates: no preamble, no `DICM`, no or a wrong meta group length.
+pub fn open_stored(path: &Path) -> Result<dicom_object::DefaultDicomObject, String> {
+    let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    let mut reader = BufReader::new(File::open(path).map_err(|e| e.to_string())?);
+    let layout = frames::layout(&mut reader, len).map_err(|e| e.to_string())?;
+    open_with_layout(path, &layout, false)
+}
+
+fn open_with_layout(
+    path: &Path,
+    layout: &frames::Layout,
+    header_only: bool,
+) -> Result<dicom_object::DefaultDicomObject, String> {
     let mut file = File::open(path).map_err(|e| e.to_string())?;
     file.seek(SeekFrom::Start(layout.meta_body_start))
         .map_err(|e| e.to_string())?;
@@ -272,8 +289,12 @@ fn open_header(
     prefix.extend_from_slice(b"DICM\x02\x00\x00\x00UL\x04\x00");
     prefix.extend_from_slice(&group_length.to_le_bytes());
     let reader = std::io::Cursor::new(prefix).chain(BufReader::with_capacity(64 * 1024, file));
-    OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
+    let options = if header_only {
+        OpenFileOptions::new().read_until(tags::PIXEL_DATA)
+    } else {
+        OpenFileOptions::new()
+    };
+    options
         .read_preamble(ReadPreamble::Never)
         .from_reader(reader)
         .map_err(|e| e.to_string())

@@ -23,7 +23,7 @@ use crate::index::{Index, InsertOutcome, InstanceRecord, Origin, StoredInstance}
 use crate::model::Uid;
 use crate::storage::{ObjectKey, Spool, SpooledFile, StorageError, Store};
 
-pub use header::{fold as fold_name, is_storage_class};
+pub use header::{fold as fold_name, is_storage_class, open_stored};
 
 /// Why an object was refused. Entry points map these to STOW failure reasons and DIMSE
 /// statuses in one place each.

@@ -258,6 +258,33 @@ impl Store {
         Ok(buf.to_bytes())
     }
 
+    /// Copy an object into a temporary file in the spool (removed when dropped), for the
+    /// few readers that need a whole file (rendering, non-pixel bulk data).
+    pub async fn fetch_to_temp(
+        &self,
+        key: &ObjectKey,
+    ) -> Result<tempfile::NamedTempFile, StorageError> {
+        let tmp = tempfile::Builder::new()
+            .prefix(".fetch-")
+            .tempfile_in(&self.spool_dir)
+            .map_err(|e| StorageError::io("creating a temporary file in", &self.spool_dir, e))?;
+        let path = tmp.path().to_owned();
+        let mut file = tokio::fs::File::from_std(
+            tmp.reopen()
+                .map_err(|e| StorageError::io("opening", &path, e))?,
+        );
+        let mut stream = self.stream(key, None).await?;
+        while let Some(chunk) = stream.next().await {
+            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk?)
+                .await
+                .map_err(|e| StorageError::io("writing", &path, e))?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(|e| StorageError::io("writing", &path, e))?;
+        Ok(tmp)
+    }
+
     pub async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         self.op.delete(key.as_str()).await?;
         Ok(())

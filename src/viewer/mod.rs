@@ -26,7 +26,7 @@ pub fn router(dir: &Path) -> Router<Arc<AppState>> {
         .route("/viewer/", get(index))
         .route("/viewer/{*rest}", get(index))
         .route("/app-config.js", get(app_config))
-        .fallback_service(ServeDir::new(dir.to_owned()))
+        .fallback_service(ServeDir::new(dir))
 }
 
 /// The configuration with its placeholders filled in.
@@ -39,7 +39,13 @@ pub fn app_config_js(name: &str) -> String {
 
 async fn app_config(State(app): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
         app_config_js(&app.config.viewer.name),
     )
         .into_response()

@@ -90,3 +90,17 @@ def multipart(parts: list[bytes], boundary="pacs-lite-test-boundary", content_ty
         body += f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode() + p + b"\r\n"
     body += f"--{boundary}--\r\n".encode()
     return body, boundary
+
+
+def multiframe(frames=4, size=48, seed=9):
+    """A 16-bit grayscale multi-frame secondary capture whose frames all differ."""
+    ds = ct_series(n=1, size=size, seed=seed)[0]
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"
+    ds.Modality = "OT"
+    ds.NumberOfFrames = frames
+    ds.FrameIncrementPointer = 0x00181063
+    ds.FrameTime = 40
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 4096, size=(size, size), dtype=np.uint16)
+    ds.PixelData = np.stack([(base + 500 * i) % 4096 for i in range(frames)]).astype(np.uint16).tobytes()
+    return ds
