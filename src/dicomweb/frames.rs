@@ -9,6 +9,7 @@ use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, StreamExt};
+use futures::FutureExt;
 
 use super::media::parse_accept;
 use super::multipart;
@@ -17,6 +18,7 @@ use super::ApiError;
 use crate::app::AppState;
 use crate::index::read::InstanceLocation;
 use crate::ingest::frames::{decode_table, Frame};
+use crate::render::transcode::{can_transcode, decode_frames};
 use crate::storage::ObjectKey;
 
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
@@ -57,12 +59,14 @@ struct FrameForm {
     /// Content-Type of each part (or of the single body).
     part_type: String,
     multipart: bool,
+    /// Decode the frames to native little-endian samples (instead of range reads).
+    decode: bool,
 }
 
-/// Choose how to send frames stored in `stored_ts`. Frames go out as they are stored:
-/// native pixel data as `application/octet-stream` (little endian), compressed frames in
-/// their own media type; a request that needs decoding is refused until transcoding is
-/// available.
+/// Choose how to send frames stored in `stored_ts`. Frames go out as stored when the
+/// client accepts that (native pixel data as `application/octet-stream`, compressed
+/// frames in their own media type); a request for uncompressed frames of compressed data
+/// decodes them.
 fn negotiate(accept: &str, stored_ts: &str, frames: usize) -> Result<FrameForm, ApiError> {
     let native_ts = match stored_ts {
         EXPLICIT_LE | IMPLICIT_LE => Some(EXPLICIT_LE),
@@ -71,7 +75,9 @@ fn negotiate(accept: &str, stored_ts: &str, frames: usize) -> Result<FrameForm, 
     let compressed = frame_media_type(stored_ts);
     let own_type = compressed.unwrap_or("application/octet-stream");
     let own_ts = native_ts.unwrap_or(stored_ts);
-    let part_type = format!("{own_type}; transfer-syntax={own_ts}");
+    let decodable = can_transcode(stored_ts, EXPLICIT_LE);
+    let as_stored = format!("{own_type}; transfer-syntax={own_ts}");
+    let decoded = format!("application/octet-stream; transfer-syntax={EXPLICIT_LE}");
     for a in parse_accept(Some(accept)) {
         let (multipart, ty) = match a.media.essence.as_str() {
             "multipart/related" => (
@@ -88,30 +94,43 @@ fn negotiate(accept: &str, stored_ts: &str, frames: usize) -> Result<FrameForm, 
             continue;
         }
         let ts = a.media.param("transfer-syntax");
-        let fits = match ty.as_str() {
-            "*/*" => true,
+        let stored = |decode: bool| {
+            Ok(FrameForm {
+                part_type: as_stored.clone(),
+                multipart,
+                decode,
+            })
+        };
+        let decode = || {
+            Ok(FrameForm {
+                part_type: decoded.clone(),
+                multipart,
+                decode: true,
+            })
+        };
+        match ty.as_str() {
+            "*/*" => return stored(false),
             "application/octet-stream" => match ts {
-                Some("*") => true,
-                None | Some(EXPLICIT_LE) => native_ts.is_some(),
-                Some(t) => t == stored_ts,
+                Some("*") => return stored(false),
+                Some(t) if t == stored_ts => return stored(false),
+                None | Some(EXPLICIT_LE) if native_ts.is_some() => return stored(false),
+                None | Some(EXPLICIT_LE) if decodable => return decode(),
+                _ => {}
             },
             t if Some(t) == compressed
                 || (t == "image/x-dicom-rle" && compressed == Some("image/dicom-rle")) =>
             {
-                matches!(ts, None | Some("*")) || ts == Some(stored_ts)
+                if matches!(ts, None | Some("*")) || ts == Some(stored_ts) {
+                    return stored(false);
+                }
             }
-            _ => false,
-        };
-        if fits {
-            return Ok(FrameForm {
-                part_type: part_type.clone(),
-                multipart,
-            });
+            _ => {}
         }
     }
     Err(ApiError::NotAcceptable(format!(
         "the frames are stored as {own_type} (transfer syntax {stored_ts}); ask for \
-         multipart/related; type=\"{own_type}\" or transfer-syntax=* (transcoding is not available yet)"
+         multipart/related; type=\"{own_type}\", transfer-syntax=*, or (when the data can be decoded) \
+         application/octet-stream in {EXPLICIT_LE}"
     )))
 }
 
@@ -146,15 +165,65 @@ pub async fn frames(
 ) -> Result<Response, ApiError> {
     let scope = scope(&study, Some(&series), Some(&sop))?;
     let loc = locate(&app, &scope).await?.remove(0);
-    let table = frame_table(&loc)?;
-    let numbers = frame_numbers(&list, table.len())?;
+    let numbers = frame_numbers(&list, loc.number_of_frames.max(1) as usize)?;
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("*/*");
     let form = negotiate(accept, &loc.transfer_syntax, numbers.len())?;
-    let selected: Vec<Frame> = numbers.iter().map(|n| table[n - 1].clone()).collect();
-    send_frames(app, &loc, selected, form)
+    let source = frame_source(&app, &loc, &numbers, &form).await?;
+    send_frames(app, &loc, source, form)
+}
+
+/// Where the frames' bytes come from.
+enum Source {
+    /// Byte ranges of the stored object (the frame table computed at ingest).
+    Ranges(Vec<Frame>),
+    /// Frames decoded to native samples.
+    Decoded(Vec<Bytes>),
+}
+
+/// Range reads when the client takes the frames as stored and the table exists;
+/// decoding otherwise (which needs a decodable transfer syntax).
+async fn frame_source(
+    app: &AppState,
+    loc: &InstanceLocation,
+    numbers: &[usize],
+    form: &FrameForm,
+) -> Result<Source, ApiError> {
+    if !form.decode {
+        if let Some(table) = loc.frame_table.as_deref() {
+            let table = decode_table(table).ok_or_else(|| {
+                ApiError::Internal(format!("corrupt frame table for {}", loc.sop_instance_uid))
+            })?;
+            if numbers.iter().all(|n| *n <= table.len()) {
+                return Ok(Source::Ranges(
+                    numbers.iter().map(|n| table[n - 1].clone()).collect(),
+                ));
+            }
+        }
+    }
+    if !can_transcode(&loc.transfer_syntax, EXPLICIT_LE) {
+        return Err(ApiError::NotAcceptable(format!(
+            "the frames of instance {} cannot be read directly and its transfer syntax {} cannot be decoded here",
+            loc.sop_instance_uid, loc.transfer_syntax
+        )));
+    }
+    let key = object_key(loc)?;
+    let tmp = app
+        .ingest
+        .store()
+        .fetch_to_temp(&key)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let indexes: Vec<u32> = numbers.iter().map(|n| *n as u32 - 1).collect();
+    let decoded = tokio::task::spawn_blocking(move || decode_frames(tmp.path(), &indexes))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::NotAcceptable(format!("the frames cannot be decoded: {e}")))?;
+    Ok(Source::Decoded(
+        decoded.into_iter().map(Bytes::from).collect(),
+    ))
 }
 
 /// Bulk data of an instance: Pixel Data (as its frames) or another top-level binary value.
@@ -170,17 +239,13 @@ pub async fn bulkdata(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("*/*");
     if tag.eq_ignore_ascii_case("7FE00010") {
-        let table = frame_table(&loc)?;
-        let form = negotiate(accept, &loc.transfer_syntax, table.len())?;
-        return send_frames(
-            app,
-            &loc,
-            table,
-            FrameForm {
-                multipart: true,
-                ..form
-            },
-        );
+        let numbers: Vec<usize> = (1..=loc.number_of_frames.max(1) as usize).collect();
+        let form = FrameForm {
+            multipart: true,
+            ..negotiate(accept, &loc.transfer_syntax, numbers.len())?
+        };
+        let source = frame_source(&app, &loc, &numbers, &form).await?;
+        return send_frames(app, &loc, source, form);
     }
     let tag = parse_tag(&tag)?;
     let key = object_key(&loc)?;
@@ -214,61 +279,58 @@ fn object_key(loc: &InstanceLocation) -> Result<ObjectKey, ApiError> {
         .ok_or_else(|| ApiError::Internal(format!("malformed object key {}", loc.object_key)))
 }
 
-fn frame_table(loc: &InstanceLocation) -> Result<Vec<Frame>, ApiError> {
-    let raw = loc.frame_table.as_deref().ok_or_else(|| {
-        ApiError::NotAcceptable(format!(
-            "instance {} has no directly readable frames (no pixel data, a deflated data set, \
-             or fragments without an offset table); retrieve the instance instead",
-            loc.sop_instance_uid
-        ))
-    })?;
-    decode_table(raw).ok_or_else(|| {
-        ApiError::Internal(format!("corrupt frame table for {}", loc.sop_instance_uid))
-    })
-}
-
 fn send_frames(
     app: Arc<AppState>,
     loc: &InstanceLocation,
-    frames: Vec<Frame>,
+    source: Source,
     form: FrameForm,
 ) -> Result<Response, ApiError> {
     let key = object_key(loc)?;
     let store = app.ingest.store().clone();
-    let read = move |frame: Frame| {
-        let (store, key) = (store.clone(), key.clone());
-        async move {
-            let mut out = BytesMut::with_capacity(frame.iter().map(|(_, l)| *l as usize).sum());
-            for (off, len) in frame {
-                let chunk = store
-                    .read_range(&key, off..off + len as u64)
-                    .await
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                out.extend_from_slice(&chunk);
-            }
-            Ok::<Bytes, std::io::Error>(out.freeze())
-        }
+    // Each frame as (length, future of its bytes): range reads happen as the body streams.
+    let frames: Vec<(
+        u64,
+        futures::future::BoxFuture<'static, std::io::Result<Bytes>>,
+    )> = match source {
+        Source::Decoded(list) => list
+            .into_iter()
+            .map(|b| (b.len() as u64, futures::future::ready(Ok(b)).boxed()))
+            .collect(),
+        Source::Ranges(list) => list
+            .into_iter()
+            .map(|frame| {
+                let (store, key) = (store.clone(), key.clone());
+                let len: u64 = frame.iter().map(|(_, l)| *l as u64).sum();
+                let read = async move {
+                    let mut out = BytesMut::with_capacity(len as usize);
+                    for (off, l) in frame {
+                        let chunk = store
+                            .read_range(&key, off..off + l as u64)
+                            .await
+                            .map_err(|e| std::io::Error::other(e.to_string()))?;
+                        out.extend_from_slice(&chunk);
+                    }
+                    Ok(out.freeze())
+                };
+                (len, read.boxed())
+            })
+            .collect(),
     };
     if !form.multipart {
-        let frame = frames.into_iter().next().expect("one frame");
-        let len: u64 = frame.iter().map(|(_, l)| *l as u64).sum();
-        let body = stream::once(read(frame));
+        let (len, data) = frames.into_iter().next().expect("one frame");
         return Ok(Response::builder()
             .header(header::CONTENT_TYPE, form.part_type)
             .header(header::CONTENT_LENGTH, len)
-            .body(Body::from_stream(body))
+            .body(Body::from_stream(stream::once(data)))
             .expect("valid response"));
     }
     let part_type = form.part_type.clone();
     let parts = stream::iter(frames)
-        .then(move |frame| {
-            let part_type = part_type.clone();
-            let len: u64 = frame.iter().map(|(_, l)| *l as u64).sum();
-            let data = read(frame);
-            async move {
-                let header = multipart::part_header(&part_type, Some(len), None);
-                multipart::part(header, stream::once(data).boxed())
-            }
+        .map(move |(len, data)| {
+            multipart::part(
+                multipart::part_header(&part_type, Some(len), None),
+                stream::once(data).boxed(),
+            )
         })
         .flatten()
         .chain(multipart::closing());
@@ -331,10 +393,15 @@ mod tests {
             .unwrap(),
             format!("image/jpeg; transfer-syntax={jpeg}")
         );
-        assert!(
-            ok("multipart/related; type=application/octet-stream", jpeg).is_err(),
-            "needs decoding"
-        );
+        let decoded =
+            negotiate("multipart/related; type=application/octet-stream", jpeg, 2).unwrap();
+        assert!(decoded.decode && decoded.part_type.starts_with("application/octet-stream"));
+        assert!(negotiate(
+            "multipart/related; type=application/octet-stream",
+            "1.2.3.4",
+            2
+        )
+        .is_err());
         assert!(ok("multipart/related; type=image/jp2", jpeg).is_err());
         assert!(ok("*/*", jpeg).is_ok());
         assert!(ok(

@@ -20,6 +20,7 @@ use super::{path_uid, urls, ApiError};
 use crate::app::AppState;
 use crate::index::read::{InstanceLocation, Scope};
 use crate::ingest::json::BULK_PREFIX;
+use crate::render::transcode::{can_transcode, transcode_file, EXPLICIT_VR_LE, TARGETS};
 use crate::storage::ObjectKey;
 
 pub async fn study(
@@ -128,12 +129,20 @@ enum Packaging {
     Single,
 }
 
-/// Pick the response form and check the requested transfer syntax. Objects are sent in
-/// their stored transfer syntax; a request for another one is refused (406) until
-/// transcoding is available.
-fn negotiate(accept: &[Acceptable], single: bool) -> Result<Packaging, ApiError> {
+/// The transfer syntax a client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Wanted {
+    /// `transfer-syntax=*`: as stored.
+    AsStored,
+    /// No `transfer-syntax`: the standard default, Explicit VR Little Endian, where the
+    /// stored object can be decoded; otherwise as stored (the part's Content-Type says).
+    Default,
+    Exactly(String),
+}
+
+/// Pick the response form and the transfer syntax.
+fn negotiate(accept: &[Acceptable], single: bool) -> Result<(Packaging, Wanted), ApiError> {
     for a in accept {
-        let ts = a.media.param("transfer-syntax");
         let packaging = match a.media.essence.as_str() {
             "multipart/related" => match a.media.param("type") {
                 None => Packaging::Multipart,
@@ -144,17 +153,66 @@ fn negotiate(accept: &[Acceptable], single: bool) -> Result<Packaging, ApiError>
             "*/*" | "multipart/*" => Packaging::Multipart,
             _ => continue,
         };
-        return match ts {
-            None | Some("*") => Ok(packaging),
-            Some(_) => Err(ApiError::NotAcceptable(
-                "objects are served in the transfer syntax they were stored in; request transfer-syntax=* \
-                 (transcoding is not available yet)"
-                    .into(),
-            )),
+        let wanted = match a.media.param("transfer-syntax") {
+            None => Wanted::Default,
+            Some("*") => Wanted::AsStored,
+            Some(ts) => Wanted::Exactly(ts.to_owned()),
         };
+        return Ok((packaging, wanted));
     }
     Err(ApiError::NotAcceptable(
         "instances are available as multipart/related; type=\"application/dicom\" (or application/dicom for one instance)".into(),
+    ))
+}
+
+/// The transfer syntax one instance goes out in.
+fn target_for(loc: &InstanceLocation, wanted: &Wanted) -> Result<String, ApiError> {
+    let stored = loc.transfer_syntax.as_str();
+    Ok(match wanted {
+        Wanted::AsStored => stored.to_owned(),
+        Wanted::Default if can_transcode(stored, EXPLICIT_VR_LE) => EXPLICIT_VR_LE.to_owned(),
+        Wanted::Default => stored.to_owned(),
+        Wanted::Exactly(ts) if can_transcode(stored, ts) => ts.clone(),
+        Wanted::Exactly(ts) => {
+            return Err(ApiError::NotAcceptable(format!(
+                "instance {} is stored in transfer syntax {stored} and cannot be sent in {ts}; this server \
+                 sends the stored syntax (transfer-syntax=*) or decodes to {}",
+                loc.sop_instance_uid,
+                TARGETS.join(" or ")
+            )))
+        }
+    })
+}
+
+/// One instance in transfer syntax `target`: its length and bytes (streamed from the
+/// store when no change is needed, transcoded in memory otherwise).
+async fn instance_bytes(
+    app: &AppState,
+    loc: &InstanceLocation,
+    target: &str,
+) -> Result<(u64, ByteStream), ApiError> {
+    if target == loc.transfer_syntax {
+        return Ok((loc.size + loc.part10_prefix, object_stream(app, loc).await?));
+    }
+    let key = ObjectKey::parse(&loc.object_key)
+        .ok_or_else(|| ApiError::Internal(format!("malformed object key {}", loc.object_key)))?;
+    let tmp = app
+        .ingest
+        .store()
+        .fetch_to_temp(&key)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let target = target.to_owned();
+    let bytes = tokio::task::spawn_blocking(move || transcode_file(tmp.path(), &target))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| {
+            ApiError::NotAcceptable(format!("transcoding {}: {e}", loc.sop_instance_uid))
+        })?;
+    let len = bytes.len() as u64;
+    Ok((
+        len,
+        stream::once(async move { Ok(Bytes::from(bytes)) }).boxed(),
     ))
 }
 
@@ -197,47 +255,43 @@ async fn retrieve(
     scope: Scope,
 ) -> Result<Response, ApiError> {
     let accept = parse_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let packaging = negotiate(&accept, scope.instance.is_some())?;
+    let (packaging, wanted) = negotiate(&accept, scope.instance.is_some())?;
     let found = locate(&app, &scope).await?;
+    let targets = found
+        .iter()
+        .map(|l| target_for(l, &wanted))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The first object is opened now, so that a failure is an error status rather than a
+    // truncated body; the others open as the body streams.
+    let (len, first) = instance_bytes(&app, &found[0], &targets[0]).await?;
     if let Packaging::Single = packaging {
-        let loc = &found[0];
-        let body = object_stream(&app, loc).await?;
-        let len = loc.size + loc.part10_prefix;
         return Ok(Response::builder()
             .header(
                 header::CONTENT_TYPE,
-                format!("application/dicom; transfer-syntax={}", loc.transfer_syntax),
+                format!("application/dicom; transfer-syntax={}", targets[0]),
             )
             .header(header::CONTENT_LENGTH, len)
-            .body(Body::from_stream(body))
+            .body(Body::from_stream(first))
             .expect("valid response"));
     }
-    // Open the first object now so that a storage failure is an error status, not a
-    // truncated body; the rest open as the body streams.
-    let first = object_stream(&app, &found[0]).await?;
-    let mut first = Some(first);
-    let app2 = app.clone();
-    let parts = stream::iter(found)
-        .then(move |loc| {
-            let app = app2.clone();
+    let mut first = Some((len, first));
+    let parts = stream::iter(found.into_iter().zip(targets))
+        .then(move |(loc, target)| {
+            let app = app.clone();
             let opened = first.take();
             async move {
-                let header = multipart::part_header(
-                    &format!("application/dicom; transfer-syntax={}", loc.transfer_syntax),
-                    Some(loc.size + loc.part10_prefix),
-                    None,
-                );
-                let body = match opened {
-                    Some(b) => b,
-                    None => match object_stream(&app, &loc).await {
-                        Ok(b) => b,
+                let (len, body) = match opened {
+                    Some(ready) => (Some(ready.0), ready.1),
+                    None => match instance_bytes(&app, &loc, &target).await {
+                        Ok((len, body)) => (Some(len), body),
                         Err(e) => {
-                            tracing::error!(sop = %loc.sop_instance_uid, error = %e, "object unreadable during retrieval");
-                            stream::once(async move { Err(std::io::Error::other(e.to_string())) }).boxed()
+                            tracing::error!(sop = %loc.sop_instance_uid, error = %e, "instance unreadable during retrieval");
+                            (None, stream::once(async move { Err(std::io::Error::other(e.to_string())) }).boxed())
                         }
                     },
                 };
-                multipart::part(header, body)
+                let content_type = format!("application/dicom; transfer-syntax={target}");
+                multipart::part(multipart::part_header(&content_type, len, None), body)
             }
         })
         .flatten()
@@ -322,33 +376,33 @@ mod tests {
 
     #[test]
     fn negotiation() {
+        let n = |a: &str, single| negotiate(&accept(a), single);
         assert!(matches!(
-            negotiate(&accept("*/*"), false),
-            Ok(Packaging::Multipart)
+            n("*/*", false),
+            Ok((Packaging::Multipart, Wanted::Default))
         ));
         assert!(matches!(
-            negotiate(&accept("multipart/related; type=application/dicom"), false),
-            Ok(Packaging::Multipart)
+            n("multipart/related; type=application/dicom", false),
+            Ok((Packaging::Multipart, Wanted::Default))
         ));
         assert!(matches!(
-            negotiate(
-                &accept("multipart/related; type=\"application/dicom\"; transfer-syntax=*"),
+            n(
+                "multipart/related; type=\"application/dicom\"; transfer-syntax=*",
                 false
             ),
-            Ok(Packaging::Multipart)
+            Ok((Packaging::Multipart, Wanted::AsStored))
         ));
         assert!(matches!(
-            negotiate(&accept("application/dicom"), true),
-            Ok(Packaging::Single)
+            n("application/dicom", true),
+            Ok((Packaging::Single, _))
         ));
-        assert!(negotiate(&accept("application/dicom"), false).is_err());
-        assert!(negotiate(&accept("application/zip"), true).is_err());
-        assert!(negotiate(
-            &accept(
-                "multipart/related; type=application/dicom; transfer-syntax=1.2.840.10008.1.2.4.50"
-            ),
-            true
+        assert!(n("application/dicom", false).is_err());
+        assert!(n("application/zip", true).is_err());
+        let (_, wanted) = n(
+            "multipart/related; type=application/dicom; transfer-syntax=1.2.840.10008.1.2",
+            true,
         )
-        .is_err());
+        .unwrap();
+        assert_eq!(wanted, Wanted::Exactly("1.2.840.10008.1.2".into()));
     }
 }

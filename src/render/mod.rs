@@ -5,6 +5,8 @@
 //! Blocking: callers hand over the path of a stored object and run this on a blocking
 //! thread. Owns no I/O beyond reading that file.
 
+pub mod transcode;
+
 use std::io::Cursor;
 use std::path::Path;
 
