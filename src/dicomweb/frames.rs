@@ -117,12 +117,11 @@ fn negotiate(accept: &str, stored_ts: &str, frames: usize) -> Result<FrameForm, 
                 None | Some(EXPLICIT_LE) if decodable => return decode(),
                 _ => {}
             },
-            t if Some(t) == compressed
-                || (t == "image/x-dicom-rle" && compressed == Some("image/dicom-rle")) =>
+            t if (Some(t) == compressed
+                || (t == "image/x-dicom-rle" && compressed == Some("image/dicom-rle")))
+                && (matches!(ts, None | Some("*")) || ts == Some(stored_ts)) =>
             {
-                if matches!(ts, None | Some("*")) || ts == Some(stored_ts) {
-                    return stored(false);
-                }
+                return stored(false);
             }
             _ => {}
         }
