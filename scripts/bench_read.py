@@ -109,6 +109,12 @@ def timed(server, path, accept, n):
             "bytes": size, "mb_s": size / statistics.median(times) / 1e6}
 
 
+def http_get(server, path):
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    conn.request("GET", path, headers={"Accept": "application/dicom+json"})
+    return conn.getresponse().read()
+
+
 def timed_curl(server, path, accept, n):
     """Like `timed`, with curl as the client: for bulk transfers, where Python's HTTP
     client would be the bottleneck."""
@@ -128,7 +134,8 @@ def timed_curl(server, path, accept, n):
 
 def dataset(quick):
     """Instance byte strings, grouped; and the UIDs the measurements need."""
-    small = stow.Factory(64, 801)
+    small = stow.Factory(64, 801, per_series=2, per_study=2)
+    small.n = 1
     n_studies = 100 if quick else 300
     groups, uids = [], {}
     for _ in range(n_studies):
@@ -162,6 +169,8 @@ def dataset(quick):
 def measure(server, uids, n):
     r = {}
     r["QIDO all studies"] = timed(server, f"{server.root}/studies?limit=1000", "application/dicom+json", n)
+    count = len(json.loads(http_get(server, f"{server.root}/studies?limit=1000")))
+    print(f"  ({type(server).__name__}: the study list has {count} studies)", file=sys.stderr)
     r["QIDO PatientID=BENCH&StudyDate range"] = timed(
         server, f"{server.root}/studies?PatientID=BENCH&StudyDate=20230101-20241231&limit=1000",
         "application/dicom+json", n)

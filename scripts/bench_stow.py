@@ -60,12 +60,14 @@ def template(size: int) -> bytes:
 
 
 class Factory:
-    """Distinct instances from one template: SOP UIDs numbered, 50 instances per series."""
+    """Distinct instances from one template: SOP UIDs numbered, `per_series` instances per
+    series and `per_study` per study."""
 
-    def __init__(self, size: int, run: int):
+    def __init__(self, size: int, run: int, per_series: int = 50, per_study: int = 500):
         self.tpl = template(size)
         self.run = run
         self.n = 0
+        self.per_series, self.per_study = per_series, per_study
         self.lock = threading.Lock()
 
     def next(self) -> bytes:
@@ -73,8 +75,8 @@ class Factory:
             self.n += 1
             n = self.n
         num = f"{self.run:03d}{n:09d}"
-        series = f"{self.run:03d}{n // 50:09d}"
-        study = f"{self.run:03d}{n // 500:09d}"
+        series = f"{self.run:03d}{n // self.per_series:09d}"
+        study = f"{self.run:03d}{n // self.per_study:09d}"
         return (self.tpl.replace((UID_PREFIX + "1" + "0" * 12).encode(), (UID_PREFIX + "1" + num).encode())
                 .replace((UID_PREFIX + "3" + "0" * 12).encode(), (UID_PREFIX + "3" + series).encode())
                 .replace((UID_PREFIX + "2" + "0" * 12).encode(), (UID_PREFIX + "2" + study).encode()))

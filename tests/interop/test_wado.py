@@ -242,3 +242,28 @@ def test_impossible_transfer_syntax_is_406(pacs):
     url = store_raw(pacs, sample_bytes("CT_small.dcm"))
     r = requests.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80'})
     assert r.status_code == 406 and "cannot be sent" in r.json()["message"]
+
+
+def test_urls_follow_forwarded_headers_and_configured_base(pacs, make_pacs):
+    url = store_raw(pacs, sample_bytes("CT_small.dcm"))
+    path = url.split("/dicom-web/")[1]
+    fwd = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pacs.hospital.example"}
+    meta = requests.get(f"{pacs.dicomweb}/{path}/metadata", headers=fwd).json()[0]
+    assert meta["7FE00010"]["BulkDataURI"].startswith("https://pacs.hospital.example/dicom-web/studies/")
+    found = requests.get(f"{pacs.dicomweb}/studies", headers={"Forwarded": 'proto=https;host="gw.example:8443"'}).json()
+    assert found[0]["00081190"]["Value"][0].startswith("https://gw.example:8443/dicom-web/studies/")
+    fixed = make_pacs({"PACS_HTTP__PUBLIC_BASE_URL": "https://viewer.example/pacs"})
+    r = fixed.post("/studies", sample_bytes("CT_small.dcm"), "application/dicom", headers=fwd)
+    assert r.json()["00081199"]["Value"][0]["00081190"]["Value"][0].startswith("https://viewer.example/pacs/dicom-web/")
+
+
+def test_cors_preflight_when_configured(make_pacs):
+    pacs = make_pacs({"PACS_HTTP__CORS_ORIGINS": '["https://viewer.example"]'})
+    r = requests.options(f"{pacs.dicomweb}/studies", headers={
+        "Origin": "https://viewer.example", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization"})
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == "https://viewer.example"
+    assert "authorization" in r.headers["access-control-allow-headers"].lower()
+    r = requests.get(f"{pacs.dicomweb}/studies", headers={"Origin": "https://other.example"})
+    assert "access-control-allow-origin" not in r.headers
