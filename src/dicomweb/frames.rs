@@ -13,7 +13,8 @@ use futures::FutureExt;
 
 use super::media::parse_accept;
 use super::multipart;
-use super::wado::{locate, scope};
+use super::resource::Resource;
+use super::wado::locate;
 use super::ApiError;
 use crate::app::AppState;
 use crate::index::read::InstanceLocation;
@@ -159,10 +160,11 @@ fn frame_numbers(list: &str, available: usize) -> Result<Vec<usize>, ApiError> {
 
 pub async fn frames(
     State(app): State<Arc<AppState>>,
-    Path((study, series, sop, list)): Path<(String, String, String, String)>,
+    r: Resource,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let scope = scope(&study, Some(&series), Some(&sop))?;
+    let scope = r.scope()?;
+    let list = r.frames.clone().unwrap_or_default();
     let loc = locate(&app, &scope).await?.remove(0);
     let numbers = frame_numbers(&list, loc.number_of_frames.max(1) as usize)?;
     let accept = headers
@@ -225,13 +227,21 @@ async fn frame_source(
     ))
 }
 
+/// The `{tag}` of a bulk data URL.
+#[derive(serde::Deserialize)]
+pub struct BulkTag {
+    tag: String,
+}
+
 /// Bulk data of an instance: Pixel Data (as its frames) or another top-level binary value.
 pub async fn bulkdata(
     State(app): State<Arc<AppState>>,
-    Path((study, series, sop, tag)): Path<(String, String, String, String)>,
+    r: Resource,
+    Path(tag): Path<BulkTag>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let scope = scope(&study, Some(&series), Some(&sop))?;
+    let scope = r.scope()?;
+    let tag = tag.tag;
     let loc = locate(&app, &scope).await?.remove(0);
     let accept = headers
         .get(header::ACCEPT)

@@ -11,6 +11,7 @@ pub mod media;
 mod multipart;
 mod qido;
 mod rendered;
+mod resource;
 mod stow;
 pub mod urls;
 mod wado;
@@ -25,74 +26,40 @@ use tower_http::compression::CompressionLayer;
 pub use error::ApiError;
 
 use crate::app::AppState;
-use crate::model::Uid;
+use crate::model::query::Level;
 
 /// The DICOMweb routes, to be nested under `/dicom-web`.
 pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/studies", post(stow::store).get(qido::studies))
-        .route("/studies/", post(stow::store).get(qido::studies))
+    const STUDY: &str = "/studies/{study}";
+    const SERIES: &str = "/studies/{study}/series/{series}";
+    const INSTANCE: &str = "/studies/{study}/series/{series}/instances/{sop}";
+    const FRAMES: &str = "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}";
+    let search = |level| move |s, r, q, h| qido::search_at(level, s, r, q, h);
+    let mut router = Router::new()
+        .route("/studies", post(stow::store).get(search(Level::Study)))
+        .route("/studies/", post(stow::store).get(search(Level::Study)))
+        .route(STUDY, post(stow::store).get(wado::retrieve))
+        .route("/series", get(search(Level::Series)))
+        .route("/instances", get(search(Level::Instance)))
+        .route(&format!("{STUDY}/series"), get(search(Level::Series)))
+        .route(&format!("{STUDY}/instances"), get(search(Level::Instance)))
+        .route(&format!("{SERIES}/instances"), get(search(Level::Instance)))
+        .route(SERIES, get(wado::retrieve))
+        .route(INSTANCE, get(wado::retrieve))
+        .route(FRAMES, get(frames::frames))
         .route(
-            "/studies/{study}",
-            post(stow::store_in_study).get(wado::study),
-        )
-        .route("/studies/{study}/metadata", get(wado::study_metadata))
-        .route("/studies/{study}/series/{series}", get(wado::series))
-        .route(
-            "/studies/{study}/series/{series}/metadata",
-            get(wado::series_metadata),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{sop}",
-            get(wado::instance),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{sop}/metadata",
-            get(wado::instance_metadata),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}",
-            get(frames::frames),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag}",
+            &format!("{INSTANCE}/bulkdata/{{tag}}"),
             get(frames::bulkdata),
-        )
-        .route("/studies/{study}/rendered", get(rendered::study))
-        .route("/studies/{study}/thumbnail", get(rendered::study_thumbnail))
-        .route(
-            "/studies/{study}/series/{series}/rendered",
-            get(rendered::series),
-        )
-        .route(
-            "/studies/{study}/series/{series}/thumbnail",
-            get(rendered::series_thumbnail),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{sop}/rendered",
-            get(rendered::instance),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{sop}/thumbnail",
-            get(rendered::instance_thumbnail),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}/rendered",
-            get(rendered::frame),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}/thumbnail",
-            get(rendered::frame_thumbnail),
-        )
-        .route("/series", get(qido::series))
-        .route("/instances", get(qido::instances))
-        .route("/studies/{study}/series", get(qido::study_series))
-        .route("/studies/{study}/instances", get(qido::study_instances))
-        .route(
-            "/studies/{study}/series/{series}/instances",
-            get(qido::series_instances),
-        )
-        .layer(CompressionLayer::new().compress_when(is_json))
+        );
+    for base in [STUDY, SERIES, INSTANCE] {
+        router = router.route(&format!("{base}/metadata"), get(wado::metadata));
+    }
+    for base in [STUDY, SERIES, INSTANCE, FRAMES] {
+        router = router
+            .route(&format!("{base}/rendered"), get(rendered::rendered))
+            .route(&format!("{base}/thumbnail"), get(rendered::thumbnail));
+    }
+    router.layer(CompressionLayer::new().compress_when(is_json))
 }
 
 /// Compress JSON answers (metadata, search results); DICOM objects and frames are
@@ -102,9 +69,4 @@ fn is_json(_: StatusCode, _: Version, headers: &HeaderMap, _: &Extensions) -> bo
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.contains("json"))
-}
-
-/// A UID from the URL path, or a 400 that says which one is wrong.
-pub(crate) fn path_uid(raw: &str, name: &str) -> Result<Uid, ApiError> {
-    Uid::parse(raw).map_err(|e| ApiError::BadRequest(format!("{name} in the URL {raw:?}: {e}")))
 }

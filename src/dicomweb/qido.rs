@@ -6,13 +6,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use dicom_core::Tag;
 use serde_json::{json, Map, Value as Json};
 
 use super::media::accepts_any;
+use super::resource::Resource;
 use super::{urls, ApiError};
 use crate::app::AppState;
 use crate::index::query::{Hit, Query};
@@ -24,59 +25,15 @@ const DEFAULT_LIMIT: usize = 1000;
 /// The most results one request may ask for.
 const MAX_LIMIT: usize = 10_000;
 
-pub async fn studies(
+/// Search at one level, within the study and series the URL names (if any).
+pub async fn search_at(
+    level: Level,
     State(app): State<Arc<AppState>>,
+    r: Resource,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    search(app, headers, Level::Study, None, None, q).await
-}
-
-pub async fn series(
-    State(app): State<Arc<AppState>>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    search(app, headers, Level::Series, None, None, q).await
-}
-
-pub async fn instances(
-    State(app): State<Arc<AppState>>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    search(app, headers, Level::Instance, None, None, q).await
-}
-
-pub async fn study_series(
-    State(app): State<Arc<AppState>>,
-    Path(study): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let study = super::path_uid(&study, "StudyInstanceUID")?;
-    search(app, headers, Level::Series, Some(study), None, q).await
-}
-
-pub async fn study_instances(
-    State(app): State<Arc<AppState>>,
-    Path(study): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let study = super::path_uid(&study, "StudyInstanceUID")?;
-    search(app, headers, Level::Instance, Some(study), None, q).await
-}
-
-pub async fn series_instances(
-    State(app): State<Arc<AppState>>,
-    Path((study, series)): Path<(String, String)>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let study = super::path_uid(&study, "StudyInstanceUID")?;
-    let series = super::path_uid(&series, "SeriesInstanceUID")?;
-    search(app, headers, Level::Instance, Some(study), Some(series), q).await
+    search(app, headers, level, r.study, r.series, q).await
 }
 
 /// The query string, parsed.

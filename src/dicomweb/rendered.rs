@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -12,7 +12,8 @@ use futures::stream::{self, StreamExt};
 
 use super::media::parse_accept;
 use super::multipart;
-use super::wado::{locate, scope};
+use super::resource::Resource;
+use super::wado::locate;
 use super::ApiError;
 use crate::app::AppState;
 use crate::index::read::{InstanceLocation, Scope};
@@ -24,136 +25,35 @@ use crate::storage::ObjectKey;
 enum Pick {
     /// Every instance (study or series `rendered`), as a multipart answer.
     All,
-    /// One representative image (thumbnails; instance `rendered`).
+    /// One representative image (thumbnails; instance and frame `rendered`).
     One,
 }
 
-pub async fn study(
+/// `…/rendered` at study, series, instance and frame level.
+pub async fn rendered(
     State(app): State<Arc<AppState>>,
-    Path(s): Path<String>,
+    r: Resource,
     RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    answer(app, scope(&s, None, None)?, None, Pick::All, false, q, h).await
+    let frame = r.frames.as_deref().map(single_frame).transpose()?;
+    let pick = if r.instance.is_some() {
+        Pick::One
+    } else {
+        Pick::All
+    };
+    answer(app, r.scope()?, frame, pick, false, q, h).await
 }
 
-pub async fn series(
+/// `…/thumbnail` at study, series, instance and frame level.
+pub async fn thumbnail(
     State(app): State<Arc<AppState>>,
-    Path((s, se)): Path<(String, String)>,
+    r: Resource,
     RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
-    answer(
-        app,
-        scope(&s, Some(&se), None)?,
-        None,
-        Pick::All,
-        false,
-        q,
-        h,
-    )
-    .await
-}
-
-pub async fn instance(
-    State(app): State<Arc<AppState>>,
-    Path((s, se, i)): Path<(String, String, String)>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-) -> Result<Response, ApiError> {
-    answer(
-        app,
-        scope(&s, Some(&se), Some(&i))?,
-        None,
-        Pick::One,
-        false,
-        q,
-        h,
-    )
-    .await
-}
-
-pub async fn frame(
-    State(app): State<Arc<AppState>>,
-    Path((s, se, i, f)): Path<(String, String, String, String)>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-) -> Result<Response, ApiError> {
-    let n = single_frame(&f)?;
-    answer(
-        app,
-        scope(&s, Some(&se), Some(&i))?,
-        Some(n),
-        Pick::One,
-        false,
-        q,
-        h,
-    )
-    .await
-}
-
-pub async fn study_thumbnail(
-    State(app): State<Arc<AppState>>,
-    Path(s): Path<String>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-) -> Result<Response, ApiError> {
-    answer(app, scope(&s, None, None)?, None, Pick::One, true, q, h).await
-}
-
-pub async fn series_thumbnail(
-    State(app): State<Arc<AppState>>,
-    Path((s, se)): Path<(String, String)>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-) -> Result<Response, ApiError> {
-    answer(
-        app,
-        scope(&s, Some(&se), None)?,
-        None,
-        Pick::One,
-        true,
-        q,
-        h,
-    )
-    .await
-}
-
-pub async fn instance_thumbnail(
-    State(app): State<Arc<AppState>>,
-    Path((s, se, i)): Path<(String, String, String)>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-) -> Result<Response, ApiError> {
-    answer(
-        app,
-        scope(&s, Some(&se), Some(&i))?,
-        None,
-        Pick::One,
-        true,
-        q,
-        h,
-    )
-    .await
-}
-
-pub async fn frame_thumbnail(
-    State(app): State<Arc<AppState>>,
-    Path((s, se, i, f)): Path<(String, String, String, String)>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-) -> Result<Response, ApiError> {
-    let n = single_frame(&f)?;
-    answer(
-        app,
-        scope(&s, Some(&se), Some(&i))?,
-        Some(n),
-        Pick::One,
-        true,
-        q,
-        h,
-    )
-    .await
+    let frame = r.frames.as_deref().map(single_frame).transpose()?;
+    answer(app, r.scope()?, frame, Pick::One, true, q, h).await
 }
 
 fn single_frame(list: &str) -> Result<u32, ApiError> {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use futures::{Stream, StreamExt};
 use serde_json::{json, Map, Value as Json};
 
 use super::media::MediaType;
+use super::resource::Resource;
 use super::{urls, ApiError};
 use crate::app::AppState;
 use crate::index::{Origin, OriginKind};
@@ -27,24 +28,15 @@ use crate::model::Uid;
 
 const DICOM_JSON: &str = "application/dicom+json";
 
+/// `POST /studies` and `POST /studies/{study}`.
 pub async fn store(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    r: Resource,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    run(app, peer, headers, None, body).await
-}
-
-pub async fn store_in_study(
-    State(app): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    Path(study): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let study = super::path_uid(&study, "StudyInstanceUID")?;
-    run(app, peer, headers, Some(study), body).await
+    run(app, peer, headers, r.study, body).await
 }
 
 /// How the request body is framed.

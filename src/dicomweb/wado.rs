@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -16,82 +16,30 @@ use sha2::{Digest, Sha256};
 
 use super::media::{parse_accept, Acceptable};
 use super::multipart::{self, ByteStream};
-use super::{path_uid, urls, ApiError};
+use super::resource::Resource;
+use super::{urls, ApiError};
 use crate::app::AppState;
 use crate::index::read::{InstanceLocation, Scope};
 use crate::ingest::json::BULK_PREFIX;
 use crate::render::transcode::{can_transcode, transcode_file, EXPLICIT_VR_LE, TARGETS};
 use crate::storage::ObjectKey;
 
-pub async fn study(
+/// Retrieve a study, series or instance.
+pub async fn retrieve(
     State(app): State<Arc<AppState>>,
-    Path(study): Path<String>,
+    r: Resource,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let scope = Scope {
-        study: path_uid(&study, "StudyInstanceUID")?,
-        series: None,
-        instance: None,
-    };
-    retrieve(app, headers, scope).await
+    retrieve_scope(app, headers, r.scope()?).await
 }
 
-pub async fn series(
+/// Metadata of a study, series or instance.
+pub async fn metadata(
     State(app): State<Arc<AppState>>,
-    Path((study, series)): Path<(String, String)>,
+    r: Resource,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let scope = scope(&study, Some(&series), None)?;
-    retrieve(app, headers, scope).await
-}
-
-pub async fn instance(
-    State(app): State<Arc<AppState>>,
-    Path((study, series, sop)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let scope = scope(&study, Some(&series), Some(&sop))?;
-    retrieve(app, headers, scope).await
-}
-
-pub async fn study_metadata(
-    State(app): State<Arc<AppState>>,
-    Path(study): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    metadata(app, headers, scope(&study, None, None)?).await
-}
-
-pub async fn series_metadata(
-    State(app): State<Arc<AppState>>,
-    Path((study, series)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    metadata(app, headers, scope(&study, Some(&series), None)?).await
-}
-
-pub async fn instance_metadata(
-    State(app): State<Arc<AppState>>,
-    Path((study, series, sop)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    metadata(app, headers, scope(&study, Some(&series), Some(&sop))?).await
-}
-
-pub(crate) fn scope(
-    study: &str,
-    series: Option<&str>,
-    instance: Option<&str>,
-) -> Result<Scope, ApiError> {
-    Ok(Scope {
-        study: path_uid(study, "StudyInstanceUID")?,
-        series: series
-            .map(|s| path_uid(s, "SeriesInstanceUID"))
-            .transpose()?,
-        instance: instance
-            .map(|s| path_uid(s, "SOPInstanceUID"))
-            .transpose()?,
-    })
+    metadata_scope(app, headers, r.scope()?).await
 }
 
 pub(crate) async fn locate(
@@ -249,7 +197,7 @@ pub(crate) async fn object_stream(
     })
 }
 
-async fn retrieve(
+async fn retrieve_scope(
     app: Arc<AppState>,
     headers: HeaderMap,
     scope: Scope,
@@ -305,7 +253,7 @@ async fn retrieve(
         .expect("valid response"))
 }
 
-async fn metadata(
+async fn metadata_scope(
     app: Arc<AppState>,
     headers: HeaderMap,
     scope: Scope,
