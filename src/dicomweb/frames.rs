@@ -14,7 +14,7 @@ use futures::FutureExt;
 use super::media::parse_accept;
 use super::multipart;
 use super::resource::Resource;
-use super::wado::locate;
+use super::wado::{locate, with_object_file};
 use super::ApiError;
 use crate::app::AppState;
 use crate::index::read::InstanceLocation;
@@ -210,17 +210,9 @@ async fn frame_source(
             loc.sop_instance_uid, loc.transfer_syntax
         )));
     }
-    let key = object_key(loc)?;
-    let tmp = app
-        .ingest
-        .store()
-        .fetch_to_temp(&key)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let indexes: Vec<u32> = numbers.iter().map(|n| *n as u32 - 1).collect();
-    let decoded = tokio::task::spawn_blocking(move || decode_frames(tmp.path(), &indexes))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+    let decoded = with_object_file(app, loc, move |path| decode_frames(path, &indexes))
+        .await?
         .map_err(|e| ApiError::NotAcceptable(format!("the frames cannot be decoded: {e}")))?;
     Ok(Source::Decoded(
         decoded.into_iter().map(Bytes::from).collect(),

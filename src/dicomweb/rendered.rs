@@ -13,12 +13,11 @@ use futures::stream::{self, StreamExt};
 use super::media::parse_accept;
 use super::multipart;
 use super::resource::Resource;
-use super::wado::locate;
+use super::wado::{locate, with_object_file};
 use super::ApiError;
 use crate::app::AppState;
 use crate::index::read::{InstanceLocation, Scope};
 use crate::render::{self, Format, Params, RenderError};
-use crate::storage::ObjectKey;
 
 /// Which image of the scope is wanted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,23 +193,16 @@ async fn render_one(
             loc.number_of_frames
         )));
     }
-    let key = ObjectKey::parse(&loc.object_key)
-        .ok_or_else(|| ApiError::Internal(format!("bad key {}", loc.object_key)))?;
-    let tmp = app
-        .ingest
-        .store()
-        .fetch_to_temp(&key)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let params = params.clone();
-    tokio::task::spawn_blocking(move || render::render(tmp.path(), frame - 1, &params))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| match e {
-            RenderError::Decode(_) => ApiError::NotAcceptable(format!("{e}")),
-            RenderError::NoFrame(_) => ApiError::NotFound(e.to_string()),
-            other => ApiError::Internal(other.to_string()),
-        })
+    with_object_file(app, loc, move |path| {
+        render::render(path, frame - 1, &params)
+    })
+    .await?
+    .map_err(|e| match e {
+        RenderError::Decode(_) => ApiError::NotAcceptable(format!("{e}")),
+        RenderError::NoFrame(_) => ApiError::NotFound(e.to_string()),
+        other => ApiError::Internal(other.to_string()),
+    })
 }
 
 #[cfg(test)]

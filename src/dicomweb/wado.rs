@@ -142,18 +142,9 @@ async fn instance_bytes(
     if target == loc.transfer_syntax {
         return Ok((loc.size + loc.part10_prefix, object_stream(app, loc).await?));
     }
-    let key = ObjectKey::parse(&loc.object_key)
-        .ok_or_else(|| ApiError::Internal(format!("malformed object key {}", loc.object_key)))?;
-    let tmp = app
-        .ingest
-        .store()
-        .fetch_to_temp(&key)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let target = target.to_owned();
-    let bytes = tokio::task::spawn_blocking(move || transcode_file(tmp.path(), &target))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+    let bytes = with_object_file(app, loc, move |path| transcode_file(path, &target))
+        .await?
         .map_err(|e| {
             ApiError::NotAcceptable(format!("transcoding {}: {e}", loc.sop_instance_uid))
         })?;
@@ -175,6 +166,29 @@ fn part10_prefix(loc: &InstanceLocation) -> Option<Bytes> {
             Some(Bytes::from(v))
         }
     }
+}
+
+/// Run blocking work (decoding, rendering) on a temporary local copy of an instance.
+pub(crate) async fn with_object_file<T, F>(
+    app: &AppState,
+    loc: &InstanceLocation,
+    work: F,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&std::path::Path) -> T + Send + 'static,
+{
+    let key = ObjectKey::parse(&loc.object_key)
+        .ok_or_else(|| ApiError::Internal(format!("malformed object key {}", loc.object_key)))?;
+    let tmp = app
+        .ingest
+        .store()
+        .fetch_to_temp(&key)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    tokio::task::spawn_blocking(move || work(tmp.path()))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// The Part-10 bytes of one instance, streamed.
