@@ -119,14 +119,15 @@ def timed_curl(server, path, accept, n):
     """Like `timed`, with curl as the client: for bulk transfers, where Python's HTTP
     client would be the bottleneck."""
     times, size = [], 0
-    for _ in range(n):
+    for i in range(n + 2):  # two warm-up requests, not counted
         out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}",
                               "-H", f"Accept: {accept}", f"http://{server.host}:{server.port}{path}"],
                              capture_output=True, text=True, check=True).stdout.split()
         if out[0] != "200":
             raise RuntimeError(f"GET {path}: {out[0]}")
         size = int(out[1])
-        times.append(float(out[2]))
+        if i >= 2:
+            times.append(float(out[2]))
     times.sort()
     return {"p50": statistics.median(times) * 1000, "p99": times[-1] * 1000, "bytes": size,
             "mb_s": size / statistics.median(times) / 1e6}
