@@ -62,6 +62,7 @@ pub async fn open_backends(config: &Config) -> Result<Ingest, AppError> {
 pub struct App {
     state: Arc<AppState>,
     http: TcpListener,
+    dimse: Option<TcpListener>,
 }
 
 impl App {
@@ -74,6 +75,17 @@ impl App {
         let http = TcpListener::bind(addr)
             .await
             .map_err(|source| AppError::Bind { addr, source })?;
+        let dimse = match config.dimse.enabled {
+            true => {
+                let addr = config.dimse.listen;
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| AppError::Bind { addr, source })?,
+                )
+            }
+            false => None,
+        };
         tracing::info!(
             http = %http.local_addr().map_err(AppError::Serve)?,
             index = ?ingest.index().backend(),
@@ -83,6 +95,7 @@ impl App {
         Ok(App {
             state: Arc::new(AppState { config, ingest }),
             http,
+            dimse,
         })
     }
 
@@ -92,11 +105,40 @@ impl App {
             .expect("bound listener has an address")
     }
 
+    /// The AE title the DIMSE listener answers to.
+    pub fn ae_title(&self) -> &str {
+        &self.state.config.dimse.ae_title
+    }
+
+    /// The DIMSE listener's address, when DIMSE is enabled.
+    pub fn dimse_addr(&self) -> Option<SocketAddr> {
+        self.dimse.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
         use axum::serve::ListenerExt;
+        // One cancellation for every listener: stop accepting, let in-flight work finish.
+        let cancel = tokio_util::sync::CancellationToken::new();
+        tokio::spawn({
+            let cancel = cancel.clone();
+            async move {
+                shutdown.await;
+                cancel.cancel();
+            }
+        });
+        let dimse = self.dimse.map(|listener| {
+            let (ingest, config, cancel) = (
+                self.state.ingest.clone(),
+                self.state.config.dimse.clone(),
+                cancel.clone(),
+            );
+            tokio::spawn(async move {
+                crate::dimse::serve(listener, ingest, config, cancel.cancelled_owned()).await
+            })
+        });
         let router = router(self.state.clone());
         let listener = self.http.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
@@ -105,9 +147,12 @@ impl App {
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(cancel.clone().cancelled_owned())
         .await;
-        tracing::info!("HTTP server stopped; closing the index");
+        if let Some(task) = dimse {
+            let _ = task.await;
+        }
+        tracing::info!("HTTP and DIMSE servers stopped; closing the index");
         self.state.ingest.index().close().await;
         served.map_err(AppError::Serve)
     }

@@ -23,7 +23,34 @@ pub struct Config {
     pub storage: StorageConfig,
     pub ingest: IngestConfig,
     pub viewer: ViewerConfig,
+    pub dimse: DimseConfig,
     pub log: LogConfig,
+}
+
+/// The DICOM upper-layer listener (C-ECHO, C-STORE).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DimseConfig {
+    /// Set to false to run without a DIMSE listener.
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// The called AE title this server answers to.
+    pub ae_title: String,
+    /// Calling AE titles allowed to associate; empty: any.
+    pub allowed_calling_aes: Vec<String>,
+    pub max_associations: usize,
+}
+
+impl Default for DimseConfig {
+    fn default() -> Self {
+        DimseConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 11112)),
+            ae_title: "PACSLITE".into(),
+            allowed_calling_aes: Vec::new(),
+            max_associations: 32,
+        }
+    }
 }
 
 /// The OHIF viewer served under `/viewer` (see `ohif-config/`).
@@ -142,6 +169,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             ingest: IngestConfig::default(),
             viewer: ViewerConfig::default(),
+            dimse: DimseConfig::default(),
             log: LogConfig::default(),
         }
     }

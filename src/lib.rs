@@ -7,6 +7,7 @@
 //! - [`ingest`]: the one path every entry point stores through, and its outcomes.
 //! - [`index`]: the only module that speaks SQL (SQLite or PostgreSQL).
 //! - [`storage`]: the only module that touches objects (filesystem or S3 via opendal).
+//! - [`dimse`]: the DICOM upper-layer listener (C-ECHO, C-STORE).
 //! - [`dicomweb`]: the DICOMweb HTTP routes (STOW-RS, QIDO-RS, WADO-RS).
 //! - [`render`]: rendered images and thumbnails (decode, window, scale, encode).
 //! - [`viewer`]: the OHIF viewer served same-origin.
@@ -15,6 +16,7 @@
 pub mod app;
 pub mod config;
 pub mod dicomweb;
+pub mod dimse;
 pub mod import;
 pub mod index;
 pub mod ingest;

@@ -85,6 +85,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 "pacs-lite listening on http://{} (DICOMweb at /dicom-web)",
                 app.http_addr()
             );
+            if let Some(addr) = app.dimse_addr() {
+                println!("pacs-lite DIMSE listening on {addr} as {}", app.ae_title());
+            }
             app.run(shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }

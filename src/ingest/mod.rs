@@ -164,6 +164,12 @@ impl Ingest {
         })
     }
 
+    /// A new, empty spool for an entry point that writes the bytes itself (C-STORE, which
+    /// puts a file meta group in front of the data set it receives).
+    pub fn start_spool(&self) -> Result<Spool, Rejection> {
+        Spool::create(self.store.spool_dir(), self.max_instance_bytes).map_err(storage_rejection)
+    }
+
     /// First half of [`Ingest::ingest`]: stream the bytes into a spool file, hashing them.
     /// Entry points that receive several objects in a row (STOW multipart) spool each as
     /// it arrives and run [`Ingest::store_spooled`] for it concurrently with the next.

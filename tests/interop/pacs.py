@@ -100,6 +100,7 @@ class Pacs:
         self.env = dict(os.environ)
         self.env.update(backend.env(self.dir / "data"))
         self.env["PACS_HTTP__LISTEN"] = "127.0.0.1:0"
+        self.env["PACS_DIMSE__LISTEN"] = "127.0.0.1:0"
         self.env.setdefault("PACS_LOG__FILTER", "warn,pacs_lite=info")
         self.env.update(extra_env or {})
         self.proc = None
@@ -118,6 +119,13 @@ class Pacs:
             self.proc.wait(5)
             raise RuntimeError(f"server did not start: {line!r}\n{self.server_log()}")
         self.url = f"http://{m.group(1)}"
+        self.dimse_port = None
+        if "PACS_DIMSE__ENABLED" not in self.env:
+            line = self.proc.stdout.readline().decode()
+            m = re.search(r"DIMSE listening on [\d.]+:(\d+) as (\S+)", line)
+            if not m:
+                raise RuntimeError(f"no DIMSE listener: {line!r}\n{self.server_log()}")
+            self.dimse_port, self.ae_title = int(m.group(1)), m.group(2)
         return self
 
     def server_log(self) -> str:

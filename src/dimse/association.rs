@@ -1,0 +1,344 @@
+//! Accepting associations and assembling DIMSE messages from P-DATA fragments.
+//!
+//! One task per association, capped by a semaphore. Commands are gathered until their
+//! last fragment and dispatched; a C-STORE's data set streams into the ingest spool as it
+//! arrives. Every failure after negotiation is answered with a status; an association that
+//! breaks off mid-transfer leaves nothing behind (the spool is a drop guard).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
+use dicom_ul::pdu::UserIdentity;
+use dicom_ul::pdu::{
+    AssociationRJServiceUserReason, PDataValue, PDataValueType, Pdu,
+    PresentationContextResultReason,
+};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::command::{self, field, Request};
+use super::echo;
+use super::store::{self, Incoming};
+use crate::config::DimseConfig;
+use crate::ingest::{is_storage_class, Ingest};
+
+const VERIFICATION: &str = "1.2.840.10008.1.1";
+
+/// Every storage SOP class of the standard, from dicom-rs' SOP class dictionary.
+///
+/// The dictionary's entry list is crate-private; its registry is public and `Debug`, so the
+/// UIDs are read from that rendering once and each is confirmed by a dictionary look-up.
+pub fn storage_sop_classes() -> &'static [String] {
+    use dicom_core::dictionary::UidDictionary;
+    static LIST: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    LIST.get_or_init(|| {
+        let rendered = format!("{:?}", dicom_dictionary_std::sop_class::registry());
+        let mut uids: Vec<String> = rendered
+            .split("uid: \"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .filter(|uid| {
+                dicom_dictionary_std::StandardSopClassDictionary
+                    .by_uid(uid)
+                    .is_some_and(|e| is_storage_class(e.name))
+            })
+            .map(str::to_owned)
+            .collect();
+        uids.sort();
+        uids.dedup();
+        uids
+    })
+}
+
+/// Every transfer syntax whose data sets dicom-rs can read.
+pub fn transfer_syntaxes() -> Vec<&'static str> {
+    TransferSyntaxRegistry
+        .iter()
+        .filter(|ts| !ts.is_unsupported())
+        .map(|ts| ts.uid())
+        .collect()
+}
+
+/// Calling AE titles allowed (empty: any); the called AE title must be ours.
+struct AeRules {
+    allowed_calling: Vec<String>,
+}
+
+impl AccessControl for AeRules {
+    fn check_access(
+        &self,
+        this_ae_title: &str,
+        calling_ae_title: &str,
+        called_ae_title: &str,
+        _user_identity: Option<&UserIdentity>,
+    ) -> Result<(), AssociationRJServiceUserReason> {
+        if called_ae_title.trim() != this_ae_title.trim() {
+            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
+        }
+        let calling = calling_ae_title.trim();
+        if !self.allowed_calling.is_empty()
+            && !self.allowed_calling.iter().any(|a| a.trim() == calling)
+        {
+            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
+        }
+        Ok(())
+    }
+}
+
+/// Accept associations until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    ingest: Ingest,
+    config: DimseConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let mut options = ServerAssociationOptions::new()
+        .ae_access_control(AeRules {
+            allowed_calling: config.allowed_calling_aes.clone(),
+        })
+        .ae_title(config.ae_title.clone())
+        .max_pdu_length(1 << 20)
+        .with_abstract_syntax(VERIFICATION);
+    for uid in storage_sop_classes() {
+        options = options.with_abstract_syntax(uid.as_str());
+    }
+    for ts in transfer_syntaxes() {
+        options = options.with_transfer_syntax(ts);
+    }
+    let options = Arc::new(options);
+    let slots = Arc::new(Semaphore::new(config.max_associations.max(1)));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (socket, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a DIMSE connection failed");
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many associations; closing the connection");
+            continue;
+        };
+        let (options, ingest) = (options.clone(), ingest.clone());
+        tokio::spawn(async move {
+            let _ = socket.set_nodelay(true);
+            match options.establish_async(socket).await {
+                Ok(association) => run(association, ingest, peer.ip().to_string()).await,
+                Err(e) => tracing::info!(%peer, error = %e, "association not established"),
+            }
+            drop(permit);
+        });
+    }
+    tracing::info!("DIMSE listener stopped");
+}
+
+type Association = dicom_ul::association::server::AsyncServerAssociation<tokio::net::TcpStream>;
+
+/// The message being received on an association.
+struct InFlight {
+    request: Request,
+    context: u8,
+    incoming: Option<Incoming>,
+    /// A status decided before the data set ended (its remaining fragments are discarded).
+    failed: Option<u16>,
+}
+
+#[tracing::instrument(skip_all, fields(calling_ae = %dicom_ul::association::Association::peer_ae_title(&association), %peer))]
+async fn run(mut association: Association, ingest: Ingest, peer: String) {
+    let calling = dicom_ul::association::Association::peer_ae_title(&association)
+        .trim()
+        .to_owned();
+    let contexts: HashMap<u8, String> = association
+        .presentation_contexts()
+        .iter()
+        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .map(|pc| (pc.id, pc.transfer_syntax.clone()))
+        .collect();
+    tracing::info!(contexts = contexts.len(), "association established");
+    let mut command_bytes = Vec::new();
+    let mut in_flight: Option<InFlight> = None;
+    loop {
+        let pdu = match association.receive().await {
+            Ok(pdu) => pdu,
+            Err(e) => {
+                tracing::info!(error = %e, "association ended without release");
+                return;
+            }
+        };
+        match pdu {
+            Pdu::PData { data } => {
+                for pdv in data {
+                    let reply = match pdv.value_type {
+                        PDataValueType::Command => {
+                            command_bytes.extend_from_slice(&pdv.data);
+                            if !pdv.is_last {
+                                continue;
+                            }
+                            let bytes = std::mem::take(&mut command_bytes);
+                            on_command(
+                                &bytes,
+                                pdv.presentation_context_id,
+                                &contexts,
+                                &ingest,
+                                &calling,
+                                &mut in_flight,
+                            )
+                            .await
+                        }
+                        PDataValueType::Data => {
+                            on_data(pdv, &ingest, &calling, &peer, &mut in_flight).await
+                        }
+                    };
+                    if let Some((context, bytes)) = reply {
+                        let pdu = Pdu::PData {
+                            data: vec![PDataValue {
+                                presentation_context_id: context,
+                                value_type: PDataValueType::Command,
+                                is_last: true,
+                                data: bytes,
+                            }],
+                        };
+                        if let Err(e) = association.send(&pdu).await {
+                            tracing::warn!(error = %e, "sending a response failed");
+                            return;
+                        }
+                    }
+                }
+            }
+            Pdu::ReleaseRQ => {
+                let _ = association.send(&Pdu::ReleaseRP).await;
+                tracing::info!("association released");
+                return;
+            }
+            Pdu::AbortRQ { .. } => {
+                tracing::info!("association aborted by the peer");
+                return;
+            }
+            other => {
+                tracing::warn!(pdu = %other.short_description(), "unexpected PDU; aborting");
+                let _ = association.abort().await;
+                return;
+            }
+        }
+    }
+}
+
+/// A complete command: answer it now (C-ECHO, unknown), or get ready for its data set.
+async fn on_command(
+    bytes: &[u8],
+    context: u8,
+    contexts: &HashMap<u8, String>,
+    ingest: &Ingest,
+    calling: &str,
+    in_flight: &mut Option<InFlight>,
+) -> Option<(u8, Vec<u8>)> {
+    let request = match command::decode(bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "undecodable command");
+            let unknown = Request {
+                field: 0,
+                message_id: 0,
+                affected_sop_class: None,
+                affected_sop_instance: None,
+                has_data_set: false,
+            };
+            return Some((context, command::response(&unknown, 0x8000, 0x0211)));
+        }
+    };
+    match request.field {
+        field::C_ECHO_RQ => Some((context, echo::handle(&request))),
+        field::C_STORE_RQ => {
+            let ts = contexts.get(&context).cloned().unwrap_or_default();
+            let (class, instance) = (
+                request.affected_sop_class.clone(),
+                request.affected_sop_instance.clone(),
+            );
+            let started = match (class, instance) {
+                (Some(c), Some(i)) => Incoming::start(ingest, &c, &i, &ts, calling).await,
+                _ => Err(0xC000),
+            };
+            let (incoming, failed) = match started {
+                Ok(i) => (Some(i), None),
+                Err(status) => (None, Some(status)),
+            };
+            *in_flight = Some(InFlight {
+                request,
+                context,
+                incoming,
+                failed,
+            });
+            None
+        }
+        other => {
+            tracing::warn!(command = other, "unsupported DIMSE command");
+            // 0x0211: unrecognized operation.
+            Some((context, command::response(&request, other | 0x8000, 0x0211)))
+        }
+    }
+}
+
+/// A data set fragment: stream it into the spool; on the last one, store and answer.
+async fn on_data(
+    pdv: PDataValue,
+    ingest: &Ingest,
+    calling: &str,
+    peer: &str,
+    in_flight: &mut Option<InFlight>,
+) -> Option<(u8, Vec<u8>)> {
+    let flight = in_flight.as_mut()?;
+    if let Some(incoming) = flight.incoming.as_mut() {
+        if let Err(status) = incoming.write(&pdv.data).await {
+            flight.incoming = None;
+            flight.failed = Some(status);
+        }
+    }
+    if !pdv.is_last {
+        return None;
+    }
+    let flight = in_flight.take()?;
+    let status = match flight.incoming {
+        Some(incoming) => {
+            let outcome = incoming.finish(ingest, calling, peer).await;
+            if let crate::ingest::Outcome::Rejected(r) = &outcome {
+                tracing::info!(sop = ?flight.request.affected_sop_instance, reason = %r, "C-STORE refused");
+            }
+            store::status(&outcome)
+        }
+        None => flight.failed.unwrap_or(0xC000),
+    };
+    Some((
+        flight.context,
+        command::response(&flight.request, field::C_STORE_RSP, status),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_classes_come_from_the_dictionary() {
+        let list = storage_sop_classes();
+        assert!(list.len() > 100, "{}", list.len());
+        assert!(
+            list.iter().any(|u| u == "1.2.840.10008.5.1.4.1.1.2"),
+            "CT Image Storage"
+        );
+        assert!(
+            list.iter().any(|u| u == "1.2.840.10008.5.1.4.1.1.104.1"),
+            "Encapsulated PDF Storage"
+        );
+        assert!(!list
+            .iter()
+            .any(|u| u == VERIFICATION || u == "1.2.840.10008.1.20.1"));
+        assert!(transfer_syntaxes().contains(&"1.2.840.10008.1.2.4.50"));
+    }
+}

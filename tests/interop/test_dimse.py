@@ -1,0 +1,148 @@
+"""DIMSE with dcmtk against the real server: C-ECHO, C-STORE of a folder of mixed and
+compressed files, parallel associations, AE title checks, and refusals."""
+
+import io
+import os
+import shutil
+import struct
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pydicom
+import pytest
+import requests
+from pydicom.data import get_testdata_file
+
+from dicomgen import ct_series, to_bytes
+
+CFG = Path(__file__).parent / "dimse" / "storescu.cfg"
+SAMPLES = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle_2frame.dcm", "rtdose.dcm", "test-SR.dcm",
+           "SC_rgb_jpeg_dcmtk.dcm"]
+
+if not shutil.which("storescu"):
+    if os.environ.get("PACS_TEST_REQUIRE_DCMTK"):
+        raise RuntimeError("dcmtk (storescu, echoscu, storescp) is required but not installed")
+    pytestmark = pytest.mark.skip(reason="dcmtk is not installed")
+
+
+def run(*args, timeout=120):
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout)
+
+
+def dataset_bytes(raw: bytes) -> bytes:
+    """The data set of a Part-10 file with a group length element: what C-STORE transfers."""
+    assert raw[128:132] == b"DICM" and raw[132:136] == b"\x02\x00\x00\x00"
+    group_length = struct.unpack("<I", raw[140:144])[0]
+    return raw[144 + group_length:]
+
+
+def test_echo_and_called_ae_check(pacs):
+    r = run("echoscu", "-aec", pacs.ae_title, "127.0.0.1", pacs.dimse_port)
+    assert r.returncode == 0, r.stderr
+    r = run("echoscu", "-aec", "NOT_US", "127.0.0.1", pacs.dimse_port)
+    assert "Called AE Title Not Recognized" in r.stderr + r.stdout
+
+
+def test_calling_ae_allowlist(make_pacs):
+    pacs = make_pacs({"PACS_DIMSE__ALLOWED_CALLING_AES": '["MODALITY1"]'})
+    r = run("echoscu", "-aet", "INTRUDER", "-aec", pacs.ae_title, "127.0.0.1", pacs.dimse_port)
+    assert "Calling AE Title Not Recognized" in r.stderr + r.stdout
+    r = run("echoscu", "-aet", "MODALITY1", "-aec", pacs.ae_title, "127.0.0.1", pacs.dimse_port)
+    assert r.returncode == 0, r.stderr
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def received_by_storescp(folder, out):
+    """What storescu actually sends for these files: dcmtk's own storescp, bit-preserving."""
+    port = free_port()
+    out.mkdir()
+    scp = subprocess.Popen(["storescp", "-B", "-od", str(out), "-aet", "STORESCP", "+xa", str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import time
+        time.sleep(0.5)
+        r = run("storescu", "-aec", "STORESCP", "-xf", CFG, "PacsLite", "+sd", "+r", "127.0.0.1", port, folder)
+        assert r.returncode == 0, r.stderr
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    files = {}
+    for f in out.iterdir():
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        files[str(ds.SOPInstanceUID)] = f.read_bytes()
+    return files
+
+
+def test_storescu_folder_of_mixed_files(pacs, tmp_path):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for i, name in enumerate(SAMPLES):
+        shutil.copy(get_testdata_file(name), folder / ("sub" if i % 2 else "") / name)
+    r = run("storescu", "-v", "-aec", pacs.ae_title, "-xf", CFG, "PacsLite", "+sd", "+r",
+            "127.0.0.1", pacs.dimse_port, folder)
+    assert r.returncode == 0, r.stderr
+    sent = received_by_storescp(folder, tmp_path / "storescp")
+    assert pacs.count("instances") == len(SAMPLES), pacs.server_log()[-3000:]
+    stored_syntaxes = set()
+    for name in SAMPLES:
+        ds = pydicom.dcmread(get_testdata_file(name), stop_before_pixels=True)
+        # Visible to QIDO-RS at once, and WADO-RS returns the data set byte for byte.
+        found = requests.get(f"{pacs.dicomweb}/instances?SOPInstanceUID={ds.SOPInstanceUID}").json()
+        assert len(found) == 1, name
+        url = found[0]["00081190"]["Value"][0]
+        got = requests.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"}).content
+        assert dataset_bytes(got) == dataset_bytes(sent[str(ds.SOPInstanceUID)]), name
+        meta = pydicom.dcmread(io.BytesIO(got), stop_before_pixels=True).file_meta
+        reference = pydicom.dcmread(io.BytesIO(sent[str(ds.SOPInstanceUID)]), stop_before_pixels=True).file_meta
+        assert meta.TransferSyntaxUID == reference.TransferSyntaxUID, name
+        assert meta.SourceApplicationEntityTitle == "STORESCU"
+        stored_syntaxes.add(str(meta.TransferSyntaxUID))
+    # The compressed files travelled and were stored compressed (JPEG 2000, RLE, JPEG).
+    assert {"1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50"} <= stored_syntaxes
+
+
+def test_parallel_associations(pacs, tmp_path):
+    folders = []
+    for k in range(4):
+        d = tmp_path / f"batch{k}"
+        d.mkdir()
+        for ds in ct_series(n=10, size=32, seed=k):
+            (d / f"{ds.SOPInstanceUID}.dcm").write_bytes(to_bytes(ds))
+        folders.append(d)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda d: run("storescu", "-aec", pacs.ae_title, "+sd", "127.0.0.1",
+                                              pacs.dimse_port, d), folders))
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert pacs.count("instances") == 40
+
+
+def test_refusals_get_statuses_and_store_nothing(pacs, tmp_path):
+    # An image SOP class without pixel data: 0xA900; the association carries on.
+    bad = ct_series(n=1)[0]
+    del bad.PixelData
+    good = ct_series(n=1)[0]
+    (tmp_path / "bad.dcm").write_bytes(to_bytes(bad))
+    (tmp_path / "good.dcm").write_bytes(to_bytes(good))
+    r = run("storescu", "-v", "-nh", "-aec", pacs.ae_title, "127.0.0.1", pacs.dimse_port,
+            tmp_path / "bad.dcm", tmp_path / "good.dcm")
+    out = r.stdout + r.stderr
+    assert "DataSetDoesNotMatchSOPClass" in out, out
+    assert pacs.count("instances") == 1
+    # The same SOP instance with other bytes: refused, original kept.
+    good.PatientName = "Changed^Name"
+    (tmp_path / "changed.dcm").write_bytes(to_bytes(good))
+    r = run("storescu", "-v", "-aec", pacs.ae_title, "127.0.0.1", pacs.dimse_port, tmp_path / "changed.dcm")
+    out = r.stdout + r.stderr
+    assert "CannotUnderstand" in out or "0xc111" in out.lower(), out
+    assert pacs.count("instances") == 1
+    # Same bytes again: success.
+    r = run("storescu", "-v", "-aec", pacs.ae_title, "127.0.0.1", pacs.dimse_port, tmp_path / "good.dcm")
+    assert r.returncode == 0 and "Success" in r.stdout + r.stderr
+    assert pacs.spool_files() == []
