@@ -44,9 +44,10 @@ class Orthanc:
     def __init__(self):
         self.dir = Path(tempfile.mkdtemp(prefix="orthanc-bench-"))
         self.port = free_port()
+        self.dicom_port = free_port()
         cfg = {
             "Name": "bench", "StorageDirectory": str(self.dir / "db"), "IndexDirectory": str(self.dir / "db"),
-            "HttpPort": self.port, "DicomPort": free_port(), "RemoteAccessAllowed": False,
+            "HttpPort": self.port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False, "Plugins": [ORTHANC_PLUGIN], "HttpServerEnabled": True,
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "StudiesMetadata": "Full",
                          "SeriesMetadata": "Full"},

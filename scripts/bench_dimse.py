@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""C-STORE benchmark with dcmtk's storescu (TCP_NODELAY=1): instances/s and MB/s for 64x64
+and 512x512 CT over 1 and 4 associations, against pacs-lite and, when installed, Orthanc
+(Debian `orthanc`) on the same machine in the same run; plus C-ECHO round trips including
+association set-up. Prints a table; asserts nothing.
+
+Usage: scripts/bench_dimse.py [--quick] [--no-orthanc]
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_read  # noqa: E402
+import bench_stow as stow  # noqa: E402
+
+# dcmtk (storescu, echoscu, and Orthanc's network layer) reads TCP_NODELAY from the
+# environment; without it Nagle's algorithm adds ~40 ms per small message.
+os.environ["TCP_NODELAY"] = "1"
+ENV = dict(os.environ)
+
+
+class Pacs(stow.Server):
+    def start(self):
+        super().start()
+        line = self.proc.stdout.readline().decode()
+        self.dicom_port = int(re.search(r":(\d+) as", line).group(1))
+        self.aet = "PACSLITE"
+        return self
+
+
+class Orthanc(bench_read.Orthanc):
+    aet = "ORTHANC"
+
+
+def make_folders(size, count, parts, run):
+    factory = stow.Factory(size, run)
+    root = Path(tempfile.mkdtemp(prefix="dimse-bench-"))
+    stow.LEFTOVERS.append(root)
+    folders, total = [], 0
+    for p in range(parts):
+        d = root / f"part{p}"
+        d.mkdir()
+        for i in range(count // parts):
+            raw = factory.next()
+            total += len(raw)
+            (d / f"{i:06d}.dcm").write_bytes(raw)
+        folders.append(d)
+    return folders, total
+
+
+def store(server, folders):
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(["storescu", "-aec", server.aet, "+sd", "127.0.0.1", str(server.dicom_port), str(d)],
+                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for d in folders]
+    errors = [p.communicate()[1] for p in procs]
+    elapsed = time.perf_counter() - t0
+    failed = [e for p, e in zip(procs, errors) if p.returncode != 0 or b"E:" in e]
+    return elapsed, len(failed)
+
+
+def echo(server, n):
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run(["echoscu", "-aec", server.aet, "127.0.0.1", str(server.dicom_port)], env=ENV, check=True)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2] * 1000
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-orthanc", action="store_true")
+    args = ap.parse_args()
+    scale = 0.25 if args.quick else 1.0
+    cases = [("64x64 CT, 1 association", 64, 2000, 1), ("64x64 CT, 4 associations", 64, 4000, 4),
+             ("512x512 CT, 1 association", 512, 400, 1), ("512x512 CT, 4 associations", 512, 800, 4)]
+    servers = [("pacs-lite", lambda: Pacs().start())]
+    if not args.no_orthanc and shutil.which("Orthanc"):
+        servers.append(("Orthanc", Orthanc))
+    results = {}
+    for run, (label, size, count, parts) in enumerate(cases):
+        folders, total = make_folders(size, int(count * scale) // parts * parts, parts, 600 + run)
+        n = int(count * scale) // parts * parts
+        for name, make in servers:
+            server = make()
+            try:
+                elapsed, failed = store(server, folders)
+                results.setdefault(label, {})[name] = (n / elapsed, total / elapsed / 1e6, failed)
+            finally:
+                server.stop()
+    for name, make in servers:
+        server = make()
+        try:
+            results.setdefault("C-ECHO incl. association (ms, p50)", {})[name] = (echo(server, 20), None, 0)
+        finally:
+            server.stop()
+    names = [n for n, _ in servers]
+    print(f"DIMSE benchmark, dcmtk storescu/echoscu, TCP_NODELAY=1 ({os.cpu_count()} cores)")
+    print(f"{'case':40}" + "".join(f"{n:>28}" for n in names))
+    for label, row in results.items():
+        line = f"{label:40}"
+        for n in names:
+            a, b, failed = row[n]
+            line += f"{a:>14.1f}" + (f" inst/s {b:6.1f} MB/s" if b is not None else " " * 18)
+            if failed:
+                line += f" ({failed} failed)"
+        print(line)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        for d in stow.LEFTOVERS:
+            shutil.rmtree(d, ignore_errors=True)
