@@ -20,8 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::command::{self, field, Request};
-use super::echo;
 use super::store::{self, Incoming};
+use super::{echo, find};
 use crate::config::DimseConfig;
 use crate::ingest::{is_storage_class, Ingest};
 
@@ -101,7 +101,9 @@ pub async fn serve(
         })
         .ae_title(config.ae_title.clone())
         .max_pdu_length(1 << 20)
-        .with_abstract_syntax(VERIFICATION);
+        .with_abstract_syntax(VERIFICATION)
+        .with_abstract_syntax(find::STUDY_ROOT_FIND)
+        .with_abstract_syntax(find::PATIENT_ROOT_FIND);
     for uid in storage_sop_classes() {
         options = options.with_abstract_syntax(uid.as_str());
     }
@@ -126,11 +128,12 @@ pub async fn serve(
             tracing::warn!(%peer, "too many associations; closing the connection");
             continue;
         };
-        let (options, ingest) = (options.clone(), ingest.clone());
+        let (options, ingest, ae_title) =
+            (options.clone(), ingest.clone(), config.ae_title.clone());
         tokio::spawn(async move {
             let _ = socket.set_nodelay(true);
             match options.establish_async(socket).await {
-                Ok(association) => run(association, ingest, peer.ip().to_string()).await,
+                Ok(association) => run(association, ingest, peer.ip().to_string(), ae_title).await,
                 Err(e) => tracing::info!(%peer, error = %e, "association not established"),
             }
             drop(permit);
@@ -148,10 +151,29 @@ struct InFlight {
     incoming: Option<Incoming>,
     /// A status decided before the data set ended (its remaining fragments are discarded).
     failed: Option<u16>,
+    /// The identifier of a C-FIND, gathered in memory (identifiers are small).
+    identifier: Vec<u8>,
+}
+
+/// One P-DATA value to send back.
+struct Reply {
+    context: u8,
+    kind: PDataValueType,
+    bytes: Vec<u8>,
+}
+
+impl Reply {
+    fn command(context: u8, bytes: Vec<u8>) -> Vec<Reply> {
+        vec![Reply {
+            context,
+            kind: PDataValueType::Command,
+            bytes,
+        }]
+    }
 }
 
 #[tracing::instrument(skip_all, fields(calling_ae = %dicom_ul::association::Association::peer_ae_title(&association), %peer))]
-async fn run(mut association: Association, ingest: Ingest, peer: String) {
+async fn run(mut association: Association, ingest: Ingest, peer: String, ae_title: String) {
     let calling = dicom_ul::association::Association::peer_ae_title(&association)
         .trim()
         .to_owned();
@@ -193,21 +215,34 @@ async fn run(mut association: Association, ingest: Ingest, peer: String) {
                             .await
                         }
                         PDataValueType::Data => {
-                            on_data(pdv, &ingest, &calling, &peer, &mut in_flight).await
+                            on_data(
+                                pdv,
+                                &ingest,
+                                &calling,
+                                &peer,
+                                &contexts,
+                                &ae_title,
+                                &mut in_flight,
+                            )
+                            .await
                         }
                     };
-                    if let Some((context, bytes)) = reply {
-                        let pdu = Pdu::PData {
-                            data: vec![PDataValue {
-                                presentation_context_id: context,
-                                value_type: PDataValueType::Command,
-                                is_last: true,
-                                data: bytes,
-                            }],
-                        };
-                        if let Err(e) = association.send(&pdu).await {
-                            tracing::warn!(error = %e, "sending a response failed");
-                            return;
+                    let max = association.requestor_max_pdu_length().max(4096) as usize - 12;
+                    for r in reply {
+                        for (i, chunk) in r.bytes.chunks(max.max(1)).enumerate() {
+                            let last = (i + 1) * max >= r.bytes.len();
+                            let pdu = Pdu::PData {
+                                data: vec![PDataValue {
+                                    presentation_context_id: r.context,
+                                    value_type: r.kind.clone(),
+                                    is_last: last,
+                                    data: chunk.to_vec(),
+                                }],
+                            };
+                            if let Err(e) = association.send(&pdu).await {
+                                tracing::warn!(error = %e, "sending a response failed");
+                                return;
+                            }
                         }
                     }
                 }
@@ -238,7 +273,7 @@ async fn on_command(
     ingest: &Ingest,
     calling: &str,
     in_flight: &mut Option<InFlight>,
-) -> Option<(u8, Vec<u8>)> {
+) -> Vec<Reply> {
     let request = match command::decode(bytes) {
         Ok(r) => r,
         Err(e) => {
@@ -250,11 +285,21 @@ async fn on_command(
                 affected_sop_instance: None,
                 has_data_set: false,
             };
-            return Some((context, command::response(&unknown, 0x8000, 0x0211)));
+            return Reply::command(context, command::response(&unknown, 0x8000, 0x0211));
         }
     };
     match request.field {
-        field::C_ECHO_RQ => Some((context, echo::handle(&request))),
+        field::C_ECHO_RQ => Reply::command(context, echo::handle(&request)),
+        field::C_FIND_RQ => {
+            *in_flight = Some(InFlight {
+                request,
+                context,
+                incoming: None,
+                failed: None,
+                identifier: Vec::new(),
+            });
+            Vec::new()
+        }
         field::C_STORE_RQ => {
             let ts = contexts.get(&context).cloned().unwrap_or_default();
             let (class, instance) = (
@@ -274,36 +319,53 @@ async fn on_command(
                 context,
                 incoming,
                 failed,
+                identifier: Vec::new(),
             });
-            None
+            Vec::new()
         }
         other => {
             tracing::warn!(command = other, "unsupported DIMSE command");
             // 0x0211: unrecognized operation.
-            Some((context, command::response(&request, other | 0x8000, 0x0211)))
+            Reply::command(context, command::response(&request, other | 0x8000, 0x0211))
         }
     }
 }
 
-/// A data set fragment: stream it into the spool; on the last one, store and answer.
+/// A data set fragment: stream it into the spool (C-STORE) or gather it (C-FIND); on the
+/// last one, carry out the operation and answer.
 async fn on_data(
     pdv: PDataValue,
     ingest: &Ingest,
     calling: &str,
     peer: &str,
+    contexts: &HashMap<u8, String>,
+    ae_title: &str,
     in_flight: &mut Option<InFlight>,
-) -> Option<(u8, Vec<u8>)> {
-    let flight = in_flight.as_mut()?;
-    if let Some(incoming) = flight.incoming.as_mut() {
+) -> Vec<Reply> {
+    let Some(flight) = in_flight.as_mut() else {
+        return Vec::new();
+    };
+    if flight.request.field == field::C_FIND_RQ {
+        flight.identifier.extend_from_slice(&pdv.data);
+    } else if let Some(incoming) = flight.incoming.as_mut() {
         if let Err(status) = incoming.write(&pdv.data).await {
             flight.incoming = None;
             flight.failed = Some(status);
         }
     }
     if !pdv.is_last {
-        return None;
+        return Vec::new();
     }
-    let flight = in_flight.take()?;
+    let Some(flight) = in_flight.take() else {
+        return Vec::new();
+    };
+    if flight.request.field == field::C_FIND_RQ {
+        let ts = contexts
+            .get(&flight.context)
+            .map(String::as_str)
+            .unwrap_or("1.2.840.10008.1.2");
+        return find_replies(ingest, &flight, ts, ae_title).await;
+    }
     let status = match flight.incoming {
         Some(incoming) => {
             let outcome = incoming.finish(ingest, calling, peer).await;
@@ -314,10 +376,41 @@ async fn on_data(
         }
         None => flight.failed.unwrap_or(0xC000),
     };
-    Some((
+    Reply::command(
         flight.context,
         command::response(&flight.request, field::C_STORE_RSP, status),
-    ))
+    )
+}
+
+/// Pending responses with identifiers, then the final status.
+async fn find_replies(ingest: &Ingest, flight: &InFlight, ts: &str, ae_title: &str) -> Vec<Reply> {
+    let (context, request) = (flight.context, &flight.request);
+    match find::find(ingest.index(), &flight.identifier, ts, ae_title).await {
+        Ok(matches) => {
+            let mut replies = Vec::with_capacity(matches.len() * 2 + 1);
+            for identifier in matches {
+                replies.push(Reply {
+                    context,
+                    kind: PDataValueType::Command,
+                    bytes: command::response_with_data(request, field::C_FIND_RSP, 0xFF00),
+                });
+                replies.push(Reply {
+                    context,
+                    kind: PDataValueType::Data,
+                    bytes: identifier,
+                });
+            }
+            replies.extend(Reply::command(
+                context,
+                command::response(request, field::C_FIND_RSP, 0x0000),
+            ));
+            replies
+        }
+        Err(status) => Reply::command(
+            context,
+            command::response(request, field::C_FIND_RSP, status),
+        ),
+    }
 }
 
 #[cfg(test)]

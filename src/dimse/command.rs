@@ -11,6 +11,8 @@ use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
 pub mod field {
     pub const C_STORE_RQ: u16 = 0x0001;
     pub const C_STORE_RSP: u16 = 0x8001;
+    pub const C_FIND_RQ: u16 = 0x0020;
+    pub const C_FIND_RSP: u16 = 0x8020;
     pub const C_ECHO_RQ: u16 = 0x0030;
     pub const C_ECHO_RSP: u16 = 0x8030;
 }
@@ -59,6 +61,15 @@ pub fn decode(bytes: &[u8]) -> Result<Request, CommandError> {
 
 /// Encode a response to `request` with `status`.
 pub fn response(request: &Request, field: u16, status: u16) -> Vec<u8> {
+    encode_response(request, field, status, NO_DATA_SET)
+}
+
+/// Encode a response that a data set (an identifier) follows.
+pub fn response_with_data(request: &Request, field: u16, status: u16) -> Vec<u8> {
+    encode_response(request, field, status, 0x0102)
+}
+
+fn encode_response(request: &Request, field: u16, status: u16, data_set_type: u16) -> Vec<u8> {
     let mut elements = Vec::new();
     if let Some(class) = &request.affected_sop_class {
         elements.push(DataElement::new(
@@ -80,7 +91,7 @@ pub fn response(request: &Request, field: u16, status: u16) -> Vec<u8> {
     elements.push(DataElement::new(
         tags::COMMAND_DATA_SET_TYPE,
         VR::US,
-        PrimitiveValue::from(NO_DATA_SET),
+        PrimitiveValue::from(data_set_type),
     ));
     elements.push(DataElement::new(
         tags::STATUS,

@@ -146,3 +146,49 @@ def test_refusals_get_statuses_and_store_nothing(pacs, tmp_path):
     r = run("storescu", "-v", "-aec", pacs.ae_title, "127.0.0.1", pacs.dimse_port, tmp_path / "good.dcm")
     assert r.returncode == 0 and "Success" in r.stdout + r.stderr
     assert pacs.spool_files() == []
+
+
+def findscu(pacs, out, *keys, model="-S"):
+    out.mkdir(exist_ok=True)
+    for f in out.iterdir():
+        f.unlink()
+    args = ["findscu", model, "-X", "-od", out, "-aec", pacs.ae_title]
+    for k in keys:
+        args += ["-k", k]
+    r = run(*args, "127.0.0.1", pacs.dimse_port)
+    assert r.returncode == 0, r.stderr
+    return [pydicom.dcmread(f) for f in sorted(out.iterdir())]
+
+
+def test_cfind_on_the_query_model(pacs, tmp_path):
+    from dicomweb_client.api import DICOMwebClient
+    client = DICOMwebClient(pacs.dicomweb)
+    a = ct_series(n=3, patient_name="Müller^José", patient_id="P-A", study_date="20240115", accession="ACC-A")
+    b = ct_series(n=2, patient_name="Иванов^Иван", patient_id="P-B", study_date="20231201", accession="ACC-B",
+                  modality="MR")
+    client.store_instances(a + b)
+    out = tmp_path / "rsp"
+    studies = findscu(pacs, out, "QueryRetrieveLevel=STUDY", "PatientName", "StudyInstanceUID", "StudyDate",
+                      "NumberOfStudyRelatedInstances", "ModalitiesInStudy")
+    assert sorted(str(d.PatientName) for d in studies) == sorted(["Müller^José", "Иванов^Иван"])
+    assert {str(d.StudyInstanceUID): int(d.NumberOfStudyRelatedInstances) for d in studies} == {
+        str(a[0].StudyInstanceUID): 3, str(b[0].StudyInstanceUID): 2}
+    assert all(d.SpecificCharacterSet == "ISO_IR 192" for d in studies)
+    one = findscu(pacs, out, "QueryRetrieveLevel=STUDY", "SpecificCharacterSet=ISO_IR 192", "PatientName=Mül*",
+                  "StudyInstanceUID")
+    assert [str(d.StudyInstanceUID) for d in one] == [str(a[0].StudyInstanceUID)]
+    ranged = findscu(pacs, out, "QueryRetrieveLevel=STUDY", "StudyDate=20240101-", "StudyInstanceUID")
+    assert [str(d.StudyInstanceUID) for d in ranged] == [str(a[0].StudyInstanceUID)]
+    mr = findscu(pacs, out, "QueryRetrieveLevel=STUDY", "ModalitiesInStudy=MR", "StudyInstanceUID")
+    assert [str(d.StudyInstanceUID) for d in mr] == [str(b[0].StudyInstanceUID)]
+    series = findscu(pacs, out, "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={a[0].StudyInstanceUID}",
+                     "SeriesInstanceUID", "Modality", "NumberOfSeriesRelatedInstances")
+    assert [(d.Modality, int(d.NumberOfSeriesRelatedInstances)) for d in series] == [("CT", 3)]
+    images = findscu(pacs, out, "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={a[0].StudyInstanceUID}",
+                     f"SeriesInstanceUID={a[0].SeriesInstanceUID}", "SOPInstanceUID", "InstanceNumber")
+    assert sorted(int(d.InstanceNumber) for d in images) == [1, 2, 3]
+    patients = findscu(pacs, out, "QueryRetrieveLevel=PATIENT", "PatientID", "PatientName", model="-P")
+    assert sorted(str(d.PatientID) for d in patients) == ["P-A", "P-B"]
+    uid_list = findscu(pacs, out, "QueryRetrieveLevel=STUDY",
+                       f"StudyInstanceUID={a[0].StudyInstanceUID}\\{b[0].StudyInstanceUID}")
+    assert len(uid_list) == 2
