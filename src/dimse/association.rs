@@ -27,6 +27,9 @@ use crate::ingest::{is_storage_class, Ingest};
 
 const VERIFICATION: &str = "1.2.840.10008.1.1";
 
+/// How long associations in progress may take to finish at shutdown.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Every storage SOP class of the standard, from dicom-rs' SOP class dictionary.
 ///
 /// The dictionary's entry list is crate-private; its registry is public and `Debug`, so the
@@ -113,6 +116,7 @@ pub async fn serve(
     let options = Arc::new(options);
     let slots = Arc::new(Semaphore::new(config.max_associations.max(1)));
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut running = tokio::task::JoinSet::new();
     loop {
         let (socket, peer) = tokio::select! {
             _ = &mut shutdown => break,
@@ -124,13 +128,15 @@ pub async fn serve(
                 }
             },
         };
+        // Reap finished associations so the set only holds running ones.
+        while running.try_join_next().is_some() {}
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "too many associations; closing the connection");
             continue;
         };
         let (options, ingest, ae_title) =
             (options.clone(), ingest.clone(), config.ae_title.clone());
-        tokio::spawn(async move {
+        running.spawn(async move {
             let _ = socket.set_nodelay(true);
             match options.establish_async(socket).await {
                 Ok(association) => run(association, ingest, peer.ip().to_string(), ae_title).await,
@@ -139,7 +145,22 @@ pub async fn serve(
             drop(permit);
         });
     }
-    tracing::info!("DIMSE listener stopped");
+    // Stop accepting, then give the associations in progress time to finish their work.
+    tracing::info!(
+        associations = running.len(),
+        "DIMSE listener stopped; draining associations"
+    );
+    let drained = tokio::time::timeout(DRAIN, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = running.len(),
+            "associations still open after the drain period; closing them"
+        );
+        running.abort_all();
+    }
 }
 
 type Association = dicom_ul::association::server::AsyncServerAssociation<tokio::net::TcpStream>;

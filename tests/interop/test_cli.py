@@ -170,3 +170,15 @@ def test_crash_during_stow_loses_no_acknowledged_instance(make_pacs):
     pacs.start()
     assert requests.get(f"{pacs.url}/readyz").status_code == 200
     assert pacs.spool_files() == []
+
+
+def test_sigterm_stops_http_and_dimse_gracefully(make_pacs):
+    import signal
+    pacs = make_pacs()
+    assert requests.get(f"{pacs.url}/healthz").status_code == 200
+    t0 = time.time()
+    pacs.proc.send_signal(signal.SIGTERM)
+    assert pacs.proc.wait(10) == 0
+    assert time.time() - t0 < 5
+    log = pacs.server_log()
+    assert "draining associations" in log and "closing the index" in log
