@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """C-STORE benchmark with dcmtk's storescu (TCP_NODELAY=1): instances/s and MB/s for 64x64
 and 512x512 CT over 1 and 4 associations, against pacs-lite and, when installed, Orthanc
-(Debian `orthanc`) on the same machine in the same run; plus C-ECHO round trips including
-association set-up. Prints a table; asserts nothing.
+(Debian `orthanc`) on the same machine in the same run; plus C-ECHO and C-FIND round trips
+including association set-up (each a new echoscu/findscu process, whose start-up is part of
+the figure: compare C-FIND with C-ECHO). Prints a table; asserts nothing.
 
 Usage: scripts/bench_dimse.py [--quick] [--no-orthanc]
 """
@@ -76,6 +77,19 @@ def echo(server, n):
     return times[len(times) // 2] * 1000
 
 
+def cfind(server, n, out):
+    """findscu round trips (a study-level query by PatientID over 300 studies)."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run(["findscu", "-q", "-S", "-aec", server.aet, "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID=BENCH",
+                        "-k", "StudyDate=20230101-20241231", "-k", "StudyInstanceUID", "-k", "PatientName",
+                        "127.0.0.1", str(server.dicom_port)], env=ENV, check=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2] * 1000
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -98,10 +112,16 @@ def main():
                 results.setdefault(label, {})[name] = (n / elapsed, total / elapsed / 1e6, failed)
             finally:
                 server.stop()
+    small = stow.Factory(64, 801, per_series=2, per_study=2)
+    small.n = 1
+    studies = [[small.next(), small.next()] for _ in range(300)]
     for name, make in servers:
         server = make()
         try:
             results.setdefault("C-ECHO incl. association (ms, p50)", {})[name] = (echo(server, 20), None, 0)
+            server.root = "/dicom-web"
+            bench_read.load(server, studies)
+            results.setdefault("C-FIND, 300 studies (ms, p50)", {})[name] = (cfind(server, 20, None), None, 0)
         finally:
             server.stop()
     names = [n for n, _ in servers]

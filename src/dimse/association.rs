@@ -248,23 +248,9 @@ async fn run(mut association: Association, ingest: Ingest, peer: String, ae_titl
                             .await
                         }
                     };
-                    let max = association.requestor_max_pdu_length().max(4096) as usize - 12;
-                    for r in reply {
-                        for (i, chunk) in r.bytes.chunks(max.max(1)).enumerate() {
-                            let last = (i + 1) * max >= r.bytes.len();
-                            let pdu = Pdu::PData {
-                                data: vec![PDataValue {
-                                    presentation_context_id: r.context,
-                                    value_type: r.kind.clone(),
-                                    is_last: last,
-                                    data: chunk.to_vec(),
-                                }],
-                            };
-                            if let Err(e) = association.send(&pdu).await {
-                                tracing::warn!(error = %e, "sending a response failed");
-                                return;
-                            }
-                        }
+                    if let Err(e) = send_replies(&mut association, reply).await {
+                        tracing::warn!(error = %e, "sending a response failed");
+                        return;
                     }
                 }
             }
@@ -284,6 +270,35 @@ async fn run(mut association: Association, ingest: Ingest, peer: String, ae_titl
             }
         }
     }
+}
+
+/// Send replies, one P-DATA PDU per fragment: every command and data set gets PDUs of its
+/// own (dcmtk does not take the values of several messages in one PDU), each fragment within
+/// the peer's maximum PDU length.
+async fn send_replies(
+    association: &mut Association,
+    replies: Vec<Reply>,
+) -> Result<(), dicom_ul::association::Error> {
+    // Each value costs its data plus a 6-byte item header; the PDU header is 6 bytes.
+    let max = association.requestor_max_pdu_length().max(4096) as usize - 12;
+    for r in replies {
+        let total = r.bytes.len();
+        let chunks: Vec<&[u8]> = if total == 0 {
+            vec![&[][..]]
+        } else {
+            r.bytes.chunks(max).collect()
+        };
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let value = PDataValue {
+                presentation_context_id: r.context,
+                value_type: r.kind.clone(),
+                is_last: (i + 1) * max >= total,
+                data: chunk.to_vec(),
+            };
+            association.send(&Pdu::PData { data: vec![value] }).await?;
+        }
+    }
+    Ok(())
 }
 
 /// A complete command: answer it now (C-ECHO, unknown), or get ready for its data set.
