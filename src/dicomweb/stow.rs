@@ -80,28 +80,14 @@ fn framing(headers: &HeaderMap) -> Result<Framing, ApiError> {
 }
 
 fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if super::media::accepts_any(accept, &[DICOM_JSON, "application/json"]) {
         return Ok(());
-    };
-    let ok = accept.split(',').any(|t| {
-        let t = t
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        matches!(
-            t.as_str(),
-            "application/dicom+json" | "application/json" | "*/*" | "application/*" | ""
-        )
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::NotAcceptable(format!(
-            "the store response is available as {DICOM_JSON} only, not {accept}"
-        )))
     }
+    Err(ApiError::NotAcceptable(format!(
+        "the store response is available as {DICOM_JSON} only, not {}",
+        accept.unwrap_or("")
+    )))
 }
 
 async fn run(

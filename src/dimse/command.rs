@@ -5,6 +5,8 @@ use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
+
+use crate::ingest::element_text as text;
 use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
 
 /// Command Field values (PS3.7 Annex E).
@@ -32,12 +34,6 @@ pub struct Request {
     pub affected_sop_class: Option<String>,
     pub affected_sop_instance: Option<String>,
     pub has_data_set: bool,
-}
-
-fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let s = obj.get(tag)?.to_str().ok()?;
-    let t = s.trim_end_matches(['\0', ' ']);
-    (!t.is_empty()).then(|| t.to_owned())
 }
 
 fn uint(obj: &InMemDicomObject, tag: Tag) -> Option<u16> {

@@ -9,6 +9,8 @@ use dicom_dictionary_std::tags;
 use dicom_encoding::text::SpecificCharacterSet;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
+
+use crate::ingest::element_text as text;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use serde_json::Value as Json;
 
@@ -99,12 +101,6 @@ pub async fn find(
         .iter()
         .map(|hit| encode(hit, &keys, &level, ae_title, ts))
         .collect())
-}
-
-fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let s = obj.get(tag)?.to_str().ok()?;
-    let t = s.trim_matches([' ', '\0']);
-    (!t.is_empty()).then(|| t.to_owned())
 }
 
 fn json_value(hit: &Hit, tag: Tag) -> Option<&Json> {

@@ -23,8 +23,6 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use records::{InstanceRecord, Origin, OriginKind, SeriesRecord, StudyRecord};
 
-use crate::model::Uid;
-
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     #[error("index database: {0}")]
@@ -136,15 +134,6 @@ impl Index {
         answer.await.map_err(|_| IndexError::WriterGone)?
     }
 
-    /// Look an instance up by its SOP Instance UID.
-    pub async fn find_instance(&self, sop: &Uid) -> Result<Option<StoredInstance>, IndexError> {
-        let row = sqlx::query(&format!("{STORED_SELECT} WHERE i.sop_instance_uid = $1"))
-            .bind(sop.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| stored_from_row(&r)).transpose()?)
-    }
-
     /// Every instance, in insertion order (for `verify`).
     pub fn all_instances(&self) -> impl Stream<Item = Result<StoredInstance, IndexError>> + '_ {
         sqlx::query(STORED_SELECT_ORDERED)
@@ -180,13 +169,16 @@ impl Index {
     }
 }
 
-const STORED_SELECT: &str = "SELECT i.sop_instance_uid, i.sop_class_uid, st.study_uid, \
-     se.series_uid, i.object_key, i.sha256, i.size, i.stored_at \
-     FROM instances i JOIN series se ON se.id = i.series_pk JOIN studies st ON st.id = i.study_pk";
-const STORED_SELECT_ORDERED: &str = "SELECT i.sop_instance_uid, i.sop_class_uid, st.study_uid, \
-     se.series_uid, i.object_key, i.sha256, i.size, i.stored_at \
-     FROM instances i JOIN series se ON se.id = i.series_pk JOIN studies st ON st.id = i.study_pk \
-     ORDER BY i.id";
+/// The columns of [`StoredInstance`], for look-ups by SOP Instance UID and for `verify`.
+macro_rules! stored_select {
+    () => {
+        "SELECT i.sop_instance_uid, i.sop_class_uid, st.study_uid, se.series_uid, i.object_key, \
+         i.sha256, i.size, i.stored_at FROM instances i JOIN series se ON se.id = i.series_pk \
+         JOIN studies st ON st.id = i.study_pk"
+    };
+}
+const STORED_SELECT: &str = stored_select!();
+const STORED_SELECT_ORDERED: &str = concat!(stored_select!(), " ORDER BY i.id");
 
 fn stored_from_row(r: &sqlx::any::AnyRow) -> Result<StoredInstance, sqlx::Error> {
     Ok(StoredInstance {

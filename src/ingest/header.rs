@@ -423,7 +423,7 @@ fn io_failure(e: std::io::Error) -> Rejection {
 
 /// Trimmed text of a top-level element, `None` when absent or empty. (`get`, not
 /// `element_opt`: the latter builds an error with a captured backtrace for every absent tag.)
-fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+pub fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     let elem = obj.get(tag)?;
     let s = elem.to_str().ok()?;
     let t = s.trim_matches(|c: char| c == ' ' || c == '\0');

@@ -23,7 +23,7 @@ use crate::index::{Index, InsertOutcome, InstanceRecord, Origin, StoredInstance}
 use crate::model::Uid;
 use crate::storage::{ObjectKey, Spool, SpooledFile, StorageError, Store};
 
-pub use header::{fold as fold_name, is_storage_class, open_stored};
+pub use header::{fold as fold_name, is_storage_class, open_stored, text as element_text};
 
 /// Why an object was refused. Entry points map these to STOW failure reasons and DIMSE
 /// statuses in one place each.
@@ -250,11 +250,11 @@ impl Ingest {
         // stored rewrites an identical object, and the index's uniqueness decides the rest.
         let key = ObjectKey::new(&parsed.study_uid, &spooled.sha256);
         if let Err(e) = self.store.put(&key, spooled).await {
-            let mut r = storage_rejection(e);
-            r.sop_class_uid = Some(parsed.sop_class_uid.to_string());
-            r.sop_instance_uid = Some(parsed.sop_instance_uid.to_string());
-            return Outcome::Rejected(r);
+            return Outcome::Rejected(
+                storage_rejection(e).about(&parsed.sop_class_uid, &parsed.sop_instance_uid),
+            );
         }
+        // The parsed header moves into the record: its JSON is not copied on this hot path.
         let record = InstanceRecord {
             sop_instance_uid: parsed.sop_instance_uid.to_string(),
             sop_class_uid: parsed.sop_class_uid.to_string(),
@@ -267,13 +267,13 @@ impl Ingest {
             size: len as i64,
             part10_prefix: parsed.part10_prefix,
             sha256,
-            attrs_json: parsed.attrs_json.clone(),
-            metadata_json: parsed.metadata_json.clone(),
-            frame_table: parsed.frame_table.clone(),
+            attrs_json: parsed.attrs_json,
+            metadata_json: parsed.metadata_json,
+            frame_table: parsed.frame_table,
             origin,
             stored_at: accepted.stored_at,
-            study: parsed.study.clone(),
-            series: parsed.series.clone(),
+            study: parsed.study,
+            series: parsed.series,
         };
         match self.index.insert(record).await {
             Ok(InsertOutcome::Inserted) => {
@@ -293,7 +293,10 @@ impl Ingest {
                 // The object stays; `verify` finds it as an orphan (it may even have been
                 // committed if the connection broke after COMMIT).
                 tracing::error!(sop = %accepted.sop_instance_uid, error = %e, "index commit failed");
-                Outcome::Rejected(failure(format!("index commit failed: {e}"), Some(&parsed)))
+                Outcome::Rejected(failure(
+                    format!("index commit failed: {e}"),
+                    Some(&accepted),
+                ))
             }
         }
     }
@@ -386,12 +389,12 @@ fn is_out_of_space(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(28) | Some(122)) // ENOSPC, EDQUOT
 }
 
-fn failure(detail: String, parsed: Option<&header::Parsed>) -> Rejection {
+fn failure(detail: String, about: Option<&Accepted>) -> Rejection {
     tracing::error!(%detail, "ingest failure");
     Rejection {
         reason: Reason::ProcessingFailure,
         detail: "the server failed while storing the object".to_owned(),
-        sop_class_uid: parsed.map(|p| p.sop_class_uid.to_string()),
-        sop_instance_uid: parsed.map(|p| p.sop_instance_uid.to_string()),
+        sop_class_uid: about.map(|a| a.sop_class_uid.to_string()),
+        sop_instance_uid: about.map(|a| a.sop_instance_uid.to_string()),
     }
 }

@@ -181,6 +181,8 @@ def test_bad_instances_are_refused_with_reason(pacs, label, data, reason):
     assert r.status_code == 409, (label, r.status_code, r.text)
     assert [f[1] for f in failed(r.json())] == [reason], (label, r.text, r.headers.get("warning"))
     assert r.headers.get("warning"), "a human-readable reason is given"
+    item = r.json()["00081198"]["Value"][0]
+    assert item["00000902"]["Value"][0], "ErrorComment carries the reason too"
     assert_nothing_stored(pacs)
 
 
