@@ -39,6 +39,25 @@ pub struct DimseConfig {
     /// Calling AE titles allowed to associate; empty: any.
     pub allowed_calling_aes: Vec<String>,
     pub max_associations: usize,
+    /// Where C-MOVE sends instances and where storage commitment results go when the
+    /// requesting association has closed: the AE titles this server may connect to.
+    pub destinations: Vec<Destination>,
+}
+
+/// A remote application entity: its AE title and network address.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    pub ae: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl DimseConfig {
+    /// The configured destination with this AE title (trailing spaces do not count).
+    pub fn destination(&self, ae: &str) -> Option<&Destination> {
+        self.destinations.iter().find(|d| d.ae.trim() == ae.trim())
+    }
 }
 
 impl Default for DimseConfig {
@@ -49,6 +68,7 @@ impl Default for DimseConfig {
             ae_title: "PACSLITE".into(),
             allowed_calling_aes: Vec::new(),
             max_associations: 32,
+            destinations: Vec::new(),
         }
     }
 }
@@ -331,6 +351,21 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("pacs.toml", "[http]\nlisten_adress = \"0.0.0.0:1\"\n")?;
             assert!(Config::load(Some(Path::new("pacs.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn dimse_destinations_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "PACS_DIMSE__DESTINATIONS",
+                r#"[{ae="StoreSCP",host="127.0.0.1",port=11113}]"#,
+            );
+            let c = Config::load(None).map_err(|e| *e)?;
+            let d = c.dimse.destination("StoreSCP ").expect("configured");
+            assert_eq!((d.host.as_str(), d.port), ("127.0.0.1", 11113));
+            assert!(c.dimse.destination("OTHER").is_none());
             Ok(())
         });
     }

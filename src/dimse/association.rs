@@ -1,8 +1,7 @@
-//! Accepting associations and assembling DIMSE messages from P-DATA fragments.
-//!
-//! One task per association, capped by a semaphore. Commands are gathered until their
-//! last fragment and dispatched; a C-STORE's data set streams into the ingest spool as it
-//! arrives. Every failure after negotiation is answered with a status; an association that
+//! Accepting associations and running them: messages are assembled from P-DATA values and
+//! dispatched; C-STORE data sets stream into the ingest spool as they arrive; C-FIND,
+//! C-MOVE, C-GET and storage commitment run as tasks of their own, so C-CANCEL requests and
+//! the responses to our C-GET sub-operations keep flowing meanwhile. An association that
 //! breaks off mid-transfer leaves nothing behind (the spool is a drop guard).
 
 use std::collections::HashMap;
@@ -10,26 +9,43 @@ use std::future::Future;
 use std::sync::Arc;
 
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
-use dicom_ul::pdu::UserIdentity;
+use dicom_ul::association::server::{AccessControl, Negotiation, ServerAssociationOptions};
+use dicom_ul::association::Association as _;
 use dicom_ul::pdu::{
-    AssociationRJServiceUserReason, PDataValue, PDataValueType, Pdu,
-    PresentationContextResultReason,
+    AbortRQSource, AssociationRJServiceUserReason, PDataValue, PDataValueType, Pdu,
+    PresentationContextResultReason, RequestorRoles, UserIdentity,
 };
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
-use super::command::{self, field, Request};
+use super::command::{self, field, Command};
+use super::link::{self, Assembler, DataSet, LinkError, Writer, MAX_PDU};
+use super::retrieve::{self, Retrieve};
 use super::store::{self, Incoming};
-use super::{echo, find};
+use super::{commit, echo, find, Context, Services};
 use crate::config::DimseConfig;
 use crate::ingest::{is_storage_class, Ingest};
 
-const VERIFICATION: &str = "1.2.840.10008.1.1";
+pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 
 /// How long associations in progress may take to finish at shutdown.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// The largest identifier or action information gathered in memory.
+const MAX_SMALL_DATA_SET: usize = 16 << 20;
+
+/// The SOP classes of the Query/Retrieve and Storage Commitment services.
+pub const SERVICE_CLASSES: &[&str] = &[
+    VERIFICATION,
+    find::STUDY_ROOT_FIND,
+    find::PATIENT_ROOT_FIND,
+    retrieve::STUDY_ROOT_MOVE,
+    retrieve::PATIENT_ROOT_MOVE,
+    retrieve::STUDY_ROOT_GET,
+    retrieve::PATIENT_ROOT_GET,
+    commit::STORAGE_COMMITMENT,
+];
 /// Every storage SOP class of the standard, from dicom-rs' SOP class dictionary.
 ///
 /// The dictionary's entry list is crate-private; its registry is public and `Debug`, so the
@@ -91,6 +107,17 @@ impl AccessControl for AeRules {
     }
 }
 
+/// SCP/SCU role selection: a requester may be the SCP of storage SOP classes (to receive
+/// C-GET sub-operations); other proposals get the default roles.
+struct Roles;
+
+impl Negotiation for Roles {
+    fn negotiate_roles(&self, sop_class_uid: &str, scu: bool, scp: bool) -> Option<RequestorRoles> {
+        let storage = storage_sop_classes().iter().any(|c| c == sop_class_uid);
+        storage.then_some(RequestorRoles { scu, scp })
+    }
+}
+
 /// Accept associations until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
@@ -103,10 +130,11 @@ pub async fn serve(
             allowed_calling: config.allowed_calling_aes.clone(),
         })
         .ae_title(config.ae_title.clone())
-        .max_pdu_length(1 << 20)
-        .with_abstract_syntax(VERIFICATION)
-        .with_abstract_syntax(find::STUDY_ROOT_FIND)
-        .with_abstract_syntax(find::PATIENT_ROOT_FIND);
+        .max_pdu_length(MAX_PDU)
+        .with_negotiation(Roles);
+    for uid in SERVICE_CLASSES {
+        options = options.with_abstract_syntax(*uid);
+    }
     for uid in storage_sop_classes() {
         options = options.with_abstract_syntax(uid.as_str());
     }
@@ -114,6 +142,10 @@ pub async fn serve(
         options = options.with_transfer_syntax(ts);
     }
     let options = Arc::new(options);
+    let services = Arc::new(Services {
+        ingest,
+        config: config.clone(),
+    });
     let slots = Arc::new(Semaphore::new(config.max_associations.max(1)));
     let mut shutdown = std::pin::pin!(shutdown);
     let mut running = tokio::task::JoinSet::new();
@@ -134,12 +166,11 @@ pub async fn serve(
             tracing::warn!(%peer, "too many associations; closing the connection");
             continue;
         };
-        let (options, ingest, ae_title) =
-            (options.clone(), ingest.clone(), config.ae_title.clone());
+        let (options, services) = (options.clone(), services.clone());
         running.spawn(async move {
             let _ = socket.set_nodelay(true);
             match options.establish_async(socket).await {
-                Ok(association) => run(association, ingest, peer.ip().to_string(), ae_title).await,
+                Ok(association) => run(association, services, peer.ip().to_string()).await,
                 Err(e) => tracing::info!(%peer, error = %e, "association not established"),
             }
             drop(permit);
@@ -165,288 +196,463 @@ pub async fn serve(
 
 type Association = dicom_ul::association::server::AsyncServerAssociation<tokio::net::TcpStream>;
 
-/// The message being received on an association.
-struct InFlight {
-    request: Request,
-    context: u8,
-    incoming: Option<Incoming>,
-    /// A status decided before the data set ended (its remaining fragments are discarded).
-    failed: Option<u16>,
-    /// The identifier of a C-FIND, gathered in memory (identifiers are small).
-    identifier: Vec<u8>,
+/// The message whose data set is being received.
+enum InFlight {
+    /// A C-STORE streaming into the spool (None once it failed: the rest is discarded).
+    Store {
+        request: Command,
+        context: u8,
+        incoming: Option<Box<Incoming>>,
+        failed: Option<u16>,
+    },
+    /// An identifier or action information, gathered in memory.
+    Small {
+        request: Command,
+        context: u8,
+        data: Vec<u8>,
+        too_large: bool,
+    },
+    /// The data set of a response (nothing we send asks for one): discarded.
+    Response(Command),
 }
 
-/// One P-DATA value to send back.
-struct Reply {
-    context: u8,
-    kind: PDataValueType,
-    bytes: Vec<u8>,
+/// One accepted association.
+struct Session {
+    services: Arc<Services>,
+    writer: Arc<Writer>,
+    contexts: Arc<Vec<Context>>,
+    calling: String,
+    peer: String,
+    assembler: Assembler,
+    in_flight: Option<InFlight>,
+    /// Operations in progress that C-CANCEL can stop, by message ID.
+    cancellable: HashMap<u16, CancellationToken>,
+    tasks: tokio::task::JoinSet<u16>,
 }
 
-impl Reply {
-    fn command(context: u8, bytes: Vec<u8>) -> Vec<Reply> {
-        vec![Reply {
-            context,
-            kind: PDataValueType::Command,
-            bytes,
-        }]
-    }
-}
-
-#[tracing::instrument(skip_all, fields(calling_ae = %dicom_ul::association::Association::peer_ae_title(&association), %peer))]
-async fn run(mut association: Association, ingest: Ingest, peer: String, ae_title: String) {
-    let calling = dicom_ul::association::Association::peer_ae_title(&association)
-        .trim()
-        .to_owned();
-    let contexts: HashMap<u8, String> = association
+#[tracing::instrument(skip_all, fields(calling_ae = %association.peer_ae_title(), %peer))]
+async fn run(mut association: Association, services: Arc<Services>, peer: String) {
+    let calling = association.peer_ae_title().trim().to_owned();
+    let contexts: Vec<Context> = association
         .presentation_contexts()
         .iter()
         .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
-        .map(|pc| (pc.id, pc.transfer_syntax.clone()))
+        .map(|pc| Context {
+            id: pc.id,
+            abstract_syntax: pc.abstract_syntax.clone(),
+            transfer_syntax: pc.transfer_syntax.clone(),
+            peer_is_scp: association.requestor_roles_for(&pc.abstract_syntax).scp,
+        })
         .collect();
+    let peer_max = association.requestor_max_pdu_length();
+    let (mut reader, writer) = match link::split(association.inner_stream(), peer_max) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot use the association's socket");
+            let _ = association.abort().await;
+            return;
+        }
+    };
+    drop(association);
     tracing::info!(contexts = contexts.len(), "association established");
-    let mut command_bytes = Vec::new();
-    let mut in_flight: Option<InFlight> = None;
+    let mut session = Session {
+        services,
+        writer: writer.clone(),
+        contexts: Arc::new(contexts),
+        calling,
+        peer,
+        assembler: Assembler::default(),
+        in_flight: None,
+        cancellable: HashMap::new(),
+        tasks: tokio::task::JoinSet::new(),
+    };
     loop {
-        let pdu = match association.receive().await {
+        let pdu = match reader.next().await {
             Ok(pdu) => pdu,
             Err(e) => {
                 tracing::info!(error = %e, "association ended without release");
-                return;
+                break;
             }
         };
         match pdu {
             Pdu::PData { data } => {
                 for pdv in data {
-                    let reply = match pdv.value_type {
-                        PDataValueType::Command => {
-                            command_bytes.extend_from_slice(&pdv.data);
-                            if !pdv.is_last {
-                                continue;
-                            }
-                            let bytes = std::mem::take(&mut command_bytes);
-                            on_command(
-                                &bytes,
-                                pdv.presentation_context_id,
-                                &contexts,
-                                &ingest,
-                                &calling,
-                                &mut in_flight,
-                            )
-                            .await
-                        }
-                        PDataValueType::Data => {
-                            on_data(
-                                pdv,
-                                &ingest,
-                                &calling,
-                                &peer,
-                                &contexts,
-                                &ae_title,
-                                &mut in_flight,
-                            )
-                            .await
-                        }
-                    };
-                    if let Err(e) = send_replies(&mut association, reply).await {
+                    if let Err(e) = session.on_value(pdv).await {
                         tracing::warn!(error = %e, "sending a response failed");
+                        session.shutdown().await;
                         return;
                     }
                 }
             }
             Pdu::ReleaseRQ => {
-                let _ = association.send(&Pdu::ReleaseRP).await;
+                // Operations still running finish first (their final responses precede
+                // the release); storage commitment reports go out on a new association.
+                session.reap_all().await;
+                writer.mark_closed();
+                let _ = writer.control(&Pdu::ReleaseRP).await;
                 tracing::info!("association released");
-                return;
+                break;
             }
             Pdu::AbortRQ { .. } => {
                 tracing::info!("association aborted by the peer");
-                return;
+                break;
             }
             other => {
                 tracing::warn!(pdu = %other.short_description(), "unexpected PDU; aborting");
-                let _ = association.abort().await;
-                return;
+                let _ = writer
+                    .control(&Pdu::AbortRQ {
+                        source: AbortRQSource::ServiceProvider(
+                            dicom_ul::pdu::AbortRQServiceProviderReason::UnexpectedPdu,
+                        ),
+                    })
+                    .await;
+                break;
             }
         }
     }
+    session.shutdown().await;
 }
 
-/// Send replies, one P-DATA PDU per fragment: every command and data set gets PDUs of its
-/// own (dcmtk does not take the values of several messages in one PDU), each fragment within
-/// the peer's maximum PDU length.
-async fn send_replies(
-    association: &mut Association,
-    replies: Vec<Reply>,
-) -> Result<(), dicom_ul::association::Error> {
-    // Each value costs its data plus a 6-byte item header; the PDU header is 6 bytes.
-    let max = association.requestor_max_pdu_length().max(4096) as usize - 12;
-    for r in replies {
-        let total = r.bytes.len();
-        let chunks: Vec<&[u8]> = if total == 0 {
-            vec![&[][..]]
-        } else {
-            r.bytes.chunks(max).collect()
-        };
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            let value = PDataValue {
-                presentation_context_id: r.context,
-                value_type: r.kind.clone(),
-                is_last: (i + 1) * max >= total,
-                data: chunk.to_vec(),
-            };
-            association.send(&Pdu::PData { data: vec![value] }).await?;
+impl Session {
+    fn context(&self, id: u8) -> Option<&Context> {
+        self.contexts.iter().find(|c| c.id == id)
+    }
+
+    fn transfer_syntax(&self, id: u8) -> String {
+        self.context(id)
+            .map(|c| c.transfer_syntax.clone())
+            .unwrap_or_else(|| "1.2.840.10008.1.2".to_owned())
+    }
+
+    /// The association is over: stop what can be stopped, close the socket.
+    async fn shutdown(mut self) {
+        for token in self.cancellable.values() {
+            token.cancel();
+        }
+        self.writer.mark_closed();
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.writer.close().await;
+    }
+
+    /// Wait (bounded) for the operations in progress.
+    async fn reap_all(&mut self) {
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(DRAIN, all).await.is_err() {
+            tracing::warn!("operations still running at release; stopping them");
+            self.tasks.abort_all();
+        }
+        self.cancellable.clear();
+    }
+
+    fn reap_finished(&mut self) {
+        while let Some(done) = self.tasks.try_join_next() {
+            if let Ok(message_id) = done {
+                self.cancellable.remove(&message_id);
+            }
         }
     }
-    Ok(())
-}
 
-/// A complete command: answer it now (C-ECHO, unknown), or get ready for its data set.
-async fn on_command(
-    bytes: &[u8],
-    context: u8,
-    contexts: &HashMap<u8, String>,
-    ingest: &Ingest,
-    calling: &str,
-    in_flight: &mut Option<InFlight>,
-) -> Vec<Reply> {
-    let request = match command::decode(bytes) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "undecodable command");
-            let unknown = Request {
-                field: 0,
-                message_id: 0,
-                affected_sop_class: None,
-                affected_sop_instance: None,
-                has_data_set: false,
-            };
-            return Reply::command(context, command::response(&unknown, 0x8000, 0x0211));
+    async fn reply(&self, context: u8, command: Vec<u8>) -> Result<(), LinkError> {
+        self.writer.message(context, &command, None).await
+    }
+
+    async fn on_value(&mut self, pdv: PDataValue) -> Result<(), LinkError> {
+        match pdv.value_type {
+            PDataValueType::Command => {
+                match self.assembler.command_fragment(&pdv.data, pdv.is_last) {
+                    None => Ok(()),
+                    Some(Ok(command)) => {
+                        self.on_command(command, pdv.presentation_context_id).await
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "undecodable command");
+                        // 0x0211: unrecognized operation.
+                        let rsp = command::response(&Command::default(), 0x8000, 0x0211);
+                        self.reply(pdv.presentation_context_id, rsp).await
+                    }
+                }
+            }
+            PDataValueType::Data => self.on_data(pdv).await,
         }
-    };
-    match request.field {
-        field::C_ECHO_RQ => Reply::command(context, echo::handle(&request)),
-        field::C_FIND_RQ => {
-            *in_flight = Some(InFlight {
+    }
+
+    /// A complete command: answer it now, or get ready for its data set.
+    async fn on_command(&mut self, command: Command, context: u8) -> Result<(), LinkError> {
+        self.reap_finished();
+        if field::is_response(command.field) {
+            if command.has_data_set {
+                self.in_flight = Some(InFlight::Response(command));
+            } else if !self.writer.deliver(command) {
+                tracing::debug!("response to no request of ours");
+            }
+            return Ok(());
+        }
+        match command.field {
+            field::C_ECHO_RQ => self.reply(context, echo::handle(&command)).await,
+            field::C_CANCEL_RQ => {
+                if let Some(token) = command
+                    .responded_to
+                    .and_then(|id| self.cancellable.get(&id))
+                {
+                    tracing::info!(message = ?command.responded_to, "C-CANCEL");
+                    token.cancel();
+                }
+                Ok(())
+            }
+            field::C_STORE_RQ => {
+                let ts = self.transfer_syntax(context);
+                let started = match (&command.affected_sop_class, &command.affected_sop_instance) {
+                    (Some(c), Some(i)) => {
+                        Incoming::start(&self.services.ingest, c, i, &ts, &self.calling).await
+                    }
+                    _ => Err(0xC000),
+                };
+                let (incoming, failed) = match started {
+                    Ok(i) => (Some(Box::new(i)), None),
+                    Err(status) => (None, Some(status)),
+                };
+                self.in_flight = Some(InFlight::Store {
+                    request: command,
+                    context,
+                    incoming,
+                    failed,
+                });
+                Ok(())
+            }
+            field::C_FIND_RQ | field::C_MOVE_RQ | field::C_GET_RQ | field::N_ACTION_RQ => {
+                if command.has_data_set {
+                    self.in_flight = Some(InFlight::Small {
+                        request: command,
+                        context,
+                        data: Vec::new(),
+                        too_large: false,
+                    });
+                    Ok(())
+                } else {
+                    self.dispatch(command, context, Vec::new()).await
+                }
+            }
+            other => {
+                tracing::warn!(command = other, "unsupported DIMSE command");
+                // 0x0211: unrecognized operation.
+                self.reply(context, command::response(&command, other | 0x8000, 0x0211))
+                    .await
+            }
+        }
+    }
+
+    /// A data set fragment: stream it into the spool (C-STORE) or gather it; on the last
+    /// one, carry out the operation.
+    async fn on_data(&mut self, pdv: PDataValue) -> Result<(), LinkError> {
+        match self.in_flight.as_mut() {
+            None => return Ok(()),
+            Some(InFlight::Store {
+                incoming, failed, ..
+            }) => {
+                if let Some(i) = incoming.as_mut() {
+                    if let Err(status) = i.write(&pdv.data).await {
+                        *incoming = None;
+                        *failed = Some(status);
+                    }
+                }
+            }
+            Some(InFlight::Small {
+                data, too_large, ..
+            }) => {
+                if data.len() + pdv.data.len() > MAX_SMALL_DATA_SET {
+                    *too_large = true;
+                    data.clear();
+                } else if !*too_large {
+                    data.extend_from_slice(&pdv.data);
+                }
+            }
+            Some(InFlight::Response(_)) => {}
+        }
+        if !pdv.is_last {
+            return Ok(());
+        }
+        match self.in_flight.take() {
+            None => Ok(()),
+            Some(InFlight::Response(rsp)) => {
+                self.writer.deliver(rsp);
+                Ok(())
+            }
+            Some(InFlight::Small {
                 request,
                 context,
-                incoming: None,
-                failed: None,
-                identifier: Vec::new(),
-            });
-            Vec::new()
-        }
-        field::C_STORE_RQ => {
-            let ts = contexts.get(&context).cloned().unwrap_or_default();
-            let (class, instance) = (
-                request.affected_sop_class.clone(),
-                request.affected_sop_instance.clone(),
-            );
-            let started = match (class, instance) {
-                (Some(c), Some(i)) => Incoming::start(ingest, &c, &i, &ts, calling).await,
-                _ => Err(0xC000),
-            };
-            let (incoming, failed) = match started {
-                Ok(i) => (Some(i), None),
-                Err(status) => (None, Some(status)),
-            };
-            *in_flight = Some(InFlight {
+                too_large: true,
+                ..
+            }) => {
+                tracing::warn!("identifier larger than {MAX_SMALL_DATA_SET} bytes refused");
+                let rsp = command::response(&request, request.field | 0x8000, 0xA700);
+                self.reply(context, rsp).await
+            }
+            Some(InFlight::Small {
+                request,
+                context,
+                data,
+                ..
+            }) => self.dispatch(request, context, data).await,
+            Some(InFlight::Store {
                 request,
                 context,
                 incoming,
                 failed,
-                identifier: Vec::new(),
-            });
-            Vec::new()
+            }) => {
+                let status = match incoming {
+                    Some(incoming) => {
+                        let outcome = (*incoming)
+                            .finish(&self.services.ingest, &self.calling, &self.peer)
+                            .await;
+                        if let crate::ingest::Outcome::Rejected(r) = &outcome {
+                            tracing::info!(sop = ?request.affected_sop_instance, reason = %r, "C-STORE refused");
+                        }
+                        store::status(&outcome)
+                    }
+                    None => failed.unwrap_or(0xC000),
+                };
+                let rsp = command::response(&request, field::C_STORE_RSP, status);
+                self.reply(context, rsp).await
+            }
         }
-        other => {
-            tracing::warn!(command = other, "unsupported DIMSE command");
-            // 0x0211: unrecognized operation.
-            Reply::command(context, command::response(&request, other | 0x8000, 0x0211))
+    }
+
+    /// Start an operation with its data set complete.
+    async fn dispatch(
+        &mut self,
+        request: Command,
+        context: u8,
+        data: Vec<u8>,
+    ) -> Result<(), LinkError> {
+        let abstract_syntax = self
+            .context(context)
+            .map(|c| c.abstract_syntax.clone())
+            .unwrap_or_default();
+        let ts = self.transfer_syntax(context);
+        let expected: &[&str] = match request.field {
+            field::C_FIND_RQ => &[find::STUDY_ROOT_FIND, find::PATIENT_ROOT_FIND],
+            field::C_MOVE_RQ => &[retrieve::STUDY_ROOT_MOVE, retrieve::PATIENT_ROOT_MOVE],
+            field::C_GET_RQ => &[retrieve::STUDY_ROOT_GET, retrieve::PATIENT_ROOT_GET],
+            _ => &[commit::STORAGE_COMMITMENT],
+        };
+        if !expected.contains(&abstract_syntax.as_str()) {
+            // 0x0122: SOP class not supported (on this presentation context).
+            let rsp = command::response(&request, request.field | 0x8000, 0x0122);
+            return self.reply(context, rsp).await;
         }
+        let (services, writer) = (self.services.clone(), self.writer.clone());
+        let message_id = request.message_id;
+        if request.field == field::N_ACTION_RQ {
+            return match commit::accept(&request, &data, &ts) {
+                Ok(commitment) => {
+                    self.reply(context, command::response(&request, field::N_ACTION_RSP, 0))
+                        .await?;
+                    // Not tied to this association: the report may go out on a new one.
+                    tokio::spawn(commit::report(
+                        services,
+                        writer,
+                        context,
+                        ts,
+                        self.calling.clone(),
+                        commitment,
+                    ));
+                    Ok(())
+                }
+                Err(status) => {
+                    self.reply(
+                        context,
+                        command::response(&request, field::N_ACTION_RSP, status),
+                    )
+                    .await
+                }
+            };
+        }
+        let cancel = CancellationToken::new();
+        self.cancellable.insert(message_id, cancel.clone());
+        match request.field {
+            field::C_FIND_RQ => {
+                let ae = self.services.config.ae_title.clone();
+                self.tasks.spawn(async move {
+                    find_replies(
+                        &services, &writer, &request, context, &ts, &ae, &data, cancel,
+                    )
+                    .await;
+                    message_id
+                });
+            }
+            field::C_MOVE_RQ => {
+                let r = Retrieve {
+                    request,
+                    context,
+                    transfer_syntax: ts,
+                    identifier: data,
+                    cancel,
+                };
+                self.tasks.spawn(async move {
+                    retrieve::c_move(services, writer, r).await;
+                    message_id
+                });
+            }
+            _ => {
+                let contexts = self.contexts.clone();
+                let r = Retrieve {
+                    request,
+                    context,
+                    transfer_syntax: ts,
+                    identifier: data,
+                    cancel,
+                };
+                self.tasks.spawn(async move {
+                    retrieve::c_get(services, writer, contexts, r).await;
+                    message_id
+                });
+            }
+        }
+        Ok(())
     }
 }
 
-/// A data set fragment: stream it into the spool (C-STORE) or gather it (C-FIND); on the
-/// last one, carry out the operation and answer.
-async fn on_data(
-    pdv: PDataValue,
-    ingest: &Ingest,
-    calling: &str,
-    peer: &str,
-    contexts: &HashMap<u8, String>,
+/// Pending responses with identifiers, then the final status (Cancel when cancelled).
+#[allow(clippy::too_many_arguments)]
+async fn find_replies(
+    services: &Services,
+    writer: &Writer,
+    request: &Command,
+    context: u8,
+    ts: &str,
     ae_title: &str,
-    in_flight: &mut Option<InFlight>,
-) -> Vec<Reply> {
-    let Some(flight) = in_flight.as_mut() else {
-        return Vec::new();
-    };
-    if flight.request.field == field::C_FIND_RQ {
-        flight.identifier.extend_from_slice(&pdv.data);
-    } else if let Some(incoming) = flight.incoming.as_mut() {
-        if let Err(status) = incoming.write(&pdv.data).await {
-            flight.incoming = None;
-            flight.failed = Some(status);
-        }
-    }
-    if !pdv.is_last {
-        return Vec::new();
-    }
-    let Some(flight) = in_flight.take() else {
-        return Vec::new();
-    };
-    if flight.request.field == field::C_FIND_RQ {
-        let ts = contexts
-            .get(&flight.context)
-            .map(String::as_str)
-            .unwrap_or("1.2.840.10008.1.2");
-        return find_replies(ingest, &flight, ts, ae_title).await;
-    }
-    let status = match flight.incoming {
-        Some(incoming) => {
-            let outcome = incoming.finish(ingest, calling, peer).await;
-            if let crate::ingest::Outcome::Rejected(r) = &outcome {
-                tracing::info!(sop = ?flight.request.affected_sop_instance, reason = %r, "C-STORE refused");
-            }
-            store::status(&outcome)
-        }
-        None => flight.failed.unwrap_or(0xC000),
-    };
-    Reply::command(
-        flight.context,
-        command::response(&flight.request, field::C_STORE_RSP, status),
-    )
-}
-
-/// Pending responses with identifiers, then the final status.
-async fn find_replies(ingest: &Ingest, flight: &InFlight, ts: &str, ae_title: &str) -> Vec<Reply> {
-    let (context, request) = (flight.context, &flight.request);
-    match find::find(ingest.index(), &flight.identifier, ts, ae_title).await {
+    identifier: &[u8],
+    cancel: CancellationToken,
+) {
+    let status = match find::find(services.ingest.index(), identifier, ts, ae_title).await {
         Ok(matches) => {
-            let mut replies = Vec::with_capacity(matches.len() * 2 + 1);
+            let mut status = 0x0000;
             for identifier in matches {
-                replies.push(Reply {
-                    context,
-                    kind: PDataValueType::Command,
-                    bytes: command::response_with_data(request, field::C_FIND_RSP, 0xFF00),
-                });
-                replies.push(Reply {
-                    context,
-                    kind: PDataValueType::Data,
-                    bytes: identifier,
-                });
+                if cancel.is_cancelled() {
+                    status = 0xFE00;
+                    break;
+                }
+                let pending = command::response_with_data(request, field::C_FIND_RSP, 0xFF00);
+                if writer
+                    .message(context, &pending, Some(DataSet::Bytes(identifier)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
             }
-            replies.extend(Reply::command(
-                context,
-                command::response(request, field::C_FIND_RSP, 0x0000),
-            ));
-            replies
+            status
         }
-        Err(status) => Reply::command(
+        Err(status) => status,
+    };
+    let _ = writer
+        .message(
             context,
-            command::response(request, field::C_FIND_RSP, status),
-        ),
-    }
+            &command::response(request, field::C_FIND_RSP, status),
+            None,
+        )
+        .await;
 }
 
 #[cfg(test)]

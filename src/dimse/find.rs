@@ -25,13 +25,19 @@ pub const PATIENT_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.1.1";
 /// The most matches one C-FIND returns.
 const MAX_MATCHES: usize = 10_000;
 
-/// Answer a C-FIND identifier: the encoded result identifiers, or a failure status.
-pub async fn find(
-    index: &Index,
-    identifier: &[u8],
-    ts: &str,
-    ae_title: &str,
-) -> Result<Vec<Vec<u8>>, u16> {
+/// A C-FIND, C-MOVE or C-GET identifier as a query of the shared model.
+pub struct Identifier {
+    /// The Query/Retrieve Level as sent.
+    pub level: String,
+    pub query: Query,
+    /// The requested keys, in order (returned in C-FIND answers).
+    pub keys: Vec<(Tag, VR)>,
+    /// PATIENT level: answers are patients, found through their studies.
+    pub patients: bool,
+}
+
+/// Parse an identifier encoded in `ts`; Err(status) when it cannot be used.
+pub fn parse(identifier: &[u8], ts: &str) -> Result<Identifier, u16> {
     let ts = TransferSyntaxRegistry.get(ts).ok_or(0xC000u16)?;
     let request = InMemDicomObject::read_dataset_with_ts(identifier, ts).map_err(|_| 0xC000u16)?;
     let level = text(&request, tags::QUERY_RETRIEVE_LEVEL).ok_or(0xA900u16)?;
@@ -78,16 +84,37 @@ pub async fn find(
         }
         filters.push(Filter { key, matcher });
     }
-    let query = Query {
-        level: query_level,
-        study_uid,
-        series_uid,
-        full_instance_json: query_level == Level::Instance,
-        filters,
-        fuzzy: false,
-        offset: 0,
-        limit: MAX_MATCHES,
-    };
+    Ok(Identifier {
+        level,
+        query: Query {
+            level: query_level,
+            study_uid,
+            series_uid,
+            full_instance_json: query_level == Level::Instance,
+            filters,
+            fuzzy: false,
+            offset: 0,
+            limit: MAX_MATCHES,
+        },
+        keys,
+        patients,
+    })
+}
+
+/// Answer a C-FIND identifier: the encoded result identifiers, or a failure status.
+pub async fn find(
+    index: &Index,
+    identifier: &[u8],
+    ts_uid: &str,
+    ae_title: &str,
+) -> Result<Vec<Vec<u8>>, u16> {
+    let ts = TransferSyntaxRegistry.get(ts_uid).ok_or(0xC000u16)?;
+    let Identifier {
+        level,
+        query,
+        keys,
+        patients,
+    } = parse(identifier, ts_uid)?;
     let found = index.search(&query).await.map_err(|e| {
         tracing::error!(error = %e, "C-FIND search failed");
         0xA700u16
@@ -109,7 +136,7 @@ fn json_value(hit: &Hit, tag: Tag) -> Option<&Json> {
 }
 
 /// An attribute of a hit as DICOM text (multiple values joined by `\`).
-fn json_text(hit: &Hit, tag: Tag, vr: VR) -> Option<String> {
+pub fn json_text(hit: &Hit, tag: Tag, vr: VR) -> Option<String> {
     let values = json_value(hit, tag)?.get("Value")?.as_array()?;
     let parts: Vec<String> = values
         .iter()

@@ -1,15 +1,41 @@
 //! DIMSE: the DICOM upper-layer service for modalities and other PACS.
 //!
-//! Owns every PDU: [`association`] accepts associations (storage SOP classes from the
-//! dictionary plus Verification; every transfer syntax dicom-rs reads) and assembles
-//! messages; one file per service maps it onto the shared layers: [`echo`] (C-ECHO) and
-//! [`store`] (C-STORE through the one ingest path) and [`find`] (C-FIND on the QIDO query
-//! model). Started by `app.rs`.
+//! [`association`] accepts associations (storage SOP classes from the dictionary,
+//! Verification, Query/Retrieve FIND/MOVE/GET in both information models, Storage
+//! Commitment; every transfer syntax dicom-rs reads) and dispatches messages; [`link`] is the
+//! message layer both accepted and requested associations run on; [`scu`] opens associations
+//! (C-MOVE destinations, storage commitment reports). One file per service maps it onto the
+//! shared layers: [`echo`], [`store`] (C-STORE through the one ingest path), [`find`] (C-FIND
+//! on the QIDO query model), [`retrieve`] (C-MOVE, C-GET), [`commit`] (storage commitment).
+//! Started by `app.rs`.
 
 mod association;
 pub mod command;
+pub mod commit;
 mod echo;
 pub mod find;
+mod link;
+pub mod retrieve;
+mod scu;
 pub mod store;
 
-pub use association::{serve, storage_sop_classes, transfer_syntaxes};
+pub use association::{serve, storage_sop_classes, transfer_syntaxes, SERVICE_CLASSES};
+
+use crate::config::DimseConfig;
+use crate::ingest::Ingest;
+
+/// What every association works with.
+pub struct Services {
+    pub ingest: Ingest,
+    pub config: DimseConfig,
+}
+
+/// An accepted presentation context.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub id: u8,
+    pub abstract_syntax: String,
+    pub transfer_syntax: String,
+    /// Whether the peer may act as SCP of the abstract syntax (receive C-STORE from us).
+    pub peer_is_scp: bool,
+}

@@ -48,39 +48,53 @@ impl Scope {
 
 const FROM: &str =
     " FROM instances i JOIN series se ON se.id = i.series_pk JOIN studies st ON st.id = i.study_pk";
+const LOCATE: &str = "SELECT st.study_uid, se.series_uid, i.sop_instance_uid, i.sop_class_uid, \
+     i.transfer_syntax, i.object_key, i.size, i.part10_prefix, i.sha256, i.number_of_frames, i.frame_table";
 const ORDER: &str = " ORDER BY se.series_number, se.id, i.instance_number, i.id";
+
+fn location(r: &sqlx::any::AnyRow) -> Result<InstanceLocation, sqlx::Error> {
+    Ok(InstanceLocation {
+        study_uid: r.try_get(0)?,
+        series_uid: r.try_get(1)?,
+        sop_instance_uid: r.try_get(2)?,
+        sop_class_uid: r.try_get(3)?,
+        transfer_syntax: r.try_get(4)?,
+        object_key: r.try_get(5)?,
+        size: r.try_get::<i64, _>(6)? as u64,
+        part10_prefix: r.try_get::<i64, _>(7)? as u64,
+        sha256: r.try_get(8)?,
+        number_of_frames: r.try_get(9)?,
+        frame_table: r.try_get(10)?,
+    })
+}
 
 impl Index {
     /// The instances in scope, in series and instance order.
     pub async fn locate(&self, scope: &Scope) -> Result<Vec<InstanceLocation>, IndexError> {
         let (filter, args) = scope.where_clause();
-        let sql = format!(
-            "SELECT st.study_uid, se.series_uid, i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax, \
-             i.object_key, i.size, i.part10_prefix, i.sha256, i.number_of_frames, i.frame_table{FROM}{filter}{ORDER}"
-        );
+        let sql = format!("{LOCATE}{FROM}{filter}{ORDER}");
         let mut q = sqlx::query(&sql);
         for a in args {
             q = q.bind(a);
         }
         let rows = q.fetch_all(&self.pool).await?;
         rows.iter()
-            .map(|r| {
-                Ok(InstanceLocation {
-                    study_uid: r.try_get(0)?,
-                    series_uid: r.try_get(1)?,
-                    sop_instance_uid: r.try_get(2)?,
-                    sop_class_uid: r.try_get(3)?,
-                    transfer_syntax: r.try_get(4)?,
-                    object_key: r.try_get(5)?,
-                    size: r.try_get::<i64, _>(6)? as u64,
-                    part10_prefix: r.try_get::<i64, _>(7)? as u64,
-                    sha256: r.try_get(8)?,
-                    number_of_frames: r.try_get(9)?,
-                    frame_table: r.try_get(10)?,
-                })
-            })
+            .map(location)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(IndexError::from)
+    }
+
+    /// One instance by its SOP Instance UID alone (storage commitment).
+    pub async fn locate_instance(
+        &self,
+        sop_instance_uid: &Uid,
+    ) -> Result<Option<InstanceLocation>, IndexError> {
+        let sql = format!("{LOCATE}{FROM} WHERE i.sop_instance_uid = $1");
+        let row = sqlx::query(&sql)
+            .bind(sop_instance_uid.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(location).transpose()?)
     }
 
     /// The precomputed metadata of the instances in scope, with each one's SHA-256

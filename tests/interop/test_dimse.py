@@ -15,53 +15,13 @@ import requests
 from pydicom.data import get_testdata_file
 
 from dicomgen import ct_series, to_bytes
+from dimsetools import dataset_bytes, dcmtk, free_port, require_dcmtk, run
 
 CFG = Path(__file__).parent / "dimse" / "storescu.cfg"
 SAMPLES = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle_2frame.dcm", "rtdose.dcm", "test-SR.dcm",
            "SC_rgb_jpeg_dcmtk.dcm"]
 
-def dcmtk(tool):
-    """dcmtk's own tool (pynetdicom installs Python apps of the same names)."""
-    return f"/usr/bin/{tool}" if Path(f"/usr/bin/{tool}").exists() else shutil.which(tool)
-
-
-if not dcmtk("storescu"):
-    if os.environ.get("PACS_TEST_REQUIRE_DCMTK"):
-        raise RuntimeError("dcmtk (storescu, echoscu, storescp) is required but not installed")
-    pytestmark = pytest.mark.skip(reason="dcmtk is not installed")
-
-
-def run(tool, *args, timeout=120):
-    return subprocess.run([dcmtk(tool), *map(str, args)], capture_output=True, text=True, timeout=timeout)
-
-
-def dataset_bytes(raw: bytes) -> bytes:
-    """The data set of a Part-10 file with a group length element: what C-STORE transfers."""
-    assert raw[128:132] == b"DICM" and raw[132:136] == b"\x02\x00\x00\x00"
-    group_length = struct.unpack("<I", raw[140:144])[0]
-    return raw[144 + group_length:]
-
-
-def test_echo_and_called_ae_check(pacs):
-    r = run("echoscu", "-aec", pacs.ae_title, "127.0.0.1", pacs.dimse_port)
-    assert r.returncode == 0, r.stderr
-    r = run("echoscu", "-aec", "NOT_US", "127.0.0.1", pacs.dimse_port)
-    assert r.returncode != 0 and "called ae title not recogni" in (r.stderr + r.stdout).lower()
-
-
-def test_calling_ae_allowlist(make_pacs):
-    pacs = make_pacs({"PACS_DIMSE__ALLOWED_CALLING_AES": '["MODALITY1"]'})
-    r = run("echoscu", "-aet", "INTRUDER", "-aec", pacs.ae_title, "127.0.0.1", pacs.dimse_port)
-    assert r.returncode != 0 and "calling ae title not recogni" in (r.stderr + r.stdout).lower()
-    r = run("echoscu", "-aet", "MODALITY1", "-aec", pacs.ae_title, "127.0.0.1", pacs.dimse_port)
-    assert r.returncode == 0, r.stderr
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = [m for m in [require_dcmtk()] if m]
 
 
 def received_by_storescp(folder, out):

@@ -1,0 +1,333 @@
+//! An established association as two independent halves: a [`Writer`] that any task may use
+//! to send whole messages, and a [`Reader`] of PDUs. dicom-ul negotiates the association;
+//! after that its socket is duplicated and split, so that responses, pending C-FIND/C-MOVE/
+//! C-GET answers, C-CANCEL requests and sub-operations can flow both ways at once.
+//!
+//! A message (command plus optional data set) is written under one lock, so the fragments
+//! of two messages never interleave. A data set may be a stream (an object read from the
+//! store): it is cut into P-DATA values as it arrives, within the peer's maximum PDU length.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+
+use super::command::{self, Command};
+use dicom_ul::pdu::Pdu;
+
+/// The largest PDU this server accepts (announced during negotiation).
+pub const MAX_PDU: u32 = 1 << 20;
+
+/// How long to wait for the response to a request we sent.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("the association is closed")]
+    Closed,
+    #[error("network error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("reading the data set failed: {0}")]
+    Source(String),
+    #[error("malformed PDU: {0}")]
+    Pdu(String),
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Where a data set comes from.
+pub enum DataSet {
+    Bytes(Vec<u8>),
+    Stream(BoxStream<'static, Result<Bytes, String>>),
+}
+
+/// Split an established association's socket into a reader and a writer.
+///
+/// The association object is dropped afterwards (dicom-ul does not send anything on drop);
+/// the duplicated descriptor keeps the connection open.
+pub fn split(
+    stream: &mut tokio::net::TcpStream,
+    peer_max_pdu: u32,
+) -> std::io::Result<(Reader, Arc<Writer>)> {
+    let fd = stream.as_fd().try_clone_to_owned()?;
+    let std_stream = std::net::TcpStream::from(fd);
+    std_stream.set_nonblocking(true)?;
+    let (rd, wr) = tokio::net::TcpStream::from_std(std_stream)?.into_split();
+    // Values cost their data plus a 6-byte item header; the PDU header is 6 bytes more.
+    let max_fragment = (peer_max_pdu.clamp(4096, 1 << 24) as usize) - 12;
+    Ok((
+        Reader {
+            half: rd,
+            buf: BytesMut::with_capacity(64 * 1024),
+        },
+        Arc::new(Writer {
+            half: tokio::sync::Mutex::new(Some(wr)),
+            open: AtomicBool::new(true),
+            max_fragment,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU16::new(1),
+        }),
+    ))
+}
+
+/// Reads PDUs.
+pub struct Reader {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+impl Reader {
+    /// The next PDU; `Err(Closed)` when the peer closed the connection.
+    pub async fn next(&mut self) -> Result<Pdu, LinkError> {
+        loop {
+            let mut cursor = std::io::Cursor::new(&self.buf[..]);
+            match dicom_ul::read_pdu(&mut cursor, MAX_PDU, false) {
+                Ok(Some(pdu)) => {
+                    let used = cursor.position() as usize;
+                    self.buf.advance(used);
+                    return Ok(pdu);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(LinkError::Pdu(e.to_string())),
+            }
+            if self.half.read_buf(&mut self.buf).await? == 0 {
+                return Err(LinkError::Closed);
+            }
+        }
+    }
+}
+
+/// Sends whole messages and PDUs; shared by every task working on the association.
+pub struct Writer {
+    half: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
+    open: AtomicBool,
+    max_fragment: usize,
+    /// Our requests waiting for their responses, by message ID.
+    pending: Mutex<HashMap<u16, oneshot::Sender<Command>>>,
+    next_id: AtomicU16,
+}
+
+fn pdata_header(context: u8, command: bool, last: bool, len: usize) -> [u8; 12] {
+    let mut h = [0u8; 12];
+    h[0] = 0x04;
+    h[2..6].copy_from_slice(&((len + 6) as u32).to_be_bytes());
+    h[6..10].copy_from_slice(&((len + 2) as u32).to_be_bytes());
+    h[10] = context;
+    h[11] = u8::from(command) | (u8::from(last) << 1);
+    h
+}
+
+async fn write_value(
+    w: &mut OwnedWriteHalf,
+    context: u8,
+    command: bool,
+    last: bool,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let mut pdu = Vec::with_capacity(12 + data.len());
+    pdu.extend_from_slice(&pdata_header(context, command, last, data.len()));
+    pdu.extend_from_slice(data);
+    w.write_all(&pdu).await
+}
+
+impl Writer {
+    /// Whether the association can still carry messages.
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// A message ID for a request of ours.
+    pub fn next_message_id(&self) -> u16 {
+        loop {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    /// Send one message: the command, then the data set if there is one. Each fragment
+    /// goes in a P-DATA PDU of its own (dcmtk does not take the values of several
+    /// messages in one PDU).
+    pub async fn message(
+        &self,
+        context: u8,
+        command: &[u8],
+        data: Option<DataSet>,
+    ) -> Result<(), LinkError> {
+        let mut guard = self.half.lock().await;
+        if !self.is_open() {
+            return Err(LinkError::Closed);
+        }
+        let w = guard.as_mut().ok_or(LinkError::Closed)?;
+        let result = self.write_message(w, context, command, data).await;
+        if let Err(LinkError::Io(_)) = &result {
+            self.open.store(false, Ordering::Release);
+        }
+        result
+    }
+
+    async fn write_message(
+        &self,
+        w: &mut OwnedWriteHalf,
+        context: u8,
+        command: &[u8],
+        data: Option<DataSet>,
+    ) -> Result<(), LinkError> {
+        let max = self.max_fragment;
+        let chunks: Vec<&[u8]> = command.chunks(max).collect();
+        let n = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            write_value(w, context, true, i + 1 == n, chunk).await?;
+        }
+        match data {
+            None => {}
+            Some(DataSet::Bytes(bytes)) => {
+                if bytes.is_empty() {
+                    write_value(w, context, false, true, &[]).await?;
+                }
+                let chunks: Vec<&[u8]> = bytes.chunks(max).collect();
+                let n = chunks.len();
+                for (i, chunk) in chunks.into_iter().enumerate() {
+                    write_value(w, context, false, i + 1 == n, chunk).await?;
+                }
+            }
+            Some(DataSet::Stream(mut stream)) => {
+                // Keep at least one byte back, so the last fragment is never empty.
+                let mut buf = BytesMut::new();
+                let mut failed = None;
+                while let Some(chunk) = stream.next().await {
+                    match chunk {
+                        Ok(c) => buf.extend_from_slice(&c),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    while buf.len() > max {
+                        let fragment = buf.split_to(max);
+                        write_value(w, context, false, false, &fragment).await?;
+                    }
+                }
+                if let Some(e) = failed {
+                    // The message cannot be completed: the association is unusable.
+                    self.open.store(false, Ordering::Release);
+                    return Err(LinkError::Source(e));
+                }
+                write_value(w, context, false, true, &buf).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Send a request and wait for its response.
+    pub async fn request(
+        &self,
+        context: u8,
+        message_id: u16,
+        command: &[u8],
+        data: Option<DataSet>,
+    ) -> Result<Command, LinkError> {
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .insert(message_id, tx);
+        let sent = self.message(context, command, data).await;
+        let result = match sent {
+            Ok(()) => match tokio::time::timeout(RESPONSE_TIMEOUT, rx).await {
+                Ok(Ok(rsp)) => Ok(rsp),
+                Ok(Err(_)) => Err(LinkError::Closed),
+                Err(_) => Err(LinkError::Timeout(RESPONSE_TIMEOUT)),
+            },
+            Err(e) => Err(e),
+        };
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .remove(&message_id);
+        result
+    }
+
+    /// Hand a response to the request waiting for it; false if nobody waits.
+    pub fn deliver(&self, response: Command) -> bool {
+        let waiting = response
+            .responded_to
+            .and_then(|id| self.pending.lock().expect("pending lock").remove(&id));
+        match waiting {
+            Some(tx) => tx.send(response).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Send a PDU that ends or answers the association (A-RELEASE, A-ABORT).
+    pub async fn control(&self, pdu: &Pdu) -> Result<(), LinkError> {
+        let mut bytes = Vec::new();
+        dicom_ul::write_pdu(&mut bytes, pdu).map_err(|e| LinkError::Pdu(e.to_string()))?;
+        let mut guard = self.half.lock().await;
+        let w = guard.as_mut().ok_or(LinkError::Closed)?;
+        w.write_all(&bytes).await?;
+        Ok(())
+    }
+
+    /// No more messages: mark closed, fail the waiting requests, shut the socket down
+    /// once the messages in progress are written.
+    pub async fn close(&self) {
+        self.open.store(false, Ordering::Release);
+        self.pending.lock().expect("pending lock").clear();
+        if let Some(mut w) = self.half.lock().await.take() {
+            let _ = w.shutdown().await;
+        }
+    }
+
+    /// Mark closed (after a release or abort) without waiting for the lock.
+    pub fn mark_closed(&self) {
+        self.open.store(false, Ordering::Release);
+        self.pending.lock().expect("pending lock").clear();
+    }
+}
+
+/// Gathers P-DATA values into whole commands and data sets.
+#[derive(Default)]
+pub struct Assembler {
+    command: Vec<u8>,
+}
+
+impl Assembler {
+    /// Add a command fragment; the decoded command once the last one is in.
+    pub fn command_fragment(
+        &mut self,
+        data: &[u8],
+        last: bool,
+    ) -> Option<Result<Command, command::CommandError>> {
+        self.command.extend_from_slice(data);
+        if !last {
+            return None;
+        }
+        let bytes = std::mem::take(&mut self.command);
+        Some(command::decode(&bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pdata_headers() {
+        let h = pdata_header(3, true, true, 10);
+        assert_eq!(h[0], 4);
+        assert_eq!(u32::from_be_bytes(h[2..6].try_into().unwrap()), 16);
+        assert_eq!(u32::from_be_bytes(h[6..10].try_into().unwrap()), 12);
+        assert_eq!((h[10], h[11]), (3, 3));
+        assert_eq!(pdata_header(5, false, false, 0)[11], 0);
+    }
+}

@@ -1,0 +1,406 @@
+//! C-MOVE and C-GET (PS3.4 C.4.2, C.4.3), Study Root and Patient Root.
+//!
+//! The identifier is matched with the C-FIND query model; every matching instance becomes a
+//! C-STORE sub-operation: on a new association to the configured move destination (C-MOVE),
+//! or on the requester's own association where it took the SCP role for the SOP class
+//! (C-GET). Instances are sent as stored when the receiver accepts their transfer syntax
+//! (streamed from the object store, byte for byte), otherwise transcoded to Explicit or
+//! Implicit VR Little Endian when it accepts one of those. A pending response with the
+//! sub-operation counts follows every sub-operation; C-CANCEL stops between two.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use dicom_core::value::PrimitiveValue;
+use dicom_core::{DataElement, VR};
+use dicom_dictionary_std::tags;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use dicom_object::InMemDicomObject;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::command::{self, field, Command, Counts, Response};
+use super::find::{self, json_text};
+use super::link::{DataSet, Writer};
+use super::scu::{self, Proposal};
+use super::{Context, Services};
+use crate::index::read::{InstanceLocation, Scope};
+use crate::model::query::Level;
+use crate::model::Uid;
+use crate::render::transcode::{can_transcode, transcode_file, EXPLICIT_VR_LE, IMPLICIT_VR_LE};
+use crate::storage::{ObjectKey, Store};
+
+pub const STUDY_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.2.2";
+pub const STUDY_ROOT_GET: &str = "1.2.840.10008.5.1.4.1.2.2.3";
+pub const PATIENT_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.1.2";
+pub const PATIENT_ROOT_GET: &str = "1.2.840.10008.5.1.4.1.2.1.3";
+
+/// The most instances one retrieve sends (the sub-operation counts are 16-bit).
+const MAX_INSTANCES: usize = 65_535;
+
+/// One C-MOVE or C-GET request.
+pub struct Retrieve {
+    pub request: Command,
+    pub context: u8,
+    pub transfer_syntax: String,
+    pub identifier: Vec<u8>,
+    pub cancel: CancellationToken,
+}
+
+/// How one sub-operation ended.
+enum Sub {
+    Completed,
+    Warning,
+    Failed,
+}
+
+/// Where the sub-operations go.
+enum Target<'a> {
+    /// C-GET: the requester's association, on contexts where it is the SCP.
+    Requester {
+        writer: &'a Writer,
+        contexts: &'a [Context],
+    },
+    /// C-MOVE: an association we opened to the move destination.
+    Destination {
+        peer: &'a scu::Peer,
+        originator: (&'a str, u16),
+    },
+}
+
+/// The instances an identifier names, in study, series and instance order.
+async fn matches(svc: &Services, r: &Retrieve) -> Result<Vec<InstanceLocation>, u16> {
+    let id = find::parse(&r.identifier, &r.transfer_syntax)?;
+    let mut query = id.query;
+    query.full_instance_json = false;
+    query.limit = MAX_INSTANCES;
+    let index = svc.ingest.index();
+    let found = index.search(&query).await.map_err(|e| {
+        tracing::error!(error = %e, "retrieve search failed");
+        0xA701u16
+    })?;
+    let mut out = Vec::new();
+    for hit in &found.hits {
+        let uid = |tag| json_text(hit, tag, VR::UI).and_then(|u| Uid::parse(&u).ok());
+        let Some(study) = uid(tags::STUDY_INSTANCE_UID) else {
+            continue;
+        };
+        let scope = Scope {
+            study,
+            series: (query.level != Level::Study)
+                .then(|| uid(tags::SERIES_INSTANCE_UID))
+                .flatten(),
+            instance: (query.level == Level::Instance)
+                .then(|| uid(tags::SOP_INSTANCE_UID))
+                .flatten(),
+        };
+        let located = index.locate(&scope).await.map_err(|e| {
+            tracing::error!(error = %e, "retrieve look-up failed");
+            0xA701u16
+        })?;
+        out.extend(located);
+        if out.len() > MAX_INSTANCES {
+            return Err(0xA701);
+        }
+    }
+    Ok(out)
+}
+
+/// Answer a C-MOVE: sub-operations on a new association to the destination.
+pub async fn c_move(svc: Arc<Services>, writer: Arc<Writer>, r: Retrieve) {
+    let destination = r
+        .request
+        .move_destination
+        .as_deref()
+        .and_then(|ae| svc.config.destination(ae));
+    let Some(destination) = destination else {
+        tracing::info!(destination = ?r.request.move_destination, "C-MOVE to an unknown destination");
+        return final_response(&writer, &r, 0xA801, Counts::default(), &[]).await;
+    };
+    let instances = match matches(&svc, &r).await {
+        Ok(i) => i,
+        Err(status) => return final_response(&writer, &r, status, Counts::default(), &[]).await,
+    };
+    if instances.is_empty() {
+        return final_response(&writer, &r, 0x0000, Counts::default(), &[]).await;
+    }
+    let peer = match scu::connect(
+        destination,
+        &svc.config.ae_title,
+        &proposals(&instances),
+        &[],
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "C-MOVE destination unreachable");
+            let counts = Counts {
+                failed: instances.len() as u16,
+                ..Default::default()
+            };
+            let failed: Vec<&str> = instances
+                .iter()
+                .map(|i| i.sop_instance_uid.as_str())
+                .collect();
+            return final_response(&writer, &r, 0xA702, counts, &failed).await;
+        }
+    };
+    let calling = r.request.message_id;
+    let originator = svc.config.ae_title.clone();
+    let target = Target::Destination {
+        peer: &peer,
+        originator: (originator.as_str(), calling),
+    };
+    run(&svc, &writer, &r, &instances, &target).await;
+    peer.release().await;
+}
+
+/// Answer a C-GET: sub-operations on the requester's association.
+pub async fn c_get(
+    svc: Arc<Services>,
+    writer: Arc<Writer>,
+    contexts: Arc<Vec<Context>>,
+    r: Retrieve,
+) {
+    let instances = match matches(&svc, &r).await {
+        Ok(i) => i,
+        Err(status) => return final_response(&writer, &r, status, Counts::default(), &[]).await,
+    };
+    let usable: Vec<Context> = contexts.iter().filter(|c| c.peer_is_scp).cloned().collect();
+    let target = Target::Requester {
+        writer: &writer,
+        contexts: &usable,
+    };
+    run(&svc, &writer, &r, &instances, &target).await;
+}
+
+/// Contexts to propose to a move destination: each SOP class in each stored transfer
+/// syntax, plus each SOP class in the uncompressed syntaxes everything transcodes to.
+fn proposals(instances: &[InstanceLocation]) -> Vec<Proposal> {
+    let mut by_class: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for i in instances {
+        let list = by_class.entry(&i.sop_class_uid).or_default();
+        if !list.contains(&i.transfer_syntax.as_str()) {
+            list.push(&i.transfer_syntax);
+        }
+    }
+    let mut out = Vec::new();
+    for (class, syntaxes) in by_class {
+        for ts in syntaxes {
+            if ts != EXPLICIT_VR_LE && ts != IMPLICIT_VR_LE {
+                out.push(Proposal {
+                    abstract_syntax: class.to_owned(),
+                    transfer_syntaxes: vec![ts.to_owned()],
+                });
+            }
+        }
+        out.push(Proposal {
+            abstract_syntax: class.to_owned(),
+            transfer_syntaxes: vec![EXPLICIT_VR_LE.to_owned(), IMPLICIT_VR_LE.to_owned()],
+        });
+    }
+    // Presentation context IDs are odd numbers below 256.
+    out.truncate(128);
+    out
+}
+
+async fn run(
+    svc: &Services,
+    writer: &Writer,
+    r: &Retrieve,
+    instances: &[InstanceLocation],
+    target: &Target<'_>,
+) {
+    let rsp_field = r.request.field | 0x8000;
+    let mut counts = Counts {
+        remaining: instances.len().min(u16::MAX as usize) as u16,
+        ..Default::default()
+    };
+    let mut failed_uids: Vec<&str> = Vec::new();
+    for loc in instances {
+        if r.cancel.is_cancelled() {
+            return final_response(writer, r, 0xFE00, counts, &failed_uids).await;
+        }
+        if !writer.is_open() {
+            tracing::info!("requester gone; retrieve stopped");
+            return;
+        }
+        let outcome = sub_operation(svc.ingest.store(), loc, target).await;
+        counts.remaining = counts.remaining.saturating_sub(1);
+        match outcome {
+            Sub::Completed => counts.completed += 1,
+            Sub::Warning => counts.warning += 1,
+            Sub::Failed => {
+                counts.failed += 1;
+                failed_uids.push(&loc.sop_instance_uid);
+            }
+        }
+        if counts.remaining > 0 {
+            let pending = Response::new(&r.request, rsp_field, 0xFF00)
+                .with_counts(counts)
+                .encode();
+            if writer.message(r.context, &pending, None).await.is_err() {
+                return;
+            }
+        }
+    }
+    let status = if counts.failed == 0 && counts.warning == 0 {
+        0x0000
+    } else if counts.completed == 0 && counts.warning == 0 {
+        0xA702
+    } else {
+        0xB000
+    };
+    final_response(writer, r, status, counts, &failed_uids).await
+}
+
+/// The last response; with failures, an identifier listing the failed instances.
+async fn final_response(
+    writer: &Writer,
+    r: &Retrieve,
+    status: u16,
+    counts: Counts,
+    failed: &[&str],
+) {
+    let rsp_field = r.request.field | 0x8000;
+    let mut rsp = Response::new(&r.request, rsp_field, status).with_counts(counts);
+    let mut data = None;
+    if !failed.is_empty() {
+        if let Some(ts) = TransferSyntaxRegistry.get(&r.transfer_syntax) {
+            let mut obj = InMemDicomObject::new_empty();
+            obj.put(DataElement::new(
+                tags::FAILED_SOP_INSTANCE_UID_LIST,
+                VR::UI,
+                PrimitiveValue::Strs(failed.iter().map(|s| s.to_string()).collect()),
+            ));
+            let mut bytes = Vec::new();
+            if obj.write_dataset_with_ts(&mut bytes, ts).is_ok() {
+                data = Some(DataSet::Bytes(bytes));
+                rsp = rsp.with_data_set();
+            }
+        }
+    }
+    if let Err(e) = writer.message(r.context, &rsp.encode(), data).await {
+        tracing::info!(error = %e, "final retrieve response not sent");
+    }
+}
+
+/// Send one instance as a C-STORE sub-operation and read its status.
+async fn sub_operation(store: &Store, loc: &InstanceLocation, target: &Target<'_>) -> Sub {
+    let contexts = match target {
+        Target::Requester { contexts, .. } => *contexts,
+        Target::Destination { peer, .. } => &peer.contexts,
+    };
+    let for_class = || {
+        contexts
+            .iter()
+            .filter(|c| c.abstract_syntax == loc.sop_class_uid)
+    };
+    let context = for_class()
+        .find(|c| c.transfer_syntax == loc.transfer_syntax)
+        .or_else(|| for_class().find(|c| can_transcode(&loc.transfer_syntax, &c.transfer_syntax)));
+    let Some(context) = context else {
+        tracing::info!(sop = %loc.sop_instance_uid, class = %loc.sop_class_uid,
+            ts = %loc.transfer_syntax, "no accepted presentation context for a sub-operation");
+        return Sub::Failed;
+    };
+    let data = match data_set(store, loc, &context.transfer_syntax).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(sop = %loc.sop_instance_uid, error = %e, "cannot read a stored instance");
+            return Sub::Failed;
+        }
+    };
+    let (writer, originator) = match target {
+        Target::Requester { writer, .. } => (*writer, None),
+        Target::Destination { peer, originator } => (&*peer.writer, Some(*originator)),
+    };
+    let id = writer.next_message_id();
+    let rq = command::store_request(id, &loc.sop_class_uid, &loc.sop_instance_uid, originator);
+    match writer.request(context.id, id, &rq, Some(data)).await {
+        Ok(rsp) if rsp.field == field::C_STORE_RSP => match rsp.status.unwrap_or(0xC000) {
+            0x0000 => Sub::Completed,
+            s if s & 0xF000 == 0xB000 => Sub::Warning,
+            s => {
+                tracing::info!(sop = %loc.sop_instance_uid, status = format!("{s:#06X}"), "sub-operation refused");
+                Sub::Failed
+            }
+        },
+        Ok(_) => Sub::Failed,
+        Err(e) => {
+            tracing::info!(sop = %loc.sop_instance_uid, error = %e, "sub-operation failed");
+            Sub::Failed
+        }
+    }
+}
+
+/// The data set of a stored instance in transfer syntax `ts`: streamed from the store when
+/// that is how it is stored, transcoded in memory otherwise.
+async fn data_set(store: &Store, loc: &InstanceLocation, ts: &str) -> Result<DataSet, String> {
+    let key = ObjectKey::parse(&loc.object_key)
+        .ok_or_else(|| format!("malformed object key {}", loc.object_key))?;
+    if ts == loc.transfer_syntax {
+        let head_len = loc.size.min(64 * 1024);
+        let head = store
+            .read_range(&key, 0..head_len)
+            .await
+            .map_err(|e| e.to_string())?;
+        let layout = crate::ingest::frames::layout(&mut std::io::Cursor::new(&head[..]), head_len)
+            .map_err(|e| e.to_string())?;
+        let stream = store
+            .stream(&key, Some(layout.dataset_start..loc.size))
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|r| r.map_err(|e| e.to_string()))
+            .boxed();
+        return Ok(DataSet::Stream(stream));
+    }
+    let tmp = store.fetch_to_temp(&key).await.map_err(|e| e.to_string())?;
+    let to = ts.to_owned();
+    let part10 = tokio::task::spawn_blocking(move || transcode_file(tmp.path(), &to))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let layout =
+        crate::ingest::frames::layout(&mut std::io::Cursor::new(&part10[..]), part10.len() as u64)
+            .map_err(|e| e.to_string())?;
+    Ok(DataSet::Bytes(
+        part10[layout.dataset_start as usize..].to_vec(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(class: &str, ts: &str) -> InstanceLocation {
+        InstanceLocation {
+            study_uid: "1.2".into(),
+            series_uid: "1.2.3".into(),
+            sop_instance_uid: "1.2.3.4".into(),
+            sop_class_uid: class.into(),
+            transfer_syntax: ts.into(),
+            object_key: String::new(),
+            size: 0,
+            part10_prefix: 0,
+            sha256: String::new(),
+            number_of_frames: 1,
+            frame_table: None,
+        }
+    }
+
+    #[test]
+    fn proposals_offer_stored_and_uncompressed_syntaxes() {
+        let ct = "1.2.840.10008.5.1.4.1.1.2";
+        let p = proposals(&[
+            loc(ct, EXPLICIT_VR_LE),
+            loc(ct, "1.2.840.10008.1.2.4.90"),
+            loc(ct, "1.2.840.10008.1.2.4.90"),
+        ]);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].transfer_syntaxes, vec!["1.2.840.10008.1.2.4.90"]);
+        assert_eq!(p[1].transfer_syntaxes, vec![EXPLICIT_VR_LE, IMPLICIT_VR_LE]);
+    }
+}

@@ -1,0 +1,127 @@
+//! Associations this server opens itself: to C-MOVE destinations and, for storage
+//! commitment, back to a requester whose association has closed. The negotiation is
+//! dicom-ul's; afterwards the association runs on [`link`](super::link) like an accepted one,
+//! with a reader task that hands responses to the requests waiting for them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_ul::association::client::ClientAssociationOptions;
+use dicom_ul::pdu::{Pdu, PresentationContextResultReason};
+
+use super::link::{self, Assembler, Writer, MAX_PDU};
+use super::Context;
+use crate::config::Destination;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to propose: abstract syntax, transfer syntaxes, and whether we ask to be its SCP.
+pub struct Proposal {
+    pub abstract_syntax: String,
+    pub transfer_syntaxes: Vec<String>,
+}
+
+/// An association we requested.
+pub struct Peer {
+    pub writer: Arc<Writer>,
+    pub contexts: Vec<Context>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+/// Open an association to `dest`. `scp_roles` lists the SOP classes for which we ask to be
+/// the SCP (SCP/SCU role selection, PS3.7 D.3.3.4).
+pub async fn connect(
+    dest: &Destination,
+    calling_ae: &str,
+    proposals: &[Proposal],
+    scp_roles: &[&str],
+) -> Result<Peer, String> {
+    let mut options = ClientAssociationOptions::new()
+        .calling_ae_title(calling_ae.to_owned())
+        .called_ae_title(dest.ae.clone())
+        .max_pdu_length(MAX_PDU)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .read_timeout(CONNECT_TIMEOUT);
+    for p in proposals {
+        options = options
+            .with_presentation_context(p.abstract_syntax.clone(), p.transfer_syntaxes.clone());
+    }
+    for class in scp_roles {
+        options = options.with_role_selection(class.to_string(), false, true);
+    }
+    let address = (dest.host.as_str(), dest.port);
+    let mut association = tokio::time::timeout(CONNECT_TIMEOUT, options.establish_async(address))
+        .await
+        .map_err(|_| format!("no association with {} within {CONNECT_TIMEOUT:?}", dest.ae))?
+        .map_err(|e| {
+            format!(
+                "association with {} at {}:{} failed: {e}",
+                dest.ae, dest.host, dest.port
+            )
+        })?;
+    let contexts: Vec<Context> = association
+        .presentation_contexts()
+        .iter()
+        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .map(|pc| Context {
+            id: pc.id,
+            abstract_syntax: pc.abstract_syntax.clone(),
+            transfer_syntax: pc.transfer_syntax.clone(),
+            peer_is_scp: true,
+        })
+        .collect();
+    let peer_max = association.acceptor_max_pdu_length();
+    let _ = association.inner_stream().set_nodelay(true);
+    let (mut reader, writer) = link::split(association.inner_stream(), peer_max)
+        .map_err(|e| format!("cannot use the connection to {}: {e}", dest.ae))?;
+    drop(association);
+    let w = writer.clone();
+    let reader = tokio::spawn(async move {
+        let mut assembler = Assembler::default();
+        loop {
+            match reader.next().await {
+                Ok(Pdu::PData { data }) => {
+                    for pdv in data {
+                        if pdv.value_type != dicom_ul::pdu::PDataValueType::Command {
+                            continue;
+                        }
+                        if let Some(Ok(command)) =
+                            assembler.command_fragment(&pdv.data, pdv.is_last)
+                        {
+                            if !w.deliver(command) {
+                                tracing::debug!("unexpected message from a peer we called");
+                            }
+                        }
+                    }
+                }
+                Ok(Pdu::ReleaseRQ) => {
+                    let _ = w.control(&Pdu::ReleaseRP).await;
+                    break;
+                }
+                Ok(Pdu::ReleaseRP) | Ok(Pdu::AbortRQ { .. }) | Err(_) => break,
+                Ok(other) => {
+                    tracing::warn!(pdu = %other.short_description(), "unexpected PDU from a peer we called");
+                    break;
+                }
+            }
+        }
+        w.mark_closed();
+    });
+    Ok(Peer {
+        writer,
+        contexts,
+        reader,
+    })
+}
+
+impl Peer {
+    /// Release the association (and wait, briefly, for the peer's answer).
+    pub async fn release(self) {
+        if self.writer.is_open() && self.writer.control(&Pdu::ReleaseRQ).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), self.reader).await;
+        } else {
+            self.reader.abort();
+        }
+        self.writer.close().await;
+    }
+}
