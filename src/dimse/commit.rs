@@ -289,11 +289,10 @@ async fn send(writer: &Writer, context: u8, event: u16, data: Vec<u8>) -> bool {
         .request(context, id, &rq, Some(DataSet::Bytes(data)))
         .await
     {
+        Ok(rsp) if rsp.field == field::N_EVENT_REPORT_RSP && rsp.status == Some(0) => true,
         Ok(rsp) if rsp.field == field::N_EVENT_REPORT_RSP => {
-            if rsp.status != Some(0) {
-                tracing::warn!(status = ?rsp.status, "N-EVENT-REPORT answered with a failure");
-            }
-            true
+            tracing::info!(status = ?rsp.status, "N-EVENT-REPORT refused on this association");
+            false
         }
         Ok(_) => false,
         Err(e) => {

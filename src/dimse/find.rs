@@ -182,7 +182,14 @@ fn encode(
     ));
     for &(tag, vr) in keys {
         if vr == VR::SQ {
-            continue; // sequences are not returned yet
+            // Sequence return keys come back present and empty: the index keeps no
+            // sequence contents at these levels.
+            obj.put(DataElement::new(
+                tag,
+                VR::SQ,
+                dicom_core::value::DataSetSequence::<InMemDicomObject>::empty(),
+            ));
+            continue;
         }
         let value = match json_text(hit, tag, vr) {
             Some(t) if !t.is_empty() => primitive(vr, &t),

@@ -24,6 +24,21 @@ SAMPLES = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle_2frame.dc
 pytestmark = [m for m in [require_dcmtk()] if m]
 
 
+def test_echo_and_called_ae_check(pacs):
+    r = run("echoscu", "-aec", pacs.ae_title, "127.0.0.1", pacs.dimse_port)
+    assert r.returncode == 0, r.stderr
+    r = run("echoscu", "-aec", "NOT_US", "127.0.0.1", pacs.dimse_port)
+    assert r.returncode != 0 and "called ae title not recogni" in (r.stderr + r.stdout).lower()
+
+
+def test_calling_ae_allowlist(make_pacs):
+    pacs = make_pacs({"PACS_DIMSE__ALLOWED_CALLING_AES": '["MODALITY1"]'})
+    r = run("echoscu", "-aet", "INTRUDER", "-aec", pacs.ae_title, "127.0.0.1", pacs.dimse_port)
+    assert r.returncode != 0 and "calling ae title not recogni" in (r.stderr + r.stdout).lower()
+    r = run("echoscu", "-aet", "MODALITY1", "-aec", pacs.ae_title, "127.0.0.1", pacs.dimse_port)
+    assert r.returncode == 0, r.stderr
+
+
 def received_by_storescp(folder, out):
     """What storescu actually sends for these files: dcmtk's own storescp, bit-preserving."""
     port = free_port()

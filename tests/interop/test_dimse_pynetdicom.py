@@ -1,0 +1,341 @@
+"""DIMSE against pynetdicom (and raw PDUs where no library misbehaves on purpose): storage
+commitment on the same and on a new association, C-CANCEL of a C-MOVE, Latin-1 C-FIND,
+and bad peers (unparsable data set, command/data set UID mismatch, truncated data set,
+association aborted or cut mid-transfer): each gets the right status, nothing partial is
+kept and the server stays up."""
+
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+pynetdicom = pytest.importorskip("pynetdicom")
+from pynetdicom import AE, evt  # noqa: E402
+from pynetdicom import _config as pynetdicom_config  # noqa: E402
+from pynetdicom.sop_class import (  # noqa: E402
+    CTImageStorage,
+    StorageCommitmentPushModel,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from dicomgen import ct_series, to_bytes  # noqa: E402
+from dimsetools import StoreSCP, free_port, require_dcmtk  # noqa: E402
+
+COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+
+
+def associate(pacs, *contexts, ae_title="PYNETDICOM", handlers=None):
+    ae = AE(ae_title=ae_title)
+    for c in contexts:
+        if isinstance(c, tuple):
+            ae.add_requested_context(*c)
+        else:
+            ae.add_requested_context(c)
+    assoc = ae.associate("127.0.0.1", pacs.dimse_port, ae_title=pacs.ae_title, evt_handlers=handlers or [])
+    assert assoc.is_established
+    return assoc
+
+
+def alive(pacs):
+    assoc = associate(pacs, Verification)
+    status = assoc.send_c_echo()
+    assoc.release()
+    return status.Status == 0
+
+
+def commitment_request(refs):
+    ds = Dataset()
+    ds.TransactionUID = generate_uid()
+    ds.ReferencedSOPSequence = []
+    for cls, uid in refs:
+        item = Dataset()
+        item.ReferencedSOPClassUID = cls
+        item.ReferencedSOPInstanceUID = uid
+        ds.ReferencedSOPSequence.append(item)
+    return ds
+
+
+def wait_for(predicate, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def check_report(info, request, committed, failed):
+    assert info.TransactionUID == request.TransactionUID
+    got_ok = {str(i.ReferencedSOPInstanceUID) for i in info.get("ReferencedSOPSequence", [])}
+    got_failed = {str(i.ReferencedSOPInstanceUID): int(i.FailureReason) for i in info.get("FailedSOPSequence", [])}
+    assert got_ok == committed
+    assert got_failed == failed
+
+
+def test_storage_commitment_on_the_same_association(pacs):
+    series = ct_series(n=3)
+    store = associate(pacs, CTImageStorage)
+    for ds in series:
+        assert store.send_c_store(ds).Status == 0
+    store.release()
+
+    reports = []
+
+    def on_report(event):
+        reports.append((event.event_type, event.event_information))
+        return 0x0000, None
+
+    assoc = associate(pacs, StorageCommitmentPushModel, handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    missing = generate_uid()
+    request = commitment_request([(CTImageStorage, ds.SOPInstanceUID) for ds in series] + [(CTImageStorage, missing)])
+    status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, COMMITMENT_INSTANCE)
+    assert status.Status == 0
+    assert wait_for(lambda: reports), "no N-EVENT-REPORT on the association"
+    assoc.release()
+    event_type, info = reports[0]
+    assert event_type == 2  # some failed
+    check_report(info, request, {str(d.SOPInstanceUID) for d in series}, {missing: 0x0112})
+
+    # A wrong SOP class for a stored instance: class/instance conflict; all good: event type 1.
+    reports.clear()
+    assoc = associate(pacs, StorageCommitmentPushModel, handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    request = commitment_request([(CTImageStorage, series[0].SOPInstanceUID)])
+    status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, COMMITMENT_INSTANCE)
+    assert status.Status == 0 and wait_for(lambda: reports)
+    assert reports[0][0] == 1
+    reports.clear()
+    request = commitment_request([("1.2.840.10008.5.1.4.1.1.4", series[0].SOPInstanceUID)])
+    status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, COMMITMENT_INSTANCE)
+    assert status.Status == 0 and wait_for(lambda: reports)
+    check_report(reports[0][1], request, set(), {str(series[0].SOPInstanceUID): 0x0119})
+    # A bad request: no such action.
+    status, _ = assoc.send_n_action(request, 7, StorageCommitmentPushModel, COMMITMENT_INSTANCE)
+    assert status.Status == 0x0123
+    assoc.release()
+
+
+def test_storage_commitment_detects_a_damaged_object(pacs):
+    if pacs.backend.name != "sqlite-fs":
+        pytest.skip("damages a file in the filesystem store")
+    [ds] = ct_series(n=1)
+    store = associate(pacs, CTImageStorage)
+    assert store.send_c_store(ds).Status == 0
+    store.release()
+    path = pacs.objects_dir() / next(iter(pacs.object_files())).relative_to(pacs.objects_dir())
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.chmod(0o644)
+    path.write_bytes(bytes(raw))
+    reports = []
+    assoc = associate(pacs, StorageCommitmentPushModel,
+                      handlers=[(evt.EVT_N_EVENT_REPORT, lambda e: (reports.append(e.event_information), (0, None))[1])])
+    request = commitment_request([(CTImageStorage, ds.SOPInstanceUID)])
+    status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, COMMITMENT_INSTANCE)
+    assert status.Status == 0 and wait_for(lambda: reports)
+    assoc.release()
+    check_report(reports[0], request, set(), {str(ds.SOPInstanceUID): 0x0110})
+
+
+def test_storage_commitment_report_on_a_new_association(make_pacs):
+    # The requester listens as "COMMITSCU"; the server calls it back after the release.
+    port = free_port()
+    reports = []
+    listener_ae = AE(ae_title="COMMITSCU")
+    listener_ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    server = listener_ae.start_server(
+        ("127.0.0.1", port), block=False,
+        evt_handlers=[(evt.EVT_N_EVENT_REPORT,
+                       lambda e: (reports.append((e.event_type, e.event_information)), (0, None))[1])])
+    try:
+        pacs = make_pacs({"PACS_DIMSE__DESTINATIONS": f'[{{ae="COMMITSCU",host="127.0.0.1",port={port}}}]'})
+        series = ct_series(n=2)
+        store = associate(pacs, CTImageStorage, ae_title="COMMITSCU")
+        for ds in series:
+            assert store.send_c_store(ds).Status == 0
+        store.release()
+        # No N-EVENT-REPORT handler on this association: a report offered on it is refused,
+        # and the server calls back; so is one that arrives after the release.
+        assoc = associate(pacs, StorageCommitmentPushModel, ae_title="COMMITSCU")
+        request = commitment_request([(CTImageStorage, ds.SOPInstanceUID) for ds in series])
+        status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, COMMITMENT_INSTANCE)
+        assert status.Status == 0
+        assoc.release()
+        assert wait_for(lambda: reports), pacs.server_log()[-3000:]
+        event_type, info = reports[0]
+        assert event_type == 1
+        check_report(info, request, {str(d.SOPInstanceUID) for d in series}, {})
+    finally:
+        server.shutdown()
+
+
+def test_cmove_can_be_cancelled(make_pacs, tmp_path):
+    if require_dcmtk():
+        pytest.skip("dcmtk is not installed")
+    scp = StoreSCP(tmp_path / "received")
+    try:
+        pacs = make_pacs({"PACS_DIMSE__DESTINATIONS": scp.destination()})
+        from dicomweb_client.api import DICOMwebClient
+        series = ct_series(n=150, size=16)
+        DICOMwebClient(pacs.dicomweb).store_instances(series)
+        assoc = associate(pacs, StudyRootQueryRetrieveInformationModelMove)
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = series[0].StudyInstanceUID
+        statuses = []
+        for status, _ in assoc.send_c_move(query, scp.ae, StudyRootQueryRetrieveInformationModelMove, msg_id=5):
+            statuses.append(status)
+            if len(statuses) == 3:
+                assoc.send_c_cancel(5, query_model=StudyRootQueryRetrieveInformationModelMove)
+        assoc.release()
+        final = statuses[-1]
+        assert final.Status == 0xFE00, [hex(s.Status) for s in statuses[-3:]]
+        assert 3 <= final.NumberOfCompletedSuboperations < 150
+        assert final.NumberOfRemainingSuboperations == 150 - final.NumberOfCompletedSuboperations
+    finally:
+        scp.stop()
+
+
+def test_cfind_with_a_latin1_identifier_and_sequence_keys(pacs):
+    from dicomweb_client.api import DICOMwebClient
+    a = ct_series(n=1, patient_name="Müller^Jürgen", patient_id="LAT1")
+    b = ct_series(n=1, patient_name="Muster^Max", patient_id="LAT2")
+    DICOMwebClient(pacs.dicomweb).store_instances(a + b)
+    assoc = associate(pacs, StudyRootQueryRetrieveInformationModelFind)
+    query = Dataset()
+    query.SpecificCharacterSet = "ISO_IR 100"
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientName = "Müller*"
+    query.PatientID = ""
+    query.StudyInstanceUID = ""
+    query.ProcedureCodeSequence = []
+    answers = [ident for status, ident in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+               if status.Status == 0xFF00]
+    assoc.release()
+    assert len(answers) == 1
+    assert answers[0].PatientID == "LAT1"
+    assert str(answers[0].PatientName) == "Müller^Jürgen"
+    assert "ProcedureCodeSequence" in answers[0] and len(answers[0].ProcedureCodeSequence) == 0
+
+
+@pytest.fixture
+def chunked_files():
+    """pynetdicom sends a file's data set bytes as they are (no re-encoding)."""
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    yield
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = False
+
+
+def part10(meta_instance: str, body: bytes) -> bytes:
+    """A Part-10 file: a meta group naming `meta_instance`, then `body` as the data set."""
+    meta = Dataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = meta_instance
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset(meta)
+    import io
+    buf = io.BytesIO()
+    pydicom.filewriter.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue() + body
+
+
+def test_bad_data_sets_get_statuses_and_store_nothing(pacs, tmp_path, chunked_files):
+    [good] = ct_series(n=1)
+    good_raw = to_bytes(good)
+    meta_end = 132 + 12 + struct.unpack("<I", good_raw[140:144])[0]
+    body = good_raw[meta_end:]
+    cases = {
+        # Not DICOM at all after the meta group.
+        "garbage": (str(good.SOPInstanceUID), b"\xff\xfe\x00\x01garbage that is not a data set" * 10, 0xC000),
+        # The command names another SOP instance than the data set.
+        "mismatch": (generate_uid(), body, 0xA900),
+        # Cut off in the middle of the pixel data.
+        "truncated": (str(good.SOPInstanceUID), body[: len(body) // 2], 0xC000),
+    }
+    assoc = associate(pacs, (CTImageStorage, ExplicitVRLittleEndian))
+    for name, (instance, data, expected) in cases.items():
+        path = tmp_path / f"{name}.dcm"
+        path.write_bytes(part10(instance, data))
+        status = assoc.send_c_store(path)
+        assert status.Status == expected, (name, hex(status.Status))
+    assoc.release()
+    assert pacs.count("instances") == 0
+    assert pacs.spool_files() == []
+    assert alive(pacs)
+
+
+def raw_associate(port, called, calling="RAWPEER"):
+    """Open an association by hand (CT Image Storage, Explicit VR Little Endian)."""
+    def item(kind, body):
+        return struct.pack(">BBH", kind, 0, len(body)) + body
+
+    def uid(u):
+        return u.encode() + (b"\0" if len(u) % 2 else b"")
+
+    pc = item(0x20, struct.pack(">BBBB", 1, 0, 0, 0) + item(0x30, uid(CTImageStorage))
+              + item(0x40, uid(ExplicitVRLittleEndian)))
+    user = item(0x50, item(0x51, struct.pack(">I", 16384)))
+    body = (struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode() + bytes(32)
+            + item(0x10, b"1.2.840.10008.3.1.1.1") + pc + user)
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(struct.pack(">BBI", 0x01, 0, len(body)) + body)
+    head = s.recv(6)
+    assert head[0] == 0x02, f"association not accepted: {head!r}"
+    length = struct.unpack(">I", head[2:6])[0]
+    while length:
+        length -= len(s.recv(length))
+    return s
+
+
+def pdata(context, command, last, data):
+    pdv = struct.pack(">IBB", len(data) + 2, context, (1 if command else 0) | (2 if last else 0)) + data
+    return struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
+
+
+def store_command(sop_instance):
+    from pydicom.filewriter import write_dataset
+    from pydicom.filebase import DicomBytesIO
+    cmd = Dataset()
+    cmd.AffectedSOPClassUID = CTImageStorage
+    cmd.CommandField = 0x0001
+    cmd.MessageID = 1
+    cmd.Priority = 0
+    cmd.CommandDataSetType = 0x0000
+    cmd.AffectedSOPInstanceUID = sop_instance
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, True
+    write_dataset(buf, cmd)
+    body = buf.getvalue()
+    return struct.pack("<HHII", 0, 0, 4, len(body)) + body  # (0000,0000) UL group length, implicit VR
+
+
+@pytest.mark.parametrize("how", ["a-abort", "connection-reset"])
+def test_association_cut_mid_transfer_leaves_nothing(pacs, how):
+    [ds] = ct_series(n=1, size=256)
+    raw = to_bytes(ds)
+    body = raw[132 + 12 + struct.unpack("<I", raw[140:144])[0]:]
+    s = raw_associate(pacs.dimse_port, pacs.ae_title)
+    s.sendall(pdata(1, True, True, store_command(str(ds.SOPInstanceUID))))
+    for i in range(0, len(body) // 2, 8000):
+        s.sendall(pdata(1, False, False, body[i:i + 8000]))
+    if how == "a-abort":
+        s.sendall(struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, 0, 0))
+    else:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    assert wait_for(lambda: pacs.spool_files() == [], timeout=5)
+    assert pacs.count("instances") == 0
+    assert alive(pacs)
+    # The same instance sent properly afterwards is stored.
+    assoc = associate(pacs, CTImageStorage)
+    assert assoc.send_c_store(ds).Status == 0
+    assoc.release()
+    assert pacs.count("instances") == 1
