@@ -659,6 +659,68 @@ async fn find_replies(
 mod tests {
     use super::*;
 
+    /// The generated appendix of the conformance statement: every storage SOP class and
+    /// transfer syntax accepted, as the code lists them.
+    fn conformance_appendix() -> String {
+        use dicom_core::dictionary::UidDictionary;
+        let mut out = String::from(
+            "# DIMSE: SOP classes and transfer syntaxes accepted\n\n\
+             Generated from the code by `cargo test` (`PACS_UPDATE_CONFORMANCE=1` rewrites it;\n\
+             the test fails when it differs). See `dimse.md`.\n\n\
+             ## Service SOP classes (SCP role)\n\n| UID | Name |\n| --- | --- |\n",
+        );
+        let name = |uid: &str| {
+            dicom_dictionary_std::StandardSopClassDictionary
+                .by_uid(uid)
+                .map(|e| e.name.to_owned())
+                .unwrap_or_default()
+        };
+        for uid in SERVICE_CLASSES {
+            out.push_str(&format!("| {uid} | {} |\n", name(uid)));
+        }
+        out.push_str(&format!(
+            "\n## Storage SOP classes ({}; SCP role, and SCU role for C-MOVE and C-GET)\n\n| UID | Name |\n| --- | --- |\n",
+            storage_sop_classes().len()
+        ));
+        for uid in storage_sop_classes() {
+            out.push_str(&format!("| {uid} | {} |\n", name(uid)));
+        }
+        out.push_str("\n## Transfer syntaxes\n\n| UID | Name |\n| --- | --- |\n");
+        let mut syntaxes: Vec<_> = TransferSyntaxRegistry
+            .iter()
+            .filter(|ts| !ts.is_unsupported())
+            .map(|ts| (ts.uid().to_owned(), ts.name().to_owned()))
+            .collect();
+        syntaxes.sort();
+        for (uid, name) in syntaxes {
+            out.push_str(&format!("| {uid} | {name} |\n"));
+        }
+        out
+    }
+
+    #[test]
+    fn conformance_statement_matches_the_code() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/conformance/dimse-sop-classes.md"
+        );
+        let generated = conformance_appendix();
+        if std::env::var_os("PACS_UPDATE_CONFORMANCE").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let written = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            written == generated,
+            "conformance/dimse-sop-classes.md is out of date: run PACS_UPDATE_CONFORMANCE=1 cargo test"
+        );
+        let statement =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conformance/dimse.md"))
+                .unwrap();
+        for uid in SERVICE_CLASSES {
+            assert!(statement.contains(uid), "dimse.md does not mention {uid}");
+        }
+    }
+
     #[test]
     fn storage_classes_come_from_the_dictionary() {
         let list = storage_sop_classes();
