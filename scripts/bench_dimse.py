@@ -5,7 +5,7 @@ and 512x512 CT over 1 and 4 associations, against pacs-lite and, when installed,
 including association set-up (each a new echoscu/findscu process, whose start-up is part of
 the figure: compare C-FIND with C-ECHO). Prints a table; asserts nothing.
 
-Usage: scripts/bench_dimse.py [--quick] [--no-orthanc]
+Usage: scripts/bench_dimse.py [--quick] [--no-orthanc] [--find-only]
 """
 
 import argparse
@@ -21,11 +21,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_read  # noqa: E402
 import bench_stow as stow  # noqa: E402
+import dimse_raw  # noqa: E402
 
 # dcmtk (storescu, echoscu, and Orthanc's network layer) reads TCP_NODELAY from the
 # environment; without it Nagle's algorithm adds ~40 ms per small message.
 os.environ["TCP_NODELAY"] = "1"
 ENV = dict(os.environ)
+
+
+def dcmtk(tool):
+    """dcmtk's own tool: pip's pynetdicom installs Python apps of the same names."""
+    return f"/usr/bin/{tool}" if Path(f"/usr/bin/{tool}").exists() else shutil.which(tool)
 
 
 class Pacs(stow.Server):
@@ -59,7 +65,7 @@ def make_folders(size, count, parts, run):
 
 def store(server, folders):
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(["storescu", "-aec", server.aet, "+sd", "127.0.0.1", str(server.dicom_port), str(d)],
+    procs = [subprocess.Popen([dcmtk("storescu"), "-aec", server.aet, "+sd", "127.0.0.1", str(server.dicom_port), str(d)],
                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for d in folders]
     errors = [p.communicate()[1] for p in procs]
     elapsed = time.perf_counter() - t0
@@ -71,7 +77,7 @@ def echo(server, n):
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
-        subprocess.run(["echoscu", "-aec", server.aet, "127.0.0.1", str(server.dicom_port)], env=ENV, check=True)
+        subprocess.run([dcmtk("echoscu"), "-aec", server.aet, "127.0.0.1", str(server.dicom_port)], env=ENV, check=True)
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2] * 1000
@@ -82,18 +88,39 @@ def cfind(server, n, out):
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
-        subprocess.run(["findscu", "-q", "-S", "-aec", server.aet, "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID=BENCH",
+        r = subprocess.run([dcmtk("findscu"), "-v", "-S", "-aec", server.aet, "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID=BENCH",
                         "-k", "StudyDate=20230101-20241231", "-k", "StudyInstanceUID", "-k", "PatientName",
-                        "127.0.0.1", str(server.dicom_port)], env=ENV, check=True, capture_output=True)
+                        "127.0.0.1", str(server.dicom_port)], env=ENV, check=True, capture_output=True, text=True)
         times.append(time.perf_counter() - t0)
+        answers = (r.stdout + r.stderr).count("Find Response")
+        assert answers == 301, f"{answers - 1} matches from findscu (Orthanc: is C-FIND allowed?)"
     times.sort()
     return times[len(times) // 2] * 1000
+
+
+def raw_round_trips(server, n, query):
+    """Association + C-FIND (or C-ECHO) + release from an in-process client: no process start-up."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        if query is None:
+            a = dimse_raw.Association("127.0.0.1", server.dicom_port, server.aet, dimse_raw.VERIFICATION)
+            assert a.echo() == 0
+        else:
+            a = dimse_raw.Association("127.0.0.1", server.dicom_port, server.aet, dimse_raw.STUDY_ROOT_FIND)
+            status, matches = a.find(query)
+            assert status == 0 and matches == 300, (status, matches)
+        a.release()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-orthanc", action="store_true")
+    ap.add_argument("--find-only", action="store_true", help="only the C-ECHO and C-FIND latencies")
     args = ap.parse_args()
     scale = 0.25 if args.quick else 1.0
     cases = [("64x64 CT, 1 association", 64, 2000, 1), ("64x64 CT, 4 associations", 64, 4000, 4),
@@ -102,7 +129,7 @@ def main():
     if not args.no_orthanc and shutil.which("Orthanc"):
         servers.append(("Orthanc", Orthanc))
     results = {}
-    for run, (label, size, count, parts) in enumerate(cases):
+    for run, (label, size, count, parts) in enumerate([] if args.find_only else cases):
         folders, total = make_folders(size, int(count * scale) // parts * parts, parts, 600 + run)
         n = int(count * scale) // parts * parts
         for name, make in servers:
@@ -122,6 +149,19 @@ def main():
             server.root = "/dicom-web"
             bench_read.load(server, studies)
             results.setdefault("C-FIND, 300 studies (ms, p50)", {})[name] = (cfind(server, 20, None), None, 0)
+            from pydicom.dataset import Dataset
+            q = Dataset()
+            q.QueryRetrieveLevel = "STUDY"
+            q.PatientID = "BENCH"
+            q.StudyDate = "20230101-20241231"
+            q.StudyInstanceUID = ""
+            q.PatientName = ""
+            p50, p99 = raw_round_trips(server, 50, None)
+            results.setdefault("C-ECHO, in-process client (ms, p50)", {})[name] = (p50, None, 0)
+            results.setdefault("C-ECHO, in-process client (ms, p99)", {})[name] = (p99, None, 0)
+            p50, p99 = raw_round_trips(server, 50, q)
+            results.setdefault("C-FIND, in-process client (ms, p50)", {})[name] = (p50, None, 0)
+            results.setdefault("C-FIND, in-process client (ms, p99)", {})[name] = (p99, None, 0)
         finally:
             server.stop()
     names = [n for n, _ in servers]

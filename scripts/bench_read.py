@@ -48,13 +48,15 @@ class Orthanc:
         cfg = {
             "Name": "bench", "StorageDirectory": str(self.dir / "db"), "IndexDirectory": str(self.dir / "db"),
             "HttpPort": self.port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "Plugins": [ORTHANC_PLUGIN], "HttpServerEnabled": True,
+            "AuthenticationEnabled": False,
+            # Answer C-FIND from any AE (by default only configured modalities may query).
+            "DicomAlwaysAllowFind": True, "DicomAlwaysAllowEcho": True, "Plugins": [ORTHANC_PLUGIN], "HttpServerEnabled": True,
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "StudiesMetadata": "Full",
                          "SeriesMetadata": "Full"},
         }
         (self.dir / "config.json").write_text(json.dumps(cfg))
         self.proc = subprocess.Popen(["Orthanc", str(self.dir / "config.json")], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=open(self.dir / "log.txt", "wb"))
         self.host, self.root = "127.0.0.1", "/dicom-web"
         deadline = time.time() + 30
         while time.time() < deadline:

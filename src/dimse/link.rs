@@ -125,6 +125,20 @@ fn pdata_header(context: u8, command: bool, last: bool, len: usize) -> [u8; 12] 
     h
 }
 
+/// Append `data` as P-DATA PDUs of one value each, at most `max` bytes per value (an empty
+/// `data` is one empty last value).
+fn push_values(out: &mut Vec<u8>, context: u8, command: bool, data: &[u8], max: usize) {
+    if data.is_empty() {
+        out.extend_from_slice(&pdata_header(context, command, true, 0));
+        return;
+    }
+    let n = data.len().div_ceil(max);
+    for (i, chunk) in data.chunks(max).enumerate() {
+        out.extend_from_slice(&pdata_header(context, command, i + 1 == n, chunk.len()));
+        out.extend_from_slice(chunk);
+    }
+}
+
 async fn write_value(
     w: &mut OwnedWriteHalf,
     context: u8,
@@ -183,48 +197,44 @@ impl Writer {
         data: Option<DataSet>,
     ) -> Result<(), LinkError> {
         let max = self.max_fragment;
-        let chunks: Vec<&[u8]> = command.chunks(max).collect();
-        let n = chunks.len();
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            write_value(w, context, true, i + 1 == n, chunk).await?;
-        }
-        match data {
-            None => {}
+        // The command and an in-memory data set go out in one write: one PDU per
+        // fragment, all in one buffer.
+        let mut out = Vec::new();
+        push_values(&mut out, context, true, command, max);
+        let stream = match data {
+            None => None,
             Some(DataSet::Bytes(bytes)) => {
-                if bytes.is_empty() {
-                    write_value(w, context, false, true, &[]).await?;
-                }
-                let chunks: Vec<&[u8]> = bytes.chunks(max).collect();
-                let n = chunks.len();
-                for (i, chunk) in chunks.into_iter().enumerate() {
-                    write_value(w, context, false, i + 1 == n, chunk).await?;
+                push_values(&mut out, context, false, &bytes, max);
+                None
+            }
+            Some(DataSet::Stream(stream)) => Some(stream),
+        };
+        w.write_all(&out).await?;
+        let Some(mut stream) = stream else {
+            return Ok(());
+        };
+        // Keep at least one byte back, so the last fragment is never empty.
+        let mut buf = BytesMut::new();
+        let mut failed = None;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => buf.extend_from_slice(&c),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
                 }
             }
-            Some(DataSet::Stream(mut stream)) => {
-                // Keep at least one byte back, so the last fragment is never empty.
-                let mut buf = BytesMut::new();
-                let mut failed = None;
-                while let Some(chunk) = stream.next().await {
-                    match chunk {
-                        Ok(c) => buf.extend_from_slice(&c),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                    while buf.len() > max {
-                        let fragment = buf.split_to(max);
-                        write_value(w, context, false, false, &fragment).await?;
-                    }
-                }
-                if let Some(e) = failed {
-                    // The message cannot be completed: the association is unusable.
-                    self.open.store(false, Ordering::Release);
-                    return Err(LinkError::Source(e));
-                }
-                write_value(w, context, false, true, &buf).await?;
+            while buf.len() > max {
+                let fragment = buf.split_to(max);
+                write_value(w, context, false, false, &fragment).await?;
             }
         }
+        if let Some(e) = failed {
+            // The message cannot be completed: the association is unusable.
+            self.open.store(false, Ordering::Release);
+            return Err(LinkError::Source(e));
+        }
+        write_value(w, context, false, true, &buf).await?;
         Ok(())
     }
 
@@ -329,5 +339,17 @@ mod tests {
         assert_eq!(u32::from_be_bytes(h[6..10].try_into().unwrap()), 12);
         assert_eq!((h[10], h[11]), (3, 3));
         assert_eq!(pdata_header(5, false, false, 0)[11], 0);
+    }
+
+    #[test]
+    fn values_are_split_at_the_maximum() {
+        let mut out = Vec::new();
+        push_values(&mut out, 1, false, &[7u8; 10], 4);
+        // 4 + 4 + 2 bytes: three PDUs, only the last flagged last.
+        assert_eq!(out.len(), 3 * 12 + 10);
+        assert_eq!((out[11], out[16 + 11], out[32 + 11]), (0, 0, 2));
+        let mut empty = Vec::new();
+        push_values(&mut empty, 1, true, &[], 4);
+        assert_eq!(empty, pdata_header(1, true, true, 0).to_vec());
     }
 }

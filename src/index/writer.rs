@@ -66,6 +66,15 @@ async fn write_batch(
     records: &[&InstanceRecord],
 ) -> Result<Vec<InsertOutcome>, IndexError> {
     let mut tx = pool.begin().await?;
+    if let [record] = records {
+        // One row: the transaction itself is the unit to keep or undo.
+        let outcome = write_one(&mut tx, backend, record).await?;
+        match outcome {
+            InsertOutcome::Inserted => tx.commit().await?,
+            InsertOutcome::Existing(_) => tx.rollback().await?,
+        }
+        return Ok(vec![outcome]);
+    }
     let mut outcomes = Vec::with_capacity(records.len());
     for record in records {
         let mut sp = sqlx::Acquire::begin(&mut tx).await?;
@@ -80,27 +89,23 @@ async fn write_batch(
     Ok(outcomes)
 }
 
+/// Write one instance with its study and series. When the SOP Instance UID is already
+/// stored the caller undoes everything this did (savepoint or transaction rollback), so the
+/// counters and any study or series row created on the way are not kept.
 async fn write_one(
     tx: &mut Transaction<'_, Any>,
     backend: Backend,
     r: &InstanceRecord,
 ) -> Result<InsertOutcome, IndexError> {
-    if let Some(existing) = existing(tx, &r.sop_instance_uid).await? {
-        return Ok(InsertOutcome::Existing(existing));
-    }
     let study = upsert_study(tx, backend, &r.study, r.stored_at).await?;
     let (series_pk, new_series) = upsert_series(tx, study.pk, &r.series, r.stored_at).await?;
     if !insert_instance(tx, study.pk, series_pk, r).await? {
-        // Another process committed this SOP Instance UID since our check.
+        // Stored before (by us or another process).
         let existing = existing(tx, &r.sop_instance_uid).await?;
         return existing
             .map(InsertOutcome::Existing)
             .ok_or_else(|| IndexError::Db(sqlx::Error::RowNotFound));
     }
-    sqlx::query("UPDATE series SET num_instances = num_instances + 1 WHERE id = $1")
-        .bind(series_pk)
-        .execute(&mut **tx)
-        .await?;
     sqlx::query(
         "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
          modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1",
@@ -122,19 +127,22 @@ struct StudyRow {
     sop_classes: String,
 }
 
+/// Insert or find the study row in one statement; on PostgreSQL the (no-op) update locks
+/// the row, so concurrent processes update its counters one after the other.
 async fn upsert_study(
     tx: &mut Transaction<'_, Any>,
-    backend: Backend,
+    _backend: Backend,
     st: &StudyRecord,
     now: i64,
 ) -> Result<StudyRow, IndexError> {
-    sqlx::query(
+    let row = sqlx::query(
         "INSERT INTO studies (study_uid, patient_name, patient_name_key, patient_id, \
          patient_birth_date, patient_sex, study_date, study_time, accession_number, study_id, \
          study_description, referring_physician_name, referring_physician_key, attrs_json, \
          created_at, updated_at) \
          VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$15) \
-         ON CONFLICT (study_uid) DO NOTHING",
+         ON CONFLICT (study_uid) DO UPDATE SET updated_at = studies.updated_at \
+         RETURNING id, modalities, sop_classes",
     )
     .bind(&st.study_uid)
     .bind(&st.patient_name)
@@ -151,17 +159,6 @@ async fn upsert_study(
     .bind(&st.referring_physician_key)
     .bind(&st.attrs_json)
     .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    let lock = if backend == Backend::Postgres {
-        " FOR UPDATE"
-    } else {
-        ""
-    };
-    let row = sqlx::query(&format!(
-        "SELECT id, modalities, sop_classes FROM studies WHERE study_uid = $1{lock}"
-    ))
-    .bind(&st.study_uid)
     .fetch_one(&mut **tx)
     .await?;
     Ok(StudyRow {
@@ -171,17 +168,20 @@ async fn upsert_study(
     })
 }
 
-/// The series' primary key, and whether this instance created it.
+/// The series' primary key, and whether this instance created it: the row is inserted with
+/// one instance or its count incremented, in one statement.
 async fn upsert_series(
     tx: &mut Transaction<'_, Any>,
     study_pk: i64,
     se: &SeriesRecord,
     now: i64,
 ) -> Result<(i64, bool), IndexError> {
-    let created = sqlx::query(
+    let row = sqlx::query(
         "INSERT INTO series (series_uid, study_pk, modality, series_number, series_description, \
-         body_part_examined, performed_start_date, performed_start_time, attrs_json, created_at) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (series_uid) DO NOTHING RETURNING id",
+         body_part_examined, performed_start_date, performed_start_time, attrs_json, created_at, \
+         num_instances) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,1) ON CONFLICT (series_uid) \
+         DO UPDATE SET num_instances = series.num_instances + 1 RETURNING id, num_instances",
     )
     .bind(&se.series_uid)
     .bind(study_pk)
@@ -193,16 +193,10 @@ async fn upsert_series(
     .bind(&se.performed_start_time)
     .bind(&se.attrs_json)
     .bind(now)
-    .fetch_optional(&mut **tx)
+    .fetch_one(&mut **tx)
     .await?;
-    if let Some(row) = created {
-        return Ok((row.try_get(0)?, true));
-    }
-    let row = sqlx::query("SELECT id FROM series WHERE series_uid = $1")
-        .bind(&se.series_uid)
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok((row.try_get(0)?, false))
+    let count: i64 = row.try_get(1)?;
+    Ok((row.try_get(0)?, count == 1))
 }
 
 /// Insert the instance row; false when the SOP Instance UID is already there.

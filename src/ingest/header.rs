@@ -113,7 +113,8 @@ fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
 }
 
 pub fn parse(path: &Path, len: u64) -> Result<Parsed, Rejection> {
-    let mut reader = BufReader::with_capacity(16 * 1024, File::open(path).map_err(io_failure)?);
+    let mut reader = frames::SeekBuf::new(16 * 1024, File::open(path).map_err(io_failure)?)
+        .map_err(io_failure)?;
     let layout = frames::layout(&mut reader, len).map_err(walk_rejection)?;
     let (ts_uid, encoding) = transfer_syntax(&layout)?;
     let obj = open_header(path, &layout).map_err(|e| {
