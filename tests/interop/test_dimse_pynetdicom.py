@@ -339,3 +339,18 @@ def test_association_cut_mid_transfer_leaves_nothing(pacs, how):
     assert assoc.send_c_store(ds).Status == 0
     assoc.release()
     assert pacs.count("instances") == 1
+
+
+def test_unsupported_sop_class_is_refused_per_context(pacs):
+    # Modality Worklist is not offered: that presentation context is refused (abstract syntax
+    # not supported) while the rest of the association works.
+    worklist = "1.2.840.10008.5.1.4.31"
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(worklist)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", pacs.dimse_port, ae_title=pacs.ae_title)
+    assert assoc.is_established
+    results = {str(cx.abstract_syntax): cx.result for cx in assoc.rejected_contexts + assoc.accepted_contexts}
+    assert results[worklist] == 0x03  # abstract syntax not supported
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
