@@ -6,9 +6,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -37,6 +37,8 @@ pub enum AppError {
          clients only; listen on 127.0.0.1 or ::1"
     )]
     RemoteWithoutAuth(SocketAddr),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::ConfigError),
     #[error("HTTP server: {0}")]
     Serve(std::io::Error),
 }
@@ -45,6 +47,7 @@ pub enum AppError {
 pub struct AppState {
     pub config: Config,
     pub ingest: Ingest,
+    pub auth: crate::auth::Auth,
 }
 
 /// The back ends every command needs: the object store, the index and ingest over them.
@@ -68,7 +71,8 @@ pub struct App {
 impl App {
     pub async fn build(config: Config) -> Result<App, AppError> {
         let addr = config.http.listen;
-        if !addr.ip().is_loopback() {
+        let auth = crate::auth::Auth::from_config(&config.auth).await?;
+        if !addr.ip().is_loopback() && !auth.is_enabled() {
             return Err(AppError::RemoteWithoutAuth(addr));
         }
         let ingest = open_backends(&config).await?;
@@ -86,14 +90,27 @@ impl App {
             }
             false => None,
         };
-        tracing::info!(
-            http = %http.local_addr().map_err(AppError::Serve)?,
-            index = ?ingest.index().backend(),
-            store = ingest.store().describe(),
-            "pacs-lite ready; no credentials are configured, so only loopback clients are served"
-        );
+        if auth.is_enabled() {
+            tracing::info!(
+                http = %http.local_addr().map_err(AppError::Serve)?,
+                index = ?ingest.index().backend(),
+                store = ingest.store().describe(),
+                "pacs-lite ready; every request authenticates"
+            );
+        } else {
+            tracing::info!(
+                http = %http.local_addr().map_err(AppError::Serve)?,
+                index = ?ingest.index().backend(),
+                store = ingest.store().describe(),
+                "pacs-lite ready; no credentials are configured, so only loopback clients are served"
+            );
+        }
         Ok(App {
-            state: Arc::new(AppState { config, ingest }),
+            state: Arc::new(AppState {
+                config,
+                ingest,
+                auth,
+            }),
             http,
             dimse,
         })
@@ -162,9 +179,12 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .nest("/dicom-web", crate::dicomweb::router())
         .merge(crate::viewer::router(&state.config.viewer.dir))
-        .layer(middleware::from_fn(loopback_only))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::middleware::authorize,
+        ))
         .layer(cors(&state.config.http.cors_origins))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -196,23 +216,6 @@ fn cors(origins: &[String]) -> CorsLayer {
             .filter_map(|o| HeaderValue::from_str(o).ok())
             .collect();
         layer.allow_origin(AllowOrigin::list(list))
-    }
-}
-
-/// Without configured credentials only loopback clients are served.
-async fn loopback_only(
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if peer.ip().is_loopback() {
-        next.run(req).await
-    } else {
-        (
-            StatusCode::FORBIDDEN,
-            "authentication is not configured; only loopback clients are served\n",
-        )
-            .into_response()
     }
 }
 

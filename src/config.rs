@@ -24,7 +24,95 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub viewer: ViewerConfig,
     pub dimse: DimseConfig,
+    pub auth: AuthConfig,
+    pub uploads: UploadsConfig,
     pub log: LogConfig,
+}
+
+/// Who may call the HTTP API. With no API key and no JWT verifier configured, only
+/// loopback clients are served (and they may do everything).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Bearer API keys, stored as the SHA-256 (hex) of the key (`pacs-lite api-key` makes one).
+    pub api_keys: Vec<ApiKeyConfig>,
+    pub jwt: JwtConfig,
+    /// Keys for the tokens and signed URLs this server issues: the first signs, all verify
+    /// (rotate by putting a new key first). Without any, a random key is made at start-up:
+    /// issued URLs then die with the process and are not valid on other processes.
+    pub signing_keys: Vec<Secret>,
+    /// Lifetime of signed image URLs and of viewer (study-scoped) tokens, in seconds.
+    pub url_ttl_secs: u64,
+    pub viewer_token_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub name: String,
+    /// SHA-256 of the key, lower-case hex.
+    pub sha256: String,
+    pub role: crate::auth::Role,
+}
+
+/// Verifying JWTs issued by an identity provider.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// HS256 shared secret.
+    pub hs256_secret: Option<Secret>,
+    /// RS256 public keys as a JWKS document: a file, or a URL fetched at start-up.
+    pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    /// Required `iss` and `aud` values (checked when set).
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// The claim holding the role (a string or a list; the highest known role wins).
+    pub role_claim: String,
+}
+
+impl JwtConfig {
+    pub fn is_configured(&self) -> bool {
+        self.hs256_secret.is_some() || self.jwks_file.is_some() || self.jwks_url.is_some()
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            api_keys: Vec::new(),
+            jwt: JwtConfig {
+                role_claim: "role".into(),
+                ..Default::default()
+            },
+            signing_keys: Vec::new(),
+            url_ttl_secs: 3600,
+            viewer_token_ttl_secs: 3600,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether callers must present credentials.
+    pub fn is_enabled(&self) -> bool {
+        !self.api_keys.is_empty() || self.jwt.is_configured()
+    }
+}
+
+/// The offline upload API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadsConfig {
+    /// Pending uploads without progress for this long are removed, with their chunks.
+    pub expire_after_secs: u64,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        UploadsConfig {
+            expire_after_secs: 7 * 24 * 3600,
+        }
+    }
 }
 
 /// The DICOM upper-layer listener (C-ECHO, C-STORE).
@@ -190,6 +278,8 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             viewer: ViewerConfig::default(),
             dimse: DimseConfig::default(),
+            auth: AuthConfig::default(),
+            uploads: UploadsConfig::default(),
             log: LogConfig::default(),
         }
     }

@@ -14,6 +14,7 @@
 //! - [`import`], [`verify`]: the `import` and `verify` commands.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod dicomweb;
 pub mod dimse;

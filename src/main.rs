@@ -52,6 +52,16 @@ enum Command {
     },
     /// Create or upgrade the index schema, then exit.
     Migrate,
+    /// Make a new random API key and print it with the configuration entry that accepts
+    /// it (only the key's SHA-256 goes into the configuration).
+    ApiKey {
+        /// A name for the key (shown in logs and the audit trail).
+        #[arg(long, default_value = "client")]
+        name: String,
+        /// viewer, uploader or admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,6 +99,20 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 println!("pacs-lite DIMSE listening on {addr} as {}", app.ae_title());
             }
             app.run(shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ApiKey { name, role } => {
+            let Some(role) = pacs_lite::auth::Role::parse(&role) else {
+                eprintln!("pacs-lite: unknown role {role:?} (viewer, uploader or admin)");
+                return Ok(ExitCode::from(2));
+            };
+            let key = pacs_lite::auth::new_api_key();
+            println!("key: {key}");
+            println!(
+                "[[auth.api_keys]]\nname = {name:?}\nrole = \"{}\"\nsha256 = \"{}\"",
+                role.as_str(),
+                pacs_lite::auth::hash_api_key(&key)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {

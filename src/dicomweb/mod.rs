@@ -34,7 +34,7 @@ pub fn router() -> Router<Arc<AppState>> {
     const SERIES: &str = "/studies/{study}/series/{series}";
     const INSTANCE: &str = "/studies/{study}/series/{series}/instances/{sop}";
     const FRAMES: &str = "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}";
-    let search = |level| move |s, r, q, h| qido::search_at(level, s, r, q, h);
+    let search = |level| move |s, r, q, h, p| qido::search_at(level, s, r, q, h, p);
     let mut router = Router::new()
         .route("/studies", post(stow::store).get(search(Level::Study)))
         .route("/studies/", post(stow::store).get(search(Level::Study)))

@@ -16,9 +16,11 @@ use super::media::accepts_any;
 use super::resource::Resource;
 use super::{urls, ApiError};
 use crate::app::AppState;
+use crate::auth::Principal;
 use crate::index::query::{Hit, Query};
 use crate::model::query::{AttributeKey, Filter, Level, Matcher};
 use crate::model::Uid;
+use axum::Extension;
 
 /// Results returned when the request names no `limit`.
 const DEFAULT_LIMIT: usize = 1000;
@@ -32,8 +34,10 @@ pub async fn search_at(
     r: Resource,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
+    principal: Option<Extension<Principal>>,
 ) -> Result<Response, ApiError> {
-    search(app, headers, level, r.study, r.series, q).await
+    let scope = principal.and_then(|Extension(p)| p.study);
+    search(app, headers, level, r.study, r.series, q, scope).await
 }
 
 /// The query string, parsed.
@@ -134,6 +138,7 @@ async fn search(
     study_uid: Option<Uid>,
     series_uid: Option<Uid>,
     raw: Option<String>,
+    scope: Option<String>,
 ) -> Result<Response, ApiError> {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     if !accepts_any(accept, &["application/dicom+json", "application/json"]) {
@@ -141,7 +146,23 @@ async fn search(
             "search results are available as application/dicom+json".into(),
         ));
     }
-    let p = parse_params(raw.as_deref())?;
+    let mut p = parse_params(raw.as_deref())?;
+    // A study-scoped token sees its study only (the middleware already refused other
+    // studies named in the path).
+    let mut study_uid = study_uid;
+    if let Some(study) = scope {
+        if level == Level::Study {
+            p.filters.push(Filter {
+                key: AttributeKey {
+                    path: vec![dicom_dictionary_std::tags::STUDY_INSTANCE_UID],
+                    vr: dicom_core::VR::UI,
+                },
+                matcher: Matcher::Exact(study),
+            });
+        } else if study_uid.is_none() {
+            study_uid = Some(Uid::parse(&study).map_err(|e| ApiError::BadRequest(e.to_string()))?);
+        }
+    }
     let limit = p.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
     let query = Query {
         level,

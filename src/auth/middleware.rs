@@ -1,0 +1,176 @@
+//! The HTTP middleware: authenticate the caller, authorize the route, and put the
+//! [`Principal`] into the request for handlers that narrow what it sees.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::policy::{need, study_scope_allows, Need};
+use super::{AuthError, Principal, Role, Via};
+use crate::app::AppState;
+
+/// The cookie the viewer page sets, so that the viewer's own assets load with its token.
+pub const COOKIE: &str = "pacs_token";
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = Json(serde_json::json!({ "error": code, "message": message.into() }));
+    let mut rsp = (status, body).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        rsp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"pacs-lite\""),
+        );
+    }
+    rsp
+}
+
+/// The token a request carries: the Authorization header, or for reads a `token` query
+/// parameter (the viewer URL) or the viewer cookie.
+pub fn presented_token(headers: &HeaderMap, query: Option<&str>, read: bool) -> Option<String> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        return Some(
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .unwrap_or(v)
+                .trim()
+                .to_owned(),
+        );
+    }
+    if !read {
+        return None;
+    }
+    if let Some(q) = query {
+        if let Some((_, t)) = form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token") {
+            return Some(t.into_owned());
+        }
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn signed_ok(state: &AppState, path: &str, query: Option<&str>) -> Option<Result<(), AuthError>> {
+    let q = query?;
+    let params: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(q.as_bytes()).into_owned().collect();
+    let signature = params.get("signature")?;
+    Some(state.auth.verify_signed_path(
+        path,
+        params.get("expires").map(String::as_str).unwrap_or(""),
+        params.get("kid").map(String::as_str).unwrap_or(""),
+        signature,
+    ))
+}
+
+pub async fn authorize(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let required = need(&method, &path);
+    if required == Need::Public {
+        return next.run(req).await;
+    }
+    if let Need::SignedOr(_) = required {
+        match signed_ok(&state, &path, query.as_deref()) {
+            Some(Ok(())) => return next.run(req).await,
+            Some(Err(AuthError::Expired)) => {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "url_expired",
+                    "this signed URL has expired",
+                )
+            }
+            Some(Err(_)) => {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "bad_signature",
+                    "this URL's signature is not valid for it",
+                )
+            }
+            None => {}
+        }
+    }
+    let min = match required {
+        Need::Role(r) | Need::SignedOr(r) => r,
+        Need::Public => unreachable!(),
+    };
+    let read = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
+    let principal = if !state.auth.is_enabled() {
+        if !peer.ip().is_loopback() {
+            return error(
+                StatusCode::FORBIDDEN,
+                "loopback_only",
+                "authentication is not configured; only loopback clients are served",
+            );
+        }
+        Principal {
+            name: "local".into(),
+            role: Role::Admin,
+            study: None,
+            via: Via::Loopback,
+        }
+    } else {
+        let Some(token) = presented_token(req.headers(), query.as_deref(), read) else {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "a Bearer token is required",
+            );
+        };
+        match state.auth.authenticate(&token) {
+            Ok(p) => p,
+            Err(AuthError::Expired) => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "token_expired",
+                    "the token has expired",
+                )
+            }
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "authentication failed");
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    "the token is not valid",
+                );
+            }
+        }
+    };
+    if principal.role < min {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this needs the {} role", min.as_str()),
+        );
+    }
+    if let Some(study) = &principal.study {
+        if !study_scope_allows(&method, &path, study) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "out_of_scope",
+                "this token is limited to reading one study",
+            );
+        }
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
