@@ -178,6 +178,7 @@ impl App {
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .nest("/dicom-web", crate::dicomweb::router())
+        .nest("/api/v1/radiology", crate::radiology::router())
         .merge(crate::viewer::router(&state.config.viewer.dir))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))

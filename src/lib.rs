@@ -22,6 +22,7 @@ pub mod import;
 pub mod index;
 pub mod ingest;
 pub mod model;
+pub mod radiology;
 pub mod render;
 pub mod storage;
 pub mod verify;

@@ -31,26 +31,30 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 
 /// The token a request carries: the Authorization header, or for reads a `token` query
 /// parameter (the viewer URL) or the viewer cookie.
-pub fn presented_token(headers: &HeaderMap, query: Option<&str>, read: bool) -> Option<String> {
+pub fn presented_token(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    read: bool,
+) -> Option<(String, Source)> {
     if let Some(v) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
         let v = v.trim();
-        return Some(
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-                .unwrap_or(v)
-                .trim()
-                .to_owned(),
-        );
+        let token = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .unwrap_or(v)
+            .trim()
+            .to_owned();
+        return Some((token, Source::Header));
     }
     if !read {
         return None;
     }
     if let Some(q) = query {
         if let Some((_, t)) = form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token") {
-            return Some(t.into_owned());
+            return Some((t.into_owned(), Source::Query));
         }
     }
     headers
@@ -60,7 +64,15 @@ pub fn presented_token(headers: &HeaderMap, query: Option<&str>, read: bool) -> 
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
         .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_owned())
+        .map(|(_, v)| (v.to_owned(), Source::Cookie))
+}
+
+/// Where a token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Header,
+    Query,
+    Cookie,
 }
 
 fn signed_ok(state: &AppState, path: &str, query: Option<&str>) -> Option<Result<(), AuthError>> {
@@ -68,8 +80,21 @@ fn signed_ok(state: &AppState, path: &str, query: Option<&str>) -> Option<Result
     let params: std::collections::HashMap<String, String> =
         form_urlencoded::parse(q.as_bytes()).into_owned().collect();
     let signature = params.get("signature")?;
+    // The signature covers the path and every other parameter, in order.
+    let mut rest = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+        if !matches!(k.as_ref(), "expires" | "kid" | "signature") {
+            rest.append_pair(&k, &v);
+        }
+    }
+    let rest = rest.finish();
+    let target = if rest.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{rest}")
+    };
     Some(state.auth.verify_signed_path(
-        path,
+        &target,
         params.get("expires").map(String::as_str).unwrap_or(""),
         params.get("kid").map(String::as_str).unwrap_or(""),
         signature,
@@ -114,7 +139,7 @@ pub async fn authorize(
         Need::Public => unreachable!(),
     };
     let read = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
-    let principal = if !state.auth.is_enabled() {
+    let (principal, cookie) = if !state.auth.is_enabled() {
         if !peer.ip().is_loopback() {
             return error(
                 StatusCode::FORBIDDEN,
@@ -122,14 +147,15 @@ pub async fn authorize(
                 "authentication is not configured; only loopback clients are served",
             );
         }
-        Principal {
+        let local = Principal {
             name: "local".into(),
             role: Role::Admin,
             study: None,
             via: Via::Loopback,
-        }
+        };
+        (local, None)
     } else {
-        let Some(token) = presented_token(req.headers(), query.as_deref(), read) else {
+        let Some((token, source)) = presented_token(req.headers(), query.as_deref(), read) else {
             return error(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
@@ -137,7 +163,13 @@ pub async fn authorize(
             );
         };
         match state.auth.authenticate(&token) {
-            Ok(p) => p,
+            // The viewer page gets its token in the URL: its scripts and assets (loaded
+            // without an Authorization header) then carry it as a cookie.
+            Ok(p) => {
+                let viewer_page = !path.starts_with("/dicom-web") && !path.starts_with("/api/");
+                let cookie = (source == Source::Query && viewer_page).then_some(token);
+                (p, cookie)
+            }
             Err(AuthError::Expired) => {
                 return error(
                     StatusCode::UNAUTHORIZED,
@@ -162,15 +194,29 @@ pub async fn authorize(
             format!("this needs the {} role", min.as_str()),
         );
     }
-    if let Some(study) = &principal.study {
-        if !study_scope_allows(&method, &path, study) {
-            return error(
-                StatusCode::FORBIDDEN,
-                "out_of_scope",
-                "this token is limited to reading one study",
-            );
-        }
+    if !principal_allowed(&principal, min, &method, &path) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "out_of_scope",
+            "this token is limited to reading one study",
+        );
     }
     req.extensions_mut().insert(principal);
-    next.run(req).await
+    let mut rsp = next.run(req).await;
+    if let Some(token) = cookie {
+        let ttl = state.auth.viewer_token_ttl_secs;
+        if let Ok(v) = header::HeaderValue::from_str(&format!(
+            "{COOKIE}={token}; Path=/; Max-Age={ttl}; HttpOnly; SameSite=Lax"
+        )) {
+            rsp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    rsp
+}
+
+fn principal_allowed(p: &Principal, min: Role, method: &axum::http::Method, path: &str) -> bool {
+    p.role >= min
+        && p.study
+            .as_deref()
+            .is_none_or(|study| study_scope_allows(method, path, study))
 }

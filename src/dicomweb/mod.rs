@@ -14,7 +14,7 @@ mod rendered;
 mod resource;
 mod stow;
 pub mod urls;
-mod wado;
+pub(crate) mod wado;
 
 use std::sync::Arc;
 

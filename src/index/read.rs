@@ -113,3 +113,97 @@ impl Index {
             .map_err(IndexError::from)
     }
 }
+
+/// A study by its internal id and its UID.
+#[derive(Debug, Clone)]
+pub struct StudyRef {
+    pub id: i64,
+    pub study_uid: String,
+    pub patient_id: Option<String>,
+    pub accession_number: Option<String>,
+    pub study_date: Option<String>,
+    pub study_description: Option<String>,
+}
+
+/// One image of a study, with its series.
+#[derive(Debug, Clone)]
+pub struct ImageRow {
+    pub id: i64,
+    pub series_uid: String,
+    pub series_number: Option<i64>,
+    pub series_description: Option<String>,
+    pub modality: Option<String>,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub instance_number: Option<i64>,
+    pub number_of_frames: i64,
+}
+
+impl Index {
+    /// A study by internal id (all digits) or StudyInstanceUID.
+    pub async fn find_study(&self, id_or_uid: &str) -> Result<Option<StudyRef>, IndexError> {
+        const COLS: &str = "SELECT id, study_uid, patient_id, accession_number, study_date, study_description FROM studies";
+        let row = if !id_or_uid.is_empty() && id_or_uid.bytes().all(|b| b.is_ascii_digit()) {
+            let Ok(id) = id_or_uid.parse::<i64>() else {
+                return Ok(None);
+            };
+            sqlx::query(&format!("{COLS} WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+        } else {
+            sqlx::query(&format!("{COLS} WHERE study_uid = $1"))
+                .bind(id_or_uid)
+                .fetch_optional(&self.pool)
+                .await?
+        };
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(StudyRef {
+            id: r.try_get(0)?,
+            study_uid: r.try_get(1)?,
+            patient_id: r.try_get(2)?,
+            accession_number: r.try_get(3)?,
+            study_date: r.try_get(4)?,
+            study_description: r.try_get(5)?,
+        }))
+    }
+
+    /// The images of a study in series and instance order.
+    pub async fn study_images(&self, study_id: i64) -> Result<Vec<ImageRow>, IndexError> {
+        let rows = sqlx::query(
+            "SELECT i.id, se.series_uid, se.series_number, se.series_description, se.modality, \
+             i.sop_instance_uid, i.sop_class_uid, i.instance_number, i.number_of_frames \
+             FROM instances i JOIN series se ON se.id = i.series_pk WHERE i.study_pk = $1 \
+             ORDER BY se.series_number, se.id, i.instance_number, i.id",
+        )
+        .bind(study_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ImageRow {
+                    id: r.try_get(0)?,
+                    series_uid: r.try_get(1)?,
+                    series_number: r.try_get(2)?,
+                    series_description: r.try_get(3)?,
+                    modality: r.try_get(4)?,
+                    sop_instance_uid: r.try_get(5)?,
+                    sop_class_uid: r.try_get(6)?,
+                    instance_number: r.try_get(7)?,
+                    number_of_frames: r.try_get(8)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(IndexError::from)
+    }
+
+    /// One instance by its internal id.
+    pub async fn locate_by_id(&self, id: i64) -> Result<Option<InstanceLocation>, IndexError> {
+        let sql = format!("{LOCATE}{FROM} WHERE i.id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(location).transpose()?)
+    }
+}

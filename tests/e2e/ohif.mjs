@@ -1,6 +1,10 @@
 // Drive the OHIF viewer served by pacs-lite in headless Chromium.
 //
 //   node ohif.mjs <base-url> <out-dir> <study-uid>...
+//   OHIF_URLS='{"label": "<viewer url>", ...}' node ohif.mjs <base-url> <out-dir>
+//
+// With OHIF_URLS, the study list is skipped and each given viewer URL (as the viewer-url
+// API returns them, token included) is opened instead; screenshots are named by label.
 //
 // Opens the study list and screenshots it, then opens each study in the viewer and
 // screenshots its first viewport's canvas. Prints one JSON report on stdout: the study
@@ -35,7 +39,27 @@ async function collectNotifications() {
   report.notifications.push(...texts);
 }
 
+async function openViewer(url, name) {
+  await page.goto(url, { waitUntil: 'networkidle', timeout: 60000 });
+  const canvas = page.locator('canvas.cornerstone-canvas').first();
+  const appeared = await canvas.waitFor({ state: 'visible', timeout: 30000 }).then(() => true, () => false);
+  await page.waitForLoadState('networkidle');
+  await page.waitForTimeout(2500);
+  await dismissOverlays();
+  await page.waitForTimeout(500);
+  if (appeared) await canvas.screenshot({ path: `${outDir}/${name}.png` });
+  await page.screenshot({ path: `${outDir}/${name}-page.png` });
+  await collectNotifications();
+  report.studies[name] = { canvas: appeared };
+}
+
 try {
+  if (process.env.OHIF_URLS) {
+    for (const [label, url] of Object.entries(JSON.parse(process.env.OHIF_URLS))) {
+      await openViewer(url, label);
+    }
+    throw 'done';
+  }
   await page.goto(`${base}/viewer`, { waitUntil: 'networkidle', timeout: 60000 });
   await page.waitForSelector('table tbody tr, [data-cy="study-list-results"] tr, [role="row"]', { timeout: 30000 })
     .catch(() => {});
@@ -46,20 +70,10 @@ try {
   await collectNotifications();
 
   for (const uid of studies) {
-    await page.goto(`${base}/viewer/viewer?StudyInstanceUIDs=${uid}`, { waitUntil: 'networkidle', timeout: 60000 });
-    const canvas = page.locator('canvas.cornerstone-canvas').first();
-    const appeared = await canvas.waitFor({ state: 'visible', timeout: 30000 }).then(() => true, () => false);
-    await page.waitForLoadState('networkidle');
-    await page.waitForTimeout(2500);
-    await dismissOverlays();
-    await page.waitForTimeout(500);
-    if (appeared) await canvas.screenshot({ path: `${outDir}/${uid}.png` });
-    await page.screenshot({ path: `${outDir}/${uid}-page.png` });
-    await collectNotifications();
-    report.studies[uid] = { canvas: appeared };
+    await openViewer(`${base}/viewer/viewer?StudyInstanceUIDs=${uid}`, uid);
   }
 } catch (e) {
-  report.fatal = String(e);
+  if (e !== 'done') report.fatal = String(e);
 } finally {
   await browser.close();
 }

@@ -30,19 +30,26 @@ def ohif_available():
     return missing
 
 
-@pytest.fixture
-def ohif_pacs(make_pacs):
+def require_ohif():
     missing = ohif_available()
     if missing:
         if os.environ.get("PACS_TEST_REQUIRE_OHIF"):
             pytest.fail(f"OHIF end-to-end test cannot run: missing {', '.join(missing)}")
         pytest.skip(f"missing {', '.join(missing)}")
+
+
+@pytest.fixture
+def ohif_pacs(make_pacs):
+    require_ohif()
     return make_pacs({"PACS_VIEWER__DIR": str(VIEWER)})
 
 
-def run_ohif(pacs, out: Path, studies):
+def run_ohif(pacs, out: Path, studies, urls=None):
+    env = dict(os.environ)
+    if urls:
+        env["OHIF_URLS"] = json.dumps(urls)
     r = subprocess.run(["node", E2E / "ohif.mjs", pacs.url, out, *studies], capture_output=True, text=True,
-                       timeout=600, cwd=E2E)
+                       timeout=600, cwd=E2E, env=env)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -79,3 +86,29 @@ def test_ohif_lists_and_renders_studies(ohif_pacs, tmp_path):
     assert has(lambda r, g, b: r > 200 and g < 60 and b < 60), "red bar"
     assert has(lambda r, g, b: g > 200 and r < 60 and b < 60), "green bar"
     assert has(lambda r, g, b: b > 200 and r < 60 and g < 60), "blue bar"
+
+
+def test_ohif_opens_the_viewer_url_with_its_study_token(make_pacs, tmp_path):
+    import requests
+    import authtools
+    require_ohif()
+    pacs = make_pacs(authtools.env(PACS_VIEWER__DIR=str(VIEWER)))
+    uploader = authtools.bearer(authtools.KEYS["uploader"])
+    mine = ct_series(n=8, size=256, patient_name="Token^Holder", patient_id="TOK-A")
+    other = ct_series(n=2, size=64, patient_name="Someone^Else", patient_id="TOK-B")
+    DICOMwebClient(pacs.dicomweb, headers=uploader).store_instances(mine + other)
+    A, B = str(mine[0].StudyInstanceUID), str(other[0].StudyInstanceUID)
+    r = requests.get(f"{pacs.url}/api/v1/radiology/studies/{A}/viewer-url/", headers=authtools.bearer(authtools.KEYS["viewer"]))
+    assert r.status_code == 200, r.text
+    url = r.json()["url"]
+    # The same token, pointed at the other study.
+    forged = url.replace(f"StudyInstanceUIDs={A}", f"StudyInstanceUIDs={B}")
+    report = run_ohif(pacs, tmp_path, [], urls={"mine": url, "other": forged})
+    assert "fatal" not in report, report
+    assert report["studies"]["mine"]["canvas"], report
+    image = Image.open(tmp_path / "mine.png").convert("L")
+    assert ImageStat.Stat(image).stddev[0] > 10, "the viewport is blank"
+    assert not report["studies"]["other"]["canvas"], "the token opened another study"
+    refused = [e for e in report["httpErrors"] if e.startswith("403") and B in e]
+    assert refused, report["httpErrors"]
+    assert not [e for e in report["httpErrors"] if A in e], report["httpErrors"]

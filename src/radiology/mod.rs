@@ -1,0 +1,35 @@
+//! The hospital app's REST API under `/api/v1/radiology`: viewer integration
+//! ([`images`]), radiology orders ([`orders`]) and the offline upload flow
+//! (`crate::uploads`). Errors carry stable machine-readable codes ([`error`]).
+//! Paths work with and without a trailing slash, as the app uses them.
+
+pub mod error;
+pub mod images;
+
+use std::sync::Arc;
+
+use axum::routing::{get, MethodRouter};
+use axum::Router;
+
+use crate::app::AppState;
+
+/// Add `path` and `path/` with the same handler.
+fn both(
+    router: Router<Arc<AppState>>,
+    path: &str,
+    handler: MethodRouter<Arc<AppState>>,
+) -> Router<Arc<AppState>> {
+    router
+        .route(path, handler.clone())
+        .route(&format!("{path}/"), handler)
+}
+
+/// The routes, to be nested under `/api/v1/radiology`.
+pub fn router() -> Router<Arc<AppState>> {
+    let mut r = Router::new();
+    r = both(r, "/studies/{id}/viewer-url", get(images::viewer_url));
+    r = both(r, "/studies/{id}/images", get(images::study_images));
+    r = both(r, "/images/{id}/url", get(images::image_url));
+    r = both(r, "/images/{id}/file", get(images::image_file));
+    r
+}
