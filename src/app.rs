@@ -156,6 +156,21 @@ impl App {
                 crate::dimse::serve(listener, ingest, config, cancel.cancelled_owned()).await
             })
         });
+        // Expired offline uploads are removed by every process (the deletes are idempotent).
+        tokio::spawn({
+            let (state, cancel) = (self.state.clone(), cancel.clone());
+            async move {
+                let every =
+                    std::time::Duration::from_secs(state.config.uploads.sweep_interval_secs.max(1));
+                loop {
+                    crate::uploads::sweep(&state).await;
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                }
+            }
+        });
         let router = router(self.state.clone());
         let listener = self.http.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);

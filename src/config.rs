@@ -105,12 +105,15 @@ impl AuthConfig {
 pub struct UploadsConfig {
     /// Pending uploads without progress for this long are removed, with their chunks.
     pub expire_after_secs: u64,
+    /// How often expired uploads are looked for.
+    pub sweep_interval_secs: u64,
 }
 
 impl Default for UploadsConfig {
     fn default() -> Self {
         UploadsConfig {
             expire_after_secs: 7 * 24 * 3600,
+            sweep_interval_secs: 600,
         }
     }
 }

@@ -25,5 +25,6 @@ pub mod model;
 pub mod radiology;
 pub mod render;
 pub mod storage;
+pub mod uploads;
 pub mod verify;
 pub mod viewer;

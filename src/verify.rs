@@ -98,6 +98,9 @@ pub async fn verify(ingest: &Ingest, opts: VerifyOptions) -> Result<VerifyReport
     while let Some(entry) = listing.next().await {
         let key = match entry? {
             Ok(key) => key,
+            // Parts of offline uploads in progress belong to the upload flow (which
+            // expires them), not to the instances.
+            Err(raw) if raw.starts_with(crate::storage::UPLOADS_PREFIX) => continue,
             Err(raw) => {
                 report.foreign.push(raw);
                 continue;

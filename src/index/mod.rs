@@ -11,6 +11,7 @@
 pub mod query;
 pub mod read;
 mod records;
+pub mod uploads;
 mod writer;
 
 use std::str::FromStr;

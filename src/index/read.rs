@@ -206,4 +206,13 @@ impl Index {
             .await?;
         Ok(row.as_ref().map(location).transpose()?)
     }
+
+    /// The internal id of an instance.
+    pub async fn instance_id(&self, sop_instance_uid: &Uid) -> Result<Option<i64>, IndexError> {
+        let row = sqlx::query("SELECT id FROM instances WHERE sop_instance_uid = $1")
+            .bind(sop_instance_uid.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
 }

@@ -5,10 +5,11 @@
 
 pub mod error;
 pub mod images;
+pub mod orders;
 
 use std::sync::Arc;
 
-use axum::routing::{get, MethodRouter};
+use axum::routing::{get, post, put, MethodRouter};
 use axum::Router;
 
 use crate::app::AppState;
@@ -31,5 +32,23 @@ pub fn router() -> Router<Arc<AppState>> {
     r = both(r, "/studies/{id}/images", get(images::study_images));
     r = both(r, "/images/{id}/url", get(images::image_url));
     r = both(r, "/images/{id}/file", get(images::image_file));
+    r = both(r, "/orders/{id}", put(orders::put_order));
+    r = both(r, "/orders/{id}/studies", get(orders::order_studies));
+    r = both(
+        r,
+        "/offline-images/upload-metadata",
+        post(crate::uploads::upload_metadata),
+    );
+    r = both(
+        r,
+        "/offline-images/upload-binary",
+        post(crate::uploads::upload_binary),
+    );
+    r = both(
+        r,
+        "/offline-images/acknowledge",
+        post(crate::uploads::acknowledge),
+    );
+    r = both(r, "/offline-images/{uuid}", get(crate::uploads::status));
     r
 }

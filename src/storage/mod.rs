@@ -54,6 +54,9 @@ impl StorageError {
     }
 }
 
+/// Where the parts of offline uploads in progress are kept in the store.
+pub const UPLOADS_PREFIX: &str = "uploads/";
+
 /// The name of one stored object: `<study>/<sha256>.dcm`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ObjectKey(String);
@@ -73,6 +76,17 @@ impl ObjectKey {
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         ok.then(|| ObjectKey(raw.to_owned()))
+    }
+
+    /// A received part of an offline upload in progress: `uploads/<uuid>/<start>.part`.
+    /// Not an instance: listings report these under [`UPLOADS_PREFIX`], not as objects.
+    pub fn upload_chunk(image_uuid: &uuid::Uuid, start: u64) -> Self {
+        ObjectKey(format!("{UPLOADS_PREFIX}{image_uuid}/{start}.part"))
+    }
+
+    /// A key read back from the index for an upload part (written by [`Self::upload_chunk`]).
+    pub fn from_trusted(raw: String) -> Self {
+        ObjectKey(raw)
     }
 
     /// The SHA-256 (hex) the key claims for its bytes.
