@@ -351,11 +351,12 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        // PACS_CONFIG names the file itself and PACS_TEST_* belong to the test suite.
+        // PACS_CONFIG names the file itself, PACS_TEST_* belong to the test suite and
+        // PACS_SYNC_* to the `sync` client.
         let env = Env::prefixed("PACS_")
             .filter(|key| {
                 let key = key.as_str().to_ascii_lowercase();
-                key != "config" && !key.starts_with("test_")
+                key != "config" && !key.starts_with("test_") && !key.starts_with("sync_")
             })
             .split("__");
         fig.merge(env).extract().map_err(Box::new)

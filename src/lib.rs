@@ -25,6 +25,7 @@ pub mod model;
 pub mod radiology;
 pub mod render;
 pub mod storage;
+pub mod sync;
 pub mod uploads;
 pub mod verify;
 pub mod viewer;

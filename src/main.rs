@@ -52,6 +52,31 @@ enum Command {
     },
     /// Create or upgrade the index schema, then exit.
     Migrate,
+    /// Upload every image in a queue folder (offline upload API), deleting each local copy
+    /// only after the server acknowledged it; safe to kill and restart at any point.
+    Sync {
+        /// The queue folder.
+        #[arg(long)]
+        queue: PathBuf,
+        /// The server's base URL, e.g. https://pacs.example.org
+        #[arg(long)]
+        server: String,
+        /// Bearer token (API key or JWT) with the uploader role.
+        #[arg(long, env = "PACS_SYNC_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Radiology order for DICOM files without a sidecar `<file>.meta.json`.
+        #[arg(long)]
+        order: Option<String>,
+        /// Bytes per upload request (resumable parts).
+        #[arg(long, default_value_t = 8 << 20)]
+        chunk_bytes: u64,
+        /// Retries per request on network failures and server errors.
+        #[arg(long, default_value_t = 8)]
+        max_retries: u32,
+        /// Keep watching the queue instead of exiting when it is empty.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Make a new random API key and print it with the configuration entry that accepts
     /// it (only the key's SHA-256 goes into the configuration).
     ApiKey {
@@ -100,6 +125,47 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             }
             app.run(shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync {
+            queue,
+            server,
+            token,
+            order,
+            chunk_bytes,
+            max_retries,
+            watch,
+        } => {
+            let opts = pacs_lite::sync::Options {
+                queue,
+                server,
+                token,
+                order,
+                chunk_bytes: chunk_bytes.max(1),
+                max_retries,
+                once: !watch,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            match pacs_lite::sync::run(opts).await {
+                Ok(summary) => {
+                    eprintln!(
+                        "sync: {} uploaded and deleted, {} refused",
+                        summary.uploaded.len(),
+                        summary.failed.len()
+                    );
+                    for (file, why) in &summary.failed {
+                        eprintln!("  {file}: {why}");
+                    }
+                    Ok(if summary.failed.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    })
+                }
+                Err(e) => {
+                    eprintln!("sync: {e}");
+                    Ok(ExitCode::from(3))
+                }
+            }
         }
         Command::ApiKey { name, role } => {
             let Some(role) = pacs_lite::auth::Role::parse(&role) else {
