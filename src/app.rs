@@ -194,6 +194,7 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .nest("/dicom-web", crate::dicomweb::router())
         .nest("/api/v1/radiology", crate::radiology::router())
+        .route("/api/v1/openapi.json", get(crate::radiology::openapi))
         .merge(crate::viewer::router(&state.config.viewer.dir))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))

@@ -25,6 +25,14 @@ fn both(
         .route(&format!("{path}/"), handler)
 }
 
+/// The OpenAPI document of this API (`conformance/openapi.json`, checked by the tests).
+pub const OPENAPI: &str = include_str!("../../conformance/openapi.json");
+
+/// `GET /api/v1/openapi.json`
+pub async fn openapi() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
 /// The routes, to be nested under `/api/v1/radiology`.
 pub fn router() -> Router<Arc<AppState>> {
     let mut r = Router::new();
