@@ -7,8 +7,12 @@
 //! - [`ingest`]: the one path every entry point stores through, and its outcomes.
 //! - [`index`]: the only module that speaks SQL (SQLite or PostgreSQL).
 //! - [`storage`]: the only module that touches objects (filesystem or S3 via opendal).
-//! - [`dimse`]: the DICOM upper-layer listener (C-ECHO, C-STORE).
+//! - [`dimse`]: the DICOM upper layer (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, commitment).
 //! - [`dicomweb`]: the DICOMweb HTTP routes (STOW-RS, QIDO-RS, WADO-RS).
+//! - [`auth`]: principals, roles, API keys, JWTs, study tokens, signed URLs; the middleware.
+//! - [`radiology`]: the hospital app's REST API (router, errors, orders, viewer endpoints).
+//! - [`uploads`]: the offline upload flow (metadata → binary → acknowledge).
+//! - [`sync`]: the reference offline client (`pacs-lite sync`).
 //! - [`render`]: rendered images and thumbnails (decode, window, scale, encode).
 //! - [`viewer`]: the OHIF viewer served same-origin.
 //! - [`import`], [`verify`]: the `import` and `verify` commands.

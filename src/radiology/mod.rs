@@ -30,7 +30,10 @@ pub const OPENAPI: &str = include_str!("../../conformance/openapi.json");
 
 /// `GET /api/v1/openapi.json`
 pub async fn openapi() -> impl axum::response::IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
 }
 
 /// The routes, to be nested under `/api/v1/radiology`.

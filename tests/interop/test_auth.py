@@ -204,3 +204,72 @@ def test_without_credentials_only_loopback(pacs):
     # The embedded default: no credentials needed on loopback (and non-loopback listening is refused).
     assert requests.get(f"{pacs.dicomweb}/studies").status_code == 200
     assert requests.get(f"{pacs.url}/api/v1/radiology/studies/1/images/").status_code == 404
+
+
+def rsa_identity_provider(tmp_path):
+    """An RSA key (openssl), its JWKS, and a function that signs RS256 JWTs with it."""
+    import base64
+    import json as _json
+    import subprocess
+    key = tmp_path / "idp.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key],
+                   check=True, capture_output=True)
+    modulus = subprocess.run(["openssl", "rsa", "-in", key, "-noout", "-modulus"], check=True, capture_output=True,
+                             text=True).stdout.strip().split("=", 1)[1]
+    n = authtools.b64(bytes.fromhex(modulus))
+    jwks = {"keys": [{"kty": "RSA", "kid": "idp-1", "use": "sig", "alg": "RS256", "n": n, "e": "AQAB"}]}
+
+    def sign(claims, kid="idp-1"):
+        header = {"alg": "RS256", "typ": "JWT", "kid": kid}
+        signing_input = f"{authtools.b64(_json.dumps(header).encode())}.{authtools.b64(_json.dumps(claims).encode())}"
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=signing_input.encode(),
+                             check=True, capture_output=True).stdout
+        return f"{signing_input}.{authtools.b64(sig)}"
+    return jwks, sign
+
+
+@pytest.mark.parametrize("source", ["file", "url"])
+def test_rs256_jwts_from_a_jwks(make_pacs, tmp_path, source):
+    import http.server
+    import json as _json
+    import threading
+    jwks, sign = rsa_identity_provider(tmp_path)
+    extra = {"PACS_AUTH__JWT__ISSUER": "https://idp.example", "PACS_AUTH__JWT__AUDIENCE": "pacs-lite",
+             "PACS_AUTH__JWT__ROLE_CLAIM": "roles"}
+    server = None
+    if source == "file":
+        (tmp_path / "jwks.json").write_text(_json.dumps(jwks))
+        extra["PACS_AUTH__JWT__JWKS_FILE"] = str(tmp_path / "jwks.json")
+    else:
+        body = _json.dumps(jwks).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+        server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        extra["PACS_AUTH__JWT__JWKS_URL"] = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+    try:
+        pacs = make_pacs(extra)
+        now = int(time.time())
+        good = {"iss": "https://idp.example", "aud": "pacs-lite", "sub": "radiologist", "exp": now + 300,
+                "roles": ["viewer"]}
+        assert requests.get(f"{pacs.dicomweb}/studies", headers=bearer(sign(good))).status_code == 200
+        body, boundary = multipart([to_bytes(ct_series(n=1)[0])])
+        ct = f'multipart/related; type="application/dicom"; boundary={boundary}'
+        assert pacs.post("/studies", body, ct, headers=bearer(sign(good))).status_code == 403
+        assert pacs.post("/studies", body, ct, headers=bearer(sign(dict(good, roles=["uploader"])))).status_code == 200
+        for bad in (sign(dict(good, exp=now - 120)), sign(dict(good, iss="https://evil.example")),
+                    sign(dict(good, aud="other")), sign(good, kid="unknown-key"),
+                    authtools.tamper(sign(good))):
+            assert requests.get(f"{pacs.dicomweb}/studies", headers=bearer(bad)).status_code == 401
+    finally:
+        if server:
+            server.shutdown()
