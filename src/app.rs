@@ -196,12 +196,14 @@ fn router(state: Arc<AppState>) -> Router {
         .nest("/api/v1/radiology", crate::radiology::router())
         .route("/api/v1/openapi.json", get(crate::radiology::openapi))
         .merge(crate::viewer::router(&state.config.viewer.dir))
+        .route("/metrics", get(crate::metrics::serve))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::middleware::authorize,
         ))
+        .layer(middleware::from_fn(crate::metrics::track))
         .layer(cors(&state.config.http.cors_origins))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -25,6 +25,7 @@ pub mod dimse;
 pub mod import;
 pub mod index;
 pub mod ingest;
+pub mod metrics;
 pub mod model;
 pub mod radiology;
 pub mod render;

@@ -169,9 +169,20 @@ pub async fn serve(
         let (options, services) = (options.clone(), services.clone());
         running.spawn(async move {
             let _ = socket.set_nodelay(true);
+            let m = crate::metrics::get();
             match options.establish_async(socket).await {
-                Ok(association) => run(association, services, peer.ip().to_string()).await,
-                Err(e) => tracing::info!(%peer, error = %e, "association not established"),
+                Ok(association) => {
+                    m.dimse_associations
+                        .with_label_values(&["established"])
+                        .inc();
+                    m.dimse_active.inc();
+                    run(association, services, peer.ip().to_string()).await;
+                    m.dimse_active.dec();
+                }
+                Err(e) => {
+                    m.dimse_associations.with_label_values(&["rejected"]).inc();
+                    tracing::info!(%peer, error = %e, "association not established");
+                }
             }
             drop(permit);
         });

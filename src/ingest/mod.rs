@@ -224,6 +224,31 @@ impl Ingest {
         origin: Origin,
         expected: &Expected,
     ) -> Outcome {
+        let started = std::time::Instant::now();
+        let (entry, len) = (origin.kind.as_str(), spooled.len);
+        let outcome = self.store_spooled_inner(spooled, origin, expected).await;
+        let m = crate::metrics::get();
+        let label = match &outcome {
+            Outcome::Stored(_) => "stored",
+            Outcome::AlreadyStored(_) => "already_stored",
+            Outcome::Rejected(_) => "rejected",
+        };
+        m.ingest_total.with_label_values(&[entry, label]).inc();
+        if let Outcome::Stored(_) = outcome {
+            m.ingest_bytes.with_label_values(&[entry]).inc_by(len);
+        }
+        m.ingest_seconds
+            .with_label_values(&[entry, label])
+            .observe(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    async fn store_spooled_inner(
+        &self,
+        spooled: SpooledFile,
+        origin: Origin,
+        expected: &Expected,
+    ) -> Outcome {
         let path = spooled.path().to_owned();
         let len = spooled.len;
         let parsed = tokio::task::spawn_blocking(move || header::parse(&path, len)).await;

@@ -1,0 +1,174 @@
+//! Prometheus metrics, served at `/metrics`: ingest counts, bytes and latency by entry
+//! point and outcome, DIMSE associations, HTTP latency by service (QIDO-RS, WADO-RS,
+//! STOW-RS, the REST API…), and pending offline uploads.
+//!
+//! One process-wide registry: every layer records into it without plumbing.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+use crate::app::AppState;
+
+pub struct Metrics {
+    registry: Registry,
+    pub ingest_total: IntCounterVec,
+    pub ingest_bytes: IntCounterVec,
+    pub ingest_seconds: HistogramVec,
+    pub dimse_associations: IntCounterVec,
+    pub dimse_active: IntGauge,
+    pub http_seconds: HistogramVec,
+    pub uploads_pending: IntGauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+fn build() -> Metrics {
+    let registry = Registry::new_custom(Some("pacs".into()), None).expect("valid prefix");
+    let counter = |name: &str, help: &str, labels: &[&str]| {
+        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+        registry
+            .register(Box::new(c.clone()))
+            .expect("unique metric");
+        c
+    };
+    let histogram = |name: &str, help: &str, labels: &[&str]| {
+        let h = HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            labels,
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(h.clone()))
+            .expect("unique metric");
+        h
+    };
+    let gauge = |name: &str, help: &str| {
+        let g = IntGauge::new(name, help).expect("valid metric");
+        registry
+            .register(Box::new(g.clone()))
+            .expect("unique metric");
+        g
+    };
+    Metrics {
+        ingest_total: counter(
+            "ingest_total",
+            "Instances through the ingest path, by entry point and outcome.",
+            &["entry", "outcome"],
+        ),
+        ingest_bytes: counter(
+            "ingest_bytes_total",
+            "Bytes of instances stored, by entry point.",
+            &["entry"],
+        ),
+        ingest_seconds: histogram(
+            "ingest_seconds",
+            "Time from a complete spooled object to its outcome (parse, durable put, index commit).",
+            &["entry", "outcome"],
+        ),
+        dimse_associations: counter(
+            "dimse_associations_total",
+            "DIMSE associations, by result (established, rejected).",
+            &["result"],
+        ),
+        dimse_active: gauge("dimse_associations_active", "DIMSE associations open now."),
+        http_seconds: histogram(
+            "http_request_seconds",
+            "HTTP request latency (to the response head), by service, method and status class.",
+            &["service", "method", "status"],
+        ),
+        uploads_pending: gauge("uploads_pending", "Offline uploads waiting for their bytes."),
+        registry,
+    }
+}
+
+/// The process-wide metrics.
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(build)
+}
+
+/// Which service a request is for (a bounded label).
+pub fn service(method: &axum::http::Method, path: &str) -> &'static str {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match segments.as_slice() {
+        ["dicom-web", ..] if method == axum::http::Method::POST => "stow",
+        ["dicom-web", .., last] if matches!(*last, "studies" | "series" | "instances") => "qido",
+        ["dicom-web", ..] => "wado",
+        ["api", "v1", "radiology", "offline-images", ..] => "upload",
+        ["api", ..] => "api",
+        ["metrics"] | ["healthz"] | ["readyz"] => "ops",
+        _ => "viewer",
+    }
+}
+
+/// Middleware: time every request.
+pub async fn track(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let service = service(&method, req.uri().path());
+    let started = Instant::now();
+    let rsp = next.run(req).await;
+    let status = match rsp.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    get()
+        .http_seconds
+        .with_label_values(&[service, method.as_str(), status])
+        .observe(started.elapsed().as_secs_f64());
+    rsp
+}
+
+/// `GET /metrics`
+pub async fn serve(State(app): State<Arc<AppState>>) -> Response {
+    let m = get();
+    match app.ingest.index().pending_uploads().await {
+        Ok(n) => m.uploads_pending.set(n),
+        Err(e) => tracing::warn!(error = %e, "cannot count pending uploads"),
+    }
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut out) {
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
+    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    #[test]
+    fn services() {
+        assert_eq!(service(&Method::GET, "/dicom-web/studies"), "qido");
+        assert_eq!(
+            service(&Method::GET, "/dicom-web/studies/1.2/series"),
+            "qido"
+        );
+        assert_eq!(
+            service(&Method::GET, "/dicom-web/studies/1.2/metadata"),
+            "wado"
+        );
+        assert_eq!(service(&Method::POST, "/dicom-web/studies"), "stow");
+        assert_eq!(
+            service(
+                &Method::POST,
+                "/api/v1/radiology/offline-images/upload-binary/"
+            ),
+            "upload"
+        );
+        assert_eq!(service(&Method::GET, "/viewer"), "viewer");
+    }
+}
