@@ -195,6 +195,8 @@ fn router(state: Arc<AppState>) -> Router {
         .nest("/dicom-web", crate::dicomweb::router())
         .nest("/api/v1/radiology", crate::radiology::router())
         .route("/api/v1/openapi.json", get(crate::radiology::openapi))
+        .route("/api/v1/admin/audit", get(crate::radiology::audit))
+        .route("/api/v1/admin/audit/", get(crate::radiology::audit))
         .merge(crate::viewer::router(&state.config.viewer.dir))
         .route("/metrics", get(crate::metrics::serve))
         .route("/healthz", get(|| async { "ok" }))

@@ -13,6 +13,7 @@ use axum::Json;
 use super::policy::{need, study_scope_allows, Need};
 use super::{AuthError, Principal, Role, Via};
 use crate::app::AppState;
+use crate::index::admin::AuditEvent;
 
 /// The cookie the viewer page sets, so that the viewer's own assets load with its token.
 pub const COOKIE: &str = "pacs_token";
@@ -116,7 +117,20 @@ pub async fn authorize(
     }
     if let Need::SignedOr(_) = required {
         match signed_ok(&state, &path, query.as_deref()) {
-            Some(Ok(())) => return next.run(req).await,
+            Some(Ok(())) => {
+                let rsp = next.run(req).await;
+                if rsp.status().is_success() {
+                    let event = AuditEvent::new(
+                        "signed-url",
+                        "signed-url",
+                        Some(peer.ip().to_string()),
+                        "read",
+                    )
+                    .detail(path.clone());
+                    state.ingest.index().audit(event);
+                }
+                return rsp;
+            }
             Some(Err(AuthError::Expired)) => {
                 return error(
                     StatusCode::FORBIDDEN,
@@ -201,8 +215,14 @@ pub async fn authorize(
             "this token is limited to reading one study",
         );
     }
+    let audit = audit_event(&principal, &peer, &method, &path, query.as_deref());
     req.extensions_mut().insert(principal);
     let mut rsp = next.run(req).await;
+    if let Some(event) = audit {
+        if rsp.status().is_success() {
+            state.ingest.index().audit(event);
+        }
+    }
     if let Some(token) = cookie {
         let ttl = state.auth.viewer_token_ttl_secs;
         if let Ok(v) = header::HeaderValue::from_str(&format!(
@@ -212,6 +232,52 @@ pub async fn authorize(
         }
     }
     rsp
+}
+
+/// What a request does, for the audit trail: reads and queries of DICOMweb and the REST
+/// API, and deletes (stores are recorded by the ingest path, per instance).
+fn audit_event(
+    p: &Principal,
+    peer: &SocketAddr,
+    method: &axum::http::Method,
+    path: &str,
+    query: Option<&str>,
+) -> Option<AuditEvent> {
+    let via = match p.via {
+        Via::Loopback => "loopback",
+        Via::ApiKey => "api-key",
+        Via::Jwt => "jwt",
+        Via::StudyToken => "study-token",
+    };
+    let event = |action: &str| AuditEvent::new(&p.name, via, Some(peer.ip().to_string()), action);
+    let s: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let read = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
+    match s.as_slice() {
+        ["dicom-web", "changefeed", ..] => None,
+        ["dicom-web", "studies", uid, ..] if method == axum::http::Method::DELETE => {
+            Some(event("delete").study(*uid).detail(path))
+        }
+        ["dicom-web", .., last] if read && matches!(*last, "studies" | "series" | "instances") => {
+            // The study in the path, or the one the query names.
+            let study = match s.as_slice() {
+                ["dicom-web", "studies", uid, ..] => Some((*uid).to_owned()),
+                _ => query.and_then(|q| {
+                    form_urlencoded::parse(q.as_bytes())
+                        .find(|(k, _)| k == "StudyInstanceUID" || k == "0020000D")
+                        .map(|(_, v)| v.into_owned())
+                }),
+            };
+            let mut e = event("query").detail(format!("{path}?{}", query.unwrap_or("")));
+            e.study_uid = study;
+            Some(e)
+        }
+        ["dicom-web", "studies", uid, ..] if read => Some(event("read").study(*uid).detail(path)),
+        ["api", "v1", "radiology", "studies", id, ..] if read => {
+            Some(event("read").study(*id).detail(path))
+        }
+        ["api", "v1", "radiology", "images", ..] if read => Some(event("read").detail(path)),
+        _ => None,
+    }
 }
 
 fn principal_allowed(p: &Principal, min: Role, method: &axum::http::Method, path: &str) -> bool {

@@ -33,6 +33,7 @@ pub fn need(method: &Method, path: &str) -> Need {
             Need::SignedOr(Role::Viewer)
         }
         _ if method == Method::DELETE => Need::Role(Role::Admin),
+        ["api", "v1", "admin", ..] => Need::Role(Role::Admin),
         ["dicom-web", ..] if is_read(method) => Need::Role(Role::Viewer),
         ["dicom-web", ..] if method == Method::POST => Need::Role(Role::Uploader),
         ["api", "v1", "radiology", "offline-images", ..] => Need::Role(Role::Uploader),
@@ -58,7 +59,7 @@ pub fn study_scope_allows(method: &Method, path: &str, study: &str) -> bool {
         ["api", "v1", "radiology", "studies", _, ..] => true,
         ["api", "v1", "radiology", "images", _, "url"]
         | ["api", "v1", "radiology", "images", _, "file"] => true,
-        ["api", ..] => false,
+        ["api", ..] | ["metrics"] => false,
         // The viewer application and its assets.
         _ => true,
     }

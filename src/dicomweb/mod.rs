@@ -4,6 +4,7 @@
 //! `ingest/` or `index/`, and render the answer. Protocol mappings (ingest outcome →
 //! STOW failure reason, errors → HTTP status) live in one place per service.
 
+mod admin;
 mod bulk;
 mod error;
 pub mod frames;
@@ -38,14 +39,19 @@ pub fn router() -> Router<Arc<AppState>> {
     let mut router = Router::new()
         .route("/studies", post(stow::store).get(search(Level::Study)))
         .route("/studies/", post(stow::store).get(search(Level::Study)))
-        .route(STUDY, post(stow::store).get(wado::retrieve))
+        .route(
+            STUDY,
+            post(stow::store).get(wado::retrieve).delete(admin::delete),
+        )
+        .route("/changefeed", get(admin::changefeed))
+        .route("/changefeed/latest", get(admin::latest))
         .route("/series", get(search(Level::Series)))
         .route("/instances", get(search(Level::Instance)))
         .route(&format!("{STUDY}/series"), get(search(Level::Series)))
         .route(&format!("{STUDY}/instances"), get(search(Level::Instance)))
         .route(&format!("{SERIES}/instances"), get(search(Level::Instance)))
-        .route(SERIES, get(wado::retrieve))
-        .route(INSTANCE, get(wado::retrieve))
+        .route(SERIES, get(wado::retrieve).delete(admin::delete))
+        .route(INSTANCE, get(wado::retrieve).delete(admin::delete))
         .route(FRAMES, get(frames::frames))
         .route(
             &format!("{INSTANCE}/bulkdata/{{tag}}"),

@@ -34,9 +34,11 @@ pub async fn store(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     r: Resource,
     headers: HeaderMap,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    run(app, peer, headers, r.study, body).await
+    let who = principal.map_or_else(|| "anonymous".to_owned(), |p| p.0.name);
+    run(app, peer, who, headers, r.study, body).await
 }
 
 /// How the request body is framed.
@@ -93,6 +95,7 @@ fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
 async fn run(
     app: Arc<AppState>,
     peer: std::net::SocketAddr,
+    who: String,
     headers: HeaderMap,
     study: Option<Uid>,
     body: Body,
@@ -113,7 +116,7 @@ async fn run(
     let stream = limited(body.into_data_stream(), limit, over.clone());
     let origin = Origin {
         kind: OriginKind::Stow,
-        who: "anonymous".into(),
+        who,
         address: Some(peer.ip().to_string()),
     };
     let expected = Expected {

@@ -583,6 +583,15 @@ impl Session {
         self.cancellable.insert(message_id, cancel.clone());
         match request.field {
             field::C_FIND_RQ => {
+                services.ingest.index().audit(
+                    crate::index::admin::AuditEvent::new(
+                        &self.calling,
+                        "dimse",
+                        Some(self.peer.clone()),
+                        "query",
+                    )
+                    .detail("C-FIND"),
+                );
                 let ae = self.services.config.ae_title.clone();
                 self.tasks.spawn(async move {
                     find_replies(
@@ -599,6 +608,8 @@ impl Session {
                     transfer_syntax: ts,
                     identifier: data,
                     cancel,
+                    who: self.calling.clone(),
+                    address: self.peer.clone(),
                 };
                 self.tasks.spawn(async move {
                     retrieve::c_move(services, writer, r).await;
@@ -613,6 +624,8 @@ impl Session {
                     transfer_syntax: ts,
                     identifier: data,
                     cancel,
+                    who: self.calling.clone(),
+                    address: self.peer.clone(),
                 };
                 self.tasks.spawn(async move {
                     retrieve::c_get(services, writer, contexts, r).await;

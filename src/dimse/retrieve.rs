@@ -46,6 +46,9 @@ pub struct Retrieve {
     pub transfer_syntax: String,
     pub identifier: Vec<u8>,
     pub cancel: CancellationToken,
+    /// The requester's AE title and address (for the audit trail).
+    pub who: String,
+    pub address: String,
 }
 
 /// How one sub-operation ended.
@@ -103,6 +106,20 @@ async fn matches(svc: &Services, r: &Retrieve) -> Result<Vec<InstanceLocation>, 
         if out.len() > MAX_INSTANCES {
             return Err(0xA701);
         }
+    }
+    let mut studies: Vec<&str> = out.iter().map(|l| l.study_uid.as_str()).collect();
+    studies.dedup();
+    let action = if r.request.field == field::C_MOVE_RQ {
+        "C-MOVE"
+    } else {
+        "C-GET"
+    };
+    for study in studies {
+        index.audit(
+            crate::index::admin::AuditEvent::new(&r.who, "dimse", Some(r.address.clone()), "read")
+                .study(study)
+                .detail(action),
+        );
     }
     Ok(out)
 }

@@ -8,6 +8,7 @@
 //! concurrent ingests in one transaction (group commit); an ingest is answered only
 //! after the transaction holding its row has committed.
 
+pub mod admin;
 pub mod query;
 pub mod read;
 mod records;
@@ -67,6 +68,7 @@ pub struct Index {
     pool: AnyPool,
     backend: Backend,
     writer: mpsc::Sender<writer::Job>,
+    audit: admin::AuditQueue,
 }
 
 impl Index {
@@ -108,10 +110,12 @@ impl Index {
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
         let writer = writer::spawn(pool.clone(), backend);
+        let audit = admin::spawn_audit_writer(pool.clone());
         Ok(Index {
             pool,
             backend,
             writer,
+            audit,
         })
     }
 

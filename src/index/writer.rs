@@ -107,6 +107,16 @@ async fn write_one(
             .ok_or_else(|| IndexError::Db(sqlx::Error::RowNotFound));
     }
     sqlx::query(
+        "INSERT INTO changefeed (at, action, study_uid, series_uid, sop_instance_uid) \
+         VALUES ($1, 'create', $2, $3, $4)",
+    )
+    .bind(r.stored_at)
+    .bind(&r.study.study_uid)
+    .bind(&r.series.series_uid)
+    .bind(&r.sop_instance_uid)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
         "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
          modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1",
     )

@@ -36,6 +36,17 @@ pub async fn openapi() -> impl axum::response::IntoResponse {
     )
 }
 
+/// `GET /api/v1/admin/audit?study=&who=&action=&after=&limit=` (admin): the audit trail.
+pub async fn audit(
+    axum::extract::State(app): axum::extract::State<Arc<AppState>>,
+    axum::extract::Query(filter): axum::extract::Query<crate::index::admin::AuditFilter>,
+) -> Result<axum::response::Response, error::RestError> {
+    use axum::response::IntoResponse;
+    app.ingest.index().flush_audit().await;
+    let events = app.ingest.index().audit_events(&filter).await?;
+    Ok(axum::Json(serde_json::json!({ "events": events })).into_response())
+}
+
 /// The routes, to be nested under `/api/v1/radiology`.
 pub fn router() -> Router<Arc<AppState>> {
     let mut r = Router::new();

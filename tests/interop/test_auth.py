@@ -80,8 +80,11 @@ def test_authorization_matrix(secured):
         ("PUT", f"{api}/orders/ORD-M", b'{"patient_id": "X"}', "application/json", dict(write, uploader={200, 201}, admin={200, 201})),
         ("GET", f"{api}/orders/ORD-M/studies/", None, None, dict(read_a, **{"study-token": 403})),
         ("GET", "/api/v1/openapi.json", None, None, dict(read_a, **{"study-token": 403})),
+        ("GET", "/dicom-web/changefeed", None, None, dict(read_a, **{"study-token": 403})),
+        ("GET", "/metrics", None, None, dict(read_a, **{"study-token": 403})),
+        ("GET", "/api/v1/admin/audit", None, None, dict(write, uploader=403, admin=200)),
         ("DELETE", f"/dicom-web/studies/{A}", None, None,
-         {"none": 401, "viewer": 403, "uploader": 403, "admin": 405, "study-token": 403,
+         {"none": 401, "viewer": 403, "uploader": 403, "admin": 204, "study-token": 403,
           "other-study-token": 403, "expired": 401, "tampered": 401}),
     ]
     creds = credentials(A, B)

@@ -1,0 +1,345 @@
+//! The audit trail, the change feed, and deleting studies, series and instances.
+
+use sqlx::Row;
+use tokio::sync::mpsc;
+
+use super::read::Scope;
+use super::{now_millis, Index, IndexError};
+
+/// One audited action.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditEvent {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+    pub at: i64,
+    /// Principal name, AE title, or `signed-url`.
+    pub who: String,
+    /// api-key, jwt, study-token, loopback, dimse, signed-url, upload…
+    pub via: String,
+    pub address: Option<String>,
+    /// store, read, query, delete.
+    pub action: String,
+    pub study_uid: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl AuditEvent {
+    pub fn new(who: &str, via: &str, address: Option<String>, action: &str) -> Self {
+        AuditEvent {
+            id: None,
+            at: now_millis(),
+            who: who.to_owned(),
+            via: via.to_owned(),
+            address,
+            action: action.to_owned(),
+            study_uid: None,
+            detail: None,
+        }
+    }
+
+    pub fn study(mut self, uid: impl Into<String>) -> Self {
+        self.study_uid = Some(uid.into());
+        self
+    }
+
+    pub fn detail(mut self, d: impl Into<String>) -> Self {
+        self.detail = Some(d.into());
+        self
+    }
+}
+
+/// Which audit events to list.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct AuditFilter {
+    pub study: Option<String>,
+    pub who: Option<String>,
+    pub action: Option<String>,
+    /// Events after this id (paging).
+    pub after: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+/// One change feed entry.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub sequence: i64,
+    pub at: i64,
+    pub action: String,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_instance_uid: String,
+    /// current (stored now), replaced (stored again since) or deleted.
+    pub state: String,
+    /// The instance's metadata while it is stored (absent once deleted).
+    pub metadata_json: Option<String>,
+}
+
+/// The queue of audit events and the count of those not written yet.
+#[derive(Clone)]
+pub(super) struct AuditQueue {
+    tx: mpsc::Sender<AuditEvent>,
+    unwritten: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Audit events wait here for the batch writer.
+pub(super) fn spawn_audit_writer(pool: sqlx::AnyPool) -> AuditQueue {
+    let (tx, mut rx) = mpsc::channel::<AuditEvent>(16_384);
+    let unwritten = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = unwritten.clone();
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(256);
+        while rx.recv_many(&mut batch, 256).await > 0 {
+            if let Err(e) = insert_audit(&pool, &batch).await {
+                tracing::error!(error = %e, lost = batch.len(), "writing audit events failed");
+            }
+            counter.fetch_sub(batch.len(), std::sync::atomic::Ordering::AcqRel);
+            batch.clear();
+        }
+    });
+    AuditQueue { tx, unwritten }
+}
+
+async fn insert_audit(pool: &sqlx::AnyPool, events: &[AuditEvent]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for e in events {
+        sqlx::query(
+            "INSERT INTO audit_events (at, who, via, address, action, study_uid, detail) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7)",
+        )
+        .bind(e.at)
+        .bind(&e.who)
+        .bind(&e.via)
+        .bind(&e.address)
+        .bind(&e.action)
+        .bind(&e.study_uid)
+        .bind(&e.detail)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+impl Index {
+    /// Record an audit event (written in the background, in batches).
+    pub fn audit(&self, event: AuditEvent) {
+        use std::sync::atomic::Ordering;
+        self.audit.unwritten.fetch_add(1, Ordering::AcqRel);
+        if let Err(e) = self.audit.tx.try_send(event) {
+            self.audit.unwritten.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(error = %e, "audit queue full; event dropped");
+        }
+    }
+
+    /// Wait (up to 2 s) until the audit events queued so far are written.
+    pub async fn flush_audit(&self) {
+        for _ in 0..400 {
+            if self
+                .audit
+                .unwritten
+                .load(std::sync::atomic::Ordering::Acquire)
+                == 0
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    pub async fn audit_events(&self, f: &AuditFilter) -> Result<Vec<AuditEvent>, IndexError> {
+        let mut sql = String::from(
+            "SELECT id, at, who, via, address, action, study_uid, detail FROM audit_events WHERE id > $1",
+        );
+        let mut args: Vec<String> = Vec::new();
+        for (col, v) in [
+            ("study_uid", &f.study),
+            ("who", &f.who),
+            ("action", &f.action),
+        ] {
+            if let Some(v) = v {
+                args.push(v.clone());
+                sql.push_str(&format!(" AND {col} = ${}", args.len() + 1));
+            }
+        }
+        sql.push_str(&format!(
+            " ORDER BY id LIMIT {}",
+            f.limit.unwrap_or(1000).clamp(1, 10_000)
+        ));
+        let mut q = sqlx::query(&sql).bind(f.after.unwrap_or(0));
+        for a in &args {
+            q = q.bind(a);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEvent {
+                    id: Some(r.try_get(0)?),
+                    at: r.try_get(1)?,
+                    who: r.try_get(2)?,
+                    via: r.try_get(3)?,
+                    address: r.try_get(4)?,
+                    action: r.try_get(5)?,
+                    study_uid: r.try_get(6)?,
+                    detail: r.try_get(7)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(IndexError::from)
+    }
+
+    /// Change feed entries after `offset`, oldest first.
+    pub async fn changefeed(
+        &self,
+        offset: i64,
+        limit: i64,
+        with_metadata: bool,
+    ) -> Result<Vec<Change>, IndexError> {
+        let meta = if with_metadata {
+            "i.metadata_json"
+        } else {
+            "NULL"
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT c.sequence, c.at, c.action, c.study_uid, c.series_uid, c.sop_instance_uid, {meta}, \
+             CASE WHEN i.id IS NULL THEN 'deleted' \
+             WHEN EXISTS (SELECT 1 FROM changefeed l WHERE l.sop_instance_uid = c.sop_instance_uid \
+                          AND l.sequence > c.sequence) THEN 'replaced' ELSE 'current' END \
+             FROM changefeed c LEFT JOIN instances i ON i.sop_instance_uid = c.sop_instance_uid \
+             WHERE c.sequence > $1 ORDER BY c.sequence LIMIT $2"
+        ))
+        .bind(offset)
+        .bind(limit.clamp(1, 10_000))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Change {
+                    sequence: r.try_get(0)?,
+                    at: r.try_get(1)?,
+                    action: r.try_get(2)?,
+                    study_uid: r.try_get(3)?,
+                    series_uid: r.try_get(4)?,
+                    sop_instance_uid: r.try_get(5)?,
+                    metadata_json: r.try_get(6)?,
+                    state: r.try_get(7)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(IndexError::from)
+    }
+
+    /// The newest change feed sequence number (0 when empty).
+    pub async fn changefeed_latest(&self) -> Result<i64, IndexError> {
+        let row = sqlx::query("SELECT COALESCE(MAX(sequence), 0) FROM changefeed")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Delete the instances in scope (and series and studies left empty) in one
+    /// transaction, with a change feed entry each. Returns the deleted instances'
+    /// (SOP Instance UID, object key); the caller deletes the objects afterwards (an object
+    /// left behind by a crash is an orphan that `verify` sweeps).
+    pub async fn delete_scope(&self, scope: &Scope) -> Result<Vec<(String, String)>, IndexError> {
+        let located = self.locate(scope).await?;
+        if located.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        let mut study_pks = Vec::new();
+        for loc in &located {
+            let row = sqlx::query(
+                "DELETE FROM instances WHERE sop_instance_uid = $1 RETURNING study_pk, series_pk",
+            )
+            .bind(&loc.sop_instance_uid)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { continue };
+            let (study_pk, series_pk): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+            if !study_pks.contains(&study_pk) {
+                study_pks.push(study_pk);
+            }
+            sqlx::query("UPDATE series SET num_instances = num_instances - 1 WHERE id = $1")
+                .bind(series_pk)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO changefeed (at, action, study_uid, series_uid, sop_instance_uid) \
+                 VALUES ($1, 'delete', $2, $3, $4)",
+            )
+            .bind(now)
+            .bind(&loc.study_uid)
+            .bind(&loc.series_uid)
+            .bind(&loc.sop_instance_uid)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for study_pk in study_pks {
+            sqlx::query("DELETE FROM series WHERE study_pk = $1 AND num_instances <= 0")
+                .bind(study_pk)
+                .execute(&mut *tx)
+                .await?;
+            let counts = sqlx::query(
+                "SELECT (SELECT COUNT(*) FROM instances WHERE study_pk = $1), \
+                 (SELECT COUNT(*) FROM series WHERE study_pk = $1)",
+            )
+            .bind(study_pk)
+            .fetch_one(&mut *tx)
+            .await?;
+            let (instances, series): (i64, i64) = (counts.try_get(0)?, counts.try_get(1)?);
+            if instances == 0 {
+                sqlx::query("DELETE FROM studies WHERE id = $1")
+                    .bind(study_pk)
+                    .execute(&mut *tx)
+                    .await?;
+                continue;
+            }
+            let modalities = distinct(
+                &mut tx,
+                "SELECT DISTINCT modality FROM series WHERE study_pk = $1 AND modality IS NOT NULL",
+                study_pk,
+            )
+            .await?;
+            let classes = distinct(
+                &mut tx,
+                "SELECT DISTINCT sop_class_uid FROM instances WHERE study_pk = $1",
+                study_pk,
+            )
+            .await?;
+            sqlx::query(
+                "UPDATE studies SET num_instances = $2, num_series = $3, modalities = $4, \
+                 sop_classes = $5, updated_at = $6 WHERE id = $1",
+            )
+            .bind(study_pk)
+            .bind(instances)
+            .bind(series)
+            .bind(modalities)
+            .bind(classes)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(located
+            .into_iter()
+            .map(|l| (l.sop_instance_uid, l.object_key))
+            .collect())
+    }
+}
+
+/// A sorted, `\`-joined list of distinct values (the format of the study's set columns).
+async fn distinct(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    sql: &str,
+    pk: i64,
+) -> Result<String, IndexError> {
+    let rows = sqlx::query(sql).bind(pk).fetch_all(&mut **tx).await?;
+    let mut values: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.try_get::<String, _>(0).ok())
+        .filter(|v| !v.is_empty())
+        .collect();
+    values.sort();
+    values.dedup();
+    Ok(values.join("\\"))
+}
