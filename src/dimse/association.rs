@@ -12,8 +12,8 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::server::{AccessControl, Negotiation, ServerAssociationOptions};
 use dicom_ul::association::Association as _;
 use dicom_ul::pdu::{
-    AbortRQSource, AssociationRJServiceUserReason, PDataValue, PDataValueType, Pdu,
-    PresentationContextResultReason, RequestorRoles, UserIdentity,
+    AbortRQSource, AssociationRJServiceUserReason, PDataValue, PDataValueType, Pdu, RequestorRoles,
+    UserIdentity,
 };
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -244,17 +244,9 @@ struct Session {
 #[tracing::instrument(skip_all, fields(calling_ae = %association.peer_ae_title(), %peer))]
 async fn run(mut association: Association, services: Arc<Services>, peer: String) {
     let calling = association.peer_ae_title().trim().to_owned();
-    let contexts: Vec<Context> = association
-        .presentation_contexts()
-        .iter()
-        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
-        .map(|pc| Context {
-            id: pc.id,
-            abstract_syntax: pc.abstract_syntax.clone(),
-            transfer_syntax: pc.transfer_syntax.clone(),
-            peer_is_scp: association.requestor_roles_for(&pc.abstract_syntax).scp,
-        })
-        .collect();
+    let contexts = Context::accepted(association.presentation_contexts(), |class| {
+        association.requestor_roles_for(class).scp
+    });
     let peer_max = association.requestor_max_pdu_length();
     let (mut reader, writer) = match link::split(association.inner_stream(), peer_max) {
         Ok(pair) => pair,
@@ -601,23 +593,7 @@ impl Session {
                     message_id
                 });
             }
-            field::C_MOVE_RQ => {
-                let r = Retrieve {
-                    request,
-                    context,
-                    transfer_syntax: ts,
-                    identifier: data,
-                    cancel,
-                    who: self.calling.clone(),
-                    address: self.peer.clone(),
-                };
-                self.tasks.spawn(async move {
-                    retrieve::c_move(services, writer, r).await;
-                    message_id
-                });
-            }
             _ => {
-                let contexts = self.contexts.clone();
                 let r = Retrieve {
                     request,
                     context,
@@ -627,8 +603,13 @@ impl Session {
                     who: self.calling.clone(),
                     address: self.peer.clone(),
                 };
+                let contexts = self.contexts.clone();
                 self.tasks.spawn(async move {
-                    retrieve::c_get(services, writer, contexts, r).await;
+                    if r.request.field == field::C_MOVE_RQ {
+                        retrieve::c_move(services, writer, r).await;
+                    } else {
+                        retrieve::c_get(services, writer, contexts, r).await;
+                    }
                     message_id
                 });
             }

@@ -39,3 +39,23 @@ pub struct Context {
     /// Whether the peer may act as SCP of the abstract syntax (receive C-STORE from us).
     pub peer_is_scp: bool,
 }
+
+impl Context {
+    /// The accepted contexts of a negotiation; `peer_is_scp` tells the peer's role for an
+    /// abstract syntax.
+    pub fn accepted(
+        negotiated: &[dicom_ul::pdu::PresentationContextNegotiated],
+        peer_is_scp: impl Fn(&str) -> bool,
+    ) -> Vec<Context> {
+        negotiated
+            .iter()
+            .filter(|pc| pc.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance)
+            .map(|pc| Context {
+                id: pc.id,
+                abstract_syntax: pc.abstract_syntax.clone(),
+                transfer_syntax: pc.transfer_syntax.clone(),
+                peer_is_scp: peer_is_scp(&pc.abstract_syntax),
+            })
+            .collect()
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dicom_ul::association::client::ClientAssociationOptions;
-use dicom_ul::pdu::{Pdu, PresentationContextResultReason};
+use dicom_ul::pdu::Pdu;
 
 use super::link::{self, Assembler, Writer, MAX_PDU};
 use super::Context;
@@ -59,17 +59,7 @@ pub async fn connect(
                 dest.ae, dest.host, dest.port
             )
         })?;
-    let contexts: Vec<Context> = association
-        .presentation_contexts()
-        .iter()
-        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
-        .map(|pc| Context {
-            id: pc.id,
-            abstract_syntax: pc.abstract_syntax.clone(),
-            transfer_syntax: pc.transfer_syntax.clone(),
-            peer_is_scp: true,
-        })
-        .collect();
+    let contexts = Context::accepted(association.presentation_contexts(), |_| true);
     let peer_max = association.acceptor_max_pdu_length();
     let _ = association.inner_stream().set_nodelay(true);
     let (mut reader, writer) = link::split(association.inner_stream(), peer_max)
