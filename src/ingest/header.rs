@@ -117,6 +117,8 @@ pub fn parse(path: &Path, len: u64) -> Result<Parsed, Rejection> {
         .map_err(io_failure)?;
     let layout = frames::layout(&mut reader, len).map_err(walk_rejection)?;
     let (ts_uid, encoding) = transfer_syntax(&layout)?;
+    frames::check_nesting(&mut reader, len, layout.dataset_start, encoding)
+        .map_err(walk_rejection)?;
     let obj = open_header(path, &layout).map_err(|e| {
         reject(
             Reason::CannotUnderstand,
