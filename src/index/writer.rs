@@ -116,6 +116,19 @@ async fn write_one(
     .bind(&r.sop_instance_uid)
     .execute(&mut **tx)
     .await?;
+    // The audit trail's "store" event, in the same transaction (no commit of its own).
+    sqlx::query(
+        "INSERT INTO audit_events (at, who, via, address, action, study_uid, detail) \
+         VALUES ($1, $2, $3, $4, 'store', $5, $6)",
+    )
+    .bind(r.stored_at)
+    .bind(&r.origin.who)
+    .bind(r.origin.kind.as_str())
+    .bind(&r.origin.address)
+    .bind(&r.study.study_uid)
+    .bind(format!("instance {}", r.sop_instance_uid))
+    .execute(&mut **tx)
+    .await?;
     sqlx::query(
         "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
          modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1",

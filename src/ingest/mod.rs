@@ -226,20 +226,7 @@ impl Ingest {
     ) -> Outcome {
         let started = std::time::Instant::now();
         let (entry, len) = (origin.kind.as_str(), spooled.len);
-        let audit = crate::index::admin::AuditEvent::new(
-            &origin.who,
-            entry,
-            origin.address.clone(),
-            "store",
-        );
         let outcome = self.store_spooled_inner(spooled, origin, expected).await;
-        if let Outcome::Stored(a) = &outcome {
-            self.index.audit(
-                audit
-                    .study(a.study_uid.to_string())
-                    .detail(format!("instance {}", a.sop_instance_uid)),
-            );
-        }
         let m = crate::metrics::get();
         let label = match &outcome {
             Outcome::Stored(_) => "stored",
