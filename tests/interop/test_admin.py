@@ -27,7 +27,8 @@ def test_delete_levels_changefeed_and_audit(secured):
     assert pacs.count("instances") == 7
     feed = requests.get(f"{pacs.dicomweb}/changefeed", headers=bearer(KEYS["viewer"])).json()
     assert [e["Action"] for e in feed] == ["create"] * 7 and [e["Sequence"] for e in feed] == sorted(e["Sequence"] for e in feed)
-    assert feed[0]["State"] == "current" and feed[0]["Metadata"]["0020000D"]["Value"] == [A]
+    first_a = next(e for e in feed if e["SopInstanceUid"] == str(a[0].SOPInstanceUID))
+    assert first_a["State"] == "current" and first_a["Metadata"]["0020000D"]["Value"] == [A]
 
     # Only admins delete.
     one = f"{pacs.dicomweb}/studies/{A}/series/{a[0].SeriesInstanceUID}/instances/{a[0].SOPInstanceUID}"
