@@ -9,7 +9,7 @@ retrieval throughput; asserts nothing. With --large, also populates a separate p
 index with 100 000 studies / 1 000 000 instances (scripts/populate_index.py) and times
 typical study-list queries there.
 
-Usage: scripts/bench_read.py [--quick] [--large] [--no-orthanc]
+Usage: scripts/bench_read.py [--quick] [--large [--large-postgres URL]] [--no-orthanc]
 """
 
 import argparse
@@ -193,11 +193,20 @@ def measure(server, uids, n):
     return r
 
 
-def large_scale(n):
+def large_scale(n, pg_url=None):
     pop = Path(__file__).resolve().parent / "populate_index.py"
     server = Pacs()
-    db = Path(server.env["PACS_DATA_DIR"]) / "index.sqlite"
-    subprocess.run([sys.executable, str(pop), "--sqlite", str(db), "--studies", "100000", "--instances-per-study", "10"],
+    if pg_url:
+        # An empty database of its own on the PostgreSQL server of pg_url.
+        db = "bench_1m"
+        subprocess.run(["psql", pg_url, "-qc", f"DROP DATABASE IF EXISTS {db}"], check=True, capture_output=True)
+        subprocess.run(["psql", pg_url, "-qc", f"CREATE DATABASE {db}"], check=True, capture_output=True)
+        url = f"{pg_url.rsplit('/', 1)[0]}/{db}"
+        server.env["PACS_INDEX__URL"] = url
+        target = ["--postgres", url]
+    else:
+        target = ["--sqlite", str(Path(server.env["PACS_DATA_DIR"]) / "index.sqlite")]
+    subprocess.run([sys.executable, str(pop), *target, "--studies", "100000", "--instances-per-study", "10"],
                    check=True)
     server.start()
     out = {}
@@ -215,6 +224,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--large", action="store_true", help="also 100 000 studies / 1 000 000 instances")
+    ap.add_argument("--large-postgres", metavar="URL",
+                    help="with --large: the same on PostgreSQL (a superuser URL; a database bench_1m is made)")
     ap.add_argument("--no-orthanc", action="store_true")
     args = ap.parse_args()
     groups, uids = dataset(args.quick)
@@ -247,6 +258,10 @@ def main():
         print("pacs-lite, SQLite index with 100 000 studies / 1 000 000 instances: QIDO p50 / p99 in ms")
         for label, v in large_scale(n).items():
             print(f"  {label:40} {v['p50']:8.1f} / {v['p99']:6.1f}")
+        if args.large_postgres:
+            print("pacs-lite, PostgreSQL index with 100 000 studies / 1 000 000 instances: QIDO p50 / p99 in ms")
+            for label, v in large_scale(n, args.large_postgres).items():
+                print(f"  {label:40} {v['p50']:8.1f} / {v['p99']:6.1f}")
 
 
 if __name__ == "__main__":
