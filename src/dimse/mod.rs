@@ -17,6 +17,7 @@ pub mod find;
 mod link;
 pub mod retrieve;
 mod scu;
+mod session;
 pub mod store;
 
 pub use association::{serve, storage_sop_classes, transfer_syntaxes, SERVICE_CLASSES};

@@ -8,11 +8,11 @@
 
 use std::io::{self, Read, Seek, SeekFrom};
 
-const UNDEFINED: u32 = 0xFFFF_FFFF;
-const ITEM: (u16, u16) = (0xFFFE, 0xE000);
-const ITEM_END: (u16, u16) = (0xFFFE, 0xE00D);
-const SEQ_END: (u16, u16) = (0xFFFE, 0xE0DD);
-const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
+pub(super) const UNDEFINED: u32 = 0xFFFF_FFFF;
+pub(super) const ITEM: (u16, u16) = (0xFFFE, 0xE000);
+pub(super) const ITEM_END: (u16, u16) = (0xFFFE, 0xE00D);
+pub(super) const SEQ_END: (u16, u16) = (0xFFFE, 0xE0DD);
+pub(super) const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
 
 /// How the data set is encoded after the file meta group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,41 +186,6 @@ pub fn find_pixel_data<R: Read + Seek>(
     Ok(None)
 }
 
-/// How deep sequences may nest (DICOM SR trees are rarely deeper than a few dozen levels).
-pub const MAX_NESTING: u32 = 64;
-
-/// Check that sequences nest at most [`MAX_NESTING`] deep in the data set before Pixel
-/// Data, whatever their lengths: parsers that recurse per level (dicom-object's) are only
-/// handed data sets that cannot exhaust the stack.
-pub fn check_nesting<R: Read + Seek>(
-    r: &mut R,
-    len: u64,
-    start: u64,
-    enc: Encoding,
-) -> Result<(), WalkError> {
-    if enc == Encoding::Deflated {
-        return Ok(());
-    }
-    let mut w = Walker {
-        r,
-        len,
-        pos: start,
-        enc,
-    };
-    w.seek(start)?;
-    w.walk_elements(None, enc, 0)
-}
-
-fn is_sequence(tag: (u16, u16), vr: Option<[u8; 2]>) -> bool {
-    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
-    match vr {
-        Some(vr) => &vr == b"SQ",
-        None => dicom_dictionary_std::StandardDataDictionary
-            .by_tag(dicom_core::Tag(tag.0, tag.1))
-            .is_some_and(|e| matches!(e.vr(), VirtualVr::Exact(dicom_core::VR::SQ))),
-    }
-}
-
 /// Split pixel data into frames. Returns `None` when frames cannot be located without
 /// decoding (encapsulated with more fragments than frames and no usable offset table, or
 /// 1-bit native data).
@@ -313,11 +278,11 @@ pub fn decode_table(mut b: &[u8]) -> Option<Vec<Frame>> {
     Some(frames)
 }
 
-struct Walker<'a, R> {
-    r: &'a mut R,
-    len: u64,
-    pos: u64,
-    enc: Encoding,
+pub(super) struct Walker<'a, R> {
+    pub(super) r: &'a mut R,
+    pub(super) len: u64,
+    pub(super) pos: u64,
+    pub(super) enc: Encoding,
 }
 
 /// VRs whose explicit encoding has a 2-byte reserved field and a 4-byte length.
@@ -341,7 +306,7 @@ fn long_vr(vr: &[u8; 2]) -> bool {
 }
 
 impl<R: Read + Seek> Walker<'_, R> {
-    fn seek(&mut self, pos: u64) -> Result<(), WalkError> {
+    pub(super) fn seek(&mut self, pos: u64) -> Result<(), WalkError> {
         self.r.seek(SeekFrom::Start(pos))?;
         self.pos = pos;
         Ok(())
@@ -375,7 +340,7 @@ impl<R: Read + Seek> Walker<'_, R> {
         })
     }
 
-    fn skip(&mut self, n: u64, what: &'static str) -> Result<(), WalkError> {
+    pub(super) fn skip(&mut self, n: u64, what: &'static str) -> Result<(), WalkError> {
         if self.pos + n > self.len {
             return Err(WalkError::Truncated(what));
         }
@@ -385,7 +350,7 @@ impl<R: Read + Seek> Walker<'_, R> {
     }
 
     /// Read an element header: tag, VR (explicit encodings only) and value length.
-    fn header(&mut self, enc: Encoding) -> Result<ElementHeader, WalkError> {
+    pub(super) fn header(&mut self, enc: Encoding) -> Result<ElementHeader, WalkError> {
         let tag = (
             self.u16(enc, "element header")?,
             self.u16(enc, "element header")?,
@@ -426,86 +391,6 @@ impl<R: Read + Seek> Walker<'_, R> {
             self.enc
         };
         self.skip_sequence(inner, 0)
-    }
-
-    /// Walk the elements of a data set or item (to `end`, or to its delimiter when `end` is
-    /// None), descending into every sequence.
-    fn walk_elements(
-        &mut self,
-        end: Option<u64>,
-        enc: Encoding,
-        depth: u32,
-    ) -> Result<(), WalkError> {
-        loop {
-            if self.pos >= end.unwrap_or(self.len) {
-                return Ok(());
-            }
-            let (tag, vr, length) = self.header(enc)?;
-            if depth == 0 && tag >= PIXEL_DATA {
-                return Ok(());
-            }
-            if tag == ITEM_END && end.is_none() && depth > 0 {
-                return Ok(());
-            }
-            let encapsulated = length == UNDEFINED
-                && (tag == PIXEL_DATA || matches!(vr, Some(v) if &v == b"OB" || &v == b"OW"));
-            if encapsulated {
-                // Nested encapsulated pixel data (an icon, say): fragments, not items.
-                self.skip_fragments(enc)?;
-            } else if is_sequence(tag, vr) || length == UNDEFINED {
-                let inner = if vr == Some(*b"UN") {
-                    Encoding::ImplicitLe
-                } else {
-                    enc
-                };
-                self.walk_sequence(length, inner, depth + 1)?;
-            } else {
-                self.skip(length as u64, "element value")?;
-            }
-        }
-    }
-
-    fn skip_fragments(&mut self, enc: Encoding) -> Result<(), WalkError> {
-        loop {
-            let (tag, _, len) = self.header(enc)?;
-            match tag {
-                SEQ_END => return Ok(()),
-                ITEM if len != UNDEFINED => self.skip(len as u64, "pixel data fragment")?,
-                _ => {
-                    return Err(WalkError::Malformed(
-                        "malformed encapsulated pixel data fragments".into(),
-                    ))
-                }
-            }
-        }
-    }
-
-    fn walk_sequence(&mut self, length: u32, enc: Encoding, depth: u32) -> Result<(), WalkError> {
-        if depth > MAX_NESTING {
-            return Err(WalkError::Malformed(format!(
-                "sequences nested more than {MAX_NESTING} deep"
-            )));
-        }
-        let end = (length != UNDEFINED).then(|| self.pos + length as u64);
-        loop {
-            if end.is_some_and(|e| self.pos >= e) {
-                return Ok(());
-            }
-            let (tag, _, len) = self.header(enc)?;
-            match tag {
-                SEQ_END if end.is_none() => return Ok(()),
-                ITEM => {
-                    let item_end = (len != UNDEFINED).then(|| self.pos + len as u64);
-                    self.walk_elements(item_end, enc, depth)?;
-                }
-                other => {
-                    return Err(WalkError::Malformed(format!(
-                        "({:04X},{:04X}) inside a sequence where an item was expected",
-                        other.0, other.1
-                    )))
-                }
-            }
-        }
     }
 
     fn skip_sequence(&mut self, enc: Encoding, depth: u32) -> Result<(), WalkError> {
@@ -711,70 +596,5 @@ mod tests {
             (l.meta_start, l.meta_body_start, l.dataset_start),
             (0, 0, 28)
         );
-    }
-}
-
-/// A buffered reader whose seeks stay inside the buffer when they can: the element walker
-/// seeks around every element header, which `BufReader` would turn into a system call and
-/// a refill each time.
-pub struct SeekBuf<R> {
-    inner: std::io::BufReader<R>,
-    pos: u64,
-}
-
-impl<R: Read + Seek> SeekBuf<R> {
-    pub fn new(capacity: usize, mut inner: R) -> std::io::Result<Self> {
-        let pos = inner.stream_position()?;
-        Ok(SeekBuf {
-            inner: std::io::BufReader::with_capacity(capacity, inner),
-            pos,
-        })
-    }
-}
-
-impl<R: Read + Seek> Read for SeekBuf<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl<R: Read + Seek> Seek for SeekBuf<R> {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        let target = match to {
-            SeekFrom::Start(p) => p,
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d).ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before start")
-            })?,
-            SeekFrom::End(_) => {
-                self.pos = self.inner.seek(to)?;
-                return Ok(self.pos);
-            }
-        };
-        // Within the buffer this moves the cursor only; otherwise it seeks the file.
-        self.inner.seek_relative(target as i64 - self.pos as i64)?;
-        self.pos = target;
-        Ok(target)
-    }
-}
-
-#[cfg(test)]
-mod seekbuf_tests {
-    use super::*;
-
-    #[test]
-    fn seeks_read_the_right_bytes() {
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
-        let mut r = SeekBuf::new(64, std::io::Cursor::new(data.clone())).unwrap();
-        let mut b = [0u8; 4];
-        for &p in &[0u64, 10, 5, 60, 62, 200, 100, 9_990, 3] {
-            r.seek(SeekFrom::Start(p)).unwrap();
-            r.read_exact(&mut b).unwrap();
-            assert_eq!(&b[..], &data[p as usize..p as usize + 4], "at {p}");
-        }
-        r.seek(SeekFrom::Current(-4)).unwrap();
-        r.read_exact(&mut b).unwrap();
-        assert_eq!(&b[..], &data[3..7]);
     }
 }

@@ -113,11 +113,11 @@ fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
 }
 
 pub fn parse(path: &Path, len: u64) -> Result<Parsed, Rejection> {
-    let mut reader = frames::SeekBuf::new(16 * 1024, File::open(path).map_err(io_failure)?)
+    let mut reader = super::seekbuf::SeekBuf::new(16 * 1024, File::open(path).map_err(io_failure)?)
         .map_err(io_failure)?;
     let layout = frames::layout(&mut reader, len).map_err(walk_rejection)?;
     let (ts_uid, encoding) = transfer_syntax(&layout)?;
-    frames::check_nesting(&mut reader, len, layout.dataset_start, encoding)
+    super::nesting::check_nesting(&mut reader, len, layout.dataset_start, encoding)
         .map_err(walk_rejection)?;
     let obj = open_header(path, &layout).map_err(|e| {
         reject(

@@ -11,6 +11,8 @@
 pub mod frames;
 mod header;
 pub mod json;
+mod nesting;
+mod seekbuf;
 
 use std::fmt;
 use std::path::Path;
