@@ -67,6 +67,7 @@ fn uint(obj: &InMemDicomObject, tag: Tag) -> Option<u16> {
 
 /// Decode a command set.
 pub fn decode(bytes: &[u8]) -> Result<Command, CommandError> {
+    crate::ingest::check_data_set(bytes, "1.2.840.10008.1.2").map_err(CommandError)?;
     let obj = InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
         .map_err(|e| CommandError(e.to_string()))?;
     let field =

@@ -52,6 +52,10 @@ pub fn accept(rq: &Command, data: &[u8], ts: &str) -> Result<Request, u16> {
     if rq.action_type != Some(1) {
         return Err(0x0123); // no such action
     }
+    crate::ingest::check_data_set(data, ts).map_err(|e| {
+        tracing::info!(error = %e, "action information refused");
+        0x0110u16
+    })?;
     let ts = TransferSyntaxRegistry.get(ts).ok_or(0x0110u16)?;
     let obj = InMemDicomObject::read_dataset_with_ts(data, ts).map_err(|_| 0x0110u16)?;
     let transaction_uid = text(&obj, tags::TRANSACTION_UID)

@@ -38,6 +38,10 @@ pub struct Identifier {
 
 /// Parse an identifier encoded in `ts`; Err(status) when it cannot be used.
 pub fn parse(identifier: &[u8], ts: &str) -> Result<Identifier, u16> {
+    crate::ingest::check_data_set(identifier, ts).map_err(|e| {
+        tracing::info!(error = %e, "identifier refused");
+        0xC000u16
+    })?;
     let ts = TransferSyntaxRegistry.get(ts).ok_or(0xC000u16)?;
     let request = InMemDicomObject::read_dataset_with_ts(identifier, ts).map_err(|_| 0xC000u16)?;
     let level = text(&request, tags::QUERY_RETRIEVE_LEVEL).ok_or(0xA900u16)?;

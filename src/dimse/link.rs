@@ -305,24 +305,39 @@ impl Writer {
     }
 }
 
-/// Gathers P-DATA values into whole commands and data sets.
+/// The largest command set accepted (real ones are a few hundred bytes).
+pub const MAX_COMMAND: usize = 64 * 1024;
+
+/// Gathers the P-DATA values of a command set into the decoded command.
 #[derive(Default)]
 pub struct Assembler {
     command: Vec<u8>,
+    too_large: bool,
 }
 
 impl Assembler {
-    /// Add a command fragment; the decoded command once the last one is in.
+    /// Add a command fragment; the decoded command once the last one is in. A command set
+    /// larger than [`MAX_COMMAND`] is discarded as it arrives and refused at its end.
     pub fn command_fragment(
         &mut self,
         data: &[u8],
         last: bool,
     ) -> Option<Result<Command, command::CommandError>> {
-        self.command.extend_from_slice(data);
+        if self.command.len() + data.len() > MAX_COMMAND {
+            self.too_large = true;
+            self.command = Vec::new();
+        } else if !self.too_large {
+            self.command.extend_from_slice(data);
+        }
         if !last {
             return None;
         }
         let bytes = std::mem::take(&mut self.command);
+        if std::mem::take(&mut self.too_large) {
+            return Some(Err(command::CommandError(format!(
+                "command set larger than {MAX_COMMAND} bytes"
+            ))));
+        }
         Some(command::decode(&bytes))
     }
 }
@@ -339,6 +354,22 @@ mod tests {
         assert_eq!(u32::from_be_bytes(h[6..10].try_into().unwrap()), 12);
         assert_eq!((h[10], h[11]), (3, 3));
         assert_eq!(pdata_header(5, false, false, 0)[11], 0);
+    }
+
+    #[test]
+    fn oversized_command_sets_are_refused_then_forgotten() {
+        let mut a = Assembler::default();
+        let chunk = vec![0u8; 16 * 1024];
+        for _ in 0..10 {
+            assert!(a.command_fragment(&chunk, false).is_none());
+        }
+        assert!(a.command.len() <= MAX_COMMAND);
+        let err = a.command_fragment(&[], true).unwrap().unwrap_err();
+        assert!(err.0.contains("larger than"), "{err}");
+        // The next command starts afresh.
+        let echo = command::response(&Command::default(), 0x0030, 0);
+        let next = a.command_fragment(&echo, true).unwrap().unwrap();
+        assert_eq!(next.field, 0x0030);
     }
 
     #[test]

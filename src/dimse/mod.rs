@@ -21,6 +21,7 @@ mod session;
 pub mod store;
 
 pub use association::{serve, storage_sop_classes, transfer_syntaxes, SERVICE_CLASSES};
+pub use link::{Assembler, MAX_COMMAND};
 
 use crate::config::DimseConfig;
 use crate::ingest::Ingest;

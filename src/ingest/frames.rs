@@ -24,6 +24,20 @@ pub enum Encoding {
     Deflated,
 }
 
+impl Encoding {
+    /// The encoding of a transfer syntax dicom-rs knows; None for an unknown one.
+    pub fn of(ts_uid: &str) -> Option<Encoding> {
+        use dicom_encoding::transfer_syntax::{Codec, TransferSyntaxIndex};
+        let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(ts_uid)?;
+        Some(match (ts_uid, ts.codec()) {
+            (_, Codec::Dataset(_)) => Encoding::Deflated,
+            ("1.2.840.10008.1.2", _) => Encoding::ImplicitLe,
+            ("1.2.840.10008.1.2.2", _) => Encoding::ExplicitBe,
+            _ => Encoding::ExplicitLe,
+        })
+    }
+}
+
 /// Where the Pixel Data element lies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PixelData {

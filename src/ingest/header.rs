@@ -11,10 +11,8 @@ use std::path::Path;
 use dicom_core::dictionary::UidDictionary;
 use dicom_core::Tag;
 use dicom_dictionary_std::{tags, StandardSopClassDictionary};
-use dicom_encoding::transfer_syntax::{Codec, TransferSyntaxIndex};
 use dicom_object::file::ReadPreamble;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
-use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use serde_json::{Map, Value as Json};
 use unicode_normalization::UnicodeNormalization;
 
@@ -117,8 +115,11 @@ pub fn parse(path: &Path, len: u64) -> Result<Parsed, Rejection> {
         .map_err(io_failure)?;
     let layout = frames::layout(&mut reader, len).map_err(walk_rejection)?;
     let (ts_uid, encoding) = transfer_syntax(&layout)?;
-    super::nesting::check_nesting(&mut reader, len, layout.dataset_start, encoding)
-        .map_err(walk_rejection)?;
+    match encoding {
+        Encoding::Deflated => super::nesting::check_deflated(&mut reader, layout.dataset_start),
+        _ => super::nesting::check_nesting(&mut reader, len, layout.dataset_start, encoding),
+    }
+    .map_err(walk_rejection)?;
     let obj = open_header(path, &layout).map_err(|e| {
         reject(
             Reason::CannotUnderstand,
@@ -189,18 +190,12 @@ fn transfer_syntax(layout: &frames::Layout) -> Result<(Uid, Encoding), Rejection
             format!("TransferSyntaxUID {raw:?}: {e}"),
         )
     })?;
-    let ts = TransferSyntaxRegistry.get(uid.as_str()).ok_or_else(|| {
+    let encoding = Encoding::of(uid.as_str()).ok_or_else(|| {
         reject(
             Reason::UnsupportedTransferSyntax,
             format!("transfer syntax {uid} is not supported"),
         )
     })?;
-    let encoding = match (uid.as_str(), ts.codec()) {
-        (_, Codec::Dataset(_)) => Encoding::Deflated,
-        ("1.2.840.10008.1.2", _) => Encoding::ImplicitLe,
-        ("1.2.840.10008.1.2.2", _) => Encoding::ExplicitBe,
-        _ => Encoding::ExplicitLe,
-    };
     Ok((uid, encoding))
 }
 
