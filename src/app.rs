@@ -122,6 +122,12 @@ impl App {
             .expect("bound listener has an address")
     }
 
+    /// The HTTP service, for callers in the same process (the fuzz targets); `run` serves
+    /// the same router on the listener.
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
     /// The AE title the DIMSE listener answers to.
     pub fn ae_title(&self) -> &str {
         &self.state.config.dimse.ae_title

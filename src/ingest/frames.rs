@@ -299,23 +299,34 @@ pub(super) struct Walker<'a, R> {
     pub(super) enc: Encoding,
 }
 
-/// VRs whose explicit encoding has a 2-byte reserved field and a 4-byte length.
+/// Whether an explicit VR has a 2-byte reserved field and a 4-byte length: every VR but
+/// the short ones of PS3.5 Table 7.1-2 — an unknown VR too, as PS3.5 §6.2 asks and as
+/// dicom-rs reads it (as UN). Walking it any other way would let a value that runs past the
+/// end of the object through to the parser.
 fn long_vr(vr: &[u8; 2]) -> bool {
-    matches!(
+    !matches!(
         vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"SV"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"UV"
+        b"AE"
+            | b"AS"
+            | b"AT"
+            | b"CS"
+            | b"DA"
+            | b"DS"
+            | b"DT"
+            | b"FL"
+            | b"FD"
+            | b"IS"
+            | b"LO"
+            | b"LT"
+            | b"PN"
+            | b"SH"
+            | b"SL"
+            | b"SS"
+            | b"ST"
+            | b"TM"
+            | b"UI"
+            | b"UL"
+            | b"US"
     )
 }
 
@@ -591,6 +602,24 @@ mod tests {
         let err =
             find_pixel_data(&mut c, cut.len() as u64, start, Encoding::ExplicitLe).unwrap_err();
         assert!(matches!(err, WalkError::Truncated(_)), "{err}");
+    }
+
+    #[test]
+    fn unknown_vrs_have_long_lengths() {
+        // (0020,0037) with the unknown VR "DW": as a short VR its value would be 24 bytes;
+        // read as PS3.5 and dicom-rs read it (reserved field, 4-byte length) it claims
+        // ~1.5 GB, which the walker must refuse before any parser allocates for it.
+        let mut body = Vec::new();
+        body.extend_from_slice(&[0x20, 0x00, 0x37, 0x00, b'D', b'W', 0x18, 0x00]);
+        body.extend_from_slice(b"1.0\\0.0\\0.0\\0.0\\1.0\\0.0 ");
+        el(&mut body, 0x7FE0, 0x0010, b"OW", &[7u8; 8]);
+        let bytes = part10(&body);
+        let len = bytes.len() as u64;
+        let mut c = Cursor::new(bytes);
+        let start = layout(&mut c, len).unwrap().dataset_start;
+        let err = find_pixel_data(&mut c, len, start, Encoding::ExplicitLe).unwrap_err();
+        assert!(matches!(err, WalkError::Truncated(_)), "{err}");
+        assert!(long_vr(b"DW") && long_vr(b"UN") && long_vr(b"OB") && !long_vr(b"US"));
     }
 
     #[test]

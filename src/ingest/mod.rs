@@ -26,6 +26,7 @@ use crate::model::Uid;
 use crate::storage::{ObjectKey, Spool, SpooledFile, StorageError, Store};
 
 pub use header::{fold as fold_name, is_storage_class, open_stored, text as element_text};
+pub use header::{parse as parse_header, Parsed};
 pub use nesting::check_data_set;
 
 /// Why an object was refused. Entry points map these to STOW failure reasons and DIMSE
