@@ -163,3 +163,135 @@ def test_bad_pdus(pacs):
     assoc = ae.associate("127.0.0.1", pacs.dimse_port, ae_title=pacs.ae_title)
     assert assoc.is_established and assoc.send_c_echo().Status == 0
     assoc.release()
+
+
+def peak_rss_mb(pacs):
+    with open(f"/proc/{pacs.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def test_unknown_vr_claiming_a_huge_value(pacs):
+    """Found by the stow_multipart fuzz target: an element with an unknown VR is read with a
+    4-byte length (PS3.5 §6.2, as dicom-rs reads it), so "DW" followed by two bytes of length
+    and the text "1.0\\..." claims ~1.5 GB. It must be refused as truncated before any parser
+    allocates for it."""
+    ds = ct_series(n=1, size=8)[0]
+    raw = to_bytes(ds)
+    at = raw.index(b"\x20\x00\x37\x00DS")  # ImageOrientationPatient
+    bad = raw[:at + 4] + b"DW" + raw[at + 6:]
+    before = peak_rss_mb(pacs)
+    for _ in range(3):
+        r = stow(pacs, b"--BB\r\nContent-Type: application/dicom\r\n\r\n" + bad + b"\r\n--BB--\r\n", MULTI)
+        assert r.status_code in (400, 409), r.status_code
+    assert peak_rss_mb(pacs) - before < 200, (before, peak_rss_mb(pacs))
+    nothing_stored(pacs)
+    alive(pacs)
+
+
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+IMPLICIT = "1.2.840.10008.1.2"
+
+
+def associate(port, called, abstract, ts):
+    """An association opened by hand with one presentation context (id 1)."""
+    def item(kind, body):
+        return struct.pack(">BBH", kind, 0, len(body)) + body
+
+    def uid(u):
+        return u.encode() + (b"\0" if len(u) % 2 else b"")
+
+    pcs = item(0x20, struct.pack(">BBBB", 1, 0, 0, 0) + item(0x30, uid(abstract)) + item(0x40, uid(ts)))
+    pcs += item(0x20, struct.pack(">BBBB", 3, 0, 0, 0) + item(0x30, uid("1.2.840.10008.1.1"))
+                + item(0x40, uid(ts)))
+    user = item(0x50, item(0x51, struct.pack(">I", 16384)))
+    body = (struct.pack(">HH", 1, 0) + called.ljust(16).encode() + b"RAWPEER".ljust(16) + bytes(32)
+            + item(0x10, b"1.2.840.10008.3.1.1.1") + pcs + user)
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(struct.pack(">BBI", 0x01, 0, len(body)) + body)
+    kind, _, length = struct.unpack(">BBI", recv_exact(s, 6))
+    recv_exact(s, length)
+    assert kind == 0x02, f"association not accepted: {kind:#x}"
+    return s
+
+
+def recv_exact(s, n):
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            raise ConnectionError("closed")
+        out += chunk
+    return out
+
+
+def pdv(context, command, last, data):
+    value = struct.pack(">IBB", len(data) + 2, context, (1 if command else 0) | (2 if last else 0)) + data
+    return struct.pack(">BBI", 0x04, 0, len(value)) + value
+
+
+def command(elements):
+    """An implicit VR little endian command set (tag element -> bytes), group length first."""
+    body = b""
+    for elem, value in sorted(elements.items()):
+        value += b"\0" * (len(value) % 2)
+        body += struct.pack("<HHI", 0, elem, len(value)) + value
+    return struct.pack("<HHII", 0, 0, 4, len(body)) + body
+
+
+def response_status(s):
+    """The Status of the next response command (implicit VR LE) on the association."""
+    data = b""
+    while True:
+        kind, _, length = struct.unpack(">BBI", recv_exact(s, 6))
+        pdu = recv_exact(s, length)
+        assert kind == 0x04, f"expected P-DATA, got PDU type {kind:#x}"
+        at = 0
+        while at < len(pdu):
+            vlen = struct.unpack(">I", pdu[at:at + 4])[0]
+            flags = pdu[at + 5]
+            data += pdu[at + 6:at + 4 + vlen]
+            at += 4 + vlen
+            if flags & 1 and flags & 2:
+                at2 = 0
+                while at2 < len(data):
+                    group, elem, vl = struct.unpack("<HHI", data[at2:at2 + 8])
+                    if (group, elem) == (0, 0x0900):
+                        return struct.unpack("<H", data[at2 + 8:at2 + 10])[0]
+                    at2 += 8 + vl
+                raise AssertionError("no Status in the response")
+
+
+def test_deeply_nested_dimse_data_sets_and_oversized_commands(pacs):
+    """Identifiers are checked for nesting before they are parsed (a recursive parser would
+    exhaust the stack), and command sets are capped at 64 KiB; the association goes on."""
+    s = associate(pacs.dimse_port, pacs.ae_title, STUDY_ROOT_FIND, IMPLICIT)
+    find = command({0x0002: STUDY_ROOT_FIND.encode(), 0x0100: struct.pack("<H", 0x0020),
+                    0x0110: struct.pack("<H", 7), 0x0700: struct.pack("<H", 0),
+                    0x0800: struct.pack("<H", 0)})
+    level = b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY "
+    sq = b"\x40\x00\x30\xa7\xff\xff\xff\xff"
+    item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    ends = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    depth = 20000
+    identifier = level + (sq + item) * depth + ends * depth
+    s.sendall(pdv(1, True, True, find))
+    for at in range(0, len(identifier), 16000):
+        chunk = identifier[at:at + 16000]
+        s.sendall(pdv(1, False, at + 16000 >= len(identifier), chunk))
+    assert response_status(s) == 0xC000
+    # A command set of 200 KB, in fragments: refused, the association survives.
+    big = command({0x0100: struct.pack("<H", 0x0030), 0x0110: struct.pack("<H", 8),
+                   0x0800: struct.pack("<H", 0x0101), 0x1000: b"x" * 200_000})
+    for at in range(0, len(big), 16000):
+        s.sendall(pdv(3, True, at + 16000 >= len(big), big[at:at + 16000]))
+    assert response_status(s) == 0x0211
+    echo = command({0x0002: b"1.2.840.10008.1.1", 0x0100: struct.pack("<H", 0x0030),
+                    0x0110: struct.pack("<H", 9), 0x0800: struct.pack("<H", 0x0101)})
+    s.sendall(pdv(3, True, True, echo))
+    assert response_status(s) == 0x0000
+    s.sendall(struct.pack(">BBII", 0x05, 0, 4, 0))
+    s.close()
+    alive(pacs)
