@@ -1,11 +1,14 @@
-//! A bound on how deep sequences nest, checked before any recursive parser sees a data set:
-//! dicom-object's parser recurses per level, so a data set nested thousands of levels deep
-//! would exhaust the stack. Every data set a peer sends is checked before it is parsed:
-//! objects on the ingest path (deflated ones too, through their inflated stream), and the
-//! command sets, identifiers and action information of DIMSE messages.
+//! The checks every data set a peer sends passes before a parser sees it: sequences nest
+//! at most [`MAX_NESTING`] deep (dicom-object's parser recurses per level, so a data set
+//! nested thousands of levels deep would exhaust the stack), and the values of binary VRs
+//! are whole (a parser that reads whole values only loses its place otherwise, and takes
+//! value bytes for element headers that may claim gigabytes). Checked: objects on the
+//! ingest path (deflated ones too, through their inflated stream), and the command sets,
+//! identifiers and action information of DIMSE messages.
 
 use std::io::{self, Cursor, Read, Seek, SeekFrom};
 
+use dicom_core::VR;
 use flate2::read::DeflateDecoder;
 
 use super::frames::{Encoding, WalkError, Walker, ITEM, ITEM_END, PIXEL_DATA, SEQ_END, UNDEFINED};
@@ -116,13 +119,29 @@ impl<R: Read> Seek for Forward<R> {
     }
 }
 
-fn is_sequence(tag: (u16, u16), vr: Option<[u8; 2]>) -> bool {
+/// The VR an element is read with: the explicit one, or the dictionary's in implicit VR.
+fn element_vr(tag: (u16, u16), vr: Option<[u8; 2]>) -> Option<VR> {
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
     match vr {
-        Some(vr) => &vr == b"SQ",
+        Some(vr) => VR::from_binary(vr),
         None => dicom_dictionary_std::StandardDataDictionary
             .by_tag(dicom_core::Tag(tag.0, tag.1))
-            .is_some_and(|e| matches!(e.vr(), VirtualVr::Exact(dicom_core::VR::SQ))),
+            .and_then(|e| match e.vr() {
+                VirtualVr::Exact(vr) => Some(vr),
+                _ => None,
+            }),
+    }
+}
+
+/// The size of one value of a binary VR: its length must be a multiple of it (PS3.5
+/// §6.2). A parser that reads whole values only would otherwise lose its place in the
+/// data set and take the next bytes for an element header (dicom-rs does).
+fn value_size(vr: VR) -> u32 {
+    match vr {
+        VR::OW | VR::SS | VR::US => 2,
+        VR::AT | VR::FL | VR::OF | VR::OL | VR::SL | VR::UL => 4,
+        VR::FD | VR::OD | VR::OV | VR::SV | VR::UV => 8,
+        _ => 1,
     }
 }
 
@@ -152,7 +171,7 @@ impl<R: Read + Seek> Walker<'_, R> {
             if encapsulated {
                 // Nested encapsulated pixel data (an icon, say): fragments, not items.
                 self.skip_fragments(enc)?;
-            } else if is_sequence(tag, vr) || length == UNDEFINED {
+            } else if element_vr(tag, vr) == Some(VR::SQ) || length == UNDEFINED {
                 let inner = if vr == Some(*b"UN") {
                     Encoding::ImplicitLe
                 } else {
@@ -160,6 +179,13 @@ impl<R: Read + Seek> Walker<'_, R> {
                 };
                 self.walk_sequence(length, inner, depth + 1, header_only)?;
             } else {
+                let size = element_vr(tag, vr).map_or(1, value_size);
+                if length % size != 0 {
+                    return Err(WalkError::Malformed(format!(
+                        "the value of ({:04X},{:04X}) is {length} bytes, not a multiple of {size}",
+                        tag.0, tag.1
+                    )));
+                }
                 self.skip(length as u64, "element value")?;
             }
         }
@@ -272,6 +298,21 @@ mod tests {
         let mut file = b"META".to_vec();
         file.extend(deflate(&nested(3, true)));
         assert!(check_deflated(&mut Cursor::new(&file), 4).is_ok());
+    }
+
+    #[test]
+    fn binary_values_must_be_whole() {
+        // (0008,0016) as FD with 26 bytes (found by the dicom_header fuzz target): dicom-rs
+        // reads three doubles and takes the last two bytes for the next element's header.
+        let mut b = vec![0x08, 0x00, 0x16, 0x00, b'F', b'D', 26, 0];
+        b.extend_from_slice(&[0x31; 26]);
+        let err = check_data_set(&b, EXPLICIT).unwrap_err();
+        assert!(err.contains("not a multiple of 8"), "{err}");
+        // Rows (US) with 3 bytes, implicit VR: the dictionary's VR counts.
+        let rows = [0x28, 0x00, 0x10, 0x00, 3, 0, 0, 0, 1, 2, 3];
+        assert!(check_data_set(&rows, IMPLICIT).is_err());
+        let rows = [0x28, 0x00, 0x10, 0x00, 2, 0, 0, 0, 1, 2];
+        assert!(check_data_set(&rows, IMPLICIT).is_ok());
     }
 
     #[test]
