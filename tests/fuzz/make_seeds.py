@@ -2,7 +2,8 @@
 """Write the fuzz targets' seed corpora (small on purpose) into tests/fuzz/seeds/<target>/.
 
 Run from anywhere: python3 tests/fuzz/make_seeds.py. The seeds are committed; re-running
-rewrites them with fresh UIDs. Each seed is a valid (or a typical almost-valid) input, so
+rewrites them with fresh UIDs. Files named regression-* are inputs the fuzzers found
+problems with; they stay, so every run replays them. Each seed is a valid (or a typical almost-valid) input, so
 the fuzzers start from inputs that reach deep into the code.
 """
 
@@ -30,7 +31,8 @@ def seeds(target: str, files: dict[str, bytes]):
     d = HERE / "seeds" / target
     d.mkdir(parents=True, exist_ok=True)
     for old in d.iterdir():
-        old.unlink()
+        if not old.name.startswith("regression-"):  # inputs the fuzzers found: kept
+            old.unlink()
     for name, data in files.items():
         (d / name).write_bytes(data)
 

@@ -191,6 +191,21 @@ def test_unknown_vr_claiming_a_huge_value(pacs):
     alive(pacs)
 
 
+def test_fuzz_findings_are_refused(pacs):
+    """The objects the fuzz targets found problems with (tests/fuzz/seeds/dicom_header/
+    regression-*), stored over STOW-RS: each refused, without a memory spike."""
+    from pathlib import Path
+    found = sorted((Path(__file__).parent.parent / "fuzz" / "seeds" / "dicom_header").glob("regression-*"))
+    assert found
+    before = peak_rss_mb(pacs)
+    for f in found:
+        r = stow(pacs, f.read_bytes(), "application/dicom")
+        assert r.status_code in (400, 409), (f.name, r.status_code, r.text[:300])
+    assert peak_rss_mb(pacs) - before < 200, (before, peak_rss_mb(pacs))
+    nothing_stored(pacs)
+    alive(pacs)
+
+
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 IMPLICIT = "1.2.840.10008.1.2"
 
