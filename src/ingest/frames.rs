@@ -28,6 +28,8 @@ impl Encoding {
     /// The encoding of a transfer syntax dicom-rs knows; None for an unknown one.
     pub fn of(ts_uid: &str) -> Option<Encoding> {
         use dicom_encoding::transfer_syntax::{Codec, TransferSyntaxIndex};
+        // As negotiated, a UID may keep its padding.
+        let ts_uid = ts_uid.trim_end_matches(['\0', ' ']);
         let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(ts_uid)?;
         Some(match (ts_uid, ts.codec()) {
             (_, Codec::Dataset(_)) => Encoding::Deflated,
@@ -602,6 +604,27 @@ mod tests {
         let err =
             find_pixel_data(&mut c, cut.len() as u64, start, Encoding::ExplicitLe).unwrap_err();
         assert!(matches!(err, WalkError::Truncated(_)), "{err}");
+    }
+
+    #[test]
+    fn encodings_of_padded_uids() {
+        assert_eq!(
+            Encoding::of("1.2.840.10008.1.2\0"),
+            Some(Encoding::ImplicitLe)
+        );
+        assert_eq!(
+            Encoding::of("1.2.840.10008.1.2.2 "),
+            Some(Encoding::ExplicitBe)
+        );
+        assert_eq!(
+            Encoding::of("1.2.840.10008.1.2.1"),
+            Some(Encoding::ExplicitLe)
+        );
+        assert_eq!(
+            Encoding::of("1.2.840.10008.1.2.1.99"),
+            Some(Encoding::Deflated)
+        );
+        assert_eq!(Encoding::of("1.2.3"), None);
     }
 
     #[test]

@@ -290,6 +290,11 @@ def test_deeply_nested_dimse_data_sets_and_oversized_commands(pacs):
     sq = b"\x40\x00\x30\xa7\xff\xff\xff\xff"
     item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
     ends = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    # A shallow identifier first, on this Implicit VR context (its UID is padded with a
+    # NUL when negotiated): answered, no matches.
+    s.sendall(pdv(1, True, True, find))
+    s.sendall(pdv(1, False, True, level + (sq + item) * 3 + ends * 3))
+    assert response_status(s) == 0x0000
     depth = 20000
     identifier = level + (sq + item) * depth + ends * depth
     s.sendall(pdv(1, True, True, find))
