@@ -10,6 +10,7 @@
 //! Durability: on the filesystem a put is *fsync spool file → rename → fsync directory*
 //! (plus the parents it had to create); on S3 a put completes when the upload has.
 
+mod dirsync;
 mod spool;
 
 use std::ops::Range;
@@ -467,9 +468,7 @@ fn durable_rename(spooled: SpooledFile, target: &Path) -> Result<(), StorageErro
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StorageError::io("fsyncing directory", dir, e))
+    dirsync::sync_dir(dir).map_err(|e| StorageError::io("fsyncing directory", dir, e))
 }
 
 #[cfg(test)]
