@@ -3,7 +3,9 @@
 and 512x512 CT over 1 and 4 associations, against pacs-lite and, when installed, Orthanc
 (Debian `orthanc`) on the same machine in the same run; plus C-ECHO and C-FIND round trips
 including association set-up (each a new echoscu/findscu process, whose start-up is part of
-the figure: compare C-FIND with C-ECHO). Prints a table; asserts nothing.
+the figure: compare C-FIND with C-ECHO). Prints a table; asserts nothing. The server CPU per
+instance (user + system time of the server process over the run) is the steadier figure where
+the disk speed varies between runs; TMPDIR=/dev/shm puts the data in memory.
 
 Usage: scripts/bench_dimse.py [--quick] [--no-orthanc] [--find-only]
 """
@@ -61,6 +63,13 @@ def make_folders(size, count, parts, run):
             (d / f"{i:06d}.dcm").write_bytes(raw)
         folders.append(d)
     return folders, total
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far: less noisy than wall time on a machine
+    whose disk speed varies between runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def store(server, folders):
@@ -135,8 +144,11 @@ def main():
         for name, make in servers:
             server = make()
             try:
+                cpu0 = cpu_seconds(server.proc.pid)
                 elapsed, failed = store(server, folders)
+                cpu = cpu_seconds(server.proc.pid) - cpu0
                 results.setdefault(label, {})[name] = (n / elapsed, total / elapsed / 1e6, failed)
+                results.setdefault(f"  {label}: server CPU ms/inst", {})[name] = (cpu / n * 1000, None, 0)
             finally:
                 server.stop()
     small = stow.Factory(64, 801, per_series=2, per_study=2)
@@ -171,7 +183,7 @@ def main():
         line = f"{label:40}"
         for n in names:
             a, b, failed = row[n]
-            line += f"{a:>14.1f}" + (f" inst/s {b:6.1f} MB/s" if b is not None else " " * 18)
+            line += f"{a:>14.1f} inst/s {b:6.1f} MB/s" if b is not None else f"{a:>14.2f}" + " " * 18
             if failed:
                 line += f" ({failed} failed)"
         print(line)
