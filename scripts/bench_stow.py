@@ -97,6 +97,7 @@ class Server:
         self.dir = Path(tempfile.mkdtemp(prefix="pacs-bench-"))
         self.env = dict(os.environ, PACS_DATA_DIR=str(self.dir / "data"), PACS_HTTP__LISTEN="127.0.0.1:0",
                         PACS_DIMSE__LISTEN="127.0.0.1:0", PACS_LOG__FILTER="warn")
+        self.env.pop("PACS_BIN", None)  # the benchmark's, not a server setting
         if pg_url:
             db = "bench_" + uuid.uuid4().hex[:10]
             subprocess.run(["psql", pg_url, "-qc", f"CREATE DATABASE {db}"], check=True)

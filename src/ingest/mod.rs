@@ -253,18 +253,37 @@ impl Ingest {
         origin: Origin,
         expected: &Expected,
     ) -> Outcome {
-        let path = spooled.path().to_owned();
         let len = spooled.len;
-        let parsed = tokio::task::spawn_blocking(move || header::parse(&path, len)).await;
-        let parsed = match parsed {
+        let digest = spooled.sha256;
+        let sha256 = hex::encode(digest);
+        // One blocking task parses, checks and — on the filesystem — makes the object
+        // durable; S3 uploads go on asynchronously afterwards.
+        let (store, expected) = (self.store.clone(), expected.clone());
+        let prepared = tokio::task::spawn_blocking(move || {
+            let parsed = header::parse(spooled.path(), len)?;
+            check_expected(&parsed, &expected)?;
+            // No look-up first: the key names the bytes, so putting an instance that is
+            // already stored rewrites an identical object, and the index's uniqueness
+            // decides the rest.
+            let key = ObjectKey::new(&parsed.study_uid, &digest);
+            let remote = store.put_local(&key, spooled).map_err(|e| {
+                storage_rejection(e).about(&parsed.sop_class_uid, &parsed.sop_instance_uid)
+            })?;
+            Ok::<_, Rejection>((parsed, key, remote))
+        })
+        .await;
+        let (parsed, key, remote) = match prepared {
             Ok(Ok(p)) => p,
             Ok(Err(r)) => return Outcome::Rejected(r),
             Err(e) => return Outcome::Rejected(failure(format!("header task failed: {e}"), None)),
         };
-        if let Err(r) = check_expected(&parsed, expected) {
-            return Outcome::Rejected(r);
+        if let Some(spooled) = remote {
+            if let Err(e) = self.store.put(&key, spooled).await {
+                return Outcome::Rejected(
+                    storage_rejection(e).about(&parsed.sop_class_uid, &parsed.sop_instance_uid),
+                );
+            }
         }
-        let sha256 = hex::encode(spooled.sha256);
         let accepted = Accepted {
             study_uid: parsed.study_uid.clone(),
             series_uid: parsed.series_uid.clone(),
@@ -275,14 +294,6 @@ impl Ingest {
             stored_at: crate::index::now_millis(),
             kept_original: false,
         };
-        // No look-up first: the key names the bytes, so putting an instance that is already
-        // stored rewrites an identical object, and the index's uniqueness decides the rest.
-        let key = ObjectKey::new(&parsed.study_uid, &spooled.sha256);
-        if let Err(e) = self.store.put(&key, spooled).await {
-            return Outcome::Rejected(
-                storage_rejection(e).about(&parsed.sop_class_uid, &parsed.sop_instance_uid),
-            );
-        }
         // The parsed header moves into the record: its JSON is not copied on this hot path.
         let record = InstanceRecord {
             sop_instance_uid: parsed.sop_instance_uid.to_string(),

@@ -205,6 +205,20 @@ impl Store {
         }
     }
 
+    /// [`Store::put`] for callers already on a blocking thread: on the filesystem the object
+    /// is made durable here (`Ok(None)`); for S3 the file comes back (`Ok(Some)`) to be
+    /// uploaded with [`Store::put`].
+    pub fn put_local(
+        &self,
+        key: &ObjectKey,
+        spooled: SpooledFile,
+    ) -> Result<Option<SpooledFile>, StorageError> {
+        match &self.fs_root {
+            Some(root) => durable_rename(spooled, &root.join(key.as_str())).map(|()| None),
+            None => Ok(Some(spooled)),
+        }
+    }
+
     async fn upload(&self, key: &ObjectKey, spooled: SpooledFile) -> Result<(), StorageError> {
         let path = spooled.path().to_owned();
         let file = tokio::fs::File::open(&path)

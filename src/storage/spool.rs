@@ -14,6 +14,8 @@ use super::StorageError;
 
 /// Bytes are written to disk in batches of this size.
 const FLUSH_AT: usize = 1 << 20;
+/// Flushes up to this size are written without leaving the async thread.
+const INLINE_FLUSH: usize = 64 * 1024;
 
 pub struct Spool {
     file: Option<NamedTempFile>,
@@ -73,8 +75,19 @@ impl Spool {
         Ok(())
     }
 
-    /// Write and hash what is buffered, on a blocking thread.
+    /// Write and hash what is buffered: on a blocking thread, or here when it is small
+    /// (a few microseconds into the page cache; a hop to the blocking pool costs more).
     async fn flush(&mut self) -> Result<(), StorageError> {
+        if self.buf.len() <= INLINE_FLUSH {
+            let (file, hasher) = (
+                self.file.as_mut().expect("spool file present"),
+                self.hasher.as_mut().expect("hasher present"),
+            );
+            hasher.update(&self.buf);
+            let r = file.as_file_mut().write_all(&self.buf);
+            self.buf.clear();
+            return r.map_err(|e| StorageError::io("writing spool file", file.path(), e));
+        }
         let mut file = self.file.take().expect("spool file present");
         let mut hasher = self.hasher.take().expect("hasher present");
         let buf = std::mem::take(&mut self.buf);
