@@ -13,6 +13,7 @@ mod header;
 pub mod json;
 mod nesting;
 mod seekbuf;
+mod walker;
 
 use std::fmt;
 use std::path::Path;

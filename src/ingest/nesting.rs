@@ -11,7 +11,7 @@ use std::io::{self, Cursor, Read, Seek, SeekFrom};
 use dicom_core::VR;
 use flate2::read::DeflateDecoder;
 
-use super::frames::{Encoding, WalkError, Walker, ITEM, ITEM_END, PIXEL_DATA, SEQ_END, UNDEFINED};
+use super::walker::{Encoding, WalkError, Walker, ITEM, ITEM_END, PIXEL_DATA, SEQ_END, UNDEFINED};
 
 /// How deep sequences may nest (DICOM SR trees are rarely deeper than a few dozen levels).
 pub const MAX_NESTING: u32 = 64;
