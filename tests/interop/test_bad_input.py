@@ -315,3 +315,73 @@ def test_deeply_nested_dimse_data_sets_and_oversized_commands(pacs):
     s.sendall(struct.pack(">BBII", 0x05, 0, 4, 0))
     s.close()
     alive(pacs)
+
+
+def test_dimse_limits_in_the_conformance_statement(pacs):
+    """conformance/dimse.md: sequences nested deeper than 64 levels — C-STORE 0xC000, N-ACTION
+    0x0110 — and identifiers over 16 MiB refused with 0xA700; each association goes on."""
+    from dimsetools import dataset_bytes
+    from test_dimse_pynetdicom import store_command
+
+    # C-STORE of a data set nested 5000 deep.
+    ds, raw = nested(5000)
+    s = associate(pacs.dimse_port, pacs.ae_title, "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+    s.sendall(pdv(1, True, True, store_command(ds.SOPInstanceUID)))
+    body = dataset_bytes(raw)
+    for at in range(0, len(body), 16000):
+        s.sendall(pdv(1, False, at + 16000 >= len(body), body[at:at + 16000]))
+    assert response_status(s) == 0xC000
+    s.sendall(struct.pack(">BBII", 0x05, 0, 4, 0))
+    s.close()
+
+    # N-ACTION (storage commitment) whose action information is nested 5000 deep.
+    commitment = "1.2.840.10008.1.20.1"
+    s = associate(pacs.dimse_port, pacs.ae_title, commitment, IMPLICIT)
+    action = command({0x0003: commitment.encode(), 0x0100: struct.pack("<H", 0x0130),
+                      0x0110: struct.pack("<H", 5), 0x0800: struct.pack("<H", 0),
+                      0x1001: b"1.2.840.10008.1.20.1.1", 0x1008: struct.pack("<H", 1)})
+    sq = b"\x08\x00\x99\x11\xff\xff\xff\xff"  # ReferencedSOPSequence, implicit VR
+    item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    ends = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    uid = b"\x08\x00\x95\x11\x0a\x00\x00\x001.2.3.4.5\x00"  # TransactionUID
+    info = uid + (sq + item) * 5000 + ends * 5000
+    s.sendall(pdv(1, True, True, action))
+    for at in range(0, len(info), 16000):
+        s.sendall(pdv(1, False, at + 16000 >= len(info), info[at:at + 16000]))
+    assert response_status(s) == 0x0110
+
+    # A C-FIND identifier of 17 MiB (a long private value), on a Study Root context.
+    s2 = associate(pacs.dimse_port, pacs.ae_title, STUDY_ROOT_FIND, IMPLICIT)
+    find = command({0x0002: STUDY_ROOT_FIND.encode(), 0x0100: struct.pack("<H", 0x0020),
+                    0x0110: struct.pack("<H", 6), 0x0700: struct.pack("<H", 0),
+                    0x0800: struct.pack("<H", 0)})
+    big = 17 << 20
+    identifier = b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY " + b"\x09\x00\x10\x10" + struct.pack("<I", big) + b"x" * big
+    s2.sendall(pdv(1, True, True, find))
+    for at in range(0, len(identifier), 16000):
+        s2.sendall(pdv(1, False, at + 16000 >= len(identifier), identifier[at:at + 16000]))
+    assert response_status(s2) == 0xA700
+    for sock in (s, s2):
+        sock.sendall(struct.pack(">BBII", 0x05, 0, 4, 0))
+        sock.close()
+    nothing_stored(pacs)
+    alive(pacs)
+
+
+def test_deflated_object_nested_too_deep(pacs):
+    """conformance/stow-rs.md: deflated data sets are walked inflated, so the nesting bound
+    holds for them too."""
+    import zlib
+    _, raw = nested(5000)
+    meta_len = struct.unpack("<I", raw[140:144])[0]
+    meta, dataset = raw[144:144 + meta_len], raw[144 + meta_len:]
+    old_ts = b"\x02\x00\x10\x00UI\x14\x001.2.840.10008.1.2.1\x00"
+    assert old_ts in meta
+    meta = meta.replace(old_ts, b"\x02\x00\x10\x00UI\x16\x001.2.840.10008.1.2.1.99")
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = raw[:140] + struct.pack("<I", len(meta)) + meta + deflater.compress(dataset) + deflater.flush()
+    r = stow(pacs, body, "application/dicom")
+    assert r.status_code in (400, 409), r.status_code
+    assert "nested more than 64" in r.text, r.text[:500]
+    nothing_stored(pacs)
+    alive(pacs)
