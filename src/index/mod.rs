@@ -4,7 +4,8 @@
 //! sqlx's `Any` driver (`$n` placeholders work on both); only the DDL differs, in
 //! `migrations/sqlite` and `migrations/postgres`, applied at start.
 //!
-//! Writes go through one writer task per process ([`writer`]) that commits the rows of
+//! Writes go through one writer per process ([`writer`] on PostgreSQL, a thread with its
+//! own synchronous connection on SQLite, [`sqlite_writer`]) that commits the rows of
 //! concurrent ingests in one transaction (group commit); an ingest is answered only
 //! after the transaction holding its row has committed.
 
@@ -12,6 +13,7 @@ pub mod admin;
 pub mod query;
 pub mod read;
 mod records;
+mod sqlite_writer;
 pub mod uploads;
 mod writer;
 
@@ -33,8 +35,16 @@ pub enum IndexError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported index URL {0:?}: use sqlite://… or postgres://…")]
     UnsupportedUrl(String),
+    #[error("index database: {0}")]
+    Sqlite(String),
     #[error("the index writer has stopped")]
     WriterGone,
+}
+
+impl From<rusqlite::Error> for IndexError {
+    fn from(e: rusqlite::Error) -> Self {
+        IndexError::Sqlite(e.to_string())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +119,10 @@ impl Index {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
-        let writer = writer::spawn(pool.clone(), backend);
+        let writer = match sqlite_file(&url) {
+            Some(path) if backend == Backend::Sqlite => sqlite_writer::spawn(path)?,
+            _ => writer::spawn(pool.clone(), backend),
+        };
         let audit = admin::spawn_audit_writer(pool.clone());
         Ok(Index {
             pool,
@@ -217,6 +230,13 @@ fn prepare_sqlite_url(url: &str) -> Result<String, IndexError> {
         format!("{query}&mode=rwc")
     };
     Ok(format!("sqlite://{path}?{query}"))
+}
+
+/// The database file of a SQLite URL made by [`prepare_sqlite_url`] (None for `:memory:`).
+fn sqlite_file(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("sqlite://")?;
+    let path = rest.split_once('?').map_or(rest, |(p, _)| p);
+    (path != ":memory:" && !path.is_empty()).then_some(path)
 }
 
 /// Milliseconds since the Unix epoch, the index's time unit.

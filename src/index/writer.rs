@@ -1,4 +1,6 @@
-//! The index writer: one task that commits concurrent inserts in one transaction.
+//! The index writer: one task that commits concurrent inserts in one transaction. This one
+//! serves PostgreSQL; SQLite has its own thread ([`super::sqlite_writer`]) with the same
+//! batching and the same statements.
 //!
 //! Jobs queue on a channel; the task takes all that are waiting (up to a cap), writes them
 //! in one transaction with a savepoint per instance, commits, and only then answers each
@@ -13,7 +15,41 @@ use super::{
     Backend, IndexError, InsertOutcome, InstanceRecord, SeriesRecord, StoredInstance, StudyRecord,
 };
 
-const MAX_BATCH: usize = 256;
+pub(super) const MAX_BATCH: usize = 256;
+
+/// The statements of an insert, shared by this writer and the SQLite one
+/// ([`super::sqlite_writer`]); `$n` placeholders work on both backends.
+pub(super) const UPSERT_STUDY: &str =
+    "INSERT INTO studies (study_uid, patient_name, patient_name_key, patient_id, \
+     patient_birth_date, patient_sex, study_date, study_time, accession_number, study_id, \
+     study_description, referring_physician_name, referring_physician_key, attrs_json, \
+     created_at, updated_at) \
+     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$15) \
+     ON CONFLICT (study_uid) DO UPDATE SET updated_at = studies.updated_at \
+     RETURNING id, modalities, sop_classes";
+pub(super) const UPSERT_SERIES: &str =
+    "INSERT INTO series (series_uid, study_pk, modality, series_number, series_description, \
+     body_part_examined, performed_start_date, performed_start_time, attrs_json, created_at, \
+     num_instances) \
+     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,1) ON CONFLICT (series_uid) \
+     DO UPDATE SET num_instances = series.num_instances + 1 RETURNING id, num_instances";
+pub(super) const INSERT_INSTANCE: &str =
+    "INSERT INTO instances (sop_instance_uid, series_pk, study_pk, sop_class_uid, \
+     instance_number, transfer_syntax, number_of_frames, num_rows, num_columns, object_key, \
+     size, sha256, metadata_json, frame_table, origin_kind, origin_who, origin_address, stored_at, \
+     attrs_json, part10_prefix) \
+     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20) \
+     ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id";
+pub(super) const INSERT_CHANGE: &str =
+    "INSERT INTO changefeed (at, action, study_uid, series_uid, sop_instance_uid) \
+     VALUES ($1, 'create', $2, $3, $4)";
+/// The audit trail's "store" event, in the same transaction (no commit of its own).
+pub(super) const INSERT_AUDIT: &str =
+    "INSERT INTO audit_events (at, who, via, address, action, study_uid, detail) \
+     VALUES ($1, $2, $3, $4, 'store', $5, $6)";
+pub(super) const UPDATE_STUDY: &str =
+    "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
+     modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1";
 
 pub(super) struct Job {
     pub record: InstanceRecord,
@@ -29,10 +65,7 @@ pub(super) fn spawn(pool: AnyPool, backend: Backend) -> mpsc::Sender<Job> {
 async fn run(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        batch.sort_by(|a, b| {
-            (&a.record.study.study_uid, &a.record.series.series_uid)
-                .cmp(&(&b.record.study.study_uid, &b.record.series.series_uid))
-        });
+        order(&mut batch);
         let records: Vec<&InstanceRecord> = batch.iter().map(|j| &j.record).collect();
         match write_batch(&pool, backend, &records).await {
             Ok(outcomes) => {
@@ -58,6 +91,15 @@ async fn run(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<Job>) {
             }
         }
     }
+}
+
+/// Sort a batch by study and series UID: processes sharing a database take row locks in
+/// the same order.
+pub(super) fn order(batch: &mut [Job]) {
+    batch.sort_by(|a, b| {
+        (&a.record.study.study_uid, &a.record.series.series_uid)
+            .cmp(&(&b.record.study.study_uid, &b.record.series.series_uid))
+    });
 }
 
 async fn write_batch(
@@ -106,40 +148,30 @@ async fn write_one(
             .map(InsertOutcome::Existing)
             .ok_or_else(|| IndexError::Db(sqlx::Error::RowNotFound));
     }
-    sqlx::query(
-        "INSERT INTO changefeed (at, action, study_uid, series_uid, sop_instance_uid) \
-         VALUES ($1, 'create', $2, $3, $4)",
-    )
-    .bind(r.stored_at)
-    .bind(&r.study.study_uid)
-    .bind(&r.series.series_uid)
-    .bind(&r.sop_instance_uid)
-    .execute(&mut **tx)
-    .await?;
-    // The audit trail's "store" event, in the same transaction (no commit of its own).
-    sqlx::query(
-        "INSERT INTO audit_events (at, who, via, address, action, study_uid, detail) \
-         VALUES ($1, $2, $3, $4, 'store', $5, $6)",
-    )
-    .bind(r.stored_at)
-    .bind(&r.origin.who)
-    .bind(r.origin.kind.as_str())
-    .bind(&r.origin.address)
-    .bind(&r.study.study_uid)
-    .bind(format!("instance {}", r.sop_instance_uid))
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
-         modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1",
-    )
-    .bind(study.pk)
-    .bind(i64::from(new_series))
-    .bind(merge_set(&study.modalities, r.series.modality.as_deref()))
-    .bind(merge_set(&study.sop_classes, Some(&r.sop_class_uid)))
-    .bind(r.stored_at)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(INSERT_CHANGE)
+        .bind(r.stored_at)
+        .bind(&r.study.study_uid)
+        .bind(&r.series.series_uid)
+        .bind(&r.sop_instance_uid)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(INSERT_AUDIT)
+        .bind(r.stored_at)
+        .bind(&r.origin.who)
+        .bind(r.origin.kind.as_str())
+        .bind(&r.origin.address)
+        .bind(&r.study.study_uid)
+        .bind(format!("instance {}", r.sop_instance_uid))
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(UPDATE_STUDY)
+        .bind(study.pk)
+        .bind(i64::from(new_series))
+        .bind(merge_set(&study.modalities, r.series.modality.as_deref()))
+        .bind(merge_set(&study.sop_classes, Some(&r.sop_class_uid)))
+        .bind(r.stored_at)
+        .execute(&mut **tx)
+        .await?;
     Ok(InsertOutcome::Inserted)
 }
 
@@ -158,32 +190,24 @@ async fn upsert_study(
     st: &StudyRecord,
     now: i64,
 ) -> Result<StudyRow, IndexError> {
-    let row = sqlx::query(
-        "INSERT INTO studies (study_uid, patient_name, patient_name_key, patient_id, \
-         patient_birth_date, patient_sex, study_date, study_time, accession_number, study_id, \
-         study_description, referring_physician_name, referring_physician_key, attrs_json, \
-         created_at, updated_at) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$15) \
-         ON CONFLICT (study_uid) DO UPDATE SET updated_at = studies.updated_at \
-         RETURNING id, modalities, sop_classes",
-    )
-    .bind(&st.study_uid)
-    .bind(&st.patient_name)
-    .bind(&st.patient_name_key)
-    .bind(&st.patient_id)
-    .bind(&st.patient_birth_date)
-    .bind(&st.patient_sex)
-    .bind(&st.study_date)
-    .bind(&st.study_time)
-    .bind(&st.accession_number)
-    .bind(&st.study_id)
-    .bind(&st.study_description)
-    .bind(&st.referring_physician_name)
-    .bind(&st.referring_physician_key)
-    .bind(&st.attrs_json)
-    .bind(now)
-    .fetch_one(&mut **tx)
-    .await?;
+    let row = sqlx::query(UPSERT_STUDY)
+        .bind(&st.study_uid)
+        .bind(&st.patient_name)
+        .bind(&st.patient_name_key)
+        .bind(&st.patient_id)
+        .bind(&st.patient_birth_date)
+        .bind(&st.patient_sex)
+        .bind(&st.study_date)
+        .bind(&st.study_time)
+        .bind(&st.accession_number)
+        .bind(&st.study_id)
+        .bind(&st.study_description)
+        .bind(&st.referring_physician_name)
+        .bind(&st.referring_physician_key)
+        .bind(&st.attrs_json)
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await?;
     Ok(StudyRow {
         pk: row.try_get(0)?,
         modalities: row.try_get(1)?,
@@ -199,25 +223,19 @@ async fn upsert_series(
     se: &SeriesRecord,
     now: i64,
 ) -> Result<(i64, bool), IndexError> {
-    let row = sqlx::query(
-        "INSERT INTO series (series_uid, study_pk, modality, series_number, series_description, \
-         body_part_examined, performed_start_date, performed_start_time, attrs_json, created_at, \
-         num_instances) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,1) ON CONFLICT (series_uid) \
-         DO UPDATE SET num_instances = series.num_instances + 1 RETURNING id, num_instances",
-    )
-    .bind(&se.series_uid)
-    .bind(study_pk)
-    .bind(&se.modality)
-    .bind(se.series_number)
-    .bind(&se.series_description)
-    .bind(&se.body_part_examined)
-    .bind(&se.performed_start_date)
-    .bind(&se.performed_start_time)
-    .bind(&se.attrs_json)
-    .bind(now)
-    .fetch_one(&mut **tx)
-    .await?;
+    let row = sqlx::query(UPSERT_SERIES)
+        .bind(&se.series_uid)
+        .bind(study_pk)
+        .bind(&se.modality)
+        .bind(se.series_number)
+        .bind(&se.series_description)
+        .bind(&se.body_part_examined)
+        .bind(&se.performed_start_date)
+        .bind(&se.performed_start_time)
+        .bind(&se.attrs_json)
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await?;
     let count: i64 = row.try_get(1)?;
     Ok((row.try_get(0)?, count == 1))
 }
@@ -229,36 +247,29 @@ async fn insert_instance(
     series_pk: i64,
     r: &InstanceRecord,
 ) -> Result<bool, IndexError> {
-    let inserted = sqlx::query(
-        "INSERT INTO instances (sop_instance_uid, series_pk, study_pk, sop_class_uid, \
-         instance_number, transfer_syntax, number_of_frames, num_rows, num_columns, object_key, \
-         size, sha256, metadata_json, frame_table, origin_kind, origin_who, origin_address, stored_at, \
-         attrs_json, part10_prefix) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20) \
-         ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id",
-    )
-    .bind(&r.sop_instance_uid)
-    .bind(series_pk)
-    .bind(study_pk)
-    .bind(&r.sop_class_uid)
-    .bind(r.instance_number)
-    .bind(&r.transfer_syntax)
-    .bind(r.number_of_frames)
-    .bind(r.rows)
-    .bind(r.columns)
-    .bind(&r.object_key)
-    .bind(r.size)
-    .bind(&r.sha256)
-    .bind(&r.metadata_json)
-    .bind(r.frame_table.clone())
-    .bind(r.origin.kind.as_str())
-    .bind(&r.origin.who)
-    .bind(&r.origin.address)
-    .bind(r.stored_at)
-    .bind(&r.attrs_json)
-    .bind(r.part10_prefix)
-    .fetch_optional(&mut **tx)
-    .await?;
+    let inserted = sqlx::query(INSERT_INSTANCE)
+        .bind(&r.sop_instance_uid)
+        .bind(series_pk)
+        .bind(study_pk)
+        .bind(&r.sop_class_uid)
+        .bind(r.instance_number)
+        .bind(&r.transfer_syntax)
+        .bind(r.number_of_frames)
+        .bind(r.rows)
+        .bind(r.columns)
+        .bind(&r.object_key)
+        .bind(r.size)
+        .bind(&r.sha256)
+        .bind(&r.metadata_json)
+        .bind(r.frame_table.clone())
+        .bind(r.origin.kind.as_str())
+        .bind(&r.origin.who)
+        .bind(&r.origin.address)
+        .bind(r.stored_at)
+        .bind(&r.attrs_json)
+        .bind(r.part10_prefix)
+        .fetch_optional(&mut **tx)
+        .await?;
     Ok(inserted.is_some())
 }
 
@@ -277,7 +288,7 @@ async fn existing(
 }
 
 /// Add `value` to a backslash-separated, sorted set of values.
-fn merge_set(current: &str, value: Option<&str>) -> String {
+pub(super) fn merge_set(current: &str, value: Option<&str>) -> String {
     let mut items: Vec<&str> = current.split('\\').filter(|s| !s.is_empty()).collect();
     if let Some(v) = value.filter(|v| !v.is_empty()) {
         if !items.contains(&v) {

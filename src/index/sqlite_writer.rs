@@ -1,0 +1,266 @@
+//! The SQLite index writer: a thread of its own with a synchronous connection.
+//!
+//! Same job queue, batching, statements and outcomes as [`super::writer`], which serves
+//! PostgreSQL. Through sqlx every SQLite statement is a round trip to the connection's
+//! worker thread — eight or more per instance, each a pair of thread wake-ups that cost
+//! more than the statement — so on SQLite the batch runs where the connection lives: the
+//! thread wakes once for a batch, writes it in one transaction (a savepoint per
+//! instance), commits and answers each job.
+
+use rusqlite::{Connection, OpenFlags, Statement, ToSql, TransactionBehavior};
+use tokio::sync::mpsc;
+
+use super::writer::{
+    merge_set, Job, INSERT_AUDIT, INSERT_CHANGE, INSERT_INSTANCE, MAX_BATCH, UPDATE_STUDY,
+    UPSERT_SERIES, UPSERT_STUDY,
+};
+use super::{IndexError, InsertOutcome, InstanceRecord, StoredInstance, STORED_SELECT};
+
+/// Open the database file (already migrated) and start the writer thread.
+pub(super) fn spawn(path: &str) -> Result<mpsc::Sender<Job>, IndexError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // The same settings as the pool's connections: durable commits (WAL, fsync at each
+    // commit), waits rather than fails while another connection writes.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+         PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(16);
+    let (tx, rx) = mpsc::channel(1024);
+    std::thread::Builder::new()
+        .name("index-writer".into())
+        .spawn(move || run(conn, rx))
+        .map_err(|e| IndexError::Db(sqlx::Error::Io(e)))?;
+    Ok(tx)
+}
+
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
+        super::writer::order(&mut batch);
+        let records: Vec<&InstanceRecord> = batch.iter().map(|j| &j.record).collect();
+        match write_batch(&mut conn, &records) {
+            Ok(outcomes) => {
+                for (job, outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) if batch.len() > 1 => {
+                tracing::warn!(error = %e, size = batch.len(), "index batch failed; retrying one by one");
+                for job in batch.drain(..) {
+                    let result = write_batch(&mut conn, &[&job.record]).map(|mut o| o.remove(0));
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(e) => {
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(IndexError::Sqlite(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    records: &[&InstanceRecord],
+) -> Result<Vec<InsertOutcome>, IndexError> {
+    // IMMEDIATE: take the write lock now, not on the first write (no upgrade deadlock
+    // with another connection's read transaction).
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(records.len());
+    for record in records {
+        let sp = tx.savepoint()?;
+        let outcome = write_one(&sp, record)?;
+        if let InsertOutcome::Inserted = outcome {
+            sp.commit()?;
+        } // else dropped: rolled back, with any study or series row it created.
+        outcomes.push(outcome);
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+/// Write one instance with its study and series (see [`super::writer`]); the caller
+/// rolls the savepoint back when the SOP Instance UID was already stored.
+fn write_one(conn: &Connection, r: &InstanceRecord) -> Result<InsertOutcome, IndexError> {
+    let (st, se, now) = (&r.study, &r.series, r.stored_at);
+    let (study_pk, modalities, sop_classes): (i64, String, String) = one_row(
+        conn,
+        UPSERT_STUDY,
+        &[
+            &st.study_uid,
+            &st.patient_name,
+            &st.patient_name_key,
+            &st.patient_id,
+            &st.patient_birth_date,
+            &st.patient_sex,
+            &st.study_date,
+            &st.study_time,
+            &st.accession_number,
+            &st.study_id,
+            &st.study_description,
+            &st.referring_physician_name,
+            &st.referring_physician_key,
+            &st.attrs_json,
+            &now,
+        ],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+    )?
+    .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    let (series_pk, count): (i64, i64) = one_row(
+        conn,
+        UPSERT_SERIES,
+        &[
+            &se.series_uid,
+            &study_pk,
+            &se.modality,
+            &se.series_number,
+            &se.series_description,
+            &se.body_part_examined,
+            &se.performed_start_date,
+            &se.performed_start_time,
+            &se.attrs_json,
+            &now,
+        ],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?
+    .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    let inserted: Option<i64> = one_row(
+        conn,
+        INSERT_INSTANCE,
+        &[
+            &r.sop_instance_uid,
+            &series_pk,
+            &study_pk,
+            &r.sop_class_uid,
+            &r.instance_number,
+            &r.transfer_syntax,
+            &r.number_of_frames,
+            &r.rows,
+            &r.columns,
+            &r.object_key,
+            &r.size,
+            &r.sha256,
+            &r.metadata_json,
+            &r.frame_table,
+            &r.origin.kind.as_str(),
+            &r.origin.who,
+            &r.origin.address,
+            &now,
+            &r.attrs_json,
+            &r.part10_prefix,
+        ],
+        |row| row.get(0),
+    )?;
+    if inserted.is_none() {
+        // Stored before (by us or another process).
+        let existing = existing(conn, &r.sop_instance_uid)?;
+        return existing
+            .map(InsertOutcome::Existing)
+            .ok_or(IndexError::Sqlite("the stored instance vanished".into()));
+    }
+    execute(
+        conn,
+        INSERT_CHANGE,
+        &[&now, &st.study_uid, &se.series_uid, &r.sop_instance_uid],
+    )?;
+    let detail = format!("instance {}", r.sop_instance_uid);
+    execute(
+        conn,
+        INSERT_AUDIT,
+        &[
+            &now,
+            &r.origin.who,
+            &r.origin.kind.as_str(),
+            &r.origin.address,
+            &st.study_uid,
+            &detail,
+        ],
+    )?;
+    execute(
+        conn,
+        UPDATE_STUDY,
+        &[
+            &study_pk,
+            &i64::from(count == 1),
+            &merge_set(&modalities, se.modality.as_deref()),
+            &merge_set(&sop_classes, Some(&r.sop_class_uid)),
+            &now,
+        ],
+    )?;
+    Ok(InsertOutcome::Inserted)
+}
+
+fn existing(conn: &Connection, sop: &str) -> Result<Option<StoredInstance>, IndexError> {
+    let sql = format!("{STORED_SELECT} WHERE i.sop_instance_uid = $1");
+    Ok(one_row(conn, &sql, &[&sop], |row| {
+        Ok(StoredInstance {
+            sop_instance_uid: row.get(0)?,
+            sop_class_uid: row.get(1)?,
+            study_uid: row.get(2)?,
+            series_uid: row.get(3)?,
+            object_key: row.get(4)?,
+            sha256: row.get(5)?,
+            size: row.get(6)?,
+            stored_at: row.get(7)?,
+        })
+    })?)
+}
+
+/// `$1`…`$20`: the statements' placeholders, which SQLite reads as named parameters.
+const PLACEHOLDERS: [&str; 20] = [
+    "$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "$10", "$11", "$12", "$13", "$14", "$15",
+    "$16", "$17", "$18", "$19", "$20",
+];
+
+/// A cached statement with `values[n]` bound to `$n+1`, wherever it first appears.
+fn prepare<'c>(
+    conn: &'c Connection,
+    sql: &str,
+    values: &[&dyn ToSql],
+) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
+    let mut st = conn.prepare_cached(sql)?;
+    bind(&mut st, values)?;
+    Ok(st)
+}
+
+fn bind(st: &mut Statement<'_>, values: &[&dyn ToSql]) -> rusqlite::Result<()> {
+    if st.parameter_count() != values.len() {
+        return Err(rusqlite::Error::InvalidParameterCount(
+            values.len(),
+            st.parameter_count(),
+        ));
+    }
+    for (value, name) in values.iter().zip(PLACEHOLDERS) {
+        let index = st
+            .parameter_index(name)?
+            .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.to_owned()))?;
+        st.raw_bind_parameter(index, value)?;
+    }
+    Ok(())
+}
+
+fn execute(conn: &Connection, sql: &str, values: &[&dyn ToSql]) -> rusqlite::Result<usize> {
+    prepare(conn, sql, values)?.raw_execute()
+}
+
+/// The first row of a statement's answer (run to completion).
+fn one_row<T>(
+    conn: &Connection,
+    sql: &str,
+    values: &[&dyn ToSql],
+    read: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Option<T>> {
+    let mut st = prepare(conn, sql, values)?;
+    let mut rows = st.raw_query();
+    let first = match rows.next()? {
+        Some(row) => Some(read(row)?),
+        None => return Ok(None),
+    };
+    while rows.next()?.is_some() {}
+    Ok(first)
+}
