@@ -264,3 +264,100 @@ fn one_row<T>(
     while rows.next()?.is_some() {}
     Ok(first)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{Index, Origin, OriginKind, SeriesRecord, StudyRecord};
+
+    fn record(study: &str, series: &str, sop: &str, modality: &str) -> InstanceRecord {
+        InstanceRecord {
+            study: StudyRecord {
+                study_uid: study.into(),
+                patient_id: Some("P1".into()),
+                attrs_json: "{}".into(),
+                ..Default::default()
+            },
+            series: SeriesRecord {
+                series_uid: series.into(),
+                modality: Some(modality.into()),
+                attrs_json: "{}".into(),
+                ..Default::default()
+            },
+            sop_instance_uid: sop.into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            instance_number: Some(1),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            number_of_frames: 1,
+            rows: Some(64),
+            columns: None,
+            object_key: format!("{study}/{sop}"),
+            size: 1000,
+            part10_prefix: 0,
+            sha256: format!("{sop}-sha"),
+            attrs_json: "{}".into(),
+            metadata_json: "{}".into(),
+            frame_table: Some(vec![1, 2, 3]),
+            origin: Origin {
+                kind: OriginKind::CStore,
+                who: "SCU".into(),
+                address: None,
+            },
+            stored_at: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_keeps_each_instance_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        // Migrates the file; this test then writes batches on a connection of its own.
+        let index = Index::open(&format!("sqlite://{}", path.display()), 2)
+            .await
+            .unwrap();
+        let mut conn = Connection::open(&path).unwrap();
+        let a = record("1.1", "1.1.1", "1.1.1.1", "CT");
+        let b = record("1.1", "1.1.2", "1.1.2.1", "PR");
+        // The same SOP Instance UID claiming another study: its study and series must not
+        // be left behind, nor any counter moved.
+        let dup = record("1.2", "1.2.1", "1.1.1.1", "MR");
+        let outcomes = write_batch(&mut conn, &[&a, &b, &dup]).unwrap();
+        assert!(matches!(outcomes[0], InsertOutcome::Inserted));
+        assert!(matches!(outcomes[1], InsertOutcome::Inserted));
+        match &outcomes[2] {
+            InsertOutcome::Existing(e) => {
+                assert_eq!(
+                    (e.study_uid.as_str(), e.sha256.as_str()),
+                    ("1.1", "1.1.1.1-sha")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(index.counts().await.unwrap(), (1, 2, 2));
+        let study: (i64, i64, String, Vec<u8>) = conn
+            .query_row(
+                "SELECT st.num_series, st.num_instances, st.modalities, i.frame_table \
+                 FROM studies st JOIN instances i ON i.study_pk = st.id \
+                 WHERE i.sop_instance_uid = '1.1.1.1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(study, (2, 2, "CT\\PR".to_owned(), vec![1, 2, 3]));
+        let (changes, audits): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM changefeed), (SELECT COUNT(*) FROM audit_events)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((changes, audits), (2, 2));
+        // Through the writer thread: the stored copy is found again.
+        let again = index
+            .insert(record("1.1", "1.1.1", "1.1.1.1", "CT"))
+            .await
+            .unwrap();
+        assert!(matches!(again, InsertOutcome::Existing(_)));
+        assert_eq!(index.counts().await.unwrap(), (1, 2, 2));
+    }
+}
