@@ -7,6 +7,14 @@ the figure: compare C-FIND with C-ECHO). Prints a table; asserts nothing. The se
 instance (user + system time of the server process over the run) is the steadier figure where
 the disk speed varies between runs; TMPDIR=/dev/shm puts the data in memory.
 
+Both servers store one file per instance, so the cost of creating a file where TMPDIR lives
+weighs on both. The run prints it first: on an ext4 without a journal (this machine's root
+filesystem) the kernel skips inodes deleted in the last minutes one by one when it allocates a
+new one, and a file costs ~20 us to create in a quiet directory but ~600 us where test or
+benchmark runs have just deleted thousands of files. Nothing is deleted until the end of the
+run for that reason; point TMPDIR at a fresh top-level directory for figures that measure the
+servers rather than that (e.g. `mkdir /bench && TMPDIR=/bench scripts/bench_dimse.py`).
+
 Usage: scripts/bench_dimse.py [--quick] [--no-orthanc] [--find-only]
 """
 
@@ -63,6 +71,19 @@ def make_folders(size, count, parts, run):
             (d / f"{i:06d}.dcm").write_bytes(raw)
         folders.append(d)
     return folders, total
+
+
+def file_create_us(n=300):
+    """Microseconds to create (and close) an empty file in TMPDIR, median of n."""
+    d = Path(tempfile.mkdtemp(prefix="create-probe-"))
+    stow.LEFTOVERS.append(d)
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        os.close(os.open(d / f"{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[n // 2] * 1e6
 
 
 def cpu_seconds(pid):
@@ -138,6 +159,7 @@ def main():
     if not args.no_orthanc and shutil.which("Orthanc"):
         servers.append(("Orthanc", Orthanc))
     results = {}
+    create_us = file_create_us()
     for run, (label, size, count, parts) in enumerate([] if args.find_only else cases):
         folders, total = make_folders(size, int(count * scale) // parts * parts, parts, 600 + run)
         n = int(count * scale) // parts * parts
@@ -178,6 +200,7 @@ def main():
             server.stop()
     names = [n for n, _ in servers]
     print(f"DIMSE benchmark, dcmtk storescu/echoscu, TCP_NODELAY=1 ({os.cpu_count()} cores)")
+    print(f"creating a file in {tempfile.gettempdir()}: {create_us:.0f} us (median; see --help)")
     print(f"{'case':40}" + "".join(f"{n:>28}" for n in names))
     for label, row in results.items():
         line = f"{label:40}"

@@ -72,7 +72,9 @@ class Orthanc:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(30)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        # Removed at the end of the run, like pacs-lite's: deleting thousands of files slows
+        # file creation nearby for minutes on some filesystems (see bench_dimse.py).
+        stow.LEFTOVERS.append(self.dir)
 
 
 class Pacs(stow.Server):

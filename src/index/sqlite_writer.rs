@@ -22,11 +22,13 @@ pub(super) fn spawn(path: &str) -> Result<mpsc::Sender<Job>, IndexError> {
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    // The same settings as the pool's connections: durable commits (WAL, fsync at each
-    // commit), waits rather than fails while another connection writes.
+    // The pool's settings (durable commits: WAL, fsync at each commit; waits rather than
+    // fails while another connection writes), and the savepoints' journals in memory: as
+    // files they cost a file created and deleted per batch.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-         PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
+         PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON; \
+         PRAGMA temp_store = MEMORY;",
     )?;
     conn.set_prepared_statement_cache_capacity(16);
     let (tx, rx) = mpsc::channel(1024);

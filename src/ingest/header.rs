@@ -110,9 +110,9 @@ fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
     }
 }
 
-pub fn parse(path: &Path, len: u64) -> Result<Parsed, Rejection> {
-    let mut reader = super::seekbuf::SeekBuf::new(16 * 1024, File::open(path).map_err(io_failure)?)
-        .map_err(io_failure)?;
+/// Parse and check an object of `len` bytes read from `source` (positioned at its start).
+pub fn parse<R: Read + Seek>(source: R, len: u64) -> Result<Parsed, Rejection> {
+    let mut reader = super::seekbuf::SeekBuf::new(16 * 1024, source).map_err(io_failure)?;
     let layout = frames::layout(&mut reader, len).map_err(walk_rejection)?;
     let (ts_uid, encoding) = transfer_syntax(&layout)?;
     match encoding {
@@ -120,7 +120,7 @@ pub fn parse(path: &Path, len: u64) -> Result<Parsed, Rejection> {
         _ => super::nesting::check_nesting(&mut reader, len, layout.dataset_start, encoding),
     }
     .map_err(walk_rejection)?;
-    let obj = open_header(path, &layout).map_err(|e| {
+    let obj = open_header(&mut reader, &layout).map_err(|e| {
         reject(
             Reason::CannotUnderstand,
             format!("cannot parse the DICOM header: {e}"),
@@ -257,11 +257,11 @@ fn series_record(
 /// length first; objects in the wild lack one or both, so the parser reads a marker and a
 /// group length computed by the walker, then the meta elements and the data set as they
 /// are stored (the stored bytes are never changed).
-fn open_header(
-    path: &Path,
+fn open_header<R: Read + Seek>(
+    source: R,
     layout: &frames::Layout,
 ) -> Result<dicom_object::DefaultDicomObject, String> {
-    open_with_layout(path, layout, true)
+    open_with_layout(source, layout, true)
 }
 
 /// Parse a whole stored object (for rendering and non-pixel bulk data), tolerating what
@@ -270,15 +270,14 @@ pub fn open_stored(path: &Path) -> Result<dicom_object::DefaultDicomObject, Stri
     let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
     let mut reader = BufReader::new(File::open(path).map_err(|e| e.to_string())?);
     let layout = frames::layout(&mut reader, len).map_err(|e| e.to_string())?;
-    open_with_layout(path, &layout, false)
+    open_with_layout(File::open(path).map_err(|e| e.to_string())?, &layout, false)
 }
 
-fn open_with_layout(
-    path: &Path,
+fn open_with_layout<R: Read + Seek>(
+    mut file: R,
     layout: &frames::Layout,
     header_only: bool,
 ) -> Result<dicom_object::DefaultDicomObject, String> {
-    let mut file = File::open(path).map_err(|e| e.to_string())?;
     file.seek(SeekFrom::Start(layout.meta_body_start))
         .map_err(|e| e.to_string())?;
     let group_length =

@@ -261,7 +261,10 @@ impl Ingest {
         // durable; S3 uploads go on asynchronously afterwards.
         let (store, expected) = (self.store.clone(), expected.clone());
         let prepared = tokio::task::spawn_blocking(move || {
-            let parsed = header::parse(spooled.path(), len)?;
+            let source = spooled
+                .reader()
+                .map_err(|e| failure(format!("reading the spooled object: {e}"), None))?;
+            let parsed = header::parse(source, len)?;
             check_expected(&parsed, &expected)?;
             // No look-up first: the key names the bytes, so putting an instance that is
             // already stored rewrites an identical object, and the index's uniqueness

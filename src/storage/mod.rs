@@ -220,7 +220,12 @@ impl Store {
     }
 
     async fn upload(&self, key: &ObjectKey, spooled: SpooledFile) -> Result<(), StorageError> {
-        let path = spooled.path().to_owned();
+        if let Some(bytes) = spooled.bytes() {
+            // Small enough to be in memory: one PUT.
+            self.op.write(key.as_str(), bytes.to_vec()).await?;
+            return Ok(());
+        }
+        let path = spooled.path().expect("not in memory").to_owned();
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| StorageError::io("opening spool file", &path, e))?;
@@ -463,14 +468,11 @@ fn durable_rename(spooled: SpooledFile, target: &Path) -> Result<(), StorageErro
         }
     }
     create_dir(parent)?;
-    spooled
-        .file
-        .as_file()
+    let file = spooled.into_file()?;
+    file.as_file()
         .sync_data()
-        .map_err(|e| StorageError::io("fsyncing spool file", spooled.path(), e))?;
-    spooled
-        .file
-        .persist(target)
+        .map_err(|e| StorageError::io("fsyncing spool file", file.path(), e))?;
+    file.persist(target)
         .map_err(|e| StorageError::io("renaming spool file to", target, e.error))?;
     fsync_dir(parent)?;
     for dir in &created {

@@ -201,8 +201,14 @@ pub async fn secondary_capture(
     u: &Upload,
     order: Option<&Order>,
 ) -> Result<SpooledFile, RestError> {
+    // Read back by path (a small photo may still be in memory).
+    let photo = photo
+        .on_disk()
+        .await
+        .map_err(|e| RestError::internal(format!("spooling a photo: {e}")))?;
+    let photo_path = photo.path().expect("on disk").to_owned();
     let mut head = vec![0u8; 64 * 1024];
-    let mut file = tokio::fs::File::open(photo.path())
+    let mut file = tokio::fs::File::open(&photo_path)
         .await
         .map_err(RestError::internal)?;
     let n = read_up_to(&mut file, &mut head).await?;
@@ -265,7 +271,7 @@ pub async fn secondary_capture(
     }
     // Decode (PNG, progressive or other JPEGs) and store 8-bit pixels.
     drop(file);
-    let path = photo.path().to_owned();
+    let path = photo_path;
     let decoded = tokio::task::spawn_blocking(move || {
         let mut bytes = Vec::new();
         std::fs::File::open(&path)?.read_to_end(&mut bytes)?;

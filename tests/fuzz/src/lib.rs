@@ -72,7 +72,8 @@ fn start() -> Server {
     let router = app.router();
     let first = seeds("dicom_header").remove(0);
     let len = std::fs::metadata(&first).expect("seed").len();
-    let parsed = pacs_lite::ingest::parse_header(&first, len).expect("the first seed parses");
+    let file = std::fs::File::open(&first).expect("seed");
+    let parsed = pacs_lite::ingest::parse_header(file, len).expect("the first seed parses");
     let server = Server {
         rt,
         router,
