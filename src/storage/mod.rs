@@ -468,12 +468,20 @@ fn durable_rename(spooled: SpooledFile, target: &Path) -> Result<(), StorageErro
         }
     }
     create_dir(parent)?;
-    let file = spooled.into_file()?;
-    file.as_file()
-        .sync_data()
-        .map_err(|e| StorageError::io("fsyncing spool file", file.path(), e))?;
-    file.persist(target)
-        .map_err(|e| StorageError::io("renaming spool file to", target, e.error))?;
+    let linked = match spooled.bytes() {
+        Some(bytes) => {
+            link_new(parent, target, bytes).map_err(|e| StorageError::io("writing", target, e))?
+        }
+        None => false,
+    };
+    if !linked {
+        let file = spooled.into_file()?;
+        file.as_file()
+            .sync_data()
+            .map_err(|e| StorageError::io("fsyncing spool file", file.path(), e))?;
+        file.persist(target)
+            .map_err(|e| StorageError::io("renaming spool file to", target, e.error))?;
+    }
     fsync_dir(parent)?;
     for dir in &created {
         if let Some(p) = dir.parent() {
@@ -481,6 +489,43 @@ fn durable_rename(spooled: SpooledFile, target: &Path) -> Result<(), StorageErro
         }
     }
     Ok(())
+}
+
+/// Write `bytes` as the new file `target` in `dir` without a temporary name: an unnamed
+/// file in `dir` (O_TMPFILE), its data fsynced, then linked under its name. Only the
+/// target directory changes (one directory to fsync, not the spool's as well), and a crash
+/// before the link leaves nothing behind. False when this filesystem has no O_TMPFILE.
+/// An existing `target` is the same object (the key names its bytes), put before.
+fn link_new(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    use rustix::fs::{linkat, openat, AtFlags, Mode, OFlags, CWD};
+    use rustix::io::Errno;
+    use std::io::Write;
+    let fd = match openat(
+        CWD,
+        dir,
+        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+    match linkat(
+        CWD,
+        proc_path.as_str(),
+        CWD,
+        target,
+        AtFlags::SYMLINK_FOLLOW,
+    ) {
+        Ok(()) | Err(Errno::EXIST) => Ok(true),
+        // No /proc: fall back to a named temporary file.
+        Err(Errno::NOENT) if !Path::new("/proc/self/fd").exists() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
@@ -539,6 +584,39 @@ mod tests {
             1,
             "only the lock file"
         );
+        // The same object put again (its key names its bytes): kept, still one file; and an
+        // object larger than the in-memory spool, put through a spool file and a rename.
+        let mut spool = Spool::create(store.spool_dir(), 1 << 30).unwrap();
+        spool.write(b"hello object").await.unwrap();
+        store
+            .put(&key, spool.finish().await.unwrap())
+            .await
+            .unwrap();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let mut spool = Spool::create(store.spool_dir(), 1 << 30).unwrap();
+        for chunk in big.chunks(100_000) {
+            spool.write(chunk).await.unwrap();
+        }
+        let spooled = spool.finish().await.unwrap();
+        assert!(spooled.path().is_some());
+        let big_key = ObjectKey::new(&uid("1.2"), &spooled.sha256);
+        store.put(&big_key, spooled).await.unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("objects").join(big_key.as_str())).unwrap(),
+            big
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("objects").join(key.as_str())).unwrap(),
+            b"hello object"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("objects/1.2"))
+                .unwrap()
+                .count(),
+            2
+        );
+        assert_eq!(std::fs::read_dir(store.spool_dir()).unwrap().count(), 1);
+        store.delete(&big_key).await.unwrap();
         // A second store on the same data directory gets its own spool and leaves ours alone.
         let other = Store::open(&config).await.unwrap();
         assert_ne!(other.spool_dir(), store.spool_dir());
