@@ -7,10 +7,13 @@
 //! short (at most 133 bytes) so that every S3 implementation takes them. Called by `ingest/` (put), the
 //! retrieval routes (read) and `verify` (list, read, delete).
 //!
-//! Durability: on the filesystem a put is *fsync spool file → rename → fsync directory*
-//! (plus the parents it had to create); on S3 a put completes when the upload has.
+//! Durability: on the filesystem a put is *write an unnamed file in the object's directory →
+//! fsync it → link it under its key → fsync the directory* (or, for objects spooled to a
+//! file, *fsync spool file → rename → fsync directory*), plus the parents it had to create;
+//! on S3 a put completes when the upload has. See [`local`].
 
 mod dirsync;
+mod local;
 mod spool;
 
 use std::ops::Range;
@@ -121,12 +124,12 @@ pub struct Store {
 
 impl Store {
     pub async fn open(config: &Config) -> Result<Store, StorageError> {
-        let (spool_dir, spool_lock) = claim_spool(&config.spool_dir())?;
+        let (spool_dir, spool_lock) = local::claim_spool(&config.spool_dir())?;
         let _spool_lock = Arc::new(spool_lock);
         match config.storage.backend {
             StorageBackend::Fs => {
                 let root = config.objects_root();
-                create_dir(&root)?;
+                local::create_dir(&root)?;
                 let root = root
                     .canonicalize()
                     .map_err(|e| StorageError::io("resolving", &root, e))?;
@@ -197,7 +200,7 @@ impl Store {
         match &self.fs_root {
             Some(root) => {
                 let target = root.join(key.as_str());
-                tokio::task::spawn_blocking(move || durable_rename(spooled, &target))
+                tokio::task::spawn_blocking(move || local::durable_put(spooled, &target))
                     .await
                     .map_err(|e| StorageError::Internal(format!("put task failed: {e}")))?
             }
@@ -214,7 +217,7 @@ impl Store {
         spooled: SpooledFile,
     ) -> Result<Option<SpooledFile>, StorageError> {
         match &self.fs_root {
-            Some(root) => durable_rename(spooled, &root.join(key.as_str())).map(|()| None),
+            Some(root) => local::durable_put(spooled, &root.join(key.as_str())).map(|()| None),
             None => Ok(Some(spooled)),
         }
     }
@@ -419,117 +422,6 @@ fn not_found(e: opendal::Error, key: &ObjectKey) -> StorageError {
     } else {
         e.into()
     }
-}
-
-/// Give this process its own spool directory under `base`, locked while it runs, and
-/// remove the directories of processes that are gone (what a crash left behind).
-fn claim_spool(base: &Path) -> Result<(PathBuf, std::fs::File), StorageError> {
-    create_dir(base)?;
-    if let Ok(entries) = std::fs::read_dir(base) {
-        for entry in entries.flatten() {
-            let dir = entry.path();
-            let Ok(lock) = std::fs::OpenOptions::new()
-                .write(true)
-                .open(dir.join(".lock"))
-            else {
-                continue;
-            };
-            if lock.try_lock().is_ok() {
-                tracing::info!(dir = %dir.display(), "removing the spool of a process that is gone");
-                let _ = std::fs::remove_dir_all(&dir);
-            }
-        }
-    }
-    let dir = base.join(uuid::Uuid::new_v4().simple().to_string());
-    create_dir(&dir)?;
-    let lock_path = dir.join(".lock");
-    let lock = std::fs::File::create(&lock_path)
-        .map_err(|e| StorageError::io("creating", &lock_path, e))?;
-    lock.try_lock().map_err(|e| {
-        StorageError::io("locking", &lock_path, std::io::Error::other(e.to_string()))
-    })?;
-    Ok((dir, lock))
-}
-
-fn create_dir(dir: &Path) -> Result<(), StorageError> {
-    std::fs::create_dir_all(dir).map_err(|e| StorageError::io("creating directory", dir, e))
-}
-
-/// Rename the spool file to `target` and fsync every directory whose entries changed.
-fn durable_rename(spooled: SpooledFile, target: &Path) -> Result<(), StorageError> {
-    let parent = target.parent().expect("object keys have a directory");
-    let mut created = Vec::new();
-    let mut dir = parent;
-    while !dir.exists() {
-        created.push(dir.to_owned());
-        match dir.parent() {
-            Some(p) => dir = p,
-            None => break,
-        }
-    }
-    create_dir(parent)?;
-    let linked = match spooled.bytes() {
-        Some(bytes) => {
-            link_new(parent, target, bytes).map_err(|e| StorageError::io("writing", target, e))?
-        }
-        None => false,
-    };
-    if !linked {
-        let file = spooled.into_file()?;
-        file.as_file()
-            .sync_data()
-            .map_err(|e| StorageError::io("fsyncing spool file", file.path(), e))?;
-        file.persist(target)
-            .map_err(|e| StorageError::io("renaming spool file to", target, e.error))?;
-    }
-    fsync_dir(parent)?;
-    for dir in &created {
-        if let Some(p) = dir.parent() {
-            fsync_dir(p)?;
-        }
-    }
-    Ok(())
-}
-
-/// Write `bytes` as the new file `target` in `dir` without a temporary name: an unnamed
-/// file in `dir` (O_TMPFILE), its data fsynced, then linked under its name. Only the
-/// target directory changes (one directory to fsync, not the spool's as well), and a crash
-/// before the link leaves nothing behind. False when this filesystem has no O_TMPFILE.
-/// An existing `target` is the same object (the key names its bytes), put before.
-fn link_new(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<bool> {
-    use rustix::fs::{linkat, openat, AtFlags, Mode, OFlags, CWD};
-    use rustix::io::Errno;
-    use std::io::Write;
-    let fd = match openat(
-        CWD,
-        dir,
-        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    ) {
-        Ok(fd) => fd,
-        Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => return Ok(false),
-        Err(e) => return Err(e.into()),
-    };
-    let mut file = std::fs::File::from(fd);
-    file.write_all(bytes)?;
-    file.sync_data()?;
-    let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
-    match linkat(
-        CWD,
-        proc_path.as_str(),
-        CWD,
-        target,
-        AtFlags::SYMLINK_FOLLOW,
-    ) {
-        Ok(()) | Err(Errno::EXIST) => Ok(true),
-        // No /proc: fall back to a named temporary file.
-        Err(Errno::NOENT) if !Path::new("/proc/self/fd").exists() => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
-    dirsync::sync_dir(dir).map_err(|e| StorageError::io("fsyncing directory", dir, e))
 }
 
 #[cfg(test)]

@@ -1,0 +1,117 @@
+//! Durable puts on the local filesystem, and the spool directory's claim.
+
+use std::path::{Path, PathBuf};
+
+use super::{dirsync, SpooledFile, StorageError};
+
+/// Give this process its own spool directory under `base`, locked while it runs, and
+/// remove the directories of processes that are gone (what a crash left behind).
+pub(super) fn claim_spool(base: &Path) -> Result<(PathBuf, std::fs::File), StorageError> {
+    create_dir(base)?;
+    if let Ok(entries) = std::fs::read_dir(base) {
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Ok(lock) = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join(".lock"))
+            else {
+                continue;
+            };
+            if lock.try_lock().is_ok() {
+                tracing::info!(dir = %dir.display(), "removing the spool of a process that is gone");
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
+    let dir = base.join(uuid::Uuid::new_v4().simple().to_string());
+    create_dir(&dir)?;
+    let lock_path = dir.join(".lock");
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| StorageError::io("creating", &lock_path, e))?;
+    lock.try_lock().map_err(|e| {
+        StorageError::io("locking", &lock_path, std::io::Error::other(e.to_string()))
+    })?;
+    Ok((dir, lock))
+}
+
+pub(super) fn create_dir(dir: &Path) -> Result<(), StorageError> {
+    std::fs::create_dir_all(dir).map_err(|e| StorageError::io("creating directory", dir, e))
+}
+
+/// Put a spooled object at `target` durably, and fsync every directory whose entries
+/// changed.
+pub(super) fn durable_put(spooled: SpooledFile, target: &Path) -> Result<(), StorageError> {
+    let parent = target.parent().expect("object keys have a directory");
+    let mut created = Vec::new();
+    let mut dir = parent;
+    while !dir.exists() {
+        created.push(dir.to_owned());
+        match dir.parent() {
+            Some(p) => dir = p,
+            None => break,
+        }
+    }
+    create_dir(parent)?;
+    let linked = match spooled.bytes() {
+        Some(bytes) => {
+            link_new(parent, target, bytes).map_err(|e| StorageError::io("writing", target, e))?
+        }
+        None => false,
+    };
+    if !linked {
+        let file = spooled.into_file()?;
+        file.as_file()
+            .sync_data()
+            .map_err(|e| StorageError::io("fsyncing spool file", file.path(), e))?;
+        file.persist(target)
+            .map_err(|e| StorageError::io("renaming spool file to", target, e.error))?;
+    }
+    fsync_dir(parent)?;
+    for dir in &created {
+        if let Some(p) = dir.parent() {
+            fsync_dir(p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Write `bytes` as the new file `target` in `dir` without a temporary name: an unnamed
+/// file in `dir` (O_TMPFILE), its data fsynced, then linked under its name. Only the
+/// target directory changes (one directory to fsync, not the spool's as well), and a crash
+/// before the link leaves nothing behind. False when this filesystem has no O_TMPFILE.
+/// An existing `target` is the same object (the key names its bytes), put before.
+fn link_new(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    use rustix::fs::{linkat, openat, AtFlags, Mode, OFlags, CWD};
+    use rustix::io::Errno;
+    use std::io::Write;
+    let fd = match openat(
+        CWD,
+        dir,
+        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+    match linkat(
+        CWD,
+        proc_path.as_str(),
+        CWD,
+        target,
+        AtFlags::SYMLINK_FOLLOW,
+    ) {
+        Ok(()) | Err(Errno::EXIST) => Ok(true),
+        // No /proc: fall back to a named temporary file.
+        Err(Errno::NOENT) if !Path::new("/proc/self/fd").exists() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
+    dirsync::sync_dir(dir).map_err(|e| StorageError::io("fsyncing directory", dir, e))
+}
