@@ -42,23 +42,23 @@ pub(super) fn create_dir(dir: &Path) -> Result<(), StorageError> {
 /// changed.
 pub(super) fn durable_put(spooled: SpooledFile, target: &Path) -> Result<(), StorageError> {
     let parent = target.parent().expect("object keys have a directory");
+    let write = |e| StorageError::io("writing", target, e);
+    // The study's directory usually exists: try first, create it when missing.
     let mut created = Vec::new();
-    let mut dir = parent;
-    while !dir.exists() {
-        created.push(dir.to_owned());
-        match dir.parent() {
-            Some(p) => dir = p,
-            None => break,
-        }
-    }
-    create_dir(parent)?;
     let linked = match spooled.bytes() {
-        Some(bytes) => {
-            link_new(parent, target, bytes).map_err(|e| StorageError::io("writing", target, e))?
-        }
+        Some(bytes) => match link_new(parent, target, bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                created = create_parents(parent)?;
+                link_new(parent, target, bytes).map_err(write)?
+            }
+            other => other.map_err(write)?,
+        },
         None => false,
     };
     if !linked {
+        if created.is_empty() {
+            created = create_parents(parent)?;
+        }
         let file = spooled.into_file()?;
         file.as_file()
             .sync_data()
@@ -73,6 +73,21 @@ pub(super) fn durable_put(spooled: SpooledFile, target: &Path) -> Result<(), Sto
         }
     }
     Ok(())
+}
+
+/// Create `dir` and its missing parents; the directories created, deepest first.
+fn create_parents(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
+    let mut created = Vec::new();
+    let mut missing = dir;
+    while !missing.exists() {
+        created.push(missing.to_owned());
+        match missing.parent() {
+            Some(p) => missing = p,
+            None => break,
+        }
+    }
+    create_dir(dir)?;
+    Ok(created)
 }
 
 /// Write `bytes` as the new file `target` in `dir` without a temporary name: an unnamed
