@@ -44,24 +44,10 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
     while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         super::writer::order(&mut batch);
         let records: Vec<&InstanceRecord> = batch.iter().map(|j| &j.record).collect();
-        match write_batch(&mut conn, &records) {
-            Ok(outcomes) => {
-                for (job, outcome) in batch.drain(..).zip(outcomes) {
-                    let _ = job.reply.send(Ok(outcome));
-                }
-            }
-            Err(e) if batch.len() > 1 => {
-                tracing::warn!(error = %e, size = batch.len(), "index batch failed; retrying one by one");
-                for job in batch.drain(..) {
-                    let result = write_batch(&mut conn, &[&job.record]).map(|mut o| o.remove(0));
-                    let _ = job.reply.send(result);
-                }
-            }
-            Err(e) => {
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(IndexError::Sqlite(e.to_string())));
-                }
-            }
+        let result = write_batch(&mut conn, &records);
+        for job in super::writer::settle(&mut batch, result) {
+            let result = write_batch(&mut conn, &[&job.record]).map(|mut o| o.remove(0));
+            let _ = job.reply.send(result);
         }
     }
 }

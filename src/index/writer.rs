@@ -67,28 +67,39 @@ async fn run(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<Job>) {
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         order(&mut batch);
         let records: Vec<&InstanceRecord> = batch.iter().map(|j| &j.record).collect();
-        match write_batch(&pool, backend, &records).await {
-            Ok(outcomes) => {
-                for (job, outcome) in batch.drain(..).zip(outcomes) {
-                    let _ = job.reply.send(Ok(outcome));
-                }
+        let result = write_batch(&pool, backend, &records).await;
+        for job in settle(&mut batch, result) {
+            let result = write_batch(&pool, backend, &[&job.record])
+                .await
+                .map(|mut o| o.remove(0));
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Answer a batch's jobs from the batch's result. When a batch of several failed as a
+/// whole, its jobs are returned, to be retried one by one so that one bad row cannot
+/// fail its neighbours.
+pub(super) fn settle(
+    batch: &mut Vec<Job>,
+    result: Result<Vec<InsertOutcome>, IndexError>,
+) -> Vec<Job> {
+    match result {
+        Ok(outcomes) => {
+            for (job, outcome) in batch.drain(..).zip(outcomes) {
+                let _ = job.reply.send(Ok(outcome));
             }
-            Err(e) if batch.len() > 1 => {
-                tracing::warn!(error = %e, size = batch.len(), "index batch failed; retrying one by one");
-                for job in batch.drain(..) {
-                    let result = write_batch(&pool, backend, &[&job.record])
-                        .await
-                        .map(|mut o| o.remove(0));
-                    let _ = job.reply.send(result);
-                }
+            Vec::new()
+        }
+        Err(e) if batch.len() > 1 => {
+            tracing::warn!(error = %e, size = batch.len(), "index batch failed; retrying one by one");
+            std::mem::take(batch)
+        }
+        Err(e) => {
+            if let Some(job) = batch.pop() {
+                let _ = job.reply.send(Err(e));
             }
-            Err(e) => {
-                for job in batch.drain(..) {
-                    let _ = job
-                        .reply
-                        .send(Err(IndexError::Db(sqlx::Error::Protocol(e.to_string()))));
-                }
-            }
+            Vec::new()
         }
     }
 }
