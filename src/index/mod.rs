@@ -235,8 +235,11 @@ fn prepare_sqlite_url(url: &str) -> Result<String, IndexError> {
 /// The database file of a SQLite URL made by [`prepare_sqlite_url`] (None for `:memory:`).
 fn sqlite_file(url: &str) -> Option<&str> {
     let rest = url.strip_prefix("sqlite://")?;
-    let path = rest.split_once('?').map_or(rest, |(p, _)| p);
-    (path != ":memory:" && !path.is_empty()).then_some(path)
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    // Names the writer's own connection could not open as sqlx does (in-memory databases,
+    // percent-encoded paths) keep the sqlx writer.
+    let plain = path != ":memory:" && !path.is_empty() && !path.contains('%');
+    (plain && !query.contains("mode=memory")).then_some(path)
 }
 
 /// Milliseconds since the Unix epoch, the index's time unit.

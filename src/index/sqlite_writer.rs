@@ -63,9 +63,11 @@ fn write_batch(
     for record in records {
         let sp = tx.savepoint()?;
         let outcome = write_one(&sp, record)?;
-        if let InsertOutcome::Inserted = outcome {
-            sp.commit()?;
-        } // else dropped: rolled back, with any study or series row it created.
+        match outcome {
+            InsertOutcome::Inserted => sp.commit()?,
+            // Undone, with any study or series row it created (ROLLBACK TO, RELEASE).
+            InsertOutcome::Existing(_) => sp.finish()?,
+        }
         outcomes.push(outcome);
     }
     tx.commit()?;

@@ -94,7 +94,9 @@ fn create_parents(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
 /// file in `dir` (O_TMPFILE), its data fsynced, then linked under its name. Only the
 /// target directory changes (one directory to fsync, not the spool's as well), and a crash
 /// before the link leaves nothing behind. False when this filesystem has no O_TMPFILE.
-/// An existing `target` is the same object (the key names its bytes), put before.
+/// False as well when `target` exists: the caller then puts a fresh copy over it by rename,
+/// as it always did — the existing file may be an orphan that `verify` is about to sweep
+/// by its age, or damaged.
 fn link_new(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<bool> {
     use rustix::fs::{linkat, openat, AtFlags, Mode, OFlags, CWD};
     use rustix::io::Errno;
@@ -120,7 +122,8 @@ fn link_new(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<bool> {
         target,
         AtFlags::SYMLINK_FOLLOW,
     ) {
-        Ok(()) | Err(Errno::EXIST) => Ok(true),
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST) => Ok(false),
         // No /proc: fall back to a named temporary file.
         Err(Errno::NOENT) if !Path::new("/proc/self/fd").exists() => Ok(false),
         Err(e) => Err(e.into()),

@@ -476,14 +476,21 @@ mod tests {
             1,
             "only the lock file"
         );
-        // The same object put again (its key names its bytes): kept, still one file; and an
-        // object larger than the in-memory spool, put through a spool file and a rename.
+        // The same object put again: a fresh file in its place (an old one may be an orphan
+        // that `verify` sweeps by its age, or damaged), still one file; and an object larger
+        // than the in-memory spool, put through a spool file and a rename.
+        let path = dir.path().join("objects").join(key.as_str());
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(old).unwrap();
         let mut spool = Spool::create(store.spool_dir(), 1 << 30).unwrap();
         spool.write(b"hello object").await.unwrap();
         store
             .put(&key, spool.finish().await.unwrap())
             .await
             .unwrap();
+        let age = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert!(age.elapsed().unwrap().as_secs() < 3600, "{age:?}");
         let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
         let mut spool = Spool::create(store.spool_dir(), 1 << 30).unwrap();
         for chunk in big.chunks(100_000) {

@@ -132,6 +132,11 @@ impl SpooledFile {
     }
 }
 
+/// A spool whose earlier write failed (its file and hasher went with the failure).
+fn broken() -> StorageError {
+    StorageError::Internal("the spool failed earlier".into())
+}
+
 fn create(dir: &Path) -> Result<NamedTempFile, StorageError> {
     tempfile::Builder::new()
         .prefix(".spool-")
@@ -169,7 +174,7 @@ impl Spool {
             return Err(StorageError::TooLarge { limit: self.limit });
         }
         if self.file.is_none() {
-            self.hasher.as_mut().expect("hasher present").update(chunk);
+            self.hasher.as_mut().ok_or_else(broken)?.update(chunk);
             self.hashed += chunk.len();
         }
         self.buf.extend_from_slice(chunk);
@@ -193,7 +198,7 @@ impl Spool {
             }
         }
         let (file, dir) = (self.file.take(), self.dir.clone());
-        let mut hasher = self.hasher.take().expect("hasher present");
+        let mut hasher = self.hasher.take().ok_or_else(broken)?;
         let buf = std::mem::take(&mut self.buf);
         let (result, mut buf) = tokio::task::spawn_blocking(move || {
             let r = (|| {
@@ -225,14 +230,9 @@ impl Spool {
             Body::Memory(std::mem::take(&mut self.buf), self.dir.clone())
         } else {
             self.flush().await?;
-            Body::File(self.file.take().expect("spool file present"))
+            Body::File(self.file.take().ok_or_else(broken)?)
         };
-        let sha256 = self
-            .hasher
-            .take()
-            .expect("hasher present")
-            .finalize()
-            .into();
+        let sha256 = self.hasher.take().ok_or_else(broken)?.finalize().into();
         Ok(SpooledFile {
             body,
             len: self.len,
