@@ -35,7 +35,7 @@ pub(super) fn spawn(path: &str) -> Result<mpsc::Sender<Job>, IndexError> {
     std::thread::Builder::new()
         .name("index-writer".into())
         .spawn(move || run(conn, rx))
-        .map_err(|e| IndexError::Db(sqlx::Error::Io(e)))?;
+        .map_err(|e| IndexError::Sqlite(format!("cannot start the index writer: {e}")))?;
     Ok(tx)
 }
 

@@ -44,7 +44,7 @@ pub struct SpooledFile {
     pub sha256: [u8; 32],
 }
 
-pub(crate) enum Body {
+enum Body {
     File(NamedTempFile),
     /// The bytes, and the spool directory a file for them is to be created in.
     Memory(Vec<u8>, PathBuf),
