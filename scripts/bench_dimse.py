@@ -216,5 +216,4 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        for d in stow.LEFTOVERS:
-            shutil.rmtree(d, ignore_errors=True)
+        stow.remove_leftovers()

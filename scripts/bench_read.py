@@ -203,6 +203,7 @@ def large_scale(n, pg_url=None):
         db = "bench_1m"
         subprocess.run(["psql", pg_url, "-qc", f"DROP DATABASE IF EXISTS {db}"], check=True, capture_output=True)
         subprocess.run(["psql", pg_url, "-qc", f"CREATE DATABASE {db}"], check=True, capture_output=True)
+        stow.DATABASES.append((pg_url, db))
         url = f"{pg_url.rsplit('/', 1)[0]}/{db}"
         server.env["PACS_INDEX__URL"] = url
         target = ["--postgres", url]
@@ -270,5 +271,4 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        for d in stow.LEFTOVERS:
-            shutil.rmtree(d, ignore_errors=True)
+        stow.remove_leftovers()

@@ -34,7 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(os.environ.get("PACS_BIN", ROOT / "target" / "release" / "pacs-lite"))
 UID_PREFIX = "1.2.826.0.1.3680043.8.498.77."
 BOUNDARY = "bench-boundary-7d3c"
-LEFTOVERS = []
+LEFTOVERS = []  # data directories, removed at exit (see Server.stop)
+DATABASES = []  # (admin URL, name) of the PostgreSQL databases the run created
+
+
+def remove_leftovers():
+    for d in LEFTOVERS:
+        shutil.rmtree(d, ignore_errors=True)
+    for url, db in DATABASES:
+        subprocess.run(["psql", url, "-qc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], capture_output=True)
 
 
 def template(size: int) -> bytes:
@@ -101,6 +109,7 @@ class Server:
         if pg_url:
             db = "bench_" + uuid.uuid4().hex[:10]
             subprocess.run(["psql", pg_url, "-qc", f"CREATE DATABASE {db}"], check=True)
+            DATABASES.append((pg_url, db))
             self.env["PACS_INDEX__URL"] = pg_url.rsplit("/", 1)[0] + "/" + db
 
     def start(self):
@@ -240,5 +249,4 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        for d in LEFTOVERS:
-            shutil.rmtree(d, ignore_errors=True)
+        remove_leftovers()

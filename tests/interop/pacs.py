@@ -74,10 +74,12 @@ class Backend:
         self.s3 = s3
 
     def env(self, data_dir: Path) -> dict:
+        """A server's environment; on PostgreSQL, in a database of its own (see drop)."""
         env = {"PACS_DATA_DIR": str(data_dir)}
         if self.name == "postgres-s3":
             db = "pacs_" + uuid.uuid4().hex[:12]
             subprocess.run(["psql", self.pg_url, "-qc", f"CREATE DATABASE {db}"], check=True)
+            env["_PACS_TEST_DB"] = db
             base = self.pg_url.rsplit("/", 1)[0]
             env.update({
                 "PACS_INDEX__URL": f"{base}/{db}",
@@ -89,6 +91,13 @@ class Backend:
                 "PACS_STORAGE__S3__SECRET_ACCESS_KEY": S3Server.SECRET_KEY,
             })
         return env
+
+    def drop(self, env: dict):
+        """Drops the database env() created: thousands of test runs must not fill the cluster."""
+        db = env.get("_PACS_TEST_DB")
+        if db:
+            subprocess.run(["psql", self.pg_url, "-qc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"],
+                           capture_output=True, timeout=60)
 
 
 class Pacs:
@@ -154,6 +163,7 @@ class Pacs:
 
     def cleanup(self):
         self.stop()
+        self.backend.drop(self.env)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def instance_rows(self) -> list[tuple]:
