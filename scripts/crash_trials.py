@@ -5,7 +5,15 @@ STOW-RS, C-STORE (pynetdicom) and the offline upload API; after each restart, `v
 instance acknowledged before the kill (STOW 200, C-STORE 0x0000, upload ACK) must be in
 the index with the bytes that were sent. Prints the counts; exits 1 on any loss.
 
+With --power-loss (SQLite + filesystem, where instance rows commit without an fsync each
+and start-up recovery re-indexes what a power failure took), each round also loses index
+commits: at a random moment during the round a consistent copy of the index is taken (the
+SQLite backup API), and after the kill the index is put back to that copy, as if every
+commit since had not reached the disk. The objects stay, as their fsyncs before each
+acknowledgement guarantee; the restarted process must re-index every acknowledged one.
+
 Usage: scripts/crash_trials.py [--rounds 20] [--backend sqlite-fs|postgres-s3] [--seed N]
+       [--power-loss]
 (postgres-s3 needs PACS_TEST_PG_URL and s3s-fs, as the test suite does.)
 """
 
@@ -14,6 +22,7 @@ import hashlib
 import json
 import os
 import random
+import sqlite3
 import sys
 import threading
 import time
@@ -122,18 +131,57 @@ def upload_client(pacs, acked, stop, seed):
             acked.add("upload", str(ds.SOPInstanceUID), hashlib.sha256(data).hexdigest())
 
 
+def index_path(pacs) -> Path:
+    return pacs.dir / "data" / "index.sqlite"
+
+
+def snapshot_index(pacs):
+    """A consistent copy of the index as it is now (a read transaction's view)."""
+    src = sqlite3.connect(index_path(pacs), timeout=30)
+    dst = sqlite3.connect(index_path(pacs).with_suffix(".snapshot"))
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+
+
+def instance_count(path) -> int:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+    finally:
+        con.close()
+
+
+def restore_index(pacs) -> int:
+    """The index as the copy had it: every commit since then lost, as in a power failure.
+    Returns how many instance rows that took."""
+    path = index_path(pacs)
+    before = instance_count(path)
+    for suffix in ("-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    path.with_suffix(".snapshot").replace(path)
+    return before - instance_count(path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--backend", default="sqlite-fs", choices=["sqlite-fs", "postgres-s3"])
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--power-loss", action="store_true",
+                    help="also put the index back to a copy taken earlier in the round (SQLite only)")
     args = ap.parse_args()
+    if args.power_loss and args.backend != "sqlite-fs":
+        ap.error("--power-loss applies to sqlite-fs (PostgreSQL commits are durable)")
     rng = random.Random(args.seed)
     s3 = S3Server() if args.backend == "postgres-s3" else None
     backend = Backend(args.backend, pg_url=os.environ.get("PACS_TEST_PG_URL"), s3=s3)
     pacs = Pacs(backend, {"PACS_LOG__FILTER": "warn"})
     acked = Acked()
-    totals = {"rounds": 0, "orphans_reindexed": 0, "missing_rows": 0, "mismatched": 0, "lost": 0}
+    totals = {"rounds": 0, "orphans_reindexed": 0, "missing_rows": 0, "mismatched": 0, "lost": 0,
+              "rows_lost": 0}
     try:
         for round_no in range(args.rounds):
             pacs.start()
@@ -143,12 +191,23 @@ def main():
                        for k, f in enumerate([stow_client, stow_client, cstore_client, upload_client])]
             for t in threads:
                 t.start()
-            time.sleep(rng.uniform(0.3, 1.5))
+            run_for = rng.uniform(0.3, 1.5)
+            if args.power_loss:
+                time.sleep(run_for * rng.uniform(0.2, 0.8))
+                snapshot_index(pacs)
+                time.sleep(run_for * rng.uniform(0.1, 0.5))
+            else:
+                time.sleep(run_for)
             pacs.kill()
             stop.set()
             for t in threads:
                 t.join(30)
-            r = pacs.cli("verify", "--json", "--grace-secs", "0", "--reindex")
+            rows_lost = restore_index(pacs) if args.power_loss else 0
+            totals["rows_lost"] += rows_lost
+            # After a power failure nothing but the process's own start-up recovery (which
+            # `verify` runs too, as it opens the index) may bring the rows back: no --reindex.
+            reindex = [] if args.power_loss else ["--reindex"]
+            r = pacs.cli("verify", "--json", "--grace-secs", "0", *reindex)
             report = json.loads(r.stdout)
             rows = {row[0]: row[1] for row in pacs.instance_rows()}
             lost = [sop for sop in acked.items if sop not in rows]
@@ -162,7 +221,8 @@ def main():
                   f"(stow {acked.by_entry['stow']}, c-store {acked.by_entry['c-store']}, "
                   f"upload {acked.by_entry['upload']}); reindexed {len(report['reindexed'])}, "
                   f"rows without objects {len(report['missing'])}, mismatches {len(report['mismatched']) + len(wrong)}, "
-                  f"lost {len(lost)}", flush=True)
+                  f"lost {len(lost)}" + (f"; index rows lost to the power failure {rows_lost}" if args.power_loss else ""),
+                  flush=True)
         pacs.start()
         ready = requests.get(f"{pacs.url}/readyz").status_code == 200
         spool_clean = pacs.spool_files() == []

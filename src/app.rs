@@ -41,6 +41,8 @@ pub enum AppError {
     Auth(#[from] crate::auth::ConfigError),
     #[error("HTTP server: {0}")]
     Serve(std::io::Error),
+    #[error("start-up recovery: {0}")]
+    Recovery(#[from] crate::verify::VerifyError),
 }
 
 /// Shared state of the HTTP handlers.
@@ -51,15 +53,32 @@ pub struct AppState {
 }
 
 /// The back ends every command needs: the object store, the index and ingest over them.
+/// With a relaxed index (SQLite, `index.sqlite_synchronous = "normal"`, filesystem store),
+/// objects whose rows a power failure took are re-indexed before anything else runs.
 pub async fn open_backends(config: &Config) -> Result<Ingest, AppError> {
     let store = Store::open(config).await?;
-    let index = Index::open(&config.index_url(), config.index.max_connections).await?;
-    Ok(Ingest::new(
+    let relaxed = store.fs_root().is_some()
+        && config.index.sqlite_synchronous == crate::config::SqliteSync::Normal;
+    let index =
+        Index::open_with(&config.index_url(), config.index.max_connections, relaxed).await?;
+    let ingest = Ingest::new(
         store,
         index,
         config.ingest.on_conflict,
         config.ingest.max_instance_bytes,
-    ))
+    );
+    if ingest.index().commits_relaxed() {
+        let report = crate::verify::recover_recent(&ingest).await?;
+        if !report.reindexed.is_empty() || !report.torn.is_empty() {
+            tracing::warn!(
+                reindexed = report.reindexed.len(),
+                torn = report.torn.len(),
+                directories = report.directories,
+                "start-up recovery re-indexed objects whose rows were lost"
+            );
+        }
+    }
+    Ok(ingest)
 }
 
 pub struct App {

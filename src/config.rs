@@ -202,6 +202,18 @@ pub struct IndexConfig {
     /// `sqlite://path` or `postgres://…`; defaults to `<data_dir>/index.sqlite`.
     pub url: Option<Secret>,
     pub max_connections: u32,
+    /// SQLite with a filesystem store: `normal` commits instance rows without an fsync
+    /// each and re-indexes, at start-up, objects whose rows a power failure took; `full`
+    /// fsyncs every commit. Ignored otherwise (every commit is durable).
+    pub sqlite_synchronous: SqliteSync,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSync {
+    #[default]
+    Normal,
+    Full,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,6 +316,7 @@ impl Default for IndexConfig {
         IndexConfig {
             url: None,
             max_connections: 8,
+            sqlite_synchronous: SqliteSync::Normal,
         }
     }
 }

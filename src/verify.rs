@@ -4,9 +4,16 @@
 //! object write and the index commit) or delete them (`--delete-orphans`).
 //!
 //! Orphans younger than a grace period are left alone: they may belong to an ingest
-//! that has written its object and is about to commit its row.
+//! that has written its object and is about to commit its row. An orphan is re-indexed
+//! only if its bytes still hash to its key (an object key names its SHA-256); one that
+//! does not is torn or damaged, and is deleted rather than indexed.
+//!
+//! [`recover_recent`] is the start-up half of this for a relaxed index (SQLite commits
+//! without an fsync each): the objects of recently written study directories that no row
+//! points to are re-indexed before the process does anything else.
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -14,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::index::{IndexError, Origin, OriginKind, StoredInstance};
 use crate::ingest::{Expected, Ingest, Outcome, Reason};
+use crate::model::Uid;
 use crate::storage::{ObjectKey, StorageError};
 
 #[derive(Debug, Default, Serialize)]
@@ -33,6 +41,9 @@ pub struct VerifyReport {
     pub foreign: Vec<String>,
     pub reindexed: Vec<String>,
     pub deleted: Vec<String>,
+    /// Orphans whose bytes do not hash to their key (deleted with `--reindex` or
+    /// `--delete-orphans`, never indexed).
+    pub torn: Vec<String>,
 }
 
 impl VerifyReport {
@@ -150,13 +161,31 @@ async fn check_one(ingest: &Ingest, row: &StoredInstance) -> Result<Check, Verif
     })
 }
 
+/// Does the object still hash to its key?
+async fn hashes_to_key(ingest: &Ingest, key: &ObjectKey) -> Result<bool, VerifyError> {
+    let mut stream = ingest.store().stream(key, None).await?;
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = stream.next().await {
+        hasher.update(&chunk?);
+    }
+    Ok(hex::encode(hasher.finalize()) == key.sha256_hex())
+}
+
 /// Feed an orphan back through ingest: it is a complete, self-describing object whose
-/// row was lost (a crash between object write and index commit).
+/// row was lost (a crash between object write and index commit) — unless its bytes do
+/// not hash to its key: then it is torn or damaged, and deleted.
 async fn reindex(
     ingest: &Ingest,
     key: &ObjectKey,
     report: &mut VerifyReport,
 ) -> Result<(), VerifyError> {
+    if !hashes_to_key(ingest, key).await? {
+        tracing::warn!(key = %key, "orphan does not hash to its key (torn or damaged); deleting it");
+        ingest.store().delete(key).await?;
+        report.torn.push(key.to_string());
+        report.deleted.push(key.to_string());
+        return Ok(());
+    }
     let stream = ingest.store().stream(key, None).await?;
     let origin = Origin {
         kind: OriginKind::Import,
@@ -183,4 +212,96 @@ async fn reindex(
         Err(e) => tracing::warn!(key = %key, error = %e, "orphan could not be read"),
     }
     Ok(())
+}
+
+/// How far before the newest row start-up recovery looks for objects without rows: much
+/// longer than an ingest takes between its durable object and its commit, and than the
+/// clock may step back.
+const RECOVERY_WINDOW_SECS: i64 = 24 * 3600;
+
+#[derive(Debug, Default, Serialize)]
+pub struct RecoveryReport {
+    /// Study directories looked into.
+    pub directories: usize,
+    pub reindexed: Vec<String>,
+    pub torn: Vec<String>,
+}
+
+/// Start-up recovery for a relaxed index on a filesystem store. A power failure may take
+/// the last rows such an index committed, though their objects were durable (and
+/// linked, and their directories fsynced) before their instances were acknowledged. A
+/// study directory gets a new entry — and a new modification time — for each object put
+/// in it, so the objects of every study directory modified since shortly before the
+/// newest row that survived are compared with the study's rows, and those without one
+/// go back through ingest (as `verify --reindex` does, torn ones deleted). One directory
+/// listing and one query per recent study; nothing else is read.
+pub async fn recover_recent(ingest: &Ingest) -> Result<RecoveryReport, VerifyError> {
+    let mut report = RecoveryReport::default();
+    let Some(root) = ingest.store().fs_root().map(Path::to_owned) else {
+        return Ok(report);
+    };
+    let newest = ingest.index().newest_stored_at().await?;
+    let since = newest.map_or(i64::MIN, |ms| ms / 1000 - RECOVERY_WINDOW_SECS);
+    let studies = tokio::task::spawn_blocking(move || recent_study_dirs(&root, since))
+        .await
+        .map_err(|e| StorageError::Internal(format!("recovery listing failed: {e}")))??;
+    report.directories = studies.len();
+    for (study, keys) in studies {
+        let indexed: HashSet<String> = ingest
+            .index()
+            .study_object_keys(&study)
+            .await?
+            .into_iter()
+            .collect();
+        for key in keys.into_iter().filter(|k| !indexed.contains(k.as_str())) {
+            let mut one = VerifyReport::default();
+            reindex(ingest, &key, &mut one).await?;
+            report.reindexed.extend(one.reindexed);
+            report.torn.extend(one.torn);
+        }
+    }
+    Ok(report)
+}
+
+/// The object keys in each study directory of `root` modified at or after `since`
+/// (seconds since the epoch). Blocking.
+fn recent_study_dirs(root: &Path, since: i64) -> Result<Vec<(Uid, Vec<ObjectKey>)>, StorageError> {
+    fn io<'a>(what: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> StorageError + 'a {
+        move |e| StorageError::io(what, path, e)
+    }
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(StorageError::io("listing", root, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io("listing", root))?;
+        let Some(study) = entry.file_name().to_str().and_then(|n| Uid::parse(n).ok()) else {
+            continue;
+        };
+        let dir = entry.path();
+        let meta = entry.metadata().map_err(io("reading", &dir))?;
+        if !meta.is_dir() || modified_secs(&meta) < since {
+            continue;
+        }
+        let mut keys = Vec::new();
+        for file in std::fs::read_dir(&dir).map_err(io("listing", &dir))? {
+            let file = file.map_err(io("listing", &dir))?;
+            let name = file.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(key) = ObjectKey::parse(&format!("{study}/{name}")) {
+                keys.push(key);
+            }
+        }
+        found.push((study, keys));
+    }
+    Ok(found)
+}
+
+fn modified_secs(meta: &std::fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(i64::MAX, |d| d.as_secs() as i64)
 }

@@ -25,6 +25,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::storage::DirSyncs;
+
 pub use records::{InstanceRecord, Origin, OriginKind, SeriesRecord, StudyRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,9 @@ pub enum IndexError {
     Sqlite(String),
     #[error("the index writer has stopped")]
     WriterGone,
+    /// The object could not be made durable, so its row was not written.
+    #[error("{0}")]
+    Durability(crate::storage::StorageError),
 }
 
 impl From<rusqlite::Error> for IndexError {
@@ -79,11 +84,23 @@ pub struct Index {
     backend: Backend,
     writer: mpsc::Sender<writer::Job>,
     audit: admin::AuditQueue,
+    relaxed: bool,
 }
 
 impl Index {
-    /// Connect, apply migrations and start the writer task.
+    /// Connect, apply migrations and start the writer task; every commit durable.
     pub async fn open(url: &str, max_connections: u32) -> Result<Index, IndexError> {
+        Self::open_with(url, max_connections, false).await
+    }
+
+    /// [`Index::open`]; with `relaxed`, a SQLite file's instance inserts commit without an
+    /// fsync each (`synchronous=NORMAL`): only for an object store that start-up recovery
+    /// can re-index from after a power failure (see [`Index::commits_relaxed`]).
+    pub async fn open_with(
+        url: &str,
+        max_connections: u32,
+        relaxed: bool,
+    ) -> Result<Index, IndexError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -119,9 +136,11 @@ impl Index {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
-        let writer = match sqlite_file(&url) {
-            Some(path) if backend == Backend::Sqlite => sqlite_writer::spawn(path)?,
-            _ => writer::spawn(pool.clone(), backend),
+        let (writer, relaxed) = match sqlite_file(&url) {
+            Some(path) if backend == Backend::Sqlite => {
+                (sqlite_writer::spawn(path, relaxed)?, relaxed)
+            }
+            _ => (writer::spawn(pool.clone(), backend), false),
         };
         let audit = admin::spawn_audit_writer(pool.clone());
         Ok(Index {
@@ -129,11 +148,18 @@ impl Index {
             backend,
             writer,
             audit,
+            relaxed,
         })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Do instance inserts commit without an fsync each (a power failure may lose the
+    /// last ones, to be recovered from the object store)?
+    pub fn commits_relaxed(&self) -> bool {
+        self.relaxed
     }
 
     /// Is the database reachable?
@@ -142,11 +168,21 @@ impl Index {
         Ok(())
     }
 
-    /// Insert one instance with its study and series, committed before this returns.
-    pub async fn insert(&self, record: InstanceRecord) -> Result<InsertOutcome, IndexError> {
+    /// Insert one instance with its study and series, committed before this returns. The
+    /// row commits only after `syncs` (what the put of its object left to fsync) are done:
+    /// object first, index second.
+    pub async fn insert(
+        &self,
+        record: InstanceRecord,
+        syncs: DirSyncs,
+    ) -> Result<InsertOutcome, IndexError> {
         let (reply, answer) = oneshot::channel();
         self.writer
-            .send(writer::Job { record, reply })
+            .send(writer::Job {
+                record,
+                syncs,
+                reply,
+            })
             .await
             .map_err(|_| IndexError::WriterGone)?;
         answer.await.map_err(|_| IndexError::WriterGone)?

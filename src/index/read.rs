@@ -215,4 +215,27 @@ impl Index {
             .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
+
+    /// When the newest row was stored (milliseconds since the epoch), if there is one.
+    pub async fn newest_stored_at(&self) -> Result<Option<i64>, IndexError> {
+        let row = sqlx::query("SELECT stored_at FROM instances ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// The object keys of a study's instances.
+    pub async fn study_object_keys(&self, study: &Uid) -> Result<Vec<String>, IndexError> {
+        let rows = sqlx::query(
+            "SELECT i.object_key FROM instances i JOIN studies st ON i.study_pk = st.id \
+             WHERE st.study_uid = $1",
+        )
+        .bind(study.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(IndexError::from)
+    }
 }

@@ -4,8 +4,8 @@
 //! PostgreSQL. Through sqlx every SQLite statement is a round trip to the connection's
 //! worker thread — eight or more per instance, each a pair of thread wake-ups that cost
 //! more than the statement — so on SQLite the batch runs where the connection lives: the
-//! thread wakes once for a batch, writes it in one transaction (a savepoint per
-//! instance), commits and answers each job.
+//! thread wakes once for a batch, syncs the directories of its objects, writes it in one
+//! transaction (a savepoint per instance), commits and answers each job.
 
 use rusqlite::{Connection, OpenFlags, Statement, ToSql, TransactionBehavior};
 use tokio::sync::mpsc;
@@ -17,7 +17,7 @@ use super::writer::{
 use super::{IndexError, InsertOutcome, InstanceRecord, StoredInstance, STORED_SELECT};
 
 /// Open the database file (already migrated) and start the writer thread.
-pub(super) fn spawn(path: &str) -> Result<mpsc::Sender<Job>, IndexError> {
+pub(super) fn spawn(path: &str, relaxed: bool) -> Result<mpsc::Sender<Job>, IndexError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -30,6 +30,13 @@ pub(super) fn spawn(path: &str) -> Result<mpsc::Sender<Job>, IndexError> {
          PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON; \
          PRAGMA temp_store = MEMORY;",
     )?;
+    if relaxed {
+        // Commits are not fsynced (the WAL is, before each checkpoint): a power failure
+        // may lose the last ones, never consistency. Their objects were durable before
+        // they were acknowledged, and start-up recovery re-indexes them
+        // (`verify::recover_recent`).
+        conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
+    }
     conn.set_prepared_statement_cache_capacity(16);
     let (tx, rx) = mpsc::channel(1024);
     std::thread::Builder::new()
@@ -42,6 +49,7 @@ pub(super) fn spawn(path: &str) -> Result<mpsc::Sender<Job>, IndexError> {
 fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
+        super::writer::sync_objects(&mut batch);
         super::writer::order(&mut batch);
         let records: Vec<&InstanceRecord> = batch.iter().map(|j| &j.record).collect();
         let result = write_batch(&mut conn, &records);
@@ -259,6 +267,7 @@ fn one_row<T>(
 mod tests {
     use super::*;
     use crate::index::{Index, Origin, OriginKind, SeriesRecord, StudyRecord};
+    use crate::storage::DirSyncs;
 
     fn record(study: &str, series: &str, sop: &str, modality: &str) -> InstanceRecord {
         InstanceRecord {
@@ -344,10 +353,52 @@ mod tests {
         assert_eq!((changes, audits), (2, 2));
         // Through the writer thread: the stored copy is found again.
         let again = index
-            .insert(record("1.1", "1.1.1", "1.1.1.1", "CT"))
+            .insert(record("1.1", "1.1.1", "1.1.1.1", "CT"), DirSyncs::default())
             .await
             .unwrap();
         assert!(matches!(again, InsertOutcome::Existing(_)));
         assert_eq!(index.counts().await.unwrap(), (1, 2, 2));
+    }
+
+    /// The writer syncs what a put left before it commits the row; an object that cannot
+    /// be made durable gets no row, and its neighbours in the batch are not held back.
+    #[tokio::test]
+    async fn rows_commit_only_after_their_objects_directories_are_synced() {
+        use crate::storage::{Local, ObjectKey, Spool, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        let store = Store::open(&config).await.unwrap();
+        let url = format!("sqlite://{}", dir.path().join("i.sqlite").display());
+        let index = Index::open(&url, 2).await.unwrap();
+        let mut puts = Vec::new();
+        for (study, body) in [("1.5", &b"first"[..]), ("1.6", &b"second"[..])] {
+            let mut spool = Spool::create(store.spool_dir(), 1 << 20).unwrap();
+            spool.write(body).await.unwrap();
+            let spooled = spool.finish().await.unwrap();
+            let key = ObjectKey::new(&crate::model::Uid::parse(study).unwrap(), &spooled.sha256);
+            let Ok(Local::Unsynced(syncs)) = store.put_local(&key, spooled) else {
+                panic!("a filesystem put leaves directories to sync");
+            };
+            assert!(!syncs.is_empty());
+            puts.push(syncs);
+        }
+        // The second study's directory disappears before its sync.
+        std::fs::remove_dir_all(dir.path().join("objects/1.6")).unwrap();
+        let second = puts.pop().unwrap();
+        let first = puts.pop().unwrap();
+        let (a, b) = tokio::join!(
+            index.insert(record("1.5", "1.5.1", "1.5.1.1", "CT"), first),
+            index.insert(record("1.6", "1.6.1", "1.6.1.1", "CT"), second),
+        );
+        assert!(matches!(a, Ok(InsertOutcome::Inserted)), "{a:?}");
+        let err = b.unwrap_err().to_string();
+        assert!(
+            err.contains("fsyncing directory") && err.contains("1.6"),
+            "{err}"
+        );
+        assert_eq!(index.counts().await.unwrap(), (1, 1, 1));
     }
 }

@@ -1,15 +1,99 @@
-//! Group commit for directory fsyncs. After a rename, the directory must be fsynced before
-//! the object counts as durable; concurrent puts into one directory (the instances of one
-//! study arriving on several associations) share one fsync instead of queueing for one each.
+//! Directory fsyncs. After a link or rename, the directory must be fsynced before the object
+//! counts as durable, and so must the parent of a directory whose own entry may not be
+//! durable yet (one just created, by this put or a concurrent one).
 //!
-//! Per directory, callers take a ticket after their rename. One of them (the leader) runs
-//! the fsync and covers every ticket taken before it started; callers whose ticket came
-//! later wait for the next round. A failed fsync covers nothing: a waiter then leads a new
-//! round (and fails on its own if the directory keeps failing).
+//! A put returns the directories it leaves to sync as [`DirSyncs`]; whoever commits the
+//! object's index row syncs them first — the index writer, once for a whole batch of puts
+//! (one fsync per distinct directory), so that the batch waits for one stage instead of two.
+//!
+//! Concurrent callers of [`sync_dir`] for one directory share fsyncs (group commit): per
+//! directory, callers take a ticket after their change. One of them (the leader) runs the
+//! fsync and covers every ticket taken before it started; callers whose ticket came later
+//! wait for the next round. A failed fsync covers nothing: a waiter then leads a new round
+//! (and fails on its own if the directory keeps failing).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, LazyLock, Mutex};
+
+use super::StorageError;
+
+/// Directories whose fsync makes the puts that returned them durable.
+#[derive(Debug, Default)]
+#[must_use = "an object is not durable until its directories are synced"]
+pub struct DirSyncs {
+    dirs: Vec<PathBuf>,
+}
+
+/// Directories whose entry in their parent is known to be durable: created by an earlier
+/// run, or synced by this process. Bounded: when full it starts again (which costs a few
+/// parent fsyncs more, nothing else).
+static DURABLE: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Default::default);
+const DURABLE_MAX: usize = 100_000;
+
+impl DirSyncs {
+    /// What a new entry in `dir` needs: `dir` itself, and its ancestors up to `limit` for
+    /// as long as their own entries are not known to be durable.
+    pub(super) fn for_entry_in(dir: &Path, limit: &Path) -> Self {
+        let durable = DURABLE.lock().expect("durable directories");
+        let mut dirs = vec![dir.to_owned()];
+        let mut at = dir;
+        while at != limit && !durable.contains(at) {
+            match at.parent() {
+                Some(parent) => {
+                    dirs.push(parent.to_owned());
+                    at = parent;
+                }
+                None => break,
+            }
+        }
+        DirSyncs { dirs }
+    }
+
+    /// `dirs` were (re)created: their entries are new.
+    pub(super) fn forget(dirs: &[PathBuf]) {
+        let mut durable = DURABLE.lock().expect("durable directories");
+        for dir in dirs {
+            durable.remove(dir);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty()
+    }
+
+    /// All of `several`, each directory once.
+    pub fn union<'a>(several: impl IntoIterator<Item = &'a DirSyncs>) -> DirSyncs {
+        let mut dirs: Vec<PathBuf> = several
+            .into_iter()
+            .flat_map(|s| s.dirs.iter().cloned())
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        DirSyncs { dirs }
+    }
+
+    /// fsync every directory (blocking). Afterwards, a directory synced together with its
+    /// parent has a durable entry: later puts into it need not sync the parent again.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        for dir in &self.dirs {
+            sync_dir(dir).map_err(|e| StorageError::io("fsyncing directory", dir, e))?;
+        }
+        let mut durable = DURABLE.lock().expect("durable directories");
+        if durable.len() >= DURABLE_MAX {
+            durable.clear();
+        }
+        for dir in &self.dirs {
+            if dir
+                .parent()
+                .is_some_and(|p| self.dirs.iter().any(|d| d == p))
+            {
+                durable.insert(dir.clone());
+            }
+        }
+        Ok(())
+    }
+}
 
 #[derive(Default)]
 struct Round {
@@ -97,5 +181,47 @@ mod tests {
         let missing = dir.path().join("missing");
         assert!(sync_dir(&missing).is_err());
         assert!(!SLOTS.lock().unwrap().contains_key(&missing));
+    }
+
+    #[test]
+    fn a_new_directory_syncs_its_parents_until_its_entry_is_known_durable() {
+        let top = tempfile::tempdir().unwrap();
+        let (root, study) = (top.path().join("objects"), top.path().join("objects/1.2"));
+        std::fs::create_dir_all(&study).unwrap();
+        let first = DirSyncs::for_entry_in(&study, top.path());
+        assert_eq!(
+            first.dirs,
+            [study.clone(), root.clone(), top.path().to_owned()]
+        );
+        first.sync().unwrap();
+        // The study's and the root's entries are durable now: only the study to sync.
+        assert_eq!(
+            DirSyncs::for_entry_in(&study, top.path()).dirs,
+            [study.clone()]
+        );
+        let other = root.join("1.3");
+        std::fs::create_dir(&other).unwrap();
+        assert_eq!(
+            DirSyncs::for_entry_in(&other, top.path()).dirs,
+            [other.clone(), root.clone()]
+        );
+        // Made again (removed behind our back): its entry is new.
+        DirSyncs::forget(std::slice::from_ref(&study));
+        assert_eq!(
+            DirSyncs::for_entry_in(&study, top.path()).dirs,
+            [study.clone(), root.clone()]
+        );
+        // A batch syncs each directory once; one that fails makes nothing durable.
+        let both = DirSyncs::union([
+            &DirSyncs::for_entry_in(&study, top.path()),
+            &DirSyncs::for_entry_in(&other, top.path()),
+        ]);
+        assert_eq!(both.dirs, [root.clone(), study.clone(), other.clone()]);
+        let gone = root.join("1.4");
+        let failing = DirSyncs {
+            dirs: vec![gone.clone(), root.clone()],
+        };
+        assert!(failing.sync().is_err());
+        assert!(!DURABLE.lock().unwrap().contains(&gone));
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{dirsync, SpooledFile, StorageError};
+use super::{DirSyncs, SpooledFile, StorageError};
 
 /// Give this process its own spool directory under `base`, locked while it runs, and
 /// remove the directories of processes that are gone (what a crash left behind).
@@ -38,17 +38,24 @@ pub(super) fn create_dir(dir: &Path) -> Result<(), StorageError> {
     std::fs::create_dir_all(dir).map_err(|e| StorageError::io("creating directory", dir, e))
 }
 
-/// Put a spooled object at `target` durably, and fsync every directory whose entries
-/// changed.
-pub(super) fn durable_put(spooled: SpooledFile, target: &Path) -> Result<(), StorageError> {
+/// Put a spooled object at `target`: its bytes durable, linked (or renamed) under its
+/// name. The directories to fsync before it counts as durable come back (see
+/// [`DirSyncs`]); `limit` is the highest directory that may need it (the store root's
+/// parent).
+pub(super) fn put(
+    spooled: SpooledFile,
+    target: &Path,
+    limit: &Path,
+) -> Result<DirSyncs, StorageError> {
     let parent = target.parent().expect("object keys have a directory");
     let write = |e| StorageError::io("writing", target, e);
     // The study's directory usually exists: try first, create it when missing.
-    let mut created = Vec::new();
+    let mut created = false;
     let linked = match spooled.bytes() {
         Some(bytes) => match link_new(parent, target, bytes) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                created = create_parents(parent)?;
+                create_parents(parent)?;
+                created = true;
                 link_new(parent, target, bytes).map_err(write)?
             }
             other => other.map_err(write)?,
@@ -56,8 +63,8 @@ pub(super) fn durable_put(spooled: SpooledFile, target: &Path) -> Result<(), Sto
         None => false,
     };
     if !linked {
-        if created.is_empty() {
-            created = create_parents(parent)?;
+        if !created {
+            create_parents(parent)?;
         }
         let file = spooled.into_file()?;
         file.as_file()
@@ -66,28 +73,24 @@ pub(super) fn durable_put(spooled: SpooledFile, target: &Path) -> Result<(), Sto
         file.persist(target)
             .map_err(|e| StorageError::io("renaming spool file to", target, e.error))?;
     }
-    fsync_dir(parent)?;
-    for dir in &created {
-        if let Some(p) = dir.parent() {
-            fsync_dir(p)?;
-        }
-    }
-    Ok(())
+    Ok(DirSyncs::for_entry_in(parent, limit))
 }
 
-/// Create `dir` and its missing parents; the directories created, deepest first.
-fn create_parents(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
-    let mut created = Vec::new();
-    let mut missing = dir;
-    while !missing.exists() {
-        created.push(missing.to_owned());
-        match missing.parent() {
-            Some(p) => missing = p,
+/// Create `dir` and its missing parents; those created are forgotten as durable (a
+/// directory removed behind this process's back and made again is new).
+fn create_parents(dir: &Path) -> Result<(), StorageError> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.exists() {
+        missing.push(at.to_owned());
+        match at.parent() {
+            Some(p) => at = p,
             None => break,
         }
     }
     create_dir(dir)?;
-    Ok(created)
+    DirSyncs::forget(&missing);
+    Ok(())
 }
 
 /// Write `bytes` as the new file `target` in `dir` without a temporary name: an unnamed
@@ -128,8 +131,4 @@ fn link_new(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<bool> {
         Err(Errno::NOENT) if !Path::new("/proc/self/fd").exists() => Ok(false),
         Err(e) => Err(e.into()),
     }
-}
-
-fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
-    dirsync::sync_dir(dir).map_err(|e| StorageError::io("fsyncing directory", dir, e))
 }

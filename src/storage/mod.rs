@@ -28,6 +28,7 @@ use opendal::{services, ErrorKind, Operator};
 use crate::config::{Config, StorageBackend};
 use crate::model::Uid;
 
+pub use dirsync::DirSyncs;
 pub use spool::{Spool, SpooledFile};
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,19 @@ impl StorageError {
             source,
         }
     }
+}
+
+/// What [`Store::put_local`] did.
+pub enum Local {
+    /// Written; durable once these directories are synced.
+    Unsynced(DirSyncs),
+    /// Not a filesystem store: to be uploaded.
+    Remote(SpooledFile),
+}
+
+/// The highest directory a put may have to fsync: the one holding the store's root.
+fn parent_of(root: &Path) -> PathBuf {
+    root.parent().unwrap_or(root).to_owned()
 }
 
 /// Where the parts of offline uploads in progress are kept in the store.
@@ -184,6 +198,11 @@ impl Store {
         &self.describe
     }
 
+    /// The objects' directory, for a filesystem store.
+    pub fn fs_root(&self) -> Option<&Path> {
+        self.fs_root.as_deref()
+    }
+
     pub fn spool_dir(&self) -> &Path {
         &self.spool_dir
     }
@@ -199,8 +218,8 @@ impl Store {
     pub async fn put(&self, key: &ObjectKey, spooled: SpooledFile) -> Result<(), StorageError> {
         match &self.fs_root {
             Some(root) => {
-                let target = root.join(key.as_str());
-                tokio::task::spawn_blocking(move || local::durable_put(spooled, &target))
+                let (target, limit) = (root.join(key.as_str()), parent_of(root));
+                tokio::task::spawn_blocking(move || local::put(spooled, &target, &limit)?.sync())
                     .await
                     .map_err(|e| StorageError::Internal(format!("put task failed: {e}")))?
             }
@@ -208,17 +227,17 @@ impl Store {
         }
     }
 
-    /// [`Store::put`] for callers already on a blocking thread: on the filesystem the object
-    /// is made durable here (`Ok(None)`); for S3 the file comes back (`Ok(Some)`) to be
-    /// uploaded with [`Store::put`].
-    pub fn put_local(
-        &self,
-        key: &ObjectKey,
-        spooled: SpooledFile,
-    ) -> Result<Option<SpooledFile>, StorageError> {
+    /// [`Store::put`] for callers already on a blocking thread, in two steps. On the
+    /// filesystem the object is written and fsynced here, and the directories still to
+    /// fsync come back: the object is durable once they are synced (the index writer does
+    /// that for a whole batch, before it commits the rows). For S3 the file comes back, to
+    /// be uploaded with [`Store::put`].
+    pub fn put_local(&self, key: &ObjectKey, spooled: SpooledFile) -> Result<Local, StorageError> {
         match &self.fs_root {
-            Some(root) => local::durable_put(spooled, &root.join(key.as_str())).map(|()| None),
-            None => Ok(Some(spooled)),
+            Some(root) => {
+                local::put(spooled, &root.join(key.as_str()), &parent_of(root)).map(Local::Unsynced)
+            }
+            None => Ok(Local::Remote(spooled)),
         }
     }
 
