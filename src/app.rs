@@ -53,32 +53,37 @@ pub struct AppState {
 }
 
 /// The back ends every command needs: the object store, the index and ingest over them.
-/// With a relaxed index (SQLite, `index.sqlite_synchronous = "normal"`, filesystem store),
-/// objects whose rows a power failure took are re-indexed before anything else runs.
 pub async fn open_backends(config: &Config) -> Result<Ingest, AppError> {
     let store = Store::open(config).await?;
     let relaxed = store.fs_root().is_some()
         && config.index.sqlite_synchronous == crate::config::SqliteSync::Normal;
     let index =
         Index::open_with(&config.index_url(), config.index.max_connections, relaxed).await?;
-    let ingest = Ingest::new(
+    Ok(Ingest::new(
         store,
         index,
         config.ingest.on_conflict,
         config.ingest.max_instance_bytes,
-    );
-    if ingest.index().commits_relaxed() {
-        let report = crate::verify::recover_recent(&ingest).await?;
-        if !report.reindexed.is_empty() || !report.torn.is_empty() {
-            tracing::warn!(
-                reindexed = report.reindexed.len(),
-                torn = report.torn.len(),
-                directories = report.directories,
-                "start-up recovery re-indexed objects whose rows were lost"
-            );
-        }
+    ))
+}
+
+/// With a relaxed index (SQLite, `index.sqlite_synchronous = "normal"`, filesystem store),
+/// re-index the objects whose rows a power failure took: before the server serves, and
+/// before `verify --delete-orphans` could take them for orphans.
+pub async fn recover(ingest: &Ingest) -> Result<(), AppError> {
+    if !ingest.index().commits_relaxed() {
+        return Ok(());
     }
-    Ok(ingest)
+    let report = crate::verify::recover_recent(ingest).await?;
+    if !report.reindexed.is_empty() || !report.torn.is_empty() {
+        tracing::warn!(
+            reindexed = report.reindexed.len(),
+            torn = report.torn.len(),
+            directories = report.directories,
+            "start-up recovery re-indexed objects whose rows were lost"
+        );
+    }
+    Ok(())
 }
 
 pub struct App {
@@ -95,6 +100,7 @@ impl App {
             return Err(AppError::RemoteWithoutAuth(addr));
         }
         let ingest = open_backends(&config).await?;
+        recover(&ingest).await?;
         let http = TcpListener::bind(addr)
             .await
             .map_err(|source| AppError::Bind { addr, source })?;

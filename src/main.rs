@@ -221,6 +221,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let ingest = open_backends(&config).await?;
+            if delete_orphans {
+                // After a power failure, objects whose rows a relaxed index lost look like
+                // orphans until recovered.
+                pacs_lite::app::recover(&ingest).await?;
+            }
             let opts = pacs_lite::verify::VerifyOptions {
                 reindex_orphans: reindex,
                 delete_orphans,
@@ -263,6 +268,7 @@ fn print_report(r: &pacs_lite::verify::VerifyReport) {
         ("recent orphan (skipped)", &r.recent_orphans),
         ("foreign file", &r.foreign),
         ("re-indexed", &r.reindexed),
+        ("torn (does not hash to its key)", &r.torn),
         ("deleted", &r.deleted),
     ];
     for (label, items) in lists {

@@ -197,7 +197,7 @@ mod tests {
         // The study's and the root's entries are durable now: only the study to sync.
         assert_eq!(
             DirSyncs::for_entry_in(&study, top.path()).dirs,
-            [study.clone()]
+            std::slice::from_ref(&study)
         );
         let other = root.join("1.3");
         std::fs::create_dir(&other).unwrap();

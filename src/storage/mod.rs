@@ -9,8 +9,10 @@
 //!
 //! Durability: on the filesystem a put is *write an unnamed file in the object's directory →
 //! fsync it → link it under its key → fsync the directory* (or, for objects spooled to a
-//! file, *fsync spool file → rename → fsync directory*), plus the parents it had to create;
-//! on S3 a put completes when the upload has. See [`local`].
+//! file, *fsync spool file → rename → fsync directory*), plus the parents whose entries are
+//! not known to be durable yet; the directory fsyncs are left to whoever commits the row
+//! ([`DirSyncs`]: the index writer, once per directory for a batch). On S3 a put completes
+//! when the upload has. See [`local`].
 
 mod dirsync;
 mod local;
