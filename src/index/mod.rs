@@ -25,8 +25,6 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::storage::DirSyncs;
-
 pub use records::{InstanceRecord, Origin, OriginKind, SeriesRecord, StudyRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,9 +39,6 @@ pub enum IndexError {
     Sqlite(String),
     #[error("the index writer has stopped")]
     WriterGone,
-    /// The object could not be made durable, so its row was not written.
-    #[error("{0}")]
-    Durability(crate::storage::StorageError),
 }
 
 impl From<rusqlite::Error> for IndexError {
@@ -168,21 +163,11 @@ impl Index {
         Ok(())
     }
 
-    /// Insert one instance with its study and series, committed before this returns. The
-    /// row commits only after `syncs` (what the put of its object left to fsync) are done:
-    /// object first, index second.
-    pub async fn insert(
-        &self,
-        record: InstanceRecord,
-        syncs: DirSyncs,
-    ) -> Result<InsertOutcome, IndexError> {
+    /// Insert one instance with its study and series, committed before this returns.
+    pub async fn insert(&self, record: InstanceRecord) -> Result<InsertOutcome, IndexError> {
         let (reply, answer) = oneshot::channel();
         self.writer
-            .send(writer::Job {
-                record,
-                syncs,
-                reply,
-            })
+            .send(writer::Job { record, reply })
             .await
             .map_err(|_| IndexError::WriterGone)?;
         answer.await.map_err(|_| IndexError::WriterGone)?

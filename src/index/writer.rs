@@ -2,17 +2,14 @@
 //! serves PostgreSQL; SQLite has its own thread ([`super::sqlite_writer`]) with the same
 //! batching and the same statements.
 //!
-//! Jobs queue on a channel; the task takes all that are waiting (up to a cap), makes their
-//! objects durable (the directory fsyncs their puts left, once per directory for the whole
-//! batch: [`sync_objects`]), writes them in one transaction with a savepoint per instance,
-//! commits, and only then answers each job. If the batch fails as a whole, every job is retried alone so that one bad row
+//! Jobs queue on a channel; the task takes all that are waiting (up to a cap), writes them
+//! in one transaction with a savepoint per instance, commits, and only then answers each
+//! job. If the batch fails as a whole, every job is retried alone so that one bad row
 //! cannot fail its neighbours. Batches are sorted by study and series UID so that
 //! processes sharing a PostgreSQL database take row locks in the same order.
 
 use sqlx::{Any, AnyPool, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
-
-use crate::storage::DirSyncs;
 
 use super::{
     Backend, IndexError, InsertOutcome, InstanceRecord, SeriesRecord, StoredInstance, StudyRecord,
@@ -56,8 +53,6 @@ pub(super) const UPDATE_STUDY: &str =
 
 pub(super) struct Job {
     pub record: InstanceRecord,
-    /// What must be synced before the row may commit (its object's directories).
-    pub syncs: DirSyncs,
     pub reply: oneshot::Sender<Result<InsertOutcome, IndexError>>,
 }
 
@@ -70,16 +65,6 @@ pub(super) fn spawn(pool: AnyPool, backend: Backend) -> mpsc::Sender<Job> {
 async fn run(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if batch.iter().any(|j| !j.syncs.is_empty()) {
-            // PostgreSQL with a filesystem store: the fsyncs block.
-            let mut jobs = std::mem::take(&mut batch);
-            batch = tokio::task::spawn_blocking(move || {
-                sync_objects(&mut jobs);
-                jobs
-            })
-            .await
-            .unwrap_or_default();
-        }
         order(&mut batch);
         let records: Vec<&InstanceRecord> = batch.iter().map(|j| &j.record).collect();
         let result = write_batch(&pool, backend, &records).await;
@@ -88,24 +73,6 @@ async fn run(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<Job>) {
                 .await
                 .map(|mut o| o.remove(0));
             let _ = job.reply.send(result);
-        }
-    }
-}
-
-/// Make the batch's objects durable before its rows commit (blocking): every directory
-/// its puts left to sync, each once. Should one fail, the jobs that need it are answered
-/// with the error and leave the batch; the others stay.
-pub(super) fn sync_objects(batch: &mut Vec<Job>) {
-    let all = DirSyncs::union(batch.iter().map(|j| &j.syncs));
-    if all.is_empty() || all.sync().is_ok() {
-        return;
-    }
-    for job in std::mem::take(batch) {
-        match job.syncs.sync() {
-            Ok(()) => batch.push(job),
-            Err(e) => {
-                let _ = job.reply.send(Err(IndexError::Durability(e)));
-            }
         }
     }
 }

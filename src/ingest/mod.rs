@@ -22,9 +22,9 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use crate::config::ConflictPolicy;
-use crate::index::{Index, IndexError, InsertOutcome, InstanceRecord, Origin, StoredInstance};
+use crate::index::{Index, InsertOutcome, InstanceRecord, Origin, StoredInstance};
 use crate::model::Uid;
-use crate::storage::{DirSyncs, Local, ObjectKey, Spool, SpooledFile, StorageError, Store};
+use crate::storage::{ObjectKey, Spool, SpooledFile, StorageError, Store};
 
 pub use header::{fold as fold_name, is_storage_class, open_stored, text as element_text};
 pub use header::{parse as parse_header, Parsed};
@@ -270,30 +270,24 @@ impl Ingest {
             // already stored rewrites an identical object, and the index's uniqueness
             // decides the rest.
             let key = ObjectKey::new(&parsed.study_uid, &digest);
-            let local = store.put_local(&key, spooled).map_err(|e| {
+            let remote = store.put_local(&key, spooled).map_err(|e| {
                 storage_rejection(e).about(&parsed.sop_class_uid, &parsed.sop_instance_uid)
             })?;
-            Ok::<_, Rejection>((parsed, key, local))
+            Ok::<_, Rejection>((parsed, key, remote))
         })
         .await;
-        let (parsed, key, local) = match prepared {
+        let (parsed, key, remote) = match prepared {
             Ok(Ok(p)) => p,
             Ok(Err(r)) => return Outcome::Rejected(r),
             Err(e) => return Outcome::Rejected(failure(format!("header task failed: {e}"), None)),
         };
-        // On the filesystem the index writer syncs the object's directories before it
-        // commits the row; S3 objects are durable once uploaded.
-        let syncs = match local {
-            Local::Unsynced(syncs) => syncs,
-            Local::Remote(spooled) => {
-                if let Err(e) = self.store.put(&key, spooled).await {
-                    return Outcome::Rejected(
-                        storage_rejection(e).about(&parsed.sop_class_uid, &parsed.sop_instance_uid),
-                    );
-                }
-                DirSyncs::default()
+        if let Some(spooled) = remote {
+            if let Err(e) = self.store.put(&key, spooled).await {
+                return Outcome::Rejected(
+                    storage_rejection(e).about(&parsed.sop_class_uid, &parsed.sop_instance_uid),
+                );
             }
-        };
+        }
         let accepted = Accepted {
             study_uid: parsed.study_uid.clone(),
             series_uid: parsed.series_uid.clone(),
@@ -325,7 +319,7 @@ impl Ingest {
             study: parsed.study,
             series: parsed.series,
         };
-        match self.index.insert(record, syncs).await {
+        match self.index.insert(record).await {
             Ok(InsertOutcome::Inserted) => {
                 tracing::info!(sop = %accepted.sop_instance_uid, study = %accepted.study_uid, size = len, "stored");
                 Outcome::Stored(accepted)
@@ -339,9 +333,6 @@ impl Ingest {
                 }
                 self.duplicate(existing, accepted)
             }
-            Err(IndexError::Durability(e)) => Outcome::Rejected(
-                storage_rejection(e).about(&accepted.sop_class_uid, &accepted.sop_instance_uid),
-            ),
             Err(e) => {
                 // The object stays; `verify` finds it as an orphan (it may even have been
                 // committed if the connection broke after COMMIT).

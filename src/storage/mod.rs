@@ -10,9 +10,8 @@
 //! Durability: on the filesystem a put is *write an unnamed file in the object's directory →
 //! fsync it → link it under its key → fsync the directory* (or, for objects spooled to a
 //! file, *fsync spool file → rename → fsync directory*), plus the parents whose entries are
-//! not known to be durable yet; the directory fsyncs are left to whoever commits the row
-//! ([`DirSyncs`]: the index writer, once per directory for a batch). On S3 a put completes
-//! when the upload has. See [`local`].
+//! not known to be durable yet ([`DirSyncs`]; concurrent puts into one directory share its
+//! fsync). On S3 a put completes when the upload has. See [`local`].
 
 mod dirsync;
 mod local;
@@ -59,14 +58,6 @@ impl StorageError {
             source,
         }
     }
-}
-
-/// What [`Store::put_local`] did.
-pub enum Local {
-    /// Written; durable once these directories are synced.
-    Unsynced(DirSyncs),
-    /// Not a filesystem store: to be uploaded.
-    Remote(SpooledFile),
 }
 
 /// The highest directory a put may have to fsync: the one holding the store's root.
@@ -229,17 +220,20 @@ impl Store {
         }
     }
 
-    /// [`Store::put`] for callers already on a blocking thread, in two steps. On the
-    /// filesystem the object is written and fsynced here, and the directories still to
-    /// fsync come back: the object is durable once they are synced (the index writer does
-    /// that for a whole batch, before it commits the rows). For S3 the file comes back, to
-    /// be uploaded with [`Store::put`].
-    pub fn put_local(&self, key: &ObjectKey, spooled: SpooledFile) -> Result<Local, StorageError> {
+    /// [`Store::put`] for callers already on a blocking thread: on the filesystem the object
+    /// is made durable here (`Ok(None)`); for S3 the file comes back (`Ok(Some)`) to be
+    /// uploaded with [`Store::put`].
+    pub fn put_local(
+        &self,
+        key: &ObjectKey,
+        spooled: SpooledFile,
+    ) -> Result<Option<SpooledFile>, StorageError> {
         match &self.fs_root {
             Some(root) => {
-                local::put(spooled, &root.join(key.as_str()), &parent_of(root)).map(Local::Unsynced)
+                local::put(spooled, &root.join(key.as_str()), &parent_of(root))?.sync()?;
+                Ok(None)
             }
-            None => Ok(Local::Remote(spooled)),
+            None => Ok(Some(spooled)),
         }
     }
 
