@@ -171,6 +171,37 @@ async fn hashes_to_key(ingest: &Ingest, key: &ObjectKey) -> Result<bool, VerifyE
     Ok(hex::encode(hasher.finalize()) == key.sha256_hex())
 }
 
+/// Is the orphan what a delete left behind: its instance deleted (rows and change feed
+/// entry committed) after the object was written, the object's removal never done? Then it
+/// must not come back. (A re-sent instance written after its delete is not.) Checked on
+/// the filesystem, where the object's header and modification time are at hand.
+async fn deleted_after_written(ingest: &Ingest, key: &ObjectKey) -> Result<bool, VerifyError> {
+    let Some(path) = ingest.store().fs_root().map(|r| r.join(key.as_str())) else {
+        return Ok(false);
+    };
+    let header = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)?;
+        let meta = file.metadata()?;
+        let written = meta
+            .modified()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let sop = crate::ingest::header::parse(file, meta.len())
+            .ok()
+            .map(|p| p.sop_instance_uid);
+        Ok::<_, std::io::Error>((sop, written))
+    })
+    .await
+    .map_err(|e| StorageError::Internal(format!("header task failed: {e}")))?;
+    let (Some(sop), written) =
+        header.map_err(|e| StorageError::io("reading", Path::new(key.as_str()), e))?
+    else {
+        return Ok(false);
+    };
+    let deleted = ingest.index().last_deleted_at(&sop).await?;
+    Ok(deleted.is_some_and(|at| at >= written))
+}
+
 /// Feed an orphan back through ingest: it is a complete, self-describing object whose
 /// row was lost (a crash between object write and index commit) — unless its bytes do
 /// not hash to its key: then it is torn or damaged, and deleted.
@@ -183,6 +214,12 @@ async fn reindex(
         tracing::warn!(key = %key, "orphan does not hash to its key (torn or damaged); deleting it");
         ingest.store().delete(key).await?;
         report.torn.push(key.to_string());
+        report.deleted.push(key.to_string());
+        return Ok(());
+    }
+    if deleted_after_written(ingest, key).await? {
+        tracing::info!(key = %key, "orphan is an instance deleted after it was stored; deleting it");
+        ingest.store().delete(key).await?;
         report.deleted.push(key.to_string());
         return Ok(());
     }

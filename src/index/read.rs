@@ -238,4 +238,15 @@ impl Index {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(IndexError::from)
     }
+
+    /// When the instance was last deleted (milliseconds since the epoch), if it ever was.
+    pub async fn last_deleted_at(&self, sop_instance_uid: &Uid) -> Result<Option<i64>, IndexError> {
+        let row = sqlx::query(
+            "SELECT MAX(at) FROM changefeed WHERE sop_instance_uid = $1 AND action = 'delete'",
+        )
+        .bind(sop_instance_uid.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?)
+    }
 }

@@ -413,4 +413,34 @@ mod tests {
         assert!(matches!(again, InsertOutcome::Existing(_)));
         assert_eq!(index.counts().await.unwrap(), (1, 2, 2));
     }
+
+    /// The checkpoint thread copies committed pages into the database file on its own (the
+    /// writer's automatic checkpoint is far off), so the WAL does not grow without end.
+    #[tokio::test]
+    async fn checkpoints_run_beside_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let url = format!("sqlite://{}", path.display());
+        let index = Index::open_with(&url, 2, true).await.unwrap();
+        let size = || std::fs::metadata(&path).unwrap().len();
+        let before = size();
+        for i in 0..50 {
+            let (study, series, sop) = (format!("1.{i}"), format!("1.{i}.1"), format!("1.{i}.1.1"));
+            let outcome = index
+                .insert(record(&study, &series, &sop, "CT"))
+                .await
+                .unwrap();
+            assert!(matches!(outcome, InsertOutcome::Inserted));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while size() == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint in 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(index.commits_relaxed());
+        assert_eq!(index.counts().await.unwrap(), (50, 50, 50));
+    }
 }

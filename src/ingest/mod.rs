@@ -9,7 +9,7 @@
 //! without its object. Only `ingest/` decides what is stored.
 
 pub mod frames;
-mod header;
+pub(crate) mod header;
 pub mod json;
 mod nesting;
 mod seekbuf;
