@@ -226,17 +226,13 @@ impl Index {
 
     /// The object keys of a study's instances.
     pub async fn study_object_keys(&self, study: &Uid) -> Result<Vec<String>, IndexError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_scalar(
             "SELECT i.object_key FROM instances i JOIN studies st ON i.study_pk = st.id \
              WHERE st.study_uid = $1",
         )
         .bind(study.as_str())
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(IndexError::from)
+        .await?)
     }
 
     /// When the instance was last deleted (milliseconds since the epoch), if it ever was.
