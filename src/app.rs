@@ -17,7 +17,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
-use crate::index::{Index, IndexError};
+use crate::index::{Backend, Index, IndexError};
 use crate::ingest::Ingest;
 use crate::storage::{StorageError, Store};
 
@@ -67,18 +67,19 @@ pub async fn open_backends(config: &Config) -> Result<Ingest, AppError> {
     ))
 }
 
-/// With a relaxed index (SQLite, `index.sqlite_synchronous = "normal"`, filesystem store),
-/// re-index the objects whose rows a power failure took: before the server serves, and
-/// before `verify --delete-orphans` could take them for orphans.
+/// SQLite with a filesystem store (whichever `index.sqlite_synchronous`: an earlier run
+/// may have been relaxed): re-index the objects whose rows a power failure took — before
+/// the server serves, and before `verify --delete-orphans` could take them for orphans.
 pub async fn recover(ingest: &Ingest) -> Result<(), AppError> {
-    if !ingest.index().commits_relaxed() {
+    if ingest.store().fs_root().is_none() || ingest.index().backend() != Backend::Sqlite {
         return Ok(());
     }
     let report = crate::verify::recover_recent(ingest).await?;
-    if !report.reindexed.is_empty() || !report.torn.is_empty() {
+    if !report.reindexed.is_empty() || !report.torn.is_empty() || !report.conflicting.is_empty() {
         tracing::warn!(
             reindexed = report.reindexed.len(),
             torn = report.torn.len(),
+            conflicting = report.conflicting.len(),
             directories = report.directories,
             "start-up recovery re-indexed objects whose rows were lost"
         );
@@ -100,7 +101,6 @@ impl App {
             return Err(AppError::RemoteWithoutAuth(addr));
         }
         let ingest = open_backends(&config).await?;
-        recover(&ingest).await?;
         let http = TcpListener::bind(addr)
             .await
             .map_err(|source| AppError::Bind { addr, source })?;
@@ -115,6 +115,9 @@ impl App {
             }
             false => None,
         };
+        // Bound first: a second process on a live data directory fails here instead of
+        // re-indexing the live one's objects in flight.
+        recover(&ingest).await?;
         if auth.is_enabled() {
             tracing::info!(
                 http = %http.local_addr().map_err(AppError::Serve)?,

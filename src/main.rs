@@ -269,6 +269,10 @@ fn print_report(r: &pacs_lite::verify::VerifyReport) {
         ("foreign file", &r.foreign),
         ("re-indexed", &r.reindexed),
         ("torn (does not hash to its key)", &r.torn),
+        (
+            "another version of an indexed instance (kept)",
+            &r.conflicting,
+        ),
         ("deleted", &r.deleted),
     ];
     for (label, items) in lists {

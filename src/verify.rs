@@ -44,6 +44,8 @@ pub struct VerifyReport {
     /// Orphans whose bytes do not hash to their key (deleted with `--reindex` or
     /// `--delete-orphans`, never indexed).
     pub torn: Vec<String>,
+    /// Orphans that are another version of an indexed instance (kept by `--reindex`).
+    pub conflicting: Vec<String>,
 }
 
 impl VerifyReport {
@@ -58,6 +60,8 @@ pub enum VerifyError {
     Index(#[from] IndexError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("recovery: {0}")]
+    Recovery(String),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -127,7 +131,7 @@ pub async fn verify(ingest: &Ingest, opts: VerifyOptions) -> Result<VerifyReport
         }
         report.orphans.push(key.to_string());
         if opts.reindex_orphans {
-            reindex(ingest, &key, &mut report).await?;
+            reindex(ingest, &key, &mut report, false).await?;
         } else if opts.delete_orphans {
             ingest.store().delete(&key).await?;
             report.deleted.push(key.to_string());
@@ -171,21 +175,19 @@ async fn hashes_to_key(ingest: &Ingest, key: &ObjectKey) -> Result<bool, VerifyE
     Ok(hex::encode(hasher.finalize()) == key.sha256_hex())
 }
 
-/// Is the orphan what a delete left behind: its instance deleted (rows and change feed
-/// entry committed) after the object was written, the object's removal never done? Then it
-/// must not come back. (A re-sent instance written after its delete is not.) Checked on
-/// the filesystem, where the object's header and modification time are at hand.
-async fn deleted_after_written(ingest: &Ingest, key: &ObjectKey) -> Result<bool, VerifyError> {
+/// What an orphan on the filesystem is: its SOP Instance UID (if its header parses) and
+/// when it was written (milliseconds since the epoch). `None` on S3.
+async fn orphan_header(
+    ingest: &Ingest,
+    key: &ObjectKey,
+) -> Result<Option<(Option<Uid>, i64)>, VerifyError> {
     let Some(path) = ingest.store().fs_root().map(|r| r.join(key.as_str())) else {
-        return Ok(false);
+        return Ok(None);
     };
-    let header = tokio::task::spawn_blocking(move || {
+    let read = tokio::task::spawn_blocking(move || {
         let file = std::fs::File::open(&path)?;
         let meta = file.metadata()?;
-        let written = meta
-            .modified()?
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let written = modified_millis(&meta);
         let sop = crate::ingest::header::parse(file, meta.len())
             .ok()
             .map(|p| p.sop_instance_uid);
@@ -193,22 +195,29 @@ async fn deleted_after_written(ingest: &Ingest, key: &ObjectKey) -> Result<bool,
     })
     .await
     .map_err(|e| StorageError::Internal(format!("header task failed: {e}")))?;
-    let (Some(sop), written) =
-        header.map_err(|e| StorageError::io("reading", Path::new(key.as_str()), e))?
-    else {
-        return Ok(false);
-    };
-    let deleted = ingest.index().last_deleted_at(&sop).await?;
-    Ok(deleted.is_some_and(|at| at >= written))
+    Ok(Some(read.map_err(|e| {
+        StorageError::io("reading", Path::new(key.as_str()), e)
+    })?))
 }
 
+/// A delete committed at least this long after an object was written is taken to be the
+/// delete of that object (the file's time comes from a coarser clock than the delete's).
+const DELETE_MARGIN_MS: i64 = 100;
+
 /// Feed an orphan back through ingest: it is a complete, self-describing object whose
-/// row was lost (a crash between object write and index commit) — unless its bytes do
-/// not hash to its key: then it is torn or damaged, and deleted.
+/// row was lost (a crash between object write and index commit, or a power failure that
+/// took a relaxed commit). Not when its bytes do not hash to its key (torn or damaged:
+/// deleted), nor when its instance was deleted after it was written (what a delete whose
+/// object removal never happened left: deleted; a re-sent instance written after its
+/// delete comes back), nor when another version of its instance is indexed (kept and
+/// reported: which of the two was acknowledged is not known here; `--delete-orphans`
+/// sweeps it). In `strict` mode (start-up recovery) a failure to store it again (no room,
+/// an I/O error) is an error, not a warning.
 async fn reindex(
     ingest: &Ingest,
     key: &ObjectKey,
     report: &mut VerifyReport,
+    strict: bool,
 ) -> Result<(), VerifyError> {
     if !hashes_to_key(ingest, key).await? {
         tracing::warn!(key = %key, "orphan does not hash to its key (torn or damaged); deleting it");
@@ -217,11 +226,19 @@ async fn reindex(
         report.deleted.push(key.to_string());
         return Ok(());
     }
-    if deleted_after_written(ingest, key).await? {
-        tracing::info!(key = %key, "orphan is an instance deleted after it was stored; deleting it");
-        ingest.store().delete(key).await?;
-        report.deleted.push(key.to_string());
-        return Ok(());
+    if let Some((Some(sop), written)) = orphan_header(ingest, key).await? {
+        let deleted = ingest.index().last_deleted_at(&sop).await?;
+        if deleted.is_some_and(|at| at - written >= DELETE_MARGIN_MS) {
+            tracing::info!(key = %key, "orphan is an instance deleted after it was stored; deleting it");
+            ingest.store().delete(key).await?;
+            report.deleted.push(key.to_string());
+            return Ok(());
+        }
+        if ingest.index().instance_id(&sop).await?.is_some() {
+            tracing::warn!(key = %key, "orphan is another version of an indexed instance; kept");
+            report.conflicting.push(key.to_string());
+            return Ok(());
+        }
     }
     let stream = ingest.store().stream(key, None).await?;
     let origin = Origin {
@@ -238,13 +255,25 @@ async fn reindex(
             report.deleted.push(key.to_string());
         }
         Ok(Outcome::Rejected(r)) if r.reason == Reason::ConflictingDuplicate => {
-            // A losing version of an indexed instance (a crash before it was swept).
+            // A losing version of an indexed instance (S3: not caught above).
             tracing::info!(key = %key, "orphan is another version of an indexed instance; deleting it");
             ingest.store().delete(key).await?;
             report.deleted.push(key.to_string());
         }
+        Ok(Outcome::Rejected(r))
+            if strict && matches!(r.reason, Reason::OutOfResources | Reason::ProcessingFailure) =>
+        {
+            return Err(VerifyError::Recovery(format!(
+                "{key} could not be stored again: {r}"
+            )));
+        }
         Ok(Outcome::Rejected(r)) => {
             tracing::warn!(key = %key, reason = %r, "orphan could not be re-indexed")
+        }
+        Err(e) if strict => {
+            return Err(VerifyError::Recovery(format!(
+                "{key} could not be read: {e}"
+            )));
         }
         Err(e) => tracing::warn!(key = %key, error = %e, "orphan could not be read"),
     }
@@ -262,6 +291,7 @@ pub struct RecoveryReport {
     pub directories: usize,
     pub reindexed: Vec<String>,
     pub torn: Vec<String>,
+    pub conflicting: Vec<String>,
 }
 
 /// Start-up recovery for a relaxed index on a filesystem store. A power failure may take
@@ -290,19 +320,31 @@ pub async fn recover_recent(ingest: &Ingest) -> Result<RecoveryReport, VerifyErr
             .await?
             .into_iter()
             .collect();
-        for key in keys.into_iter().filter(|k| !indexed.contains(k.as_str())) {
+        // Oldest first: of two versions of one instance, the one written first is the one
+        // the index took (the other was refused as a conflicting duplicate).
+        let mut orphans: Vec<_> = keys
+            .into_iter()
+            .filter(|(k, _)| !indexed.contains(k.as_str()))
+            .collect();
+        orphans.sort_by_key(|(_, written)| *written);
+        for (key, _) in orphans {
             let mut one = VerifyReport::default();
-            reindex(ingest, &key, &mut one).await?;
+            reindex(ingest, &key, &mut one, true).await?;
             report.reindexed.extend(one.reindexed);
             report.torn.extend(one.torn);
+            report.conflicting.extend(one.conflicting);
         }
     }
     Ok(report)
 }
 
-/// The object keys in each study directory of `root` modified at or after `since`
-/// (seconds since the epoch). Blocking.
-fn recent_study_dirs(root: &Path, since: i64) -> Result<Vec<(Uid, Vec<ObjectKey>)>, StorageError> {
+/// The objects (key, when written in milliseconds since the epoch) in each study directory
+/// of `root` modified at or after `since` (seconds since the epoch). Blocking.
+#[allow(clippy::type_complexity)]
+fn recent_study_dirs(
+    root: &Path,
+    since: i64,
+) -> Result<Vec<(Uid, Vec<(ObjectKey, i64)>)>, StorageError> {
     fn io<'a>(what: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> StorageError + 'a {
         move |e| StorageError::io(what, path, e)
     }
@@ -328,7 +370,8 @@ fn recent_study_dirs(root: &Path, since: i64) -> Result<Vec<(Uid, Vec<ObjectKey>
             let name = file.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(key) = ObjectKey::parse(&format!("{study}/{name}")) {
-                keys.push(key);
+                let meta = file.metadata().map_err(io("reading", &dir))?;
+                keys.push((key, modified_millis(&meta)));
             }
         }
         found.push((study, keys));
@@ -337,8 +380,14 @@ fn recent_study_dirs(root: &Path, since: i64) -> Result<Vec<(Uid, Vec<ObjectKey>
 }
 
 fn modified_secs(meta: &std::fs::Metadata) -> i64 {
+    modified_millis(meta).saturating_div(1000)
+}
+
+/// A file's modification time in milliseconds since the epoch (the far future if unknown:
+/// such a file counts as recent).
+fn modified_millis(meta: &std::fs::Metadata) -> i64 {
     meta.modified()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(i64::MAX, |d| d.as_secs() as i64)
+        .map_or(i64::MAX, |d| d.as_millis() as i64)
 }

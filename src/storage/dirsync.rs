@@ -2,9 +2,12 @@
 //! counts as durable, and so must the parent of a directory whose own entry may not be
 //! durable yet (one just created, by this put or a concurrent one).
 //!
-//! A put returns the directories it leaves to sync as [`DirSyncs`]; whoever commits the
-//! object's index row syncs them first — the index writer, once for a whole batch of puts
-//! (one fsync per distinct directory), so that the batch waits for one stage instead of two.
+//! A put computes the directories to sync as [`DirSyncs`] and syncs them before it returns,
+//! so before its object's index row commits. (Letting the index writer sync a whole
+//! batch's directories before its commit was tried: it serialised the fsync with the
+//! commit it used to overlap, and was slower.) Start-up recovery relies on these fsyncs
+//! too: a directory's modification time, made durable with its entries, tells it which
+//! study directories to look into after a power failure.
 //!
 //! Concurrent callers of [`sync_dir`] for one directory share fsyncs (group commit): per
 //! directory, callers take a ticket after their change. One of them (the leader) runs the

@@ -88,8 +88,10 @@ fn create_parents(dir: &Path) -> Result<(), StorageError> {
             None => break,
         }
     }
-    create_dir(dir)?;
+    // Forgotten first: a concurrent put that finds the new directory must not take its
+    // entry for durable.
     DirSyncs::forget(&missing);
+    create_dir(dir)?;
     Ok(())
 }
 

@@ -55,8 +55,11 @@ def test_startup_recovery_reindexes_lost_rows_and_deletes_torn_objects(make_pacs
 
     pacs = make_pacs()
     series = ct_series(n=3, size=32)
+    # One over 1 MiB: spooled to a file, fsynced and renamed into place.
+    series += ct_series(n=1, size=800, study_uid=str(series[0].StudyInstanceUID))
     parts = [to_bytes(ds) for ds in series]
     study = str(series[0].StudyInstanceUID)
+    assert len(parts[-1]) > 1 << 20
 
     def stow(body_parts):
         body, boundary = multipart(body_parts)
@@ -77,13 +80,21 @@ def test_startup_recovery_reindexes_lost_rows_and_deletes_torn_objects(make_pacs
     assert pacs.count("instances") == 1
     torn = pacs.objects_dir() / study / (hashlib.sha256(b"what was meant").hexdigest() + ".dcm")
     torn.write_bytes(parts[1][: len(parts[1]) // 2])
+    # Another version of a lost instance, written after it (refused when it came, its
+    # removal lost with the power): the acknowledged, older one is the one indexed.
+    other = series[2].copy()
+    other.ImageComments = "another version"
+    other_bytes = to_bytes(other)
+    other_path = pacs.objects_dir() / study / (hashlib.sha256(other_bytes).hexdigest() + ".dcm")
+    other_path.write_bytes(other_bytes)
 
     pacs.start()
     assert "start-up recovery re-indexed" in pacs.server_log()
-    assert pacs.count("instances") == 3
+    assert pacs.count("instances") == 4
     assert not torn.exists()
+    assert other_path.exists(), "a conflicting version is kept for the operator"
     r = requests.get(f"{pacs.dicomweb}/studies?StudyInstanceUID={study}&includefield=00201208")
-    assert r.json()[0]["00201208"]["Value"] == [3]
+    assert r.json()[0]["00201208"]["Value"] == [4]
     for ds, raw in zip(series, parts):
         assert pacs.object_bytes(str(ds.SOPInstanceUID)) == raw
 
