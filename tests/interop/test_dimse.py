@@ -96,7 +96,7 @@ def peak_rss_mb(pacs):
 def test_large_cstore_streams_with_bounded_memory(pacs, tmp_path):
     """A 128 MiB image by storescu: received into the spool as it arrives (at most 1 MiB of it
     in memory), stored byte for byte (on S3 as a multipart upload), the server's peak memory
-    barely moving. The study UID is kept short for s3s-fs, the S3 stand-in, which names a
+    moving far less than the object's size. The study UID is kept short for s3s-fs, the S3 stand-in, which names a
     multipart upload's metadata file after the base64 of the key and cannot create it for
     keys over ~110 bytes (ENAMETOOLONG, answered 500); real S3 takes keys of 1 024 bytes."""
     ds = ct_series(n=1, size=8)[0]
@@ -108,7 +108,11 @@ def test_large_cstore_streams_with_bounded_memory(pacs, tmp_path):
     before = peak_rss_mb(pacs)
     r = run("storescu", "-v", "-aec", pacs.ae_title, "127.0.0.1", pacs.dimse_port, path)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:], pacs.server_log()[-3000:])
-    assert peak_rss_mb(pacs) - before < 64, (before, peak_rss_mb(pacs))
+    # The object is 128 MiB; whole-object buffering would raise the peak by more than that.
+    # On the filesystem the spool holds at most 1 MiB; to S3 the multipart upload keeps
+    # (concurrency + 1) parts of 8 MiB and the HTTP client's copies in flight.
+    bound = 96 if pacs.env.get("PACS_STORAGE__BACKEND") == "s3" else 64
+    assert peak_rss_mb(pacs) - before < bound, (before, peak_rss_mb(pacs), bound)
     found = requests.get(f"{pacs.dicomweb}/instances?SOPInstanceUID={ds.SOPInstanceUID}").json()
     url = found[0]["00081190"]["Value"][0]
     got = requests.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"}).content
