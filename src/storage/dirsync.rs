@@ -61,21 +61,6 @@ impl DirSyncs {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.dirs.is_empty()
-    }
-
-    /// All of `several`, each directory once.
-    pub fn union<'a>(several: impl IntoIterator<Item = &'a DirSyncs>) -> DirSyncs {
-        let mut dirs: Vec<PathBuf> = several
-            .into_iter()
-            .flat_map(|s| s.dirs.iter().cloned())
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        DirSyncs { dirs }
-    }
-
     /// fsync every directory (blocking). Afterwards, a directory synced together with its
     /// parent has a durable entry: later puts into it need not sync the parent again.
     pub fn sync(&self) -> Result<(), StorageError> {
@@ -214,12 +199,7 @@ mod tests {
             DirSyncs::for_entry_in(&study, top.path()).dirs,
             [study.clone(), root.clone()]
         );
-        // A batch syncs each directory once; one that fails makes nothing durable.
-        let both = DirSyncs::union([
-            &DirSyncs::for_entry_in(&study, top.path()),
-            &DirSyncs::for_entry_in(&other, top.path()),
-        ]);
-        assert_eq!(both.dirs, [root.clone(), study.clone(), other.clone()]);
+        // A sync that fails makes nothing durable.
         let gone = root.join("1.4");
         let failing = DirSyncs {
             dirs: vec![gone.clone(), root.clone()],
