@@ -144,19 +144,11 @@ async fn check_one(ingest: &Ingest, row: &StoredInstance) -> Result<Check, Verif
     let Some(key) = ObjectKey::parse(&row.object_key) else {
         return Ok(Check::Missing);
     };
-    let mut stream = match ingest.store().stream(&key, None).await {
-        Ok(s) => s,
+    let (digest, len) = match digest(ingest, &key).await {
+        Ok(d) => d,
         Err(StorageError::NotFound(_)) => return Ok(Check::Missing),
         Err(e) => return Err(e.into()),
     };
-    let mut hasher = Sha256::new();
-    let mut len = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        len += chunk.len() as u64;
-        hasher.update(&chunk);
-    }
-    let digest = hex::encode(hasher.finalize());
     let ok = digest == row.sha256 && digest == key.sha256_hex() && len == row.size as u64;
     Ok(if ok {
         Check::Intact(len)
@@ -165,14 +157,17 @@ async fn check_one(ingest: &Ingest, row: &StoredInstance) -> Result<Check, Verif
     })
 }
 
-/// Does the object still hash to its key?
-async fn hashes_to_key(ingest: &Ingest, key: &ObjectKey) -> Result<bool, VerifyError> {
+/// The object's SHA-256 (hex) and size, read from the store.
+async fn digest(ingest: &Ingest, key: &ObjectKey) -> Result<(String, u64), StorageError> {
     let mut stream = ingest.store().stream(key, None).await?;
     let mut hasher = Sha256::new();
+    let mut len = 0u64;
     while let Some(chunk) = stream.next().await {
-        hasher.update(&chunk?);
+        let chunk = chunk?;
+        len += chunk.len() as u64;
+        hasher.update(&chunk);
     }
-    Ok(hex::encode(hasher.finalize()) == key.sha256_hex())
+    Ok((hex::encode(hasher.finalize()), len))
 }
 
 /// What an orphan on the filesystem is: its SOP Instance UID (if its header parses) and
@@ -219,7 +214,7 @@ async fn reindex(
     report: &mut VerifyReport,
     strict: bool,
 ) -> Result<(), VerifyError> {
-    if !hashes_to_key(ingest, key).await? {
+    if digest(ingest, key).await?.0 != key.sha256_hex() {
         tracing::warn!(key = %key, "orphan does not hash to its key (torn or damaged); deleting it");
         ingest.store().delete(key).await?;
         report.torn.push(key.to_string());

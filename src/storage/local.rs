@@ -40,12 +40,11 @@ pub(super) fn create_dir(dir: &Path) -> Result<(), StorageError> {
 
 /// Put a spooled object at `target`: its bytes durable, linked (or renamed) under its
 /// name. The directories to fsync before it counts as durable come back (see
-/// [`DirSyncs`]); `limit` is the highest directory that may need it (the store root's
-/// parent).
+/// [`DirSyncs`]): at most up to the directory holding the store's `root`.
 pub(super) fn put(
     spooled: SpooledFile,
     target: &Path,
-    limit: &Path,
+    root: &Path,
 ) -> Result<DirSyncs, StorageError> {
     let parent = target.parent().expect("object keys have a directory");
     let write = |e| StorageError::io("writing", target, e);
@@ -73,7 +72,10 @@ pub(super) fn put(
         file.persist(target)
             .map_err(|e| StorageError::io("renaming spool file to", target, e.error))?;
     }
-    Ok(DirSyncs::for_entry_in(parent, limit))
+    Ok(DirSyncs::for_entry_in(
+        parent,
+        root.parent().unwrap_or(root),
+    ))
 }
 
 /// Create `dir` and its missing parents; those created are forgotten as durable (a

@@ -60,11 +60,6 @@ impl StorageError {
     }
 }
 
-/// The highest directory a put may have to fsync: the one holding the store's root.
-fn parent_of(root: &Path) -> PathBuf {
-    root.parent().unwrap_or(root).to_owned()
-}
-
 /// Where the parts of offline uploads in progress are kept in the store.
 pub const UPLOADS_PREFIX: &str = "uploads/";
 
@@ -211,8 +206,8 @@ impl Store {
     pub async fn put(&self, key: &ObjectKey, spooled: SpooledFile) -> Result<(), StorageError> {
         match &self.fs_root {
             Some(root) => {
-                let (target, limit) = (root.join(key.as_str()), parent_of(root));
-                tokio::task::spawn_blocking(move || local::put(spooled, &target, &limit)?.sync())
+                let (target, root) = (root.join(key.as_str()), root.clone());
+                tokio::task::spawn_blocking(move || local::put(spooled, &target, &root)?.sync())
                     .await
                     .map_err(|e| StorageError::Internal(format!("put task failed: {e}")))?
             }
@@ -230,7 +225,7 @@ impl Store {
     ) -> Result<Option<SpooledFile>, StorageError> {
         match &self.fs_root {
             Some(root) => {
-                local::put(spooled, &root.join(key.as_str()), &parent_of(root))?.sync()?;
+                local::put(spooled, &root.join(key.as_str()), root)?.sync()?;
                 Ok(None)
             }
             None => Ok(Some(spooled)),

@@ -140,3 +140,48 @@ def test_startup_recovery_does_not_bring_back_deleted_instances(make_pacs, backe
     pacs.stop()
     pacs.start()
     assert pacs.count("instances") == 2
+
+
+def test_recovery_before_delete_orphans_and_a_failed_recovery_stops_the_start(make_pacs, backend):
+    """After a power failure took rows, `verify --delete-orphans` re-indexes the acknowledged
+    objects before it looks for orphans (it must not sweep them); and an object recovery
+    cannot read stops the server's start instead of serving without it."""
+    if backend.name != "sqlite-fs":
+        pytest.skip("start-up recovery runs for the SQLite index on the filesystem")
+    import json
+    import sqlite3
+    from pathlib import Path
+
+    from dicomgen import ct_series, multipart, to_bytes
+
+    pacs = make_pacs()
+    index = Path(pacs.dir) / "data" / "index.sqlite"
+    src, copy = sqlite3.connect(index), sqlite3.connect(index.with_suffix(".copy"))
+    src.backup(copy)
+    src.close()
+    copy.close()
+    series = ct_series(n=2, size=32)
+    body, boundary = multipart([to_bytes(ds) for ds in series])
+    r = pacs.post("/studies", body, f'multipart/related; type="application/dicom"; boundary={boundary}')
+    assert r.status_code == 200, r.text
+    pacs.kill()
+    for suffix in ("-wal", "-shm"):
+        Path(str(index) + suffix).unlink(missing_ok=True)
+    index.with_suffix(".copy").replace(index)
+    assert pacs.count("instances") == 0
+
+    r = pacs.cli("verify", "--json", "--grace-secs", "0", "--delete-orphans")
+    report = json.loads(r.stdout)
+    assert report["deleted"] == [] and report["orphans"] == [], report
+    assert pacs.count("instances") == 2
+
+    # Something under an object's name that cannot be read (a directory): no start.
+    study = str(series[0].StudyInstanceUID)
+    (pacs.objects_dir() / study / ("ab" * 32 + ".dcm")).mkdir()
+    try:
+        pacs.start()
+        started = True
+    except RuntimeError:
+        started = False
+    assert not started
+    assert "start-up recovery" in pacs.server_log()
