@@ -9,8 +9,11 @@ With --power-loss (SQLite + filesystem, where instance rows commit without an fs
 and start-up recovery re-indexes what a power failure took), each round also loses index
 commits: at a random moment during the round a consistent copy of the index is taken (the
 SQLite backup API), and after the kill the index is put back to that copy, as if every
-commit since had not reached the disk. The objects stay, as their fsyncs before each
-acknowledgement guarantee; the restarted process must re-index every acknowledged one.
+commit since had not reached the disk. Objects the server had not flushed yet are lost
+or torn too: every object recorded in a journal segment the killed process left (objects
+of up to 1 MiB are made durable through the journal, see src/storage/journal.rs) is deleted
+or cut short at random. The restarted process must put back every acknowledged object from
+its journal and re-index every acknowledged instance.
 
 Usage: scripts/crash_trials.py [--rounds 20] [--backend sqlite-fs|postgres-s3] [--seed N]
        [--power-loss]
@@ -165,6 +168,35 @@ def restore_index(pacs) -> int:
     return before - instance_count(path)
 
 
+def journal_keys(pacs) -> list:
+    """The object keys recorded in the journal segments a killed server left behind."""
+    keys = set()
+    for segment in (pacs.dir / "data" / "journal").glob("*/*.log"):
+        data, at = segment.read_bytes(), 0
+        while at + 24 <= len(data) and data[at:at + 4] == b"PJR1":
+            key_len = int.from_bytes(data[at + 4:at + 6], "little")
+            data_len = int.from_bytes(data[at + 8:at + 16], "little")
+            keys.add(data[at + 24:at + 24 + key_len].decode())
+            at += 24 + key_len + data_len
+    return sorted(keys)
+
+
+def lose_unflushed_objects(pacs, rng) -> int:
+    """What a power failure may do to objects not flushed yet: each object the journal
+    holds is deleted or cut short. Returns how many."""
+    keys = journal_keys(pacs)
+    for key in keys:
+        path = pacs.objects_dir() / key
+        if not path.exists():
+            continue
+        if rng.random() < 0.5:
+            path.unlink()
+        else:
+            with open(path, "r+b") as f:
+                f.truncate(rng.randrange(path.stat().st_size))
+    return len(keys)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=20)
@@ -181,7 +213,7 @@ def main():
     pacs = Pacs(backend, {"PACS_LOG__FILTER": "warn"})
     acked = Acked()
     totals = {"rounds": 0, "orphans_reindexed": 0, "missing_rows": 0, "mismatched": 0, "lost": 0,
-              "rows_lost": 0}
+              "rows_lost": 0, "objects_lost": 0}
     try:
         for round_no in range(args.rounds):
             pacs.start()
@@ -207,6 +239,7 @@ def main():
                 # Nothing but the server's own start-up recovery may bring the rows back:
                 # start it, let it stop, and verify without --reindex.
                 rows_lost = restore_index(pacs)
+                totals["objects_lost"] += lose_unflushed_objects(pacs, rng)
                 pacs.start()
                 pacs.stop()
             totals["rows_lost"] += rows_lost
@@ -225,7 +258,8 @@ def main():
                   f"(stow {acked.by_entry['stow']}, c-store {acked.by_entry['c-store']}, "
                   f"upload {acked.by_entry['upload']}); reindexed {len(report['reindexed'])}, "
                   f"rows without objects {len(report['missing'])}, mismatches {len(report['mismatched']) + len(wrong)}, "
-                  f"lost {len(lost)}" + (f"; index rows lost to the power failure {rows_lost}" if args.power_loss else ""),
+                  f"lost {len(lost)}" + (f"; index rows lost to the power failure {rows_lost}, objects {totals['objects_lost']} so far"
+                                         if args.power_loss else ""),
                   flush=True)
         pacs.start()
         ready = requests.get(f"{pacs.url}/readyz").status_code == 200

@@ -229,7 +229,20 @@ pub struct StorageConfig {
     pub backend: StorageBackend,
     /// Filesystem root for objects; defaults to `<data_dir>/objects`.
     pub root: Option<PathBuf>,
+    /// Filesystem: how an object of up to 1 MiB becomes durable. `journal`: appended to a
+    /// journal in `<data_dir>/journal` that concurrent puts flush together, the objects
+    /// themselves flushed in bulk every second (`storage::journal`); `each`: its file and
+    /// directory fsynced by every put.
+    pub object_sync: ObjectSync,
     pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectSync {
+    #[default]
+    Journal,
+    Each,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -326,6 +339,7 @@ impl Default for StorageConfig {
         StorageConfig {
             backend: StorageBackend::Fs,
             root: None,
+            object_sync: ObjectSync::Journal,
             s3: S3Config::default(),
         }
     }

@@ -38,24 +38,26 @@ pub(super) fn create_dir(dir: &Path) -> Result<(), StorageError> {
     std::fs::create_dir_all(dir).map_err(|e| StorageError::io("creating directory", dir, e))
 }
 
-/// Put a spooled object at `target`: its bytes durable, linked (or renamed) under its
-/// name. The directories to fsync before it counts as durable come back (see
-/// [`DirSyncs`]): at most up to the directory holding the store's `root`.
+/// Put a spooled object at `target`: its bytes durable (unless `flush` is false: the
+/// journal holds them), linked (or renamed) under its name. The directories to fsync
+/// before it counts as durable come back (see [`DirSyncs`]): at most up to the directory
+/// holding the store's `root`.
 pub(super) fn put(
     spooled: SpooledFile,
     target: &Path,
     root: &Path,
+    flush: bool,
 ) -> Result<DirSyncs, StorageError> {
     let parent = target.parent().expect("object keys have a directory");
     let write = |e| StorageError::io("writing", target, e);
     // The study's directory usually exists: try first, create it when missing.
     let mut created = false;
     let linked = match spooled.bytes() {
-        Some(bytes) => match link_new(parent, target, bytes) {
+        Some(bytes) => match link_new(parent, target, bytes, flush) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 create_parents(parent)?;
                 created = true;
-                link_new(parent, target, bytes).map_err(write)?
+                link_new(parent, target, bytes, flush).map_err(write)?
             }
             other => other.map_err(write)?,
         },
@@ -66,9 +68,11 @@ pub(super) fn put(
             create_parents(parent)?;
         }
         let file = spooled.into_file()?;
-        file.as_file()
-            .sync_data()
-            .map_err(|e| StorageError::io("fsyncing spool file", file.path(), e))?;
+        if flush {
+            file.as_file()
+                .sync_data()
+                .map_err(|e| StorageError::io("fsyncing spool file", file.path(), e))?;
+        }
         file.persist(target)
             .map_err(|e| StorageError::io("renaming spool file to", target, e.error))?;
     }
@@ -104,7 +108,7 @@ fn create_parents(dir: &Path) -> Result<(), StorageError> {
 /// False as well when `target` exists: the caller then puts a fresh copy over it by rename,
 /// as it always did — the existing file may be an orphan that `verify` is about to sweep
 /// by its age, or damaged.
-fn link_new(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+fn link_new(dir: &Path, target: &Path, bytes: &[u8], flush: bool) -> std::io::Result<bool> {
     use rustix::fs::{linkat, openat, AtFlags, Mode, OFlags, CWD};
     use rustix::io::Errno;
     use std::io::Write;
@@ -120,7 +124,9 @@ fn link_new(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<bool> {
     };
     let mut file = std::fs::File::from(fd);
     file.write_all(bytes)?;
-    file.sync_data()?;
+    if flush {
+        file.sync_data()?;
+    }
     let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
     match linkat(
         CWD,
@@ -135,4 +141,29 @@ fn link_new(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<bool> {
         Err(Errno::NOENT) if !Path::new("/proc/self/fd").exists() => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Write `bytes` as `target` again (from the journal, after a crash), flushed, with the
+/// modification time it was first written at (ms since the epoch). The directory entry
+/// is made durable by the caller.
+pub(super) fn restore(target: &Path, bytes: &[u8], written_ms: i64) -> Result<(), StorageError> {
+    let parent = target.parent().expect("object keys have a directory");
+    let write = |e| StorageError::io("restoring", target, e);
+    match std::fs::remove_file(target) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(write(e)),
+        _ => {}
+    }
+    create_parents(parent)?;
+    if !link_new(parent, target, bytes, true).map_err(write)? {
+        let mut file = tempfile::NamedTempFile::new_in(parent).map_err(write)?;
+        std::io::Write::write_all(&mut file, bytes).map_err(write)?;
+        file.as_file().sync_data().map_err(write)?;
+        file.persist(target).map_err(|e| write(e.error))?;
+    }
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(written_ms.max(0) as u64);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(target)
+        .and_then(|f| f.set_modified(when))
+        .map_err(write)
 }

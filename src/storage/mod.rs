@@ -14,6 +14,7 @@
 //! fsync). On S3 a put completes when the upload has. See [`local`].
 
 mod dirsync;
+mod journal;
 mod local;
 mod spool;
 
@@ -26,10 +27,11 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use opendal::{services, ErrorKind, Operator};
 
-use crate::config::{Config, StorageBackend};
+use crate::config::{Config, ObjectSync, StorageBackend};
 use crate::model::Uid;
 
 pub use dirsync::DirSyncs;
+pub use journal::{Journal, ReplayReport};
 pub use spool::{Spool, SpooledFile};
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +123,8 @@ pub struct Store {
     spool_dir: PathBuf,
     /// Held (locked) for the life of the process: marks `spool_dir` as in use.
     _spool_lock: Arc<std::fs::File>,
+    /// Filesystem: the journal small objects are made durable through.
+    journal: Option<Arc<Journal>>,
     describe: String,
 }
 
@@ -138,11 +142,32 @@ impl Store {
                 let op =
                     Operator::new(services::Fs::default().root(&root.to_string_lossy()))?.finish();
                 let describe = format!("filesystem {}", root.display());
+                // What a crashed process's journal holds is put back before anything
+                // reads the store; then this process starts its own.
+                let journals = config.data_dir.join("journal");
+                let replayed = {
+                    let (journals, root) = (journals.clone(), root.clone());
+                    tokio::task::spawn_blocking(move || journal::replay(&journals, &root))
+                        .await
+                        .map_err(|e| StorageError::Internal(format!("journal replay: {e}")))??
+                };
+                if replayed.records > 0 {
+                    tracing::warn!(
+                        records = replayed.records,
+                        restored = replayed.restored.len(),
+                        "object journal replayed: objects a crash left unflushed are on disk again"
+                    );
+                }
+                let journal = match config.storage.object_sync {
+                    ObjectSync::Journal => Some(Arc::new(Journal::open(&journals, &root)?)),
+                    ObjectSync::Each => None,
+                };
                 Ok(Store {
                     op,
                     fs_root: Some(root),
                     spool_dir,
                     _spool_lock,
+                    journal,
                     describe,
                 })
             }
@@ -176,6 +201,7 @@ impl Store {
                     fs_root: None,
                     spool_dir,
                     _spool_lock,
+                    journal: None,
                     describe,
                 })
             }
@@ -206,10 +232,12 @@ impl Store {
     pub async fn put(&self, key: &ObjectKey, spooled: SpooledFile) -> Result<(), StorageError> {
         match &self.fs_root {
             Some(root) => {
-                let (target, root) = (root.join(key.as_str()), root.clone());
-                tokio::task::spawn_blocking(move || local::put(spooled, &target, &root)?.sync())
-                    .await
-                    .map_err(|e| StorageError::Internal(format!("put task failed: {e}")))?
+                let (key, root, journal) = (key.clone(), root.clone(), self.journal.clone());
+                tokio::task::spawn_blocking(move || {
+                    put_fs(&root, journal.as_deref(), &key, spooled)
+                })
+                .await
+                .map_err(|e| StorageError::Internal(format!("put task failed: {e}")))?
             }
             None => self.upload(key, spooled).await,
         }
@@ -225,11 +253,16 @@ impl Store {
     ) -> Result<Option<SpooledFile>, StorageError> {
         match &self.fs_root {
             Some(root) => {
-                local::put(spooled, &root.join(key.as_str()), root)?.sync()?;
+                put_fs(root, self.journal.as_deref(), key, spooled)?;
                 Ok(None)
             }
             None => Ok(Some(spooled)),
         }
+    }
+
+    /// Whether puts of small objects go through the journal.
+    pub fn journaled(&self) -> bool {
+        self.journal.is_some()
     }
 
     async fn upload(&self, key: &ObjectKey, spooled: SpooledFile) -> Result<(), StorageError> {
@@ -372,6 +405,31 @@ impl Store {
 
 /// Stream a file from one blocking task reading ahead in 1 MiB chunks (rather than a
 /// blocking hop per chunk): local objects are served at disk or page-cache speed.
+/// A durable put on the filesystem (blocking): through the journal for an object in
+/// memory, else with its own flushes.
+fn put_fs(
+    root: &Path,
+    journal: Option<&Journal>,
+    key: &ObjectKey,
+    spooled: SpooledFile,
+) -> Result<(), StorageError> {
+    let target = root.join(key.as_str());
+    // Only keys that name their bytes' digest (instances, not upload parts): a record is
+    // valid when its bytes hash to its key.
+    let names_digest = || ObjectKey::parse(key.as_str()).is_some();
+    match (journal, spooled.bytes()) {
+        (Some(journal), Some(bytes)) if names_digest() => {
+            let recorded = journal.record(key, bytes)?;
+            // Neither the file nor its directories are flushed here: the record is on disk,
+            // and the journal flushes the filesystem before it lets the record go.
+            let _synced_by_the_journal = local::put(spooled, &target, root, false)?;
+            drop(recorded);
+            Ok(())
+        }
+        _ => local::put(spooled, &target, root, true)?.sync(),
+    }
+}
+
 async fn file_stream(
     path: PathBuf,
     key: &ObjectKey,
