@@ -24,7 +24,7 @@
 //! lock, and a flush covers every record written before it, so the first invalid record
 //! ends a segment: nothing after it was acknowledged.
 
-use std::io::Read;
+use std::io::{IoSlice, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -80,9 +80,48 @@ struct SegmentState {
     in_flight: usize,
 }
 
-/// A put's record, durable; dropped once its object is written under its key.
+/// A put's record; dropped once its object is written under its key.
 pub struct Entry {
     segment: Arc<Segment>,
+    /// The record's number in its segment.
+    ticket: u64,
+}
+
+impl Entry {
+    /// Return once the record is on disk. Group commit: one flush at a time; whoever
+    /// finds none running flushes every record written so far, the others wait for a
+    /// flush that covers theirs.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        let segment = &self.segment;
+        let mut state = segment.state.lock().expect("journal segment");
+        loop {
+            if state.covered >= self.ticket {
+                return Ok(());
+            }
+            if state.failed {
+                return Err(StorageError::Internal(format!(
+                    "{}: flush failed",
+                    segment.path.display()
+                )));
+            }
+            if !state.flushing {
+                state.flushing = true;
+                let covers = state.written;
+                drop(state);
+                let result = segment.file.sync_data();
+                state = segment.state.lock().expect("journal segment");
+                state.flushing = false;
+                match result {
+                    Ok(()) => state.covered = state.covered.max(covers),
+                    Err(_) => state.failed = true,
+                }
+                segment.changed.notify_all();
+                result.map_err(|e| StorageError::io("fsyncing", &segment.path, e))?;
+                continue;
+            }
+            state = segment.changed.wait(state).expect("journal segment");
+        }
+    }
 }
 
 impl Drop for Entry {
@@ -124,8 +163,8 @@ impl Journal {
         Ok(Journal { inner })
     }
 
-    /// Append `bytes` under `key` (an instance key: one that names their digest) and return
-    /// once the record is on disk (blocking).
+    /// Append `bytes` under `key` (an instance key: one that names their digest). The
+    /// record is on disk once [`Entry::flush`] has returned (blocking).
     pub fn record(&self, key: &ObjectKey, bytes: &[u8]) -> Result<Entry, StorageError> {
         let segment = {
             // Counted in flight before the segment can be swapped out: the rotation waits
@@ -139,8 +178,8 @@ impl Journal {
                 .in_flight += 1;
             current.segment.clone()
         };
-        let entry = Entry { segment };
-        entry.segment.append(key, bytes)?;
+        let mut entry = Entry { segment, ticket: 0 };
+        entry.ticket = entry.segment.append(key, bytes)?;
         Ok(entry)
     }
 
@@ -214,7 +253,8 @@ impl Segment {
         }))
     }
 
-    fn append(&self, key: &ObjectKey, bytes: &[u8]) -> Result<(), StorageError> {
+    /// Write a record (not flushed yet); its number comes back.
+    fn append(&self, key: &ObjectKey, bytes: &[u8]) -> Result<u64, StorageError> {
         let key = key.as_str().as_bytes();
         let mut head = [0u8; HEAD];
         head[..4].copy_from_slice(MAGIC);
@@ -230,46 +270,18 @@ impl Segment {
             )));
         }
         // Written under the lock: records lie end to end, in order (see the module doc).
-        let at = state.end;
-        self.file.write_all_at(&head, at).map_err(write)?;
-        self.file
-            .write_all_at(key, at + HEAD as u64)
-            .map_err(write)?;
-        self.file
-            .write_all_at(bytes, at + (HEAD + key.len()) as u64)
-            .map_err(write)?;
-        state.end = at + (HEAD + key.len() + bytes.len()) as u64;
-        state.written += 1;
-        let ticket = state.written;
-        // Group commit: one flush at a time; whoever finds none running flushes for every
-        // record written so far, the others wait for a flush that covers theirs.
-        loop {
-            if state.covered >= ticket {
-                return Ok(());
-            }
-            if state.failed {
-                return Err(StorageError::Internal(format!(
-                    "{}: flush failed",
-                    self.path.display()
-                )));
-            }
-            if !state.flushing {
-                state.flushing = true;
-                let covers = state.written;
-                drop(state);
-                let result = self.file.sync_data();
-                state = self.state.lock().expect("journal segment");
-                state.flushing = false;
-                match result {
-                    Ok(()) => state.covered = state.covered.max(covers),
-                    Err(_) => state.failed = true,
-                }
-                self.changed.notify_all();
-                result.map_err(|e| StorageError::io("fsyncing", &self.path, e))?;
-                continue;
-            }
-            state = self.changed.wait(state).expect("journal segment");
+        let (at, len) = (state.end, HEAD + key.len() + bytes.len());
+        let parts = [IoSlice::new(&head), IoSlice::new(key), IoSlice::new(bytes)];
+        let written = rustix::io::pwritev(&self.file, &parts, at).map_err(|e| write(e.into()))?;
+        if written < len {
+            let rest = [&head[..], key, bytes].concat();
+            self.file
+                .write_all_at(&rest[written..], at + written as u64)
+                .map_err(write)?;
         }
+        state.end = at + len as u64;
+        state.written += 1;
+        Ok(state.written)
     }
 }
 
@@ -420,7 +432,9 @@ mod tests {
         let blobs: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 1000 + i as usize]).collect();
         let keys: Vec<ObjectKey> = blobs.iter().map(|b| key("1.2.3", b)).collect();
         for (k, b) in keys.iter().zip(&blobs) {
-            drop(journal.record(k, b).unwrap());
+            let entry = journal.record(k, b).unwrap();
+            entry.flush().unwrap();
+            drop(entry);
             let path = objects.join(k.as_str());
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, b).unwrap();
@@ -459,10 +473,18 @@ mod tests {
         std::fs::create_dir_all(&objects).unwrap();
         let journal = Journal::open(&root, &objects).unwrap();
         let (a, b) = (vec![1u8; 500], vec![2u8; 700]);
-        drop(journal.record(&key("1.2.3", &a), &a).unwrap());
-        drop(journal.record(&key("1.2.4", &b), &b).unwrap());
+        journal
+            .record(&key("1.2.3", &a), &a)
+            .unwrap()
+            .flush()
+            .unwrap();
+        journal
+            .record(&key("1.2.4", &b), &b)
+            .unwrap()
+            .flush()
+            .unwrap();
         let live = Journal::open(&root, &objects).unwrap();
-        drop(live.record(&key("1.2.5", &a), &a).unwrap());
+        live.record(&key("1.2.5", &a), &a).unwrap().flush().unwrap();
         let segment = journal.inner.current.lock().unwrap().segment.path.clone();
         crash(journal);
         let len = std::fs::metadata(&segment).unwrap().len();
@@ -495,7 +517,11 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..25u8 {
                         let blob = vec![t, i, 7];
-                        drop(journal.record(&key("1.2.3", &blob), &blob).unwrap());
+                        journal
+                            .record(&key("1.2.3", &blob), &blob)
+                            .unwrap()
+                            .flush()
+                            .unwrap();
                     }
                 })
             })

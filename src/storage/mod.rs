@@ -420,11 +420,11 @@ fn put_fs(
     match (journal, spooled.bytes()) {
         (Some(journal), Some(bytes)) if names_digest() => {
             let recorded = journal.record(key, bytes)?;
-            // Neither the file nor its directories are flushed here: the record is on disk,
-            // and the journal flushes the filesystem before it lets the record go.
+            // Neither the file nor its directories are flushed here: the journal flushes
+            // the filesystem before it lets the record go. Written while an earlier put's
+            // flush of the journal may still run; durable once the record is.
             let _synced_by_the_journal = local::put(spooled, &target, root, false)?;
-            drop(recorded);
-            Ok(())
+            recorded.flush()
         }
         _ => local::put(spooled, &target, root, true)?.sync(),
     }
