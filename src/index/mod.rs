@@ -173,6 +173,19 @@ impl Index {
         answer.await.map_err(|_| IndexError::WriterGone)?
     }
 
+    /// [`Index::insert`] from a blocking thread: the row is queued for the writer now, its
+    /// outcome comes through the receiver.
+    pub fn submit_blocking(
+        &self,
+        record: InstanceRecord,
+    ) -> Result<oneshot::Receiver<Result<InsertOutcome, IndexError>>, IndexError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .blocking_send(writer::Job { record, reply })
+            .map_err(|_| IndexError::WriterGone)?;
+        Ok(answer)
+    }
+
     /// Every instance, in insertion order (for `verify`).
     pub fn all_instances(&self) -> impl Stream<Item = Result<StoredInstance, IndexError>> + '_ {
         sqlx::query(STORED_SELECT_ORDERED)

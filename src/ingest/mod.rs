@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use crate::config::ConflictPolicy;
-use crate::index::{Index, InsertOutcome, InstanceRecord, Origin, StoredInstance};
+use crate::index::{Index, IndexError, InsertOutcome, InstanceRecord, Origin, StoredInstance};
 use crate::model::Uid;
 use crate::storage::{ObjectKey, Spool, SpooledFile, StorageError, Store};
 
@@ -256,10 +256,10 @@ impl Ingest {
     ) -> Outcome {
         let len = spooled.len;
         let digest = spooled.sha256;
-        let sha256 = hex::encode(digest);
         // One blocking task parses, checks and — on the filesystem — makes the object
-        // durable; S3 uploads go on asynchronously afterwards.
-        let (store, expected) = (self.store.clone(), expected.clone());
+        // durable and hands its row to the index writer (one thread hop less before the
+        // commit); S3 uploads go on asynchronously afterwards.
+        let (store, index, expected) = (self.store.clone(), self.index.clone(), expected.clone());
         let prepared = tokio::task::spawn_blocking(move || {
             let source = spooled
                 .reader()
@@ -270,56 +270,49 @@ impl Ingest {
             // already stored rewrites an identical object, and the index's uniqueness
             // decides the rest.
             let key = ObjectKey::new(&parsed.study_uid, &digest);
-            let remote = store.put_local(&key, spooled).map_err(|e| {
-                storage_rejection(e).about(&parsed.sop_class_uid, &parsed.sop_instance_uid)
-            })?;
-            Ok::<_, Rejection>((parsed, key, remote))
+            let (sop_class, sop) = (
+                parsed.sop_class_uid.clone(),
+                parsed.sop_instance_uid.clone(),
+            );
+            let remote = store
+                .put_local(&key, spooled)
+                .map_err(|e| storage_rejection(e).about(&sop_class, &sop))?;
+            match remote {
+                None => {
+                    let (accepted, record) = into_record(parsed, &key, len, &digest, origin);
+                    let answer = index
+                        .submit_blocking(record)
+                        .map_err(|e| failure(format!("index writer: {e}"), Some(&accepted)))?;
+                    Ok::<_, Rejection>((key, accepted, Stage::Queued(answer)))
+                }
+                Some(spooled) => {
+                    let (accepted, record) = into_record(parsed, &key, len, &digest, origin);
+                    Ok((key, accepted, Stage::Upload(spooled, Box::new(record))))
+                }
+            }
         })
         .await;
-        let (parsed, key, remote) = match prepared {
+        let (key, mut accepted, stage) = match prepared {
             Ok(Ok(p)) => p,
             Ok(Err(r)) => return Outcome::Rejected(r),
             Err(e) => return Outcome::Rejected(failure(format!("header task failed: {e}"), None)),
         };
-        if let Some(spooled) = remote {
-            if let Err(e) = self.store.put(&key, spooled).await {
-                return Outcome::Rejected(
-                    storage_rejection(e).about(&parsed.sop_class_uid, &parsed.sop_instance_uid),
-                );
+        let inserted = match stage {
+            Stage::Queued(answer) => answer.await.unwrap_or(Err(IndexError::WriterGone)),
+            Stage::Upload(spooled, mut record) => {
+                if let Err(e) = self.store.put(&key, spooled).await {
+                    return Outcome::Rejected(
+                        storage_rejection(e)
+                            .about(&accepted.sop_class_uid, &accepted.sop_instance_uid),
+                    );
+                }
+                // Stored when the upload completed, not when it began.
+                record.stored_at = crate::index::now_millis();
+                accepted.stored_at = record.stored_at;
+                self.index.insert(*record).await
             }
-        }
-        let accepted = Accepted {
-            study_uid: parsed.study_uid.clone(),
-            series_uid: parsed.series_uid.clone(),
-            sop_instance_uid: parsed.sop_instance_uid.clone(),
-            sop_class_uid: parsed.sop_class_uid.clone(),
-            sha256: sha256.clone(),
-            size: len,
-            stored_at: crate::index::now_millis(),
-            kept_original: false,
         };
-        // The parsed header moves into the record: its JSON is not copied on this hot path.
-        let record = InstanceRecord {
-            sop_instance_uid: parsed.sop_instance_uid.to_string(),
-            sop_class_uid: parsed.sop_class_uid.to_string(),
-            instance_number: parsed.instance_number,
-            transfer_syntax: parsed.transfer_syntax.to_string(),
-            number_of_frames: parsed.number_of_frames,
-            rows: parsed.rows,
-            columns: parsed.columns,
-            object_key: key.as_str().to_owned(),
-            size: len as i64,
-            part10_prefix: parsed.part10_prefix,
-            sha256,
-            attrs_json: parsed.attrs_json,
-            metadata_json: parsed.metadata_json,
-            frame_table: parsed.frame_table,
-            origin,
-            stored_at: accepted.stored_at,
-            study: parsed.study,
-            series: parsed.series,
-        };
-        match self.index.insert(record).await {
+        match inserted {
             Ok(InsertOutcome::Inserted) => {
                 tracing::info!(sop = %accepted.sop_instance_uid, study = %accepted.study_uid, size = len, "stored");
                 Outcome::Stored(accepted)
@@ -370,6 +363,56 @@ impl Ingest {
             }),
         }
     }
+}
+
+/// Where an instance is after its blocking part: its row queued for the index writer, or
+/// its object still to be uploaded (S3) before the row is written.
+enum Stage {
+    Queued(tokio::sync::oneshot::Receiver<Result<InsertOutcome, IndexError>>),
+    Upload(SpooledFile, Box<InstanceRecord>),
+}
+
+/// The outcome to report and the index row of a parsed instance stored under `key`. The
+/// parsed header moves into the record: its JSON is not copied on this hot path.
+fn into_record(
+    parsed: header::Parsed,
+    key: &ObjectKey,
+    len: u64,
+    digest: &[u8; 32],
+    origin: Origin,
+) -> (Accepted, InstanceRecord) {
+    let sha256 = hex::encode(digest);
+    let accepted = Accepted {
+        study_uid: parsed.study_uid.clone(),
+        series_uid: parsed.series_uid.clone(),
+        sop_instance_uid: parsed.sop_instance_uid.clone(),
+        sop_class_uid: parsed.sop_class_uid.clone(),
+        sha256: sha256.clone(),
+        size: len,
+        stored_at: crate::index::now_millis(),
+        kept_original: false,
+    };
+    let record = InstanceRecord {
+        sop_instance_uid: parsed.sop_instance_uid.to_string(),
+        sop_class_uid: parsed.sop_class_uid.to_string(),
+        instance_number: parsed.instance_number,
+        transfer_syntax: parsed.transfer_syntax.to_string(),
+        number_of_frames: parsed.number_of_frames,
+        rows: parsed.rows,
+        columns: parsed.columns,
+        object_key: key.as_str().to_owned(),
+        size: len as i64,
+        part10_prefix: parsed.part10_prefix,
+        sha256,
+        attrs_json: parsed.attrs_json,
+        metadata_json: parsed.metadata_json,
+        frame_table: parsed.frame_table,
+        origin,
+        stored_at: accepted.stored_at,
+        study: parsed.study,
+        series: parsed.series,
+    };
+    (accepted, record)
 }
 
 fn check_expected(p: &header::Parsed, e: &Expected) -> Result<(), Rejection> {
