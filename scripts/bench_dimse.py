@@ -164,6 +164,10 @@ def main():
         folders, total = make_folders(size, int(count * scale) // parts * parts, parts, 600 + run)
         n = int(count * scale) // parts * parts
         for name, make in servers:
+            # Each case starts with no dirty pages of the one before: a server that does
+            # not flush its files (Orthanc) leaves them to the kernel, which would write them
+            # back during the next case, and a sync of ours would wait for them.
+            os.sync()
             server = make()
             try:
                 cpu0 = cpu_seconds(server.proc.pid)

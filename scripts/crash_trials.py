@@ -173,11 +173,13 @@ def journal_keys(pacs) -> list:
     keys = set()
     for segment in (pacs.dir / "data" / "journal").glob("*/*.log"):
         data, at = segment.read_bytes(), 0
-        while at + 24 <= len(data) and data[at:at + 4] == b"PJR1":
+        seq = int(segment.stem)
+        while at + 32 <= len(data) and data[at:at + 4] == b"PJR1" \
+                and int.from_bytes(data[at + 24:at + 32], "little") == seq:
             key_len = int.from_bytes(data[at + 4:at + 6], "little")
             data_len = int.from_bytes(data[at + 8:at + 16], "little")
-            keys.add(data[at + 24:at + 24 + key_len].decode())
-            at += 24 + key_len + data_len
+            keys.add(data[at + 32:at + 32 + key_len].decode())
+            at += 32 + key_len + data_len
     return sorted(keys)
 
 

@@ -7,7 +7,9 @@
 //! batch's directories before its commit was tried: it serialised the fsync with the
 //! commit it used to overlap, and was slower.) Start-up recovery relies on these fsyncs
 //! too: a directory's modification time, made durable with its entries, tells it which
-//! study directories to look into after a power failure.
+//! study directories to look into after a power failure. (Puts through the object journal
+//! skip them: the journal's replay sets the time of their directories before recovery
+//! looks.)
 //!
 //! Concurrent callers of [`sync_dir`] for one directory share fsyncs (group commit): per
 //! directory, callers take a ticket after their change. One of them (the leader) runs the

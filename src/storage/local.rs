@@ -39,7 +39,9 @@ pub(super) fn create_dir(dir: &Path) -> Result<(), StorageError> {
 }
 
 /// Put a spooled object at `target`: its bytes durable (unless `flush` is false: the
-/// journal holds them), linked (or renamed) under its name. The directories to fsync
+/// journal holds them), linked (or renamed) under its name. A file renamed over an
+/// existing one is flushed first whatever `flush` says: it replaces an object that may be
+/// durable and acknowledged (a re-sent instance, an orphan being re-indexed). The directories to fsync
 /// before it counts as durable come back (see [`DirSyncs`]): at most up to the directory
 /// holding the store's `root`.
 pub(super) fn put(
@@ -53,11 +55,11 @@ pub(super) fn put(
     // The study's directory usually exists: try first, create it when missing.
     let mut created = false;
     let linked = match spooled.bytes() {
-        Some(bytes) => match link_new(parent, target, bytes, flush) {
+        Some(bytes) => match link_new(parent, target, bytes, flush, None) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 create_parents(parent)?;
                 created = true;
-                link_new(parent, target, bytes, flush).map_err(write)?
+                link_new(parent, target, bytes, flush, None).map_err(write)?
             }
             other => other.map_err(write)?,
         },
@@ -68,11 +70,9 @@ pub(super) fn put(
             create_parents(parent)?;
         }
         let file = spooled.into_file()?;
-        if flush {
-            file.as_file()
-                .sync_data()
-                .map_err(|e| StorageError::io("fsyncing spool file", file.path(), e))?;
-        }
+        file.as_file()
+            .sync_data()
+            .map_err(|e| StorageError::io("fsyncing spool file", file.path(), e))?;
         file.persist(target)
             .map_err(|e| StorageError::io("renaming spool file to", target, e.error))?;
     }
@@ -108,7 +108,13 @@ fn create_parents(dir: &Path) -> Result<(), StorageError> {
 /// False as well when `target` exists: the caller then puts a fresh copy over it by rename,
 /// as it always did — the existing file may be an orphan that `verify` is about to sweep
 /// by its age, or damaged.
-fn link_new(dir: &Path, target: &Path, bytes: &[u8], flush: bool) -> std::io::Result<bool> {
+fn link_new(
+    dir: &Path,
+    target: &Path,
+    bytes: &[u8],
+    flush: bool,
+    modified: Option<std::time::SystemTime>,
+) -> std::io::Result<bool> {
     use rustix::fs::{linkat, openat, AtFlags, Mode, OFlags, CWD};
     use rustix::io::Errno;
     use std::io::Write;
@@ -124,6 +130,9 @@ fn link_new(dir: &Path, target: &Path, bytes: &[u8], flush: bool) -> std::io::Re
     };
     let mut file = std::fs::File::from(fd);
     file.write_all(bytes)?;
+    if let Some(time) = modified {
+        file.set_modified(time)?;
+    }
     if flush {
         file.sync_data()?;
     }
@@ -144,8 +153,8 @@ fn link_new(dir: &Path, target: &Path, bytes: &[u8], flush: bool) -> std::io::Re
 }
 
 /// Write `bytes` as `target` again (from the journal, after a crash), flushed, with the
-/// modification time it was first written at (ms since the epoch). The directory entry
-/// is made durable by the caller.
+/// modification time of its last record (ms since the epoch), set before the file gets its
+/// name. The directory entry is made durable by the caller.
 pub(super) fn restore(target: &Path, bytes: &[u8], written_ms: i64) -> Result<(), StorageError> {
     let parent = target.parent().expect("object keys have a directory");
     let write = |e| StorageError::io("restoring", target, e);
@@ -154,16 +163,32 @@ pub(super) fn restore(target: &Path, bytes: &[u8], written_ms: i64) -> Result<()
         _ => {}
     }
     create_parents(parent)?;
-    if !link_new(parent, target, bytes, true).map_err(write)? {
+    let when = millis_time(written_ms);
+    if !link_new(parent, target, bytes, true, Some(when)).map_err(write)? {
         let mut file = tempfile::NamedTempFile::new_in(parent).map_err(write)?;
         std::io::Write::write_all(&mut file, bytes).map_err(write)?;
+        file.as_file().set_modified(when).map_err(write)?;
         file.as_file().sync_data().map_err(write)?;
         file.persist(target).map_err(|e| write(e.error))?;
     }
-    let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(written_ms.max(0) as u64);
-    std::fs::OpenOptions::new()
+    Ok(())
+}
+
+/// Make an existing object's modification time at least `written_ms` (a later record of
+/// the same bytes: the time recovery compares with deletes).
+pub(super) fn touch_at_least(target: &Path, written_ms: i64) -> Result<(), StorageError> {
+    let write = |e| StorageError::io("setting the time of", target, e);
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .open(target)
-        .and_then(|f| f.set_modified(when))
-        .map_err(write)
+        .map_err(write)?;
+    let when = millis_time(written_ms);
+    if file.metadata().and_then(|m| m.modified()).map_err(write)? < when {
+        file.set_modified(when).map_err(write)?;
+    }
+    Ok(())
+}
+
+fn millis_time(ms: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
 }

@@ -7,11 +7,15 @@
 //! short (at most 133 bytes) so that every S3 implementation takes them. Called by `ingest/` (put), the
 //! retrieval routes (read) and `verify` (list, read, delete).
 //!
-//! Durability: on the filesystem a put is *write an unnamed file in the object's directory →
-//! fsync it → link it under its key → fsync the directory* (or, for objects spooled to a
-//! file, *fsync spool file → rename → fsync directory*), plus the parents whose entries are
-//! not known to be durable yet ([`DirSyncs`]; concurrent puts into one directory share its
-//! fsync). On S3 a put completes when the upload has. See [`local`].
+//! Durability: on the filesystem an object held in memory (up to 1 MiB) is *recorded in the
+//! process's journal → written under its key → durable once the journal is flushed* (one
+//! flush for all the puts waiting; the objects themselves are flushed every second, see
+//! [`journal`]). With `storage.object_sync = "each"`, and for objects spooled to a file, a
+//! put is *write an unnamed file in the object's directory → fsync it → link it under its
+//! key → fsync the directory* (or *fsync spool file → rename → fsync directory*), plus the
+//! parents whose entries are not known to be durable yet ([`DirSyncs`]; concurrent puts
+//! into one directory share its fsync). On S3 a put completes when the upload has. See
+//! [`local`].
 
 mod dirsync;
 mod journal;
@@ -260,11 +264,6 @@ impl Store {
         }
     }
 
-    /// Whether puts of small objects go through the journal.
-    pub fn journaled(&self) -> bool {
-        self.journal.is_some()
-    }
-
     async fn upload(&self, key: &ObjectKey, spooled: SpooledFile) -> Result<(), StorageError> {
         if let Some(bytes) = spooled.bytes() {
             // Small enough to be in memory: one PUT.
@@ -403,8 +402,6 @@ impl Store {
     }
 }
 
-/// Stream a file from one blocking task reading ahead in 1 MiB chunks (rather than a
-/// blocking hop per chunk): local objects are served at disk or page-cache speed.
 /// A durable put on the filesystem (blocking): through the journal for an object in
 /// memory, else with its own flushes.
 fn put_fs(
@@ -430,6 +427,8 @@ fn put_fs(
     }
 }
 
+/// Stream a file from one blocking task reading ahead in 1 MiB chunks (rather than a
+/// blocking hop per chunk): local objects are served at disk or page-cache speed.
 async fn file_stream(
     path: PathBuf,
     key: &ObjectKey,

@@ -1,0 +1,216 @@
+//! Tests of the object journal (`journal.rs`).
+
+use super::*;
+
+/// How many process journals there are under `root`.
+fn journals(root: &Path) -> usize {
+    std::fs::read_dir(root)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .count()
+}
+
+fn key(study: &str, bytes: &[u8]) -> ObjectKey {
+    let digest: [u8; 32] = Sha256::digest(bytes).into();
+    ObjectKey::new(&crate::model::Uid::parse(study).unwrap(), &digest)
+}
+
+/// What a crash leaves: the journal's directory, its segments in place, its lock
+/// released (no clean stop: the journal is never dropped).
+fn crash(journal: Journal) {
+    journal.inner._lock.unlock().unwrap();
+    std::mem::forget(journal);
+}
+
+#[test]
+fn replay_restores_missing_and_torn_objects_with_their_time_and_keeps_intact_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
+    std::fs::create_dir_all(&objects).unwrap();
+    let journal = Journal::open(&root, &objects).unwrap();
+    let blobs: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 1000 + i as usize]).collect();
+    let keys: Vec<ObjectKey> = blobs.iter().map(|b| key("1.2.3", b)).collect();
+    for (k, b) in keys.iter().zip(&blobs) {
+        let entry = journal.record(k, b).unwrap();
+        entry.flush().unwrap();
+        drop(entry);
+        let path = objects.join(k.as_str());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b).unwrap();
+    }
+    let before_crash = std::time::SystemTime::now();
+    crash(journal);
+    // Power lost: one object gone, one torn, one intact.
+    std::fs::remove_file(objects.join(keys[0].as_str())).unwrap();
+    std::fs::write(objects.join(keys[1].as_str()), &blobs[1][..10]).unwrap();
+    let report = replay(&root, &objects).unwrap();
+    assert_eq!(report.records, 3);
+    assert_eq!(
+        report.restored,
+        vec![keys[0].as_str().to_owned(), keys[1].as_str().to_owned()]
+    );
+    for (k, b) in keys.iter().zip(&blobs) {
+        assert_eq!(&std::fs::read(objects.join(k.as_str())).unwrap(), b);
+    }
+    let restored = std::fs::metadata(objects.join(keys[0].as_str()))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert!(restored <= before_crash, "the time it was first written");
+    assert_eq!(journals(&root), 0, "journal deleted");
+    assert_eq!(replay(&root, &objects).unwrap(), ReplayReport::default());
+}
+
+#[test]
+fn a_torn_tail_ends_the_segment_and_a_live_journal_is_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
+    std::fs::create_dir_all(&objects).unwrap();
+    let journal = Journal::open(&root, &objects).unwrap();
+    let (a, b) = (vec![1u8; 500], vec![2u8; 700]);
+    journal
+        .record(&key("1.2.3", &a), &a)
+        .unwrap()
+        .flush()
+        .unwrap();
+    journal
+        .record(&key("1.2.4", &b), &b)
+        .unwrap()
+        .flush()
+        .unwrap();
+    let live = Journal::open(&root, &objects).unwrap();
+    live.record(&key("1.2.5", &a), &a).unwrap().flush().unwrap();
+    let segment = journal.inner.current.lock().unwrap().segment.path.clone();
+    crash(journal);
+    let len = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
+    let report = replay(&root, &objects).unwrap();
+    assert_eq!(report.restored, vec![key("1.2.3", &a).as_str().to_owned()]);
+    assert!(
+        !objects.join("1.2.5").exists(),
+        "the live journal was not read"
+    );
+    assert_eq!(journals(&root), 1);
+    drop(live);
+    assert_eq!(journals(&root), 0, "clean stop");
+}
+
+#[test]
+fn a_reused_segment_replays_only_its_own_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
+    std::fs::create_dir_all(&objects).unwrap();
+    let journal = Journal::open(&root, &objects).unwrap();
+    let blobs = [vec![1u8; 3000], vec![2u8; 3000], vec![3u8; 100]];
+    for (n, blob) in blobs.iter().enumerate() {
+        journal
+            .record(&key("1.2.3", blob), blob)
+            .unwrap()
+            .flush()
+            .unwrap();
+        if n < 2 {
+            Journal::rotate(&journal.inner).unwrap();
+        }
+    }
+    // Segment 2 is segment 0's file, written over from its start: the rest of the old
+    // record is still there, and segment 1 is the spare.
+    let current = journal.inner.current.lock().unwrap().segment.clone();
+    assert_eq!(current.seq, 2);
+    assert!(std::fs::metadata(&current.path).unwrap().len() > 3000);
+    assert!(journal.inner.dir.join(SPARE).exists());
+    drop(current);
+    crash(journal);
+    let report = replay(&root, &objects).unwrap();
+    assert_eq!(report.records, 1);
+    assert_eq!(
+        report.restored,
+        vec![key("1.2.3", &blobs[2]).as_str().to_owned()]
+    );
+}
+
+#[test]
+fn concurrent_records_are_all_durable_and_rotation_retires_a_segment_after_its_puts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
+    std::fs::create_dir_all(&objects).unwrap();
+    let journal = Arc::new(Journal::open(&root, &objects).unwrap());
+    let threads: Vec<_> = (0..8u8)
+        .map(|t| {
+            let journal = journal.clone();
+            std::thread::spawn(move || {
+                for i in 0..25u8 {
+                    let blob = vec![t, i, 7];
+                    journal
+                        .record(&key("1.2.3", &blob), &blob)
+                        .unwrap()
+                        .flush()
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let first = journal.inner.current.lock().unwrap().segment.clone();
+    assert_eq!(first.state.lock().unwrap().written, 200);
+    // A put still writing its object holds the old segment back.
+    let pending = journal.record(&key("1.2.3", b"x"), b"x").unwrap();
+    let rotation = {
+        let inner = journal.inner.clone();
+        std::thread::spawn(move || Journal::rotate(&inner))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(first.path.exists() && !rotation.is_finished());
+    drop(pending);
+    rotation.join().unwrap().unwrap();
+    assert!(
+        !first.path.exists(),
+        "retired once its objects were flushed"
+    );
+    let journal = Arc::into_inner(journal).unwrap();
+    crash(journal);
+    let report = replay(&root, &objects).unwrap();
+    assert_eq!(report.records, 0, "the new segment is empty");
+}
+
+#[test]
+fn replay_gives_an_object_the_time_of_its_last_record() {
+    // Stored, deleted, sent again: recovery compares the later record's time with the
+    // delete, whether the file survived (with its first time) or has to be written again.
+    for file_survived in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
+        std::fs::create_dir_all(objects.join("1.2.3")).unwrap();
+        let journal = Journal::open(&root, &objects).unwrap();
+        let blob = vec![9u8; 2000];
+        let k = key("1.2.3", &blob);
+        journal.record(&k, &blob).unwrap().flush().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let between = std::time::SystemTime::now();
+        std::thread::sleep(Duration::from_millis(10));
+        journal.record(&k, &blob).unwrap().flush().unwrap();
+        crash(journal);
+        let path = objects.join(k.as_str());
+        if file_survived {
+            std::fs::write(&path, &blob).unwrap();
+            let old = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        let report = replay(&root, &objects).unwrap();
+        assert_eq!(report.records, 2);
+        assert_eq!(report.restored.len(), usize::from(!file_survived));
+        let time = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert!(time >= between, "file survived: {file_survived}");
+    }
+}
