@@ -181,6 +181,7 @@ def main():
     small.n = 1
     studies = [[small.next(), small.next()] for _ in range(300)]
     for name, make in servers:
+        os.sync()  # as above
         server = make()
         try:
             results.setdefault("C-ECHO incl. association (ms, p50)", {})[name] = (echo(server, 20), None, 0)
