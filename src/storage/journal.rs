@@ -22,20 +22,20 @@
 //! a process that holds its directory's lock, so a running process's journal is never
 //! touched.
 //!
-//! Record layout (little endian): magic `PJR1`, key length (u16), 2 bytes reserved, data
+//! Record layout (little endian): magic `PJR1`, key length (u16), flags (u16: 1 for a
+//! tombstone, the record of a deletion, without data), data
 //! length (u64), written at (ms since the epoch, i64), the segment's number (u64), key,
 //! data. A record is valid when it carries the number its segment's file name has and its
-//! data hash to the SHA-256 its key names. Records are written in order under one lock,
+//! data hash to the SHA-256 its key names (a tombstone: its key is an object key). Records are written in order under one lock,
 //! and a flush covers every record written before it, so the first invalid record ends a
 //! segment: nothing after it was acknowledged. A retired segment is kept as the spare and
 //! renamed into the next segment but one: its blocks are allocated and written already, so
 //! a flush of records written over them carries no change of the file's size or block map
 //! (on ext4 one write less per flush); its old records, numbered otherwise, end a scan.
 //!
-//! Known limit: the copy of an instance that lost to another version in the index is
-//! deleted by ingest without a record of that, so a replay after a crash brings it back;
-//! start-up recovery then keeps it, unindexed, and reports it as conflicting (as it does
-//! for such copies whose deletion a power failure undid before the journal).
+//! Deletions of objects (admin deletes, the losing copy of a conflict, orphans swept by
+//! `verify`) append a tombstone, so that a replay does not bring the object back; a key
+//! whose last record is a tombstone is left alone.
 
 use std::collections::HashMap;
 use std::io::{IoSlice, Read};
@@ -200,6 +200,17 @@ impl Journal {
     /// Append `bytes` under `key` (an instance key: one that names their digest). The
     /// record is on disk once [`Entry::flush`] has returned (blocking).
     pub fn record(&self, key: &ObjectKey, bytes: &[u8]) -> Result<Entry, StorageError> {
+        self.write(key, bytes, false)
+    }
+
+    /// Record that the object under `key` is being deleted (a tombstone: a replay does not
+    /// bring it back unless a later record puts it again). Not flushed: a tombstone lost in
+    /// a crash leaves a copy that start-up recovery handles. Drop the entry once deleted.
+    pub fn forget(&self, key: &ObjectKey) -> Result<Entry, StorageError> {
+        self.write(key, &[], true)
+    }
+
+    fn write(&self, key: &ObjectKey, bytes: &[u8], tombstone: bool) -> Result<Entry, StorageError> {
         let segment = {
             // Counted in flight before the segment can be swapped out: the rotation waits
             // for this put's object before it flushes and deletes the segment.
@@ -213,7 +224,7 @@ impl Journal {
             current.segment.clone()
         };
         let mut entry = Entry { segment, ticket: 0 };
-        entry.ticket = entry.segment.append(key, bytes)?;
+        entry.ticket = entry.segment.append(key, bytes, tombstone)?;
         Ok(entry)
     }
 
@@ -325,11 +336,12 @@ impl Segment {
     }
 
     /// Write a record (not flushed yet); its number comes back.
-    fn append(&self, key: &ObjectKey, bytes: &[u8]) -> Result<u64, StorageError> {
+    fn append(&self, key: &ObjectKey, bytes: &[u8], tombstone: bool) -> Result<u64, StorageError> {
         let key = key.as_str().as_bytes();
         let mut head = [0u8; HEAD];
         head[..4].copy_from_slice(MAGIC);
         head[4..6].copy_from_slice(&(key.len() as u16).to_le_bytes());
+        head[6..8].copy_from_slice(&u16::from(tombstone).to_le_bytes());
         head[8..16].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
         head[16..24].copy_from_slice(&crate::index::now_millis().to_le_bytes());
         head[24..32].copy_from_slice(&self.seq.to_le_bytes());
@@ -360,8 +372,10 @@ impl Segment {
 /// What [`replay`] found in the journals of processes that are gone.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReplayReport {
-    /// Records read, and the objects written again from them (missing or damaged).
+    /// Records read; keys whose last record is a deletion (left alone); the objects
+    /// written again (missing or damaged).
     pub records: usize,
+    pub deleted: usize,
     pub restored: Vec<String>,
 }
 
@@ -399,20 +413,22 @@ pub fn replay(root: &Path, objects: &Path) -> Result<ReplayReport, StorageError>
         // The last record of each key: the time a restored object gets (an instance
         // deleted and sent again has two records; recovery compares the later one with
         // the delete).
-        let mut last: HashMap<ObjectKey, (i64, usize, u64)> = HashMap::new();
+        // Records are in order within a journal: the last one of a key decides.
+        let mut last: HashMap<ObjectKey, (usize, u64, i64, bool)> = HashMap::new();
         for (n, segment) in segments.iter().enumerate() {
-            scan_segment(segment, |key, at, written| {
+            scan_segment(segment, |record, at| {
                 report.records += 1;
-                let entry = last.entry(key).or_insert((written, n, at));
-                if written >= entry.0 {
-                    *entry = (written, n, at);
-                }
+                last.insert(record.key, (n, at, record.written, record.tombstone));
             })?;
         }
         let mut keys: Vec<_> = last.into_iter().collect();
         keys.sort_by_key(|(_, place)| *place); // oldest first, as they were written
         let mut touched = std::collections::HashSet::new();
-        for (key, (written, n, at)) in keys {
+        for (key, (n, at, written, tombstone)) in keys {
+            if tombstone {
+                report.deleted += 1;
+                continue;
+            }
             let target = objects.join(key.as_str());
             // Start-up recovery looks into directories modified lately; a journaled put
             // did not flush its directory's time.
@@ -439,11 +455,8 @@ pub fn replay(root: &Path, objects: &Path) -> Result<ReplayReport, StorageError>
     Ok(report)
 }
 
-/// Call `each(key, offset, written)` for every valid record of a segment, in order.
-fn scan_segment(
-    path: &Path,
-    mut each: impl FnMut(ObjectKey, u64, i64),
-) -> Result<(), StorageError> {
+/// Call `each(record, offset)` for every valid record of a segment, in order.
+fn scan_segment(path: &Path, mut each: impl FnMut(Record, u64)) -> Result<(), StorageError> {
     let read = |e| StorageError::io("reading", path, e);
     let Some(seq) = path
         .file_stem()
@@ -455,9 +468,9 @@ fn scan_segment(
     let file = std::fs::File::open(path).map_err(read)?;
     let len = file.metadata().map_err(read)?.len();
     let mut at = 0u64;
-    while let Some((key, data, written)) = next_record(&file, seq, at, len).map_err(read)? {
-        let size = (HEAD + key.as_str().len() + data.len()) as u64;
-        each(key, at, written);
+    while let Some(record) = next_record(&file, seq, at, len).map_err(read)? {
+        let size = record.size;
+        each(record, at);
         at += size;
     }
     Ok(())
@@ -497,7 +510,7 @@ fn next_record(
     seq: u64,
     at: u64,
     len: u64,
-) -> std::io::Result<Option<(ObjectKey, Vec<u8>, i64)>> {
+) -> std::io::Result<Option<Record>> {
     if at + HEAD as u64 > len {
         return Ok(None);
     }
@@ -507,6 +520,11 @@ fn next_record(
     let data_len = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
     let written = i64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
     let numbered = u64::from_le_bytes(head[24..32].try_into().expect("8 bytes"));
+    let tombstone = match u16::from_le_bytes([head[6], head[7]]) {
+        0 => false,
+        1 if data_len == 0 => true,
+        _ => return Ok(None),
+    };
     if &head[..4] != MAGIC
         || numbered != seq
         || data_len > MAX_RECORD
@@ -522,12 +540,34 @@ fn next_record(
     else {
         return Ok(None);
     };
+    let size = HEAD as u64 + key_len + data_len;
+    if tombstone {
+        return Ok(Some(Record {
+            key,
+            written,
+            size,
+            tombstone,
+        }));
+    }
     let mut data = vec![0u8; data_len as usize];
     file.read_exact_at(&mut data, at + HEAD as u64 + key_len)?;
     if hex::encode(Sha256::digest(&data)) != key.sha256_hex() {
         return Ok(None);
     }
-    Ok(Some((key, data, written)))
+    Ok(Some(Record {
+        key,
+        written,
+        size,
+        tombstone,
+    }))
+}
+
+/// A valid record, as a scan reports it (the data are read again when needed).
+struct Record {
+    key: ObjectKey,
+    written: i64,
+    size: u64,
+    tombstone: bool,
 }
 
 /// Whether `target` exists and holds the bytes `key` names.

@@ -214,3 +214,31 @@ fn replay_gives_an_object_the_time_of_its_last_record() {
         assert!(time >= between, "file survived: {file_survived}");
     }
 }
+
+#[test]
+fn a_deleted_object_stays_deleted_unless_it_was_put_again() {
+    for put_again in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
+        std::fs::create_dir_all(&objects).unwrap();
+        let journal = Journal::open(&root, &objects).unwrap();
+        let blob = vec![5u8; 1500];
+        let k = key("1.2.3", &blob);
+        journal.record(&k, &blob).unwrap().flush().unwrap();
+        drop(journal.forget(&k).unwrap());
+        if put_again {
+            journal.record(&k, &blob).unwrap().flush().unwrap();
+        }
+        let other = vec![6u8; 10];
+        journal
+            .record(&key("1.2.3", &other), &other)
+            .unwrap()
+            .flush()
+            .unwrap();
+        crash(journal);
+        let report = replay(&root, &objects).unwrap();
+        assert_eq!(report.deleted, usize::from(!put_again));
+        assert_eq!(objects.join(k.as_str()).exists(), put_again);
+        assert!(objects.join(key("1.2.3", &other).as_str()).exists());
+    }
+}

@@ -159,6 +159,7 @@ impl Store {
                     tracing::warn!(
                         records = replayed.records,
                         restored = replayed.restored.len(),
+                        deleted = replayed.deleted,
                         "object journal replayed: objects a crash left unflushed are on disk again"
                     );
                 }
@@ -370,7 +371,13 @@ impl Store {
     }
 
     pub async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        // A tombstone first: the journal's replay must not bring the object back.
+        let tombstone = match &self.journal {
+            Some(journal) if ObjectKey::parse(key.as_str()).is_some() => Some(journal.forget(key)?),
+            _ => None,
+        };
         self.op.delete(key.as_str()).await?;
+        drop(tombstone);
         Ok(())
     }
 
