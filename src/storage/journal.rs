@@ -165,14 +165,7 @@ impl Journal {
         super::local::create_dir(root)?;
         // No replay may take the new directory for a dead process's before it is locked.
         let _replays = lock_root(root)?;
-        let dir = root.join(uuid::Uuid::new_v4().simple().to_string());
-        super::local::create_dir(&dir)?;
-        let lock_path = dir.join(".lock");
-        let lock = std::fs::File::create(&lock_path)
-            .map_err(|e| StorageError::io("creating", &lock_path, e))?;
-        lock.try_lock().map_err(|e| {
-            StorageError::io("locking", &lock_path, std::io::Error::other(e.to_string()))
-        })?;
+        let (dir, lock) = super::local::claim_dir(root)?;
         let segment = Segment::create(&dir, 0, None)?;
         // The segment's directory entry is durable (`create`); so are the journal's own.
         for d in [Some(root), root.parent()].into_iter().flatten() {
@@ -369,6 +362,25 @@ impl Segment {
     }
 }
 
+/// At start-up: put back what the journals of processes that are gone hold, before
+/// anything reads the store; then start this process's journal if `journaled` (blocking).
+pub fn start(
+    root: &Path,
+    objects: &Path,
+    journaled: bool,
+) -> Result<Option<Journal>, StorageError> {
+    let replayed = replay(root, objects)?;
+    if replayed.records > 0 {
+        tracing::warn!(
+            records = replayed.records,
+            restored = replayed.restored.len(),
+            deleted = replayed.deleted,
+            "object journal replayed: objects a crash left unflushed are on disk again"
+        );
+    }
+    journaled.then(|| Journal::open(root, objects)).transpose()
+}
+
 /// What [`replay`] found in the journals of processes that are gone.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReplayReport {
@@ -390,18 +402,8 @@ pub fn replay(root: &Path, objects: &Path) -> Result<ReplayReport, StorageError>
     let _replays = lock_root(root)?;
     let objects_root =
         std::fs::File::open(objects).map_err(|e| StorageError::io("opening", objects, e))?;
-    let entries = std::fs::read_dir(root).map_err(|e| StorageError::io("listing", root, e))?;
-    for entry in entries.flatten() {
-        let dir = entry.path();
-        let Ok(lock) = std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join(".lock"))
-        else {
-            continue;
-        };
-        if lock.try_lock().is_err() {
-            continue; // a live process's journal
-        }
+    // Journals of live processes are locked: left alone.
+    for (dir, _lock) in super::local::gone_processes(root) {
         tracing::info!(dir = %dir.display(), "replaying the object journal of a process that is gone");
         let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(|e| StorageError::io("listing", &dir, e))?

@@ -8,21 +8,34 @@ use super::{DirSyncs, SpooledFile, StorageError};
 /// remove the directories of processes that are gone (what a crash left behind).
 pub(super) fn claim_spool(base: &Path) -> Result<(PathBuf, std::fs::File), StorageError> {
     create_dir(base)?;
-    if let Ok(entries) = std::fs::read_dir(base) {
-        for entry in entries.flatten() {
+    for (dir, _lock) in gone_processes(base) {
+        tracing::info!(dir = %dir.display(), "removing the spool of a process that is gone");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    claim_dir(base)
+}
+
+/// The directories under `base` of processes that are gone (their `.lock` not held), each
+/// with its lock, now held by the caller.
+pub(super) fn gone_processes(base: &Path) -> Vec<(PathBuf, std::fs::File)> {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
             let dir = entry.path();
-            let Ok(lock) = std::fs::OpenOptions::new()
+            let lock = std::fs::OpenOptions::new()
                 .write(true)
                 .open(dir.join(".lock"))
-            else {
-                continue;
-            };
-            if lock.try_lock().is_ok() {
-                tracing::info!(dir = %dir.display(), "removing the spool of a process that is gone");
-                let _ = std::fs::remove_dir_all(&dir);
-            }
-        }
-    }
+                .ok()?;
+            lock.try_lock().is_ok().then_some((dir, lock))
+        })
+        .collect()
+}
+
+/// A new directory of this process's under `base`, its `.lock` held while it runs.
+pub(super) fn claim_dir(base: &Path) -> Result<(PathBuf, std::fs::File), StorageError> {
     let dir = base.join(uuid::Uuid::new_v4().simple().to_string());
     create_dir(&dir)?;
     let lock_path = dir.join(".lock");

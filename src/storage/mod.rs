@@ -146,26 +146,14 @@ impl Store {
                 let op =
                     Operator::new(services::Fs::default().root(&root.to_string_lossy()))?.finish();
                 let describe = format!("filesystem {}", root.display());
-                // What a crashed process's journal holds is put back before anything
-                // reads the store; then this process starts its own.
                 let journals = config.data_dir.join("journal");
-                let replayed = {
-                    let (journals, root) = (journals.clone(), root.clone());
-                    tokio::task::spawn_blocking(move || journal::replay(&journals, &root))
+                let journaled = config.storage.object_sync == ObjectSync::Journal;
+                let journal = {
+                    let root = root.clone();
+                    tokio::task::spawn_blocking(move || journal::start(&journals, &root, journaled))
                         .await
-                        .map_err(|e| StorageError::Internal(format!("journal replay: {e}")))??
-                };
-                if replayed.records > 0 {
-                    tracing::warn!(
-                        records = replayed.records,
-                        restored = replayed.restored.len(),
-                        deleted = replayed.deleted,
-                        "object journal replayed: objects a crash left unflushed are on disk again"
-                    );
-                }
-                let journal = match config.storage.object_sync {
-                    ObjectSync::Journal => Some(Arc::new(Journal::open(&journals, &root)?)),
-                    ObjectSync::Each => None,
+                        .map_err(|e| StorageError::Internal(format!("journal start: {e}")))??
+                        .map(Arc::new)
                 };
                 Ok(Store {
                     op,
