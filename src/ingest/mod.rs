@@ -270,26 +270,19 @@ impl Ingest {
             // already stored rewrites an identical object, and the index's uniqueness
             // decides the rest.
             let key = ObjectKey::new(&parsed.study_uid, &digest);
-            let (sop_class, sop) = (
-                parsed.sop_class_uid.clone(),
-                parsed.sop_instance_uid.clone(),
-            );
-            let remote = store
-                .put_local(&key, spooled)
-                .map_err(|e| storage_rejection(e).about(&sop_class, &sop))?;
-            match remote {
-                None => {
-                    let (accepted, record) = into_record(parsed, &key, len, &digest, origin);
-                    let answer = index
+            let remote = store.put_local(&key, spooled).map_err(|e| {
+                storage_rejection(e).about(&parsed.sop_class_uid, &parsed.sop_instance_uid)
+            })?;
+            let (accepted, record) = into_record(parsed, &key, len, &digest, origin);
+            let stage = match remote {
+                None => Stage::Queued(
+                    index
                         .submit_blocking(record)
-                        .map_err(|e| failure(format!("index writer: {e}"), Some(&accepted)))?;
-                    Ok::<_, Rejection>((key, accepted, Stage::Queued(answer)))
-                }
-                Some(spooled) => {
-                    let (accepted, record) = into_record(parsed, &key, len, &digest, origin);
-                    Ok((key, accepted, Stage::Upload(spooled, Box::new(record))))
-                }
-            }
+                        .map_err(|e| failure(format!("index writer: {e}"), Some(&accepted)))?,
+                ),
+                Some(spooled) => Stage::Upload(spooled, Box::new(record)),
+            };
+            Ok::<_, Rejection>((key, accepted, stage))
         })
         .await;
         let (key, mut accepted, stage) = match prepared {

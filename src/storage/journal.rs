@@ -38,7 +38,7 @@
 //! whose last record is a tombstone is left alone.
 
 use std::collections::HashMap;
-use std::io::{IoSlice, Read};
+use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,17 +70,12 @@ struct Inner {
     objects: std::fs::File,
     /// A segment could not be retired: it stays on disk for the next start to replay.
     kept: AtomicBool,
-    current: Mutex<Current>,
+    current: Mutex<Arc<Segment>>,
     /// A retired segment, to be reused by the next rotation (see the module doc).
     spare: Mutex<Option<std::fs::File>>,
     /// Held by a rotation (the thread's, or the last one when the journal is dropped).
     rotating: Mutex<()>,
     _lock: std::fs::File,
-}
-
-struct Current {
-    segment: Arc<Segment>,
-    seq: u64,
 }
 
 struct Segment {
@@ -177,7 +172,7 @@ impl Journal {
             dir,
             objects,
             kept: AtomicBool::new(false),
-            current: Mutex::new(Current { segment, seq: 0 }),
+            current: Mutex::new(segment),
             spare: Mutex::new(None),
             rotating: Mutex::new(()),
             _lock: lock,
@@ -208,13 +203,8 @@ impl Journal {
             // Counted in flight before the segment can be swapped out: the rotation waits
             // for this put's object before it flushes and deletes the segment.
             let current = self.inner.current.lock().expect("journal");
-            current
-                .segment
-                .state
-                .lock()
-                .expect("journal segment")
-                .in_flight += 1;
-            current.segment.clone()
+            current.state.lock().expect("journal segment").in_flight += 1;
+            current.clone()
         };
         let mut entry = Entry { segment, ticket: 0 };
         entry.ticket = entry.segment.append(key, bytes, tombstone)?;
@@ -232,16 +222,16 @@ impl Journal {
     }
 
     fn retire(inner: &Inner) -> Result<(), StorageError> {
-        let (old, seq) = {
+        let old = {
             let current = inner.current.lock().expect("journal");
-            if current.segment.state.lock().expect("journal segment").end == 0 {
+            if current.state.lock().expect("journal segment").end == 0 {
                 return Ok(());
             }
-            (current.segment.clone(), current.seq + 1)
+            current.clone()
         };
         let spare = inner.spare.lock().expect("journal spare").take();
-        let segment = Segment::create(&inner.dir, seq, spare)?;
-        *inner.current.lock().expect("journal") = Current { segment, seq };
+        let segment = Segment::create(&inner.dir, old.seq + 1, spare)?;
+        *inner.current.lock().expect("journal") = segment;
         {
             let mut state = old.state.lock().expect("journal segment");
             while state.in_flight > 0 {
@@ -574,19 +564,10 @@ struct Record {
 
 /// Whether `target` exists and holds the bytes `key` names.
 fn holds(target: &Path, key: &ObjectKey) -> bool {
-    let Ok(mut file) = std::fs::File::open(target) else {
-        return false;
-    };
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(_) => return false,
-        }
-    }
-    hex::encode(hasher.finalize()) == key.sha256_hex()
+    std::fs::File::open(target)
+        .and_then(|mut file| std::io::copy(&mut file, &mut hasher))
+        .is_ok_and(|_| hex::encode(hasher.finalize()) == key.sha256_hex())
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ fn a_torn_tail_ends_the_segment_and_a_live_journal_is_left_alone() {
         .unwrap();
     let live = Journal::open(&root, &objects).unwrap();
     live.record(&key("1.2.5", &a), &a).unwrap().flush().unwrap();
-    let segment = journal.inner.current.lock().unwrap().segment.path.clone();
+    let segment = journal.inner.current.lock().unwrap().path.clone();
     crash(journal);
     let len = std::fs::metadata(&segment).unwrap().len();
     std::fs::OpenOptions::new()
@@ -119,7 +119,7 @@ fn a_reused_segment_replays_only_its_own_records() {
     }
     // Segment 2 is segment 0's file, written over from its start: the rest of the old
     // record is still there, and segment 1 is the spare.
-    let current = journal.inner.current.lock().unwrap().segment.clone();
+    let current = journal.inner.current.lock().unwrap().clone();
     assert_eq!(current.seq, 2);
     assert!(std::fs::metadata(&current.path).unwrap().len() > 3000);
     assert!(journal.inner.dir.join(SPARE).exists());
@@ -157,7 +157,7 @@ fn concurrent_records_are_all_durable_and_rotation_retires_a_segment_after_its_p
     for t in threads {
         t.join().unwrap();
     }
-    let first = journal.inner.current.lock().unwrap().segment.clone();
+    let first = journal.inner.current.lock().unwrap().clone();
     assert_eq!(first.state.lock().unwrap().written, 200);
     // A put still writing its object holds the old segment back.
     let pending = journal.record(&key("1.2.3", b"x"), b"x").unwrap();
