@@ -242,3 +242,40 @@ fn a_deleted_object_stays_deleted_unless_it_was_put_again() {
         assert!(objects.join(key("1.2.3", &other).as_str()).exists());
     }
 }
+
+#[test]
+fn a_replay_waits_for_one_in_progress() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&objects).unwrap();
+    let held = lock_root(&root).unwrap();
+    let replaying = std::thread::spawn(move || replay(&root, &objects));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!replaying.is_finished());
+    drop(held);
+    replaying.join().unwrap().unwrap();
+}
+
+#[test]
+fn a_segment_that_could_not_be_retired_survives_a_clean_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
+    std::fs::create_dir_all(&objects).unwrap();
+    let journal = Journal::open(&root, &objects).unwrap();
+    let blob = vec![4u8; 100];
+    journal
+        .record(&key("1.2.3", &blob), &blob)
+        .unwrap()
+        .flush()
+        .unwrap();
+    // The retirement's rename fails: the segment is gone from under it.
+    let segment = journal.inner.current.lock().unwrap().path.clone();
+    let moved = segment.with_extension("moved");
+    std::fs::rename(&segment, &moved).unwrap();
+    assert!(Journal::rotate(&journal.inner).is_err());
+    std::fs::rename(&moved, &segment).unwrap();
+    drop(journal);
+    assert_eq!(journals(&root), 1, "kept for the next start");
+    assert_eq!(replay(&root, &objects).unwrap().restored.len(), 1);
+}
