@@ -1,20 +1,15 @@
 import os
 import shutil
-import subprocess
 
 import pytest
 
+import optional
 from pacs import Backend, Pacs, S3Server
 
 
-def _backend_names():
-    names = os.environ.get("PACS_TEST_BACKENDS")
-    if names:
-        return [n.strip() for n in names.split(",") if n.strip()]
-    found = ["sqlite-fs"]
-    if os.environ.get("PACS_TEST_PG_URL") and shutil.which("s3s-fs"):
-        found.append("postgres-s3")
-    return found
+def pytest_report_header(config):
+    """One line per optional part of the suite, before the tests: runs, or why not."""
+    return optional.summary()
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +21,7 @@ def s3():
     server.stop()
 
 
-@pytest.fixture(params=_backend_names())
+@pytest.fixture(params=optional.backend_names())
 def backend(request):
     if request.param == "sqlite-fs":
         return Backend("sqlite-fs")

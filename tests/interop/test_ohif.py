@@ -4,7 +4,6 @@ render real pixels, with no failed request and no error notification."""
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,30 +11,18 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image, ImageStat
 
+import optional
 from dicomgen import ct_series, sample
-from pacs import ROOT
 
-E2E = ROOT / "tests" / "e2e"
-VIEWER = ROOT / "viewer-dist"
-
-
-def ohif_available():
-    missing = []
-    if not (VIEWER / "index.html").exists():
-        missing.append("viewer-dist (scripts/fetch-ohif.sh)")
-    if not (E2E / "node_modules" / "playwright-core").exists():
-        missing.append("playwright-core (npm ci in tests/e2e)")
-    if not shutil.which("node") or not Path(os.environ.get("CHROMIUM", "/usr/bin/chromium")).exists():
-        missing.append("node and chromium")
-    return missing
+E2E, VIEWER = optional.E2E, optional.VIEWER
 
 
 def require_ohif():
-    missing = ohif_available()
+    missing = optional.ohif_missing()
     if missing:
         if os.environ.get("PACS_TEST_REQUIRE_OHIF"):
-            pytest.fail(f"OHIF end-to-end test cannot run: missing {', '.join(missing)}")
-        pytest.skip(f"missing {', '.join(missing)}")
+            pytest.fail(f"OHIF end-to-end test cannot run: {missing}")
+        pytest.skip(missing)
 
 
 @pytest.fixture
