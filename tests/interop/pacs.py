@@ -107,6 +107,7 @@ class Pacs:
         self.backend = backend
         self.dir = Path(tempfile.mkdtemp(prefix="pacs-test-"))
         self.env = dict(os.environ)
+        self.env.pop("PACS_BIN", None)  # the tests' setting: the server refuses unknown PACS_* keys
         self.env.update(backend.env(self.dir / "data"))
         self.env["PACS_HTTP__LISTEN"] = "127.0.0.1:0"
         self.env["PACS_DIMSE__LISTEN"] = "127.0.0.1:0"

@@ -10,7 +10,6 @@ import subprocess
 import time
 
 import pydicom
-import requests
 from PIL import Image
 
 import authtools
@@ -91,5 +90,6 @@ def test_sync_keeps_what_the_server_refuses(make_pacs, tmp_path):
     # Without the uploader role nothing moves.
     (queue / "good2.dcm").write_bytes(to_bytes(ct_series(n=1)[0]))
     p = subprocess.run([binary(), "sync", "--queue", str(queue), "--server", pacs.url, "--order", "O",
-                        "--token", KEYS["viewer"]], capture_output=True, text=True, timeout=60)
+                        "--token", KEYS["viewer"]], capture_output=True, text=True, timeout=60, env=pacs.env)
     assert p.returncode == 1 and (queue / "good2.dcm").exists()
+    assert "good2.dcm: refused by the server: forbidden" in p.stderr, p.stderr[-2000:]
