@@ -60,12 +60,8 @@ def stow_client(pacs, acked, stop, seed):
         batch = ct_series(n=2, size=64, seed=seed + n)
         n += 1
         parts = [to_bytes(ds) for ds in batch]
-        boundary = "crash"
-        body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n"
-                        for p in parts) + f"--{boundary}--\r\n".encode()
         try:
-            r = requests.post(f"{pacs.dicomweb}/studies", data=body, timeout=10, headers={
-                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+            r = pacs.stow(parts, timeout=10)
         except requests.RequestException:
             return
         if r.status_code == 200:

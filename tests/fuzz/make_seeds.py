@@ -22,7 +22,8 @@ from pydicom.sequence import Sequence  # noqa: E402
 from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,  # noqa: E402
                          ImplicitVRLittleEndian, generate_uid)
 
-from dicomgen import ct_series, multiframe, multipart, to_bytes  # noqa: E402
+from dicomgen import ct_series, multiframe, to_bytes  # noqa: E402
+from pacs import multipart  # noqa: E402
 
 BOUNDARY = "BOUNDARY"
 

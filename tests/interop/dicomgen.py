@@ -84,14 +84,6 @@ def sample_bytes(name: str) -> bytes:
         return f.read()
 
 
-def multipart(parts: list[bytes], boundary="pacs-lite-test-boundary", content_type="application/dicom"):
-    body = b""
-    for p in parts:
-        body += f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode() + p + b"\r\n"
-    body += f"--{boundary}--\r\n".encode()
-    return body, boundary
-
-
 def multiframe(frames=4, size=48, seed=9):
     """A 16-bit grayscale multi-frame secondary capture whose frames all differ."""
     ds = ct_series(n=1, size=size, seed=seed)[0]

@@ -16,6 +16,7 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parents[2]
+BOUNDARY = "pacs-lite-test-boundary"
 
 
 def binary() -> Path:
@@ -29,6 +30,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def multipart(parts: list[bytes], boundary=BOUNDARY, content_type="application/dicom") -> tuple[bytes, str]:
+    """A multipart/related body of these parts, each with the given Content-Type, and its boundary."""
+    body = b""
+    for p in parts:
+        body += f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode() + p + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return body, boundary
+
+
+def stow_content_type(boundary=BOUNDARY) -> str:
+    """The Content-Type of a STOW-RS request of DICOM parts (PS3.18 10.5.1.1)."""
+    return f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
 class S3Server:
@@ -161,6 +176,18 @@ class Pacs:
     def post(self, path: str, data, content_type: str, **kw) -> requests.Response:
         return requests.post(f"{self.dicomweb}{path}", data=data,
                              headers={"Content-Type": content_type, **kw.pop("headers", {})}, **kw)
+
+    def stow(self, parts, study=None, boundary=BOUNDARY, **kw) -> requests.Response:
+        """STOW-RS of `parts` (Part-10 bytes, or pydicom data sets to encode) in one
+        multipart/related request to /studies, or /studies/{study}; `kw` go to requests."""
+        from dicomgen import to_bytes
+        body, boundary = multipart([p if isinstance(p, bytes) else to_bytes(p) for p in parts], boundary)
+        return self.post(f"/studies/{study}" if study else "/studies", body, stow_content_type(boundary), **kw)
+
+    def peak_rss_mb(self) -> int:
+        """The server process's peak resident memory so far (VmHWM), in MiB."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmHWM:"))
 
     def cleanup(self):
         self.stop()

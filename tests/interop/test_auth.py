@@ -11,7 +11,8 @@ from dicomweb_client.api import DICOMwebClient
 
 import authtools
 from authtools import KEYS, bearer
-from dicomgen import ct_series, multipart, to_bytes
+from dicomgen import ct_series, to_bytes
+from pacs import multipart, stow_content_type
 
 
 @pytest.fixture
@@ -19,9 +20,7 @@ def secured(make_pacs):
     pacs = make_pacs(authtools.env())
     a = ct_series(n=2)
     b = ct_series(n=1, patient_id="OTHER")
-    body, boundary = multipart([to_bytes(d) for d in a + b])
-    r = pacs.post("/studies", body, f'multipart/related; type="application/dicom"; boundary={boundary}',
-                  headers=bearer(KEYS["uploader"]))
+    r = pacs.stow(a + b, headers=bearer(KEYS["uploader"]))
     assert r.status_code == 200, r.text
     return pacs, a, b
 
@@ -45,7 +44,7 @@ def test_authorization_matrix(secured):
     AS, AI = str(a[0].SeriesInstanceUID), str(a[0].SOPInstanceUID)
     new = ct_series(n=1)[0]
     body, boundary = multipart([to_bytes(new)])
-    stow_ct = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    stow_ct = stow_content_type(boundary)
     # The internal id of an image of study A (the API gives it to any reader of A).
     images = requests.get(f"{pacs.url}/api/v1/radiology/studies/{A}/images/", headers=bearer(KEYS["viewer"])).json()
     image_id = images["series"][0]["images"][0]["id"]
@@ -128,7 +127,7 @@ def test_study_token_sees_only_its_study(secured):
     assert e.value.response.status_code == 403
     # Read-only whatever happens.
     body, boundary = multipart([to_bytes(ct_series(n=1, study_uid=A)[0])])
-    r = pacs.post("/studies", body, f'multipart/related; type="application/dicom"; boundary={boundary}',
+    r = pacs.post("/studies", body, stow_content_type(boundary),
                   headers=bearer(info["token"]))
     assert r.status_code == 403
     # The viewer page with the token in its URL sets the cookie its assets load with.
@@ -138,7 +137,7 @@ def test_study_token_sees_only_its_study(secured):
     assert r.status_code == 200
     # The cookie is not accepted for writes.
     r = requests.post(f"{pacs.dicomweb}/studies", data=body, cookies={"pacs_token": KEYS["uploader"]},
-                      headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+                      headers={"Content-Type": stow_content_type(boundary)})
     assert r.status_code == 401
 
 
@@ -175,9 +174,7 @@ def test_signed_image_urls(secured):
 def test_signed_urls_expire(make_pacs):
     pacs = make_pacs(authtools.env(PACS_AUTH__URL_TTL_SECS="1"))
     [ds] = ct_series(n=1)
-    body, boundary = multipart([to_bytes(ds)])
-    pacs.post("/studies", body, f'multipart/related; type="application/dicom"; boundary={boundary}',
-              headers=bearer(KEYS["uploader"]))
+    pacs.stow([ds], headers=bearer(KEYS["uploader"]))
     images = requests.get(f"{pacs.url}/api/v1/radiology/studies/{ds.StudyInstanceUID}/images/",
                           headers=bearer(KEYS["viewer"])).json()
     url = images["series"][0]["images"][0]["url"]
@@ -192,10 +189,9 @@ def test_external_jwts(secured):
     ok = authtools.idp_token(["viewer"])
     assert requests.get(f"{pacs.dicomweb}/studies", headers=bearer(ok)).status_code == 200
     upl = authtools.idp_token("uploader")
-    body, boundary = multipart([to_bytes(ct_series(n=1)[0])])
-    ct = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    assert pacs.post("/studies", body, ct, headers=bearer(upl)).status_code == 200
-    assert pacs.post("/studies", body, ct, headers=bearer(ok)).status_code == 403
+    one = [to_bytes(ct_series(n=1)[0])]
+    assert pacs.stow(one, headers=bearer(upl)).status_code == 200
+    assert pacs.stow(one, headers=bearer(ok)).status_code == 403
     for bad in (authtools.idp_token("viewer", exp_in=-120), authtools.idp_token("viewer", aud="someone-else"),
                 authtools.idp_token("viewer", iss="evil"), authtools.idp_token("nobody"),
                 authtools.jwt({"iss": "test-idp", "aud": "pacs-lite", "role": "admin", "exp": time.time() + 60},
@@ -265,10 +261,9 @@ def test_rs256_jwts_from_a_jwks(make_pacs, tmp_path, source):
         good = {"iss": "https://idp.example", "aud": "pacs-lite", "sub": "radiologist", "exp": now + 300,
                 "roles": ["viewer"]}
         assert requests.get(f"{pacs.dicomweb}/studies", headers=bearer(sign(good))).status_code == 200
-        body, boundary = multipart([to_bytes(ct_series(n=1)[0])])
-        ct = f'multipart/related; type="application/dicom"; boundary={boundary}'
-        assert pacs.post("/studies", body, ct, headers=bearer(sign(good))).status_code == 403
-        assert pacs.post("/studies", body, ct, headers=bearer(sign(dict(good, roles=["uploader"])))).status_code == 200
+        one = [to_bytes(ct_series(n=1)[0])]
+        assert pacs.stow(one, headers=bearer(sign(good))).status_code == 403
+        assert pacs.stow(one, headers=bearer(sign(dict(good, roles=["uploader"])))).status_code == 200
         for bad in (sign(dict(good, exp=now - 120)), sign(dict(good, iss="https://evil.example")),
                     sign(dict(good, aud="other")), sign(good, kid="unknown-key"),
                     authtools.tamper(sign(good))):

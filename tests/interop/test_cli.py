@@ -138,12 +138,8 @@ def test_crash_during_stow_loses_no_acknowledged_instance(make_pacs):
                 batch = ct_series(n=3, size=64, seed=round_no * 1000 + worker * 100 + n)
                 n += 1
                 parts = [to_bytes(ds) for ds in batch]
-                boundary = "crash-boundary"
-                body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n"
-                                for p in parts) + f"--{boundary}--\r\n".encode()
                 try:
-                    r = requests.post(f"{pacs.dicomweb}/studies", data=body, timeout=10,
-                                      headers={"Content-Type": f"multipart/related; type=\"application/dicom\"; boundary={boundary}"})
+                    r = pacs.stow(parts, timeout=10)
                 except requests.RequestException:
                     return
                 if r.status_code == 200:

@@ -52,15 +52,14 @@ def test_journal_puts_back_unflushed_objects_after_a_power_failure(make_pacs, ba
     sys.path.insert(0, str(ROOT / "scripts"))
     from crash_trials import journal_keys
 
-    from dicomgen import ct_series, multipart, to_bytes
+    from dicomgen import ct_series, to_bytes
 
     pacs = make_pacs()
     sent = {}
     for attempt in range(10):
         series = ct_series(n=12, size=32)
         parts = [to_bytes(ds) for ds in series]
-        body, boundary = multipart(parts)
-        r = pacs.post("/studies", body, f'multipart/related; type="application/dicom"; boundary={boundary}')
+        r = pacs.stow(parts)
         assert r.status_code == 200, r.text
         sent.update({str(ds.SOPInstanceUID): raw for ds, raw in zip(series, parts)})
         pacs.kill()
@@ -95,7 +94,7 @@ def test_startup_recovery_reindexes_lost_rows_and_deletes_torn_objects(make_pacs
     import sqlite3
     from pathlib import Path
 
-    from dicomgen import ct_series, multipart, to_bytes
+    from dicomgen import ct_series, to_bytes
 
     pacs = make_pacs()
     series = ct_series(n=3, size=32)
@@ -106,8 +105,7 @@ def test_startup_recovery_reindexes_lost_rows_and_deletes_torn_objects(make_pacs
     assert len(parts[-1]) > 1 << 20
 
     def stow(body_parts):
-        body, boundary = multipart(body_parts)
-        r = pacs.post("/studies", body, f'multipart/related; type="application/dicom"; boundary={boundary}')
+        r = pacs.stow(body_parts)
         assert r.status_code == 200, r.text
 
     stow(parts[:1])
@@ -153,15 +151,13 @@ def test_startup_recovery_does_not_bring_back_deleted_instances(make_pacs, backe
 
     import authtools
     from authtools import KEYS, bearer
-    from dicomgen import ct_series, multipart, to_bytes
+    from dicomgen import ct_series, to_bytes
 
     pacs = make_pacs(authtools.env())
     series = ct_series(n=2, size=32)
     parts = [to_bytes(ds) for ds in series]
     study = str(series[0].StudyInstanceUID)
-    body, boundary = multipart(parts)
-    r = pacs.post("/studies", body, f'multipart/related; type="application/dicom"; boundary={boundary}',
-                  headers=bearer(KEYS["uploader"]))
+    r = pacs.stow(parts, headers=bearer(KEYS["uploader"]))
     assert r.status_code == 200, r.text
     sop = str(series[0].SOPInstanceUID)
     keys = {row[0]: row[1] for row in pacs.instance_rows()}
@@ -177,9 +173,7 @@ def test_startup_recovery_does_not_bring_back_deleted_instances(make_pacs, backe
     assert pacs.count("instances") == 1
     assert not path.exists()
     # Sent again after the delete: stored again.
-    body, boundary = multipart(parts[:1])
-    r = pacs.post("/studies", body, f'multipart/related; type="application/dicom"; boundary={boundary}',
-                  headers=bearer(KEYS["uploader"]))
+    r = pacs.stow(parts[:1], headers=bearer(KEYS["uploader"]))
     assert r.status_code == 200, r.text
     pacs.stop()
     pacs.start()
@@ -196,7 +190,7 @@ def test_recovery_before_delete_orphans_and_a_failed_recovery_stops_the_start(ma
     import sqlite3
     from pathlib import Path
 
-    from dicomgen import ct_series, multipart, to_bytes
+    from dicomgen import ct_series
 
     pacs = make_pacs()
     index = Path(pacs.dir) / "data" / "index.sqlite"
@@ -205,8 +199,7 @@ def test_recovery_before_delete_orphans_and_a_failed_recovery_stops_the_start(ma
     src.close()
     copy.close()
     series = ct_series(n=2, size=32)
-    body, boundary = multipart([to_bytes(ds) for ds in series])
-    r = pacs.post("/studies", body, f'multipart/related; type="application/dicom"; boundary={boundary}')
+    r = pacs.stow(series)
     assert r.status_code == 200, r.text
     pacs.kill()
     for suffix in ("-wal", "-shm"):

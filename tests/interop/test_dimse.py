@@ -4,13 +4,11 @@ compressed files, parallel associations, AE title checks, and refusals."""
 import io
 import os
 import shutil
-import struct
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pydicom
-import pytest
 import requests
 from pydicom.data import get_testdata_file
 
@@ -88,11 +86,6 @@ def test_storescu_folder_of_mixed_files(pacs, tmp_path):
     assert {"1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50"} <= stored_syntaxes
 
 
-def peak_rss_mb(pacs):
-    with open(f"/proc/{pacs.proc.pid}/status") as f:
-        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmHWM:"))
-
-
 def test_large_cstore_streams_with_bounded_memory(pacs, tmp_path):
     """A 128 MiB image by storescu: received into the spool as it arrives (at most 1 MiB of it
     in memory), stored byte for byte (on S3 as a multipart upload), the server's peak memory
@@ -105,14 +98,14 @@ def test_large_cstore_streams_with_bounded_memory(pacs, tmp_path):
     ds.PixelData = bytes(range(256)) * (8192 * 8192 * 2 // 256)
     path = tmp_path / "large.dcm"
     path.write_bytes(to_bytes(ds))
-    before = peak_rss_mb(pacs)
+    before = pacs.peak_rss_mb()
     r = run("storescu", "-v", "-aec", pacs.ae_title, "127.0.0.1", pacs.dimse_port, path)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:], pacs.server_log()[-3000:])
     # The object is 128 MiB; whole-object buffering would raise the peak by more than that.
     # On the filesystem the spool holds at most 1 MiB; to S3 the multipart upload keeps
     # (concurrency + 1) parts of 8 MiB and the HTTP client's copies in flight.
     bound = 96 if pacs.env.get("PACS_STORAGE__BACKEND") == "s3" else 64
-    assert peak_rss_mb(pacs) - before < bound, (before, peak_rss_mb(pacs), bound)
+    assert pacs.peak_rss_mb() - before < bound, (before, pacs.peak_rss_mb(), bound)
     found = requests.get(f"{pacs.dicomweb}/instances?SOPInstanceUID={ds.SOPInstanceUID}").json()
     url = found[0]["00081190"]["Value"][0]
     got = requests.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"}).content

@@ -6,9 +6,7 @@ kept and the server stays up."""
 
 import socket
 import struct
-import threading
 import time
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -27,7 +25,9 @@ from pynetdicom.sop_class import (  # noqa: E402
 )
 
 from dicomgen import ct_series, to_bytes  # noqa: E402
-from dimsetools import StoreSCP, free_port, require_dcmtk  # noqa: E402
+from dimsetools import (A_ABORT, StoreSCP, associate as raw_associate, dataset_bytes, pdata,  # noqa: E402
+                        require_dcmtk, store_command)
+from pacs import free_port  # noqa: E402
 
 COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 
@@ -249,9 +249,7 @@ def part10(meta_instance: str, body: bytes) -> bytes:
 
 def test_bad_data_sets_get_statuses_and_store_nothing(pacs, tmp_path, chunked_files):
     [good] = ct_series(n=1)
-    good_raw = to_bytes(good)
-    meta_end = 132 + 12 + struct.unpack("<I", good_raw[140:144])[0]
-    body = good_raw[meta_end:]
+    body = dataset_bytes(to_bytes(good))
     cases = {
         # Not DICOM at all after the meta group.
         "garbage": (str(good.SOPInstanceUID), b"\xff\xfe\x00\x01garbage that is not a data set" * 10, 0xC000),
@@ -272,62 +270,16 @@ def test_bad_data_sets_get_statuses_and_store_nothing(pacs, tmp_path, chunked_fi
     assert alive(pacs)
 
 
-def raw_associate(port, called, calling="RAWPEER"):
-    """Open an association by hand (CT Image Storage, Explicit VR Little Endian)."""
-    def item(kind, body):
-        return struct.pack(">BBH", kind, 0, len(body)) + body
-
-    def uid(u):
-        return u.encode() + (b"\0" if len(u) % 2 else b"")
-
-    pc = item(0x20, struct.pack(">BBBB", 1, 0, 0, 0) + item(0x30, uid(CTImageStorage))
-              + item(0x40, uid(ExplicitVRLittleEndian)))
-    user = item(0x50, item(0x51, struct.pack(">I", 16384)))
-    body = (struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode() + bytes(32)
-            + item(0x10, b"1.2.840.10008.3.1.1.1") + pc + user)
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(struct.pack(">BBI", 0x01, 0, len(body)) + body)
-    head = s.recv(6)
-    assert head[0] == 0x02, f"association not accepted: {head!r}"
-    length = struct.unpack(">I", head[2:6])[0]
-    while length:
-        length -= len(s.recv(length))
-    return s
-
-
-def pdata(context, command, last, data):
-    pdv = struct.pack(">IBB", len(data) + 2, context, (1 if command else 0) | (2 if last else 0)) + data
-    return struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
-
-
-def store_command(sop_instance):
-    from pydicom.filewriter import write_dataset
-    from pydicom.filebase import DicomBytesIO
-    cmd = Dataset()
-    cmd.AffectedSOPClassUID = CTImageStorage
-    cmd.CommandField = 0x0001
-    cmd.MessageID = 1
-    cmd.Priority = 0
-    cmd.CommandDataSetType = 0x0000
-    cmd.AffectedSOPInstanceUID = sop_instance
-    buf = DicomBytesIO()
-    buf.is_little_endian, buf.is_implicit_VR = True, True
-    write_dataset(buf, cmd)
-    body = buf.getvalue()
-    return struct.pack("<HHII", 0, 0, 4, len(body)) + body  # (0000,0000) UL group length, implicit VR
-
-
 @pytest.mark.parametrize("how", ["a-abort", "connection-reset"])
 def test_association_cut_mid_transfer_leaves_nothing(pacs, how):
     [ds] = ct_series(n=1, size=256)
-    raw = to_bytes(ds)
-    body = raw[132 + 12 + struct.unpack("<I", raw[140:144])[0]:]
-    s = raw_associate(pacs.dimse_port, pacs.ae_title)
+    body = dataset_bytes(to_bytes(ds))
+    s = raw_associate(pacs.dimse_port, pacs.ae_title, [(CTImageStorage, ExplicitVRLittleEndian)])
     s.sendall(pdata(1, True, True, store_command(str(ds.SOPInstanceUID))))
     for i in range(0, len(body) // 2, 8000):
         s.sendall(pdata(1, False, False, body[i:i + 8000]))
     if how == "a-abort":
-        s.sendall(struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, 0, 0))
+        s.sendall(A_ABORT)
     else:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()

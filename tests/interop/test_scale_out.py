@@ -13,7 +13,7 @@ from dicomweb_client.api import DICOMwebClient
 
 import authtools
 from authtools import KEYS, bearer
-from dicomgen import ct_series, multipart, to_bytes
+from dicomgen import ct_series, to_bytes
 
 API = "/api/v1/radiology"
 
@@ -28,16 +28,10 @@ def pair(make_pacs, backend):
     return a, b
 
 
-def stow(pacs, datasets, token=KEYS["uploader"]):
-    body, boundary = multipart([to_bytes(d) for d in datasets])
-    return pacs.post("/studies", body, f'multipart/related; type="application/dicom"; boundary={boundary}',
-                     headers=bearer(token))
-
-
 def test_two_processes_share_everything(pair):
     a, b = pair
     series = ct_series(n=5)
-    assert stow(a, series).status_code == 200
+    assert a.stow(series, headers=bearer(KEYS["uploader"])).status_code == 200
     client_b = DICOMwebClient(b.dicomweb, headers=bearer(KEYS["viewer"]))
     assert len(client_b.search_for_instances(search_filters={"StudyInstanceUID": series[0].StudyInstanceUID})) == 5
     got = client_b.retrieve_study(str(series[0].StudyInstanceUID))
@@ -79,7 +73,7 @@ def test_the_same_instance_stored_through_both_at_once(pair):
 
     def send(args):
         pacs, ds = args
-        return stow(pacs, [ds])
+        return pacs.stow([ds], headers=bearer(KEYS["uploader"]))
 
     jobs = [(p, ds) for ds in instances for p in (a, b)]
     with ThreadPoolExecutor(8) as pool:

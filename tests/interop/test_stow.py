@@ -9,7 +9,8 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 
-from dicomgen import ct_series, multipart, sample, sample_bytes, to_bytes
+from dicomgen import ct_series, sample, sample_bytes, to_bytes
+from pacs import multipart
 
 SAMPLES = [
     "CT_small.dcm",            # explicit VR little endian CT
@@ -189,8 +190,7 @@ def test_bad_instances_are_refused_with_reason(pacs, label, data, reason):
 def test_mixed_request_is_202_and_stores_only_the_good(pacs):
     good = ct_series(n=2)
     bad = to_bytes(ct_series(n=1)[0])[:400]
-    body, b = multipart([to_bytes(good[0]), bad, to_bytes(good[1])])
-    r = pacs.post("/studies", body, f'multipart/related; type="application/dicom"; boundary={b}')
+    r = pacs.stow([good[0], bad, good[1]])
     assert r.status_code == 202, r.text
     assert sorted(referenced(r.json())) == sorted(str(d.SOPInstanceUID) for d in good)
     assert [f[1] for f in failed(r.json())] == [0xC000]
@@ -207,8 +207,7 @@ def test_wrong_part_content_type_is_a_failed_part(pacs):
 def test_study_uid_mismatch_with_url(pacs):
     ds = ct_series(n=1)[0]
     other = generate_uid()
-    body, b = multipart([to_bytes(ds)])
-    r = pacs.post(f"/studies/{other}", body, f'multipart/related; type="application/dicom"; boundary={b}')
+    r = pacs.stow([ds], study=other)
     assert r.status_code == 409, r.text
     assert failed(r.json()) == [(str(ds.SOPInstanceUID), 0xC409)]
     assert_nothing_stored(pacs)
