@@ -158,7 +158,9 @@ def test_instance_level(pacs, archive):
     assert len(one) == 1 and one[0]["0020000D"]["Value"] == [study["B"]]
     by_patient = client.search_for_instances(search_filters={"PatientID": "P-A", "Modality": "MR"})
     assert len(by_patient) == 2
-    assert client.search_for_instances(search_filters={"InstanceNumber": "2", "PatientID": "P-A"}) != []
+    second = client.search_for_instances(search_filters={"InstanceNumber": "2", "PatientID": "P-A"})
+    assert sorted(r["00080018"]["Value"][0] for r in second) == sorted(str(d.SOPInstanceUID)
+                                                                       for d in (data["A"][1], data["A"][4]))
 
 
 def test_pydicom_sample_is_searchable(pacs):

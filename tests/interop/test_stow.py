@@ -49,12 +49,14 @@ def test_dicomweb_client_stores_real_samples(pacs):
     resp = client.store_instances(datasets)
     stored = referenced(resp)
     assert sorted(stored) == sorted(str(ds.SOPInstanceUID) for ds in datasets)
+    by_sop = {str(ds.SOPInstanceUID): ds for ds in datasets}
+    # dicomweb-client sends "Host: 127.0.0.1", without the port: the URLs are built from it.
+    assert client.host == "127.0.0.1"
     for item in as_json(resp)["00081199"]["Value"]:
-        url = item["00081190"]["Value"][0]
-        # dicomweb-client sends "Host: 127.0.0.1" without the port; only the path is checked.
-        assert "/dicom-web/studies/" in url
-        assert url.endswith("/instances/" + item["00081155"]["Value"][0])
-        assert item["00081150"]["Value"][0]
+        ds = by_sop[item["00081155"]["Value"][0]]
+        assert item["00081190"]["Value"][0] == (f"http://127.0.0.1/dicom-web/studies/{ds.StudyInstanceUID}"
+                                                f"/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}")
+        assert item["00081150"]["Value"][0] == ds.SOPClassUID
     assert pacs.count("instances") == len(SAMPLES)
     # Multi-frame and compressed samples have frame tables; SR and RT plan do not need one.
     rows = {r[0]: r for r in pacs.instance_rows()}

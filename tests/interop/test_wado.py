@@ -88,17 +88,25 @@ def test_metadata_round_trips_with_absolute_bulkdata_uris(pacs):
     store_raw(pacs, raw)
     client = DICOMwebClient(pacs.dicomweb)
     study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    path = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/bulkdata/7FE00010"
+    # dicomweb-client sends "Host: 127.0.0.1", without the port: the URIs are built from it.
+    assert client.host == "127.0.0.1" and pacs.url.startswith("http://127.0.0.1:")
     for meta in [client.retrieve_study_metadata(study), client.retrieve_series_metadata(study, series),
                  [client.retrieve_instance_metadata(study, series, sop)]]:
         assert len(meta) == 1
         m = meta[0]
-        uri = m["7FE00010"]["BulkDataURI"]
-        assert uri == f"{pacs.dicomweb}/studies/{study}/series/{series}/instances/{sop}/bulkdata/7FE00010" \
-            or "/dicom-web/studies/" in uri   # dicomweb-client omits the port from Host
+        assert m["7FE00010"]["BulkDataURI"] == f"http://127.0.0.1{path}"
         back = pydicom.Dataset.from_json(m, bulk_data_uri_handler=lambda *a: b"")
         for kw in ["PatientName", "PatientID", "Rows", "Columns", "ImagePositionPatient", "SliceLocation",
                    "WindowWidth", "RescaleSlope", "SOPClassUID"]:
             assert back.get(kw) == ds.get(kw), kw
+    # Asked with the Host a browser sends (address and port), the URI is the one to fetch.
+    for url in [f"{pacs.dicomweb}/studies/{study}/metadata", f"{pacs.dicomweb}/studies/{study}/series/{series}/metadata",
+                f"{pacs.dicomweb}/studies/{study}/series/{series}/instances/{sop}/metadata"]:
+        r = requests.get(url)
+        assert r.status_code == 200, (url, r.text)
+        [m] = r.json()
+        assert m["7FE00010"]["BulkDataURI"] == f"{pacs.url}{path}", url
 
 
 def test_metadata_etag_and_gzip(pacs):
