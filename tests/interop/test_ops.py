@@ -12,7 +12,8 @@ from dicomweb_client.api import DICOMwebClient
 
 import authtools
 from authtools import KEYS, bearer
-from dicomgen import ct_series
+from dicomgen import ct_series, to_bytes
+from pacs import multipart, stow_content_type
 
 
 def metric(text, name, **labels):
@@ -77,3 +78,32 @@ def test_metrics(make_pacs):
     for key in KEYS.values():
         assert key not in log
     assert authtools.SIGNING_KEY not in log and authtools.IDP_SECRET not in log
+
+
+def test_rejections_are_counted(make_pacs):
+    """Every rejected ingest counts, whatever stage refused it: a STOW-RS body cut off in the
+    middle of its part, and a C-STORE larger than ingest.max_instance_bytes (refused while
+    spooling), each move pacs_ingest_total{outcome="rejected"} of their entry point by one."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    pacs = make_pacs({"PACS_INGEST__MAX_INSTANCE_BYTES": "100000"})
+
+    def rejected():
+        text = requests.get(f"{pacs.url}/metrics").text
+        return {entry: metric(text, "pacs_ingest_total", entry=entry, outcome="rejected") or 0
+                for entry in ("stow", "c-store")}
+
+    before = rejected()
+    body, boundary = multipart([to_bytes(ct_series(n=1)[0])])
+    r = pacs.post("/studies", body[: len(body) // 2], stow_content_type(boundary))
+    assert r.status_code == 400 and "truncated" in r.json()["message"], r.text
+    big = ct_series(n=1, size=512)[0]   # 512 KiB of pixels
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", pacs.dimse_port, ae_title=pacs.ae_title)
+    assert assoc.send_c_store(big).Status == 0xA700   # out of resources: over the limit
+    assoc.release()
+    assert pacs.count("instances") == 0
+    after = rejected()
+    assert after == {"stow": before["stow"] + 1, "c-store": before["c-store"] + 1}, (before, after)
