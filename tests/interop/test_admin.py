@@ -80,7 +80,6 @@ def test_delete_levels_changefeed_and_audit(secured):
 
 
 def test_dimse_is_audited(secured):
-    pytest.importorskip("pynetdicom")
     from pydicom.dataset import Dataset
     from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind

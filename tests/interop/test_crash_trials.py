@@ -15,7 +15,6 @@ from pacs import ROOT
 
 
 def test_crash_trials(backend):
-    pytest.importorskip("pynetdicom")
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "crash_trials.py"), "--rounds", "3",
                         "--backend", backend.name, "--seed", "5"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -30,7 +29,6 @@ def test_power_loss_trials(backend):
     must re-index every acknowledged instance from the object store."""
     if backend.name != "sqlite-fs":
         pytest.skip("PostgreSQL commits are durable; only the SQLite index is relaxed")
-    pytest.importorskip("pynetdicom")
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "crash_trials.py"), "--rounds", "4",
                         "--backend", backend.name, "--seed", "7", "--power-loss"],
                        capture_output=True, text=True, timeout=600)

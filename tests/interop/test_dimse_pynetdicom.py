@@ -12,11 +12,9 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-pynetdicom = pytest.importorskip("pynetdicom")
-from pynetdicom import AE, evt  # noqa: E402
-from pynetdicom import _config as pynetdicom_config  # noqa: E402
-from pynetdicom.sop_class import (  # noqa: E402
+from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.sop_class import (
     CTImageStorage,
     StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
@@ -24,10 +22,10 @@ from pynetdicom.sop_class import (  # noqa: E402
     Verification,
 )
 
-from dicomgen import ct_series, to_bytes  # noqa: E402
-from dimsetools import (A_ABORT, StoreSCP, associate as raw_associate, dataset_bytes, pdata,  # noqa: E402
-                        require_dcmtk, store_command)
-from pacs import free_port  # noqa: E402
+from dicomgen import ct_series, to_bytes
+from dimsetools import (A_ABORT, StoreSCP, associate as raw_associate, dataset_bytes, pdata, require_dcmtk,
+                        store_command)
+from pacs import free_port
 
 COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 

@@ -6,7 +6,6 @@ import hashlib
 import re
 import uuid
 
-import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 
@@ -42,7 +41,6 @@ def test_metrics(make_pacs):
     client.store_instances(series[:1])  # again: already stored
     client.search_for_studies()
     client.retrieve_study(str(series[0].StudyInstanceUID))
-    pynetdicom = pytest.importorskip("pynetdicom")
     from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage
     ae = AE(ae_title="MODALITY")

@@ -89,7 +89,6 @@ def test_the_same_instance_stored_through_both_at_once(pair):
 
 
 def test_cstore_on_one_cfind_on_the_other(pair):
-    pynetdicom = pytest.importorskip("pynetdicom")
     from pydicom.dataset import Dataset
     from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind
