@@ -52,7 +52,7 @@ pub struct ApiKeyConfig {
     pub name: String,
     /// SHA-256 of the key, lower-case hex.
     pub sha256: String,
-    pub role: crate::auth::Role,
+    pub role: crate::model::Role,
 }
 
 /// Verifying JWTs issued by an identity provider.

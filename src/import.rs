@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::index::{Origin, OriginKind};
 use crate::ingest::{Ingest, Outcome, Rejection};
+use crate::model::{Origin, OriginKind};
 
 #[derive(Debug, Default)]
 pub struct ImportSummary {

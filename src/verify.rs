@@ -19,10 +19,12 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::index::{IndexError, Origin, OriginKind, StoredInstance};
+use crate::index::{IndexError, StoredInstance};
 use crate::ingest::{Expected, Ingest, Outcome, Reason};
+use crate::model::ObjectKey;
 use crate::model::Uid;
-use crate::storage::{ObjectKey, StorageError};
+use crate::model::{Origin, OriginKind};
+use crate::storage::StorageError;
 
 #[derive(Debug, Default, Serialize)]
 pub struct VerifyReport {
@@ -107,7 +109,7 @@ pub async fn verify(ingest: &Ingest, opts: VerifyOptions) -> Result<VerifyReport
             keys.insert(row.object_key);
         }
     }
-    let now = crate::index::now_millis() / 1000;
+    let now = crate::model::clock::now_millis() / 1000;
     let listing = ingest.store().list().await?;
     let mut listing = std::pin::pin!(listing);
     while let Some(entry) = listing.next().await {
@@ -115,7 +117,7 @@ pub async fn verify(ingest: &Ingest, opts: VerifyOptions) -> Result<VerifyReport
             Ok(key) => key,
             // Parts of offline uploads in progress belong to the upload flow (which
             // expires them), not to the instances.
-            Err(raw) if raw.starts_with(crate::storage::UPLOADS_PREFIX) => continue,
+            Err(raw) if raw.starts_with(crate::model::UPLOADS_PREFIX) => continue,
             Err(raw) => {
                 report.foreign.push(raw);
                 continue;
@@ -149,7 +151,9 @@ async fn check_one(ingest: &Ingest, row: &StoredInstance) -> Result<Check, Verif
         Err(StorageError::NotFound(_)) => return Ok(Check::Missing),
         Err(e) => return Err(e.into()),
     };
-    let ok = digest == row.sha256 && digest == key.sha256_hex() && len == row.size as u64;
+    let ok = digest == row.sha256
+        && Some(&digest) == key.sha256().map(|d| d.to_hex()).as_ref()
+        && len == row.size as u64;
     Ok(if ok {
         Check::Intact(len)
     } else {
@@ -214,7 +218,7 @@ async fn reindex(
     report: &mut VerifyReport,
     strict: bool,
 ) -> Result<(), VerifyError> {
-    if digest(ingest, key).await?.0 != key.sha256_hex() {
+    if Some(digest(ingest, key).await?.0) != key.sha256().map(|d| d.to_hex()) {
         tracing::warn!(key = %key, "orphan does not hash to its key (torn or damaged); deleting it");
         ingest.store().delete(key).await?;
         report.torn.push(key.to_string());

@@ -15,7 +15,6 @@ pub mod middleware;
 pub mod policy;
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -25,34 +24,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::AuthConfig;
-
-/// What a caller may do; ordered by privilege.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Viewer,
-    Uploader,
-    Admin,
-}
-
-impl Role {
-    pub fn parse(s: &str) -> Option<Role> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "viewer" | "read" | "reader" => Some(Role::Viewer),
-            "uploader" | "upload" | "writer" => Some(Role::Uploader),
-            "admin" | "administrator" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Uploader => "uploader",
-            Role::Admin => "admin",
-        }
-    }
-}
+use crate::model::clock::now_secs;
+pub use crate::model::Role;
 
 /// How a principal proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,13 +101,6 @@ pub struct Auth {
     keys: Vec<SigningKey>,
     pub url_ttl_secs: u64,
     pub viewer_token_ttl_secs: u64,
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The SHA-256 of an API key, hex: what `auth.api_keys[].sha256` holds.

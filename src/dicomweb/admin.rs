@@ -15,7 +15,7 @@ use super::resource::Resource;
 use super::ApiError;
 use crate::app::AppState;
 use crate::index::read::Scope;
-use crate::storage::ObjectKey;
+use crate::model::ObjectKey;
 
 /// `DELETE /studies/{study}[/series/{series}[/instances/{sop}]]`: rows first (one
 /// transaction, change feed entries included), then the objects.
@@ -59,7 +59,7 @@ fn entry(c: crate::index::admin::Change, with_metadata: bool) -> Value {
         "SeriesInstanceUid": c.series_uid,
         "SopInstanceUid": c.sop_instance_uid,
         "Action": c.action,
-        "Timestamp": crate::uploads::iso8601(c.at),
+        "Timestamp": crate::model::clock::iso8601(c.at),
         "State": c.state,
     });
     if with_metadata {

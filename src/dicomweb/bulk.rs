@@ -6,7 +6,8 @@ use bytes::Bytes;
 use dicom_core::Tag;
 
 use super::ApiError;
-use crate::storage::{ObjectKey, Store};
+use crate::model::ObjectKey;
+use crate::storage::Store;
 
 /// Read the value of a top-level element of a stored object, as little-endian bytes.
 pub async fn read_value(store: &Store, key: &ObjectKey, tag: Tag) -> Result<Bytes, ApiError> {

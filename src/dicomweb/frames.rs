@@ -19,8 +19,8 @@ use super::ApiError;
 use crate::app::AppState;
 use crate::index::read::InstanceLocation;
 use crate::ingest::frames::{decode_table, Frame};
+use crate::model::ObjectKey;
 use crate::render::transcode::{can_transcode, decode_frames};
-use crate::storage::ObjectKey;
 
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";

@@ -22,9 +22,9 @@ use super::media::MediaType;
 use super::resource::Resource;
 use super::{urls, ApiError};
 use crate::app::AppState;
-use crate::index::{Origin, OriginKind};
 use crate::ingest::{Accepted, Expected, Outcome, Reason, Rejection};
 use crate::model::Uid;
+use crate::model::{Origin, OriginKind};
 
 const DICOM_JSON: &str = "application/dicom+json";
 

@@ -21,8 +21,8 @@ use super::{urls, ApiError};
 use crate::app::AppState;
 use crate::index::read::{InstanceLocation, Scope};
 use crate::ingest::json::BULK_PREFIX;
+use crate::model::ObjectKey;
 use crate::render::transcode::{can_transcode, transcode_file, EXPLICIT_VR_LE, TARGETS};
-use crate::storage::ObjectKey;
 
 /// Retrieve a study, series or instance.
 pub async fn retrieve(

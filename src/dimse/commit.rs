@@ -22,9 +22,9 @@ use super::link::{DataSet, Writer};
 use super::scu::{self, Proposal};
 use super::Services;
 use crate::ingest::element_text as text;
+use crate::model::ObjectKey;
 use crate::model::Uid;
 use crate::render::transcode::{EXPLICIT_VR_LE, IMPLICIT_VR_LE};
-use crate::storage::ObjectKey;
 
 pub const STORAGE_COMMITMENT: &str = "1.2.840.10008.1.20.1";
 pub const STORAGE_COMMITMENT_INSTANCE: &str = "1.2.840.10008.1.20.1.1";

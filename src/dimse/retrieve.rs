@@ -27,9 +27,10 @@ use super::scu::{self, Proposal};
 use super::{Context, Services};
 use crate::index::read::{InstanceLocation, Scope};
 use crate::model::query::Level;
+use crate::model::ObjectKey;
 use crate::model::Uid;
 use crate::render::transcode::{can_transcode, transcode_file, EXPLICIT_VR_LE, IMPLICIT_VR_LE};
-use crate::storage::{ObjectKey, Store};
+use crate::storage::Store;
 
 pub const STUDY_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.2.2";
 pub const STUDY_ROOT_GET: &str = "1.2.840.10008.5.1.4.1.2.2.3";

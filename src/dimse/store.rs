@@ -5,9 +5,9 @@
 
 use dicom_object::FileMetaTableBuilder;
 
-use crate::index::{Origin, OriginKind};
 use crate::ingest::{Expected, Ingest, Outcome, Reason};
 use crate::model::Uid;
+use crate::model::{Origin, OriginKind};
 use crate::storage::Spool;
 
 /// Implementation Class UID of pacs-lite (a UUID-derived UID, PS3.5 §B.2).

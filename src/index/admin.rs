@@ -4,7 +4,8 @@ use sqlx::Row;
 use tokio::sync::mpsc;
 
 use super::read::Scope;
-use super::{now_millis, Index, IndexError};
+use super::{Index, IndexError};
+use crate::model::clock::now_millis;
 
 /// One audited action.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -25,7 +25,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
-pub use records::{InstanceRecord, Origin, OriginKind, SeriesRecord, StudyRecord};
+pub use records::{InstanceRecord, SeriesRecord, StudyRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -274,12 +274,4 @@ fn sqlite_file(url: &str) -> Option<&str> {
     // percent-encoded paths) keep the sqlx writer.
     let plain = path != ":memory:" && !path.is_empty() && !path.contains('%');
     (plain && !query.contains("mode=memory")).then_some(path)
-}
-
-/// Milliseconds since the Unix epoch, the index's time unit.
-pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -155,13 +155,13 @@ fn push_condition(sql: &mut Sql, level: Level, f: &Filter, fuzzy: bool) -> bool 
             let args: Vec<String> = list.iter().map(|u| sql.text(u.as_str())).collect();
             format!("{col} IN ({})", args.join(", "))
         }
-        (Kind::Text, Matcher::Range { from, to }) => {
+        (Kind::Text, Matcher::Range(range)) => {
             let mut parts = Vec::new();
-            if let Some(from) = from {
+            if let Some(from) = range.lower() {
                 parts.push(format!("{col} >= {}", sql.text(from)));
             }
-            if let Some(to) = to {
-                parts.push(format!("{col} <= {}", sql.text(to)));
+            if let Some(to) = range.upper() {
+                parts.push(format!("{col} <= {}", sql.text(&to)));
             }
             parts.join(" AND ")
         }

@@ -1,40 +1,6 @@
 //! The rows an ingest hands to the index: plain data, built by `ingest/` from a parsed header.
 
-use std::fmt;
-
-/// Which entry point an instance came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OriginKind {
-    Stow,
-    CStore,
-    Upload,
-    Import,
-}
-
-impl OriginKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OriginKind::Stow => "stow",
-            OriginKind::CStore => "c-store",
-            OriginKind::Upload => "upload",
-            OriginKind::Import => "import",
-        }
-    }
-}
-
-impl fmt::Display for OriginKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where an instance came from: entry point, who (AE title, principal or file) and address.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    pub kind: OriginKind,
-    pub who: String,
-    pub address: Option<String>,
-}
+use crate::model::Origin;
 
 /// Study-level attributes, taken from the first instance of the study.
 #[derive(Debug, Clone, Default)]

@@ -321,7 +321,8 @@ fn one_row<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{Index, Origin, OriginKind, SeriesRecord, StudyRecord};
+    use crate::index::{Index, SeriesRecord, StudyRecord};
+    use crate::model::{Origin, OriginKind};
 
     fn record(study: &str, series: &str, sop: &str, modality: &str) -> InstanceRecord {
         InstanceRecord {

@@ -3,7 +3,8 @@
 
 use sqlx::Row;
 
-use super::{now_millis, Index, IndexError};
+use super::{Index, IndexError};
+use crate::model::clock::now_millis;
 
 /// A pending or finished offline upload.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,9 +22,11 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use crate::config::ConflictPolicy;
-use crate::index::{Index, IndexError, InsertOutcome, InstanceRecord, Origin, StoredInstance};
+use crate::index::{Index, IndexError, InsertOutcome, InstanceRecord, StoredInstance};
+use crate::model::ObjectKey;
+use crate::model::Origin;
 use crate::model::Uid;
-use crate::storage::{ObjectKey, Spool, SpooledFile, StorageError, Store};
+use crate::storage::{Spool, SpooledFile, StorageError, Store};
 
 pub use header::{fold as fold_name, is_storage_class, open_stored, text as element_text};
 pub use header::{parse as parse_header, Parsed};
@@ -300,7 +302,7 @@ impl Ingest {
                     );
                 }
                 // Stored when the upload completed, not when it began.
-                record.stored_at = crate::index::now_millis();
+                record.stored_at = crate::model::clock::now_millis();
                 accepted.stored_at = record.stored_at;
                 self.index.insert(*record).await
             }
@@ -371,10 +373,10 @@ fn into_record(
     parsed: header::Parsed,
     key: &ObjectKey,
     len: u64,
-    digest: &[u8; 32],
+    digest: &crate::model::Sha256,
     origin: Origin,
 ) -> (Accepted, InstanceRecord) {
-    let sha256 = hex::encode(digest);
+    let sha256 = digest.to_hex();
     let accepted = Accepted {
         study_uid: parsed.study_uid.clone(),
         series_uid: parsed.series_uid.clone(),
@@ -382,7 +384,7 @@ fn into_record(
         sop_class_uid: parsed.sop_class_uid.clone(),
         sha256: sha256.clone(),
         size: len,
-        stored_at: crate::index::now_millis(),
+        stored_at: crate::model::clock::now_millis(),
         kept_original: false,
     };
     let record = InstanceRecord {

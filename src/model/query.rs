@@ -10,7 +10,7 @@ use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::StandardDataDictionary;
 
-use super::Uid;
+use super::{TemporalKind, TemporalRange, Uid};
 
 /// The level of a query's results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -104,10 +104,7 @@ pub enum Matcher {
     /// A list of UIDs (`\` or `,` separated).
     UidList(Vec<Uid>),
     /// A date, time or date-time range; either end may be open.
-    Range {
-        from: Option<String>,
-        to: Option<String>,
-    },
+    Range(TemporalRange),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,53 +150,22 @@ impl Matcher {
             Matcher::Exact(v) => v == value,
             Matcher::Wildcard(p) => wildcard_match(p, value),
             Matcher::UidList(list) => list.iter().any(|u| u.as_str() == value),
-            Matcher::Range { from, to } => {
-                !value.is_empty()
-                    && from.as_deref().is_none_or(|f| value >= f)
-                    && to.as_deref().is_none_or(|t| value <= t)
-            }
+            Matcher::Range(range) => range.contains(value),
         }
     }
 }
 
 fn parse_temporal(vr: VR, value: &str) -> Result<Matcher, String> {
-    let check = |s: &str| -> Result<String, String> {
-        let ok = match vr {
-            VR::DA => s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit()),
-            VR::TM => {
-                !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') && s.len() <= 16
-            }
-            _ => !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b"+-.".contains(&b)),
-        };
-        if ok {
-            Ok(s.to_owned())
-        } else {
-            Err(format!("{s:?} is not a valid {vr} value"))
-        }
+    let kind = match vr {
+        VR::DA => TemporalKind::Date,
+        VR::TM => TemporalKind::Time,
+        _ => TemporalKind::DateTime,
     };
-    // DT values may carry a timezone with '-', so split on the first '-' that is not one.
-    let split = match vr {
-        VR::DT => value.find('-').filter(|&i| i == 0 || i >= 4),
-        _ => value.find('-'),
-    };
-    match split {
-        None => Ok(Matcher::Exact(check(value)?)),
-        Some(i) => {
-            let (from, to) = (&value[..i], &value[i + 1..]);
-            if from.is_empty() && to.is_empty() {
-                return Err("a range needs at least one end".into());
-            }
-            let from = (!from.is_empty()).then(|| check(from)).transpose()?;
-            let to = (!to.is_empty()).then(|| check(to)).transpose()?;
-            // An upper bound on a date or time covers the whole of its last unit.
-            let to = to.map(|t| {
-                if vr == VR::DA {
-                    t
-                } else {
-                    format!("{t}\u{10FFFF}")
-                }
-            });
-            Ok(Matcher::Range { from, to })
+    match TemporalRange::parse(kind, value)? {
+        Some(range) => Ok(Matcher::Range(range)),
+        None => {
+            let single = super::Temporal::parse(kind, value).map_err(|e| e.to_string())?;
+            Ok(Matcher::Exact(single.as_str().to_owned()))
         }
     }
 }
@@ -275,19 +241,19 @@ mod tests {
         );
         assert!(Matcher::parse(&uid, "1.2,x").is_err());
         let date = AttributeKey::parse("StudyDate").unwrap();
+        let Matcher::Range(open_end) = Matcher::parse(&date, "20240101-").unwrap() else {
+            panic!("a range")
+        };
         assert_eq!(
-            Matcher::parse(&date, "20240101-").unwrap(),
-            Matcher::Range {
-                from: Some("20240101".into()),
-                to: None
-            }
+            (open_end.lower(), open_end.upper()),
+            (Some("20240101"), None)
         );
+        let Matcher::Range(open_start) = Matcher::parse(&date, "-20241231").unwrap() else {
+            panic!("a range")
+        };
         assert_eq!(
-            Matcher::parse(&date, "-20241231").unwrap(),
-            Matcher::Range {
-                from: None,
-                to: Some("20241231".into())
-            }
+            (open_start.lower(), open_start.upper()),
+            (None, Some("20241231".to_owned()))
         );
         assert!(Matcher::parse(&date, "2024").is_err());
         assert!(Matcher::parse(&date, "-").is_err());

@@ -66,6 +66,19 @@ impl AsRef<str> for Uid {
     }
 }
 
+impl TryFrom<String> for Uid {
+    type Error = UidError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Uid::parse(&s)
+    }
+}
+
+impl serde::Serialize for Uid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 impl std::str::FromStr for Uid {
     type Err = UidError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

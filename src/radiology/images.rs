@@ -13,9 +13,10 @@ use serde_json::json;
 
 use super::error::RestError;
 use crate::app::AppState;
-use crate::auth::{now_secs, Principal};
+use crate::auth::Principal;
 use crate::dicomweb::urls::base_url;
 use crate::index::read::StudyRef;
+use crate::model::clock::now_secs;
 
 /// The study named by `{id}` (internal id or StudyInstanceUID), if the caller may see it.
 pub async fn study_for(

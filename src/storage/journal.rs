@@ -47,7 +47,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::{ObjectKey, StorageError};
+use super::StorageError;
+use crate::model::ObjectKey;
 
 const MAGIC: &[u8; 4] = b"PJR1";
 /// The retired segment kept for reuse: not a segment's name, never replayed.
@@ -326,7 +327,7 @@ impl Segment {
         head[4..6].copy_from_slice(&(key.len() as u16).to_le_bytes());
         head[6..8].copy_from_slice(&u16::from(tombstone).to_le_bytes());
         head[8..16].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
-        head[16..24].copy_from_slice(&crate::index::now_millis().to_le_bytes());
+        head[16..24].copy_from_slice(&crate::model::clock::now_millis().to_le_bytes());
         head[24..32].copy_from_slice(&self.seq.to_le_bytes());
         let write = |e| StorageError::io("writing", &self.path, e);
         let mut state = self.state.lock().expect("journal segment");
@@ -543,7 +544,7 @@ fn next_record(
     }
     let mut data = vec![0u8; data_len as usize];
     file.read_exact_at(&mut data, at + HEAD as u64 + key_len)?;
-    if hex::encode(Sha256::digest(&data)) != key.sha256_hex() {
+    if key.sha256() != Some(crate::model::Sha256::of(&data)) {
         return Ok(None);
     }
     Ok(Some(Record {
@@ -567,7 +568,7 @@ fn holds(target: &Path, key: &ObjectKey) -> bool {
     let mut hasher = Sha256::new();
     std::fs::File::open(target)
         .and_then(|mut file| std::io::copy(&mut file, &mut hasher))
-        .is_ok_and(|_| hex::encode(hasher.finalize()) == key.sha256_hex())
+        .is_ok_and(|_| key.sha256() == Some(hasher.finalize().into()))
 }
 
 #[cfg(test)]

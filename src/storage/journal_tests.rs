@@ -11,7 +11,7 @@ fn journals(root: &Path) -> usize {
 }
 
 fn key(study: &str, bytes: &[u8]) -> ObjectKey {
-    let digest: [u8; 32] = Sha256::digest(bytes).into();
+    let digest = crate::model::Sha256::of(bytes);
     ObjectKey::new(&crate::model::Uid::parse(study).unwrap(), &digest)
 }
 

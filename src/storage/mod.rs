@@ -32,7 +32,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use opendal::{services, ErrorKind, Operator};
 
 use crate::config::{Config, ObjectSync, StorageBackend};
-use crate::model::Uid;
+use crate::model::ObjectKey;
 
 pub use dirsync::DirSyncs;
 pub use journal::{Journal, ReplayReport};
@@ -63,58 +63,6 @@ impl StorageError {
             path: path.to_owned(),
             source,
         }
-    }
-}
-
-/// Where the parts of offline uploads in progress are kept in the store.
-pub const UPLOADS_PREFIX: &str = "uploads/";
-
-/// The name of one stored object: `<study>/<sha256>.dcm`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ObjectKey(String);
-
-impl ObjectKey {
-    pub fn new(study: &Uid, sha256: &[u8; 32]) -> Self {
-        ObjectKey(format!("{study}/{}.dcm", hex::encode(sha256)))
-    }
-
-    /// Accept a key read back from the index or a listing, if it has our shape.
-    pub fn parse(raw: &str) -> Option<Self> {
-        let (study, file) = raw.split_once('/')?;
-        let hash = file.strip_suffix(".dcm")?;
-        let ok = Uid::parse(study).is_ok()
-            && hash.len() == 64
-            && hash
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        ok.then(|| ObjectKey(raw.to_owned()))
-    }
-
-    /// A received part of an offline upload in progress: `uploads/<uuid>/<start>.part`.
-    /// Not an instance: listings report these under [`UPLOADS_PREFIX`], not as objects.
-    pub fn upload_chunk(image_uuid: &uuid::Uuid, start: u64) -> Self {
-        ObjectKey(format!("{UPLOADS_PREFIX}{image_uuid}/{start}.part"))
-    }
-
-    /// A key read back from the index for an upload part (written by [`Self::upload_chunk`]).
-    pub fn from_trusted(raw: String) -> Self {
-        ObjectKey(raw)
-    }
-
-    /// The SHA-256 (hex) the key claims for its bytes.
-    pub fn sha256_hex(&self) -> &str {
-        let file = self.0.rsplit('/').next().unwrap_or("");
-        file.strip_suffix(".dcm").unwrap_or(file)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -361,7 +309,7 @@ impl Store {
     pub async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         // A tombstone first: the journal's replay must not bring the object back.
         let tombstone = match &self.journal {
-            Some(journal) if ObjectKey::parse(key.as_str()).is_some() => Some(journal.forget(key)?),
+            Some(journal) if key.is_instance() => Some(journal.forget(key)?),
             _ => None,
         };
         self.op.delete(key.as_str()).await?;
@@ -489,29 +437,10 @@ fn not_found(e: opendal::Error, key: &ObjectKey) -> StorageError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Uid;
 
     fn uid(s: &str) -> Uid {
         Uid::parse(s).unwrap()
-    }
-
-    #[test]
-    fn keys_round_trip_and_refuse_foreign_shapes() {
-        let key = ObjectKey::new(&uid("1.2"), &[0xab; 32]);
-        assert_eq!(key.as_str(), format!("1.2/{}.dcm", "ab".repeat(32)));
-        assert_eq!(key.sha256_hex(), "ab".repeat(32));
-        assert_eq!(ObjectKey::parse(key.as_str()), Some(key));
-        assert_eq!(ObjectKey::parse("1.2/x.dcm"), None);
-        assert_eq!(
-            ObjectKey::parse(&format!("../{}.dcm", "ab".repeat(32))),
-            None
-        );
-        assert_eq!(
-            ObjectKey::parse(&format!("1.2/1.3/{}.dcm", "ab".repeat(32))),
-            None
-        );
-        assert_eq!(ObjectKey::parse(".spool-abc"), None);
-        let longest = ObjectKey::new(&uid(&"1".repeat(64)), &[0; 32]);
-        assert_eq!(longest.as_str().len(), 133);
     }
 
     #[tokio::test]

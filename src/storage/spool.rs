@@ -41,7 +41,7 @@ pub struct Spool {
 pub struct SpooledFile {
     body: Body,
     pub len: u64,
-    pub sha256: [u8; 32],
+    pub sha256: crate::model::Sha256,
 }
 
 enum Body {
@@ -255,7 +255,7 @@ mod tests {
         }
         let done = spool.finish().await.unwrap();
         assert_eq!(done.len, data.len() as u64);
-        assert_eq!(done.sha256, <[u8; 32]>::from(Sha256::digest(&data)));
+        assert_eq!(done.sha256, crate::model::Sha256::of(&data));
         assert_eq!(std::fs::read(done.path().unwrap()).unwrap(), data);
         let path = done.path().unwrap().to_owned();
         drop(done);
@@ -268,10 +268,7 @@ mod tests {
         }
         let done = spool.finish().await.unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        assert_eq!(
-            done.sha256,
-            <[u8; 32]>::from(Sha256::digest(&data[..300_000]))
-        );
+        assert_eq!(done.sha256, crate::model::Sha256::of(&data[..300_000]));
         assert_eq!(done.bytes(), Some(&data[..300_000]));
         let mut back = Vec::new();
         done.reader().unwrap().read_to_end(&mut back).unwrap();

@@ -75,7 +75,7 @@ pub async fn acknowledge(
         "sha256": sha,
         "size": loc.size,
         "stored_at": u.stored_at.map(iso8601),
-        "verified_at": iso8601(crate::index::now_millis()),
+        "verified_at": iso8601(crate::model::clock::now_millis()),
     }))
     .into_response())
 }

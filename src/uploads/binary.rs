@@ -119,7 +119,9 @@ async fn small_text(field: multer::Field<'_>) -> Result<String, RestError> {
 /// Delete objects of upload parts (best effort: `verify` does not sweep these, expiry does).
 pub(super) async fn drop_parts(app: &AppState, keys: Vec<String>) {
     for k in keys {
-        let key = ObjectKey::from_trusted(k);
+        let Ok(key) = ObjectKey::try_from(k) else {
+            continue;
+        };
         if let Err(e) = app.ingest.store().delete(&key).await {
             tracing::warn!(key = %key, error = %e, "could not delete an upload part");
         }
@@ -228,7 +230,7 @@ async fn keep_part(
     spooled: SpooledFile,
 ) -> Result<i64, RestError> {
     let uuid = uuid::Uuid::parse_str(&u.image_uuid).map_err(RestError::internal)?;
-    let key = ObjectKey::upload_chunk(&uuid, offset as u64);
+    let key = ObjectKey::upload_part(&uuid, offset as u64);
     let len = spooled.len as i64;
     app.ingest
         .store()
@@ -267,7 +269,7 @@ async fn assemble(app: &AppState, u: &Upload) -> Result<SpooledFile, RestError> 
                 u.image_uuid
             )));
         }
-        let key = ObjectKey::from_trusted(chunk.object_key);
+        let key = ObjectKey::try_from(chunk.object_key).map_err(RestError::internal)?;
         let mut stream = app
             .ingest
             .store()
@@ -310,7 +312,7 @@ async fn finish(app: &AppState, u: Upload, whole: SpooledFile) -> Result<Respons
         ))
         .await;
     }
-    let sha = hex::encode(whole.sha256);
+    let sha = whole.sha256.to_hex();
     if sha != u.checksum {
         return fail(
             RestError::new(

@@ -40,41 +40,19 @@ use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
 use crate::index::uploads::{Upload, PENDING, STORED};
-use crate::index::{Origin, OriginKind};
 use crate::ingest::{Expected, Outcome, Reason};
+use crate::model::clock::iso8601;
+use crate::model::ObjectKey;
 use crate::model::Uid;
+use crate::model::{Origin, OriginKind};
 use crate::radiology::error::RestError;
 use crate::radiology::orders::valid_order_id;
-use crate::storage::{ObjectKey, SpooledFile};
+use crate::storage::SpooledFile;
 
 pub const MEDIA_TYPES: &[&str] = &["application/dicom", "image/jpeg", "image/png"];
 
 fn bad(code: &'static str, message: impl Into<String>) -> RestError {
     RestError::bad_request(code, message)
-}
-
-/// ISO 8601 UTC time of a millisecond timestamp.
-pub fn iso8601(millis: i64) -> String {
-    let secs = millis.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        millis.rem_euclid(1000)
-    )
 }
 
 /// What the server has for an upload (the status endpoint and most answers).
@@ -293,7 +271,7 @@ pub async fn status(
 /// Remove pending uploads without progress for `expire_after_secs`, with their parts.
 pub async fn sweep(app: &AppState) {
     let expire = app.config.uploads.expire_after_secs as i64;
-    let before = crate::index::now_millis() - expire * 1000;
+    let before = crate::model::clock::now_millis() - expire * 1000;
     let stale = match app.ingest.index().stale_uploads(before).await {
         Ok(s) => s,
         Err(e) => {
@@ -309,17 +287,5 @@ pub async fn sweep(app: &AppState) {
     }
     if !stale.is_empty() {
         tracing::info!(count = stale.len(), "expired pending uploads removed");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn iso_times() {
-        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(iso8601(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(iso8601(1_795_829_599_000), "2026-11-28T01:33:19.000Z");
     }
 }

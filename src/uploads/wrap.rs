@@ -60,7 +60,7 @@ fn baseline_jpeg(head: &[u8]) -> Result<Option<(u16, u16, u8)>, RestError> {
 }
 
 fn today() -> (String, String) {
-    let iso = super::iso8601(crate::index::now_millis());
+    let iso = crate::model::clock::iso8601(crate::model::clock::now_millis());
     (iso[..10].replace('-', ""), iso[11..19].replace(':', ""))
 }
 
