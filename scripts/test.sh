@@ -20,9 +20,11 @@ cargo test --locked
 if [ -f scripts/check_layers.py ]; then
     python3 scripts/check_layers.py
 fi
-scripts/pytest.sh "$@"
-if [ "${PACS_TEST_FUZZ_SECONDS:-0}" != 0 ]; then
-    scripts/fuzz.sh "$PACS_TEST_FUZZ_SECONDS"
-else
+fuzz_seconds=${PACS_TEST_FUZZ_SECONDS:-0}
+if [ "$fuzz_seconds" = 0 ]; then
     echo "optional fuzzing: skipped, PACS_TEST_FUZZ_SECONDS is not set (CI runs every target 60 s)"
+fi
+scripts/pytest.sh "$@"
+if [ "$fuzz_seconds" != 0 ]; then
+    scripts/fuzz.sh "$fuzz_seconds"
 fi
