@@ -1,22 +1,22 @@
-//! Wiring and lifecycle: build the object store, the index and the ingest pipeline from a
-//! [`Config`], bind the HTTP listener (port 0 allowed), serve until the shutdown future
-//! resolves, then drain and close the index last.
+//! Assembly: build the object store, the index, the ingest path and the [`Context`] from a
+//! [`Config`]; bind the listeners (port 0 allowed) and expose their addresses; run the HTTP
+//! and DIMSE servers and the background work until the shutdown future resolves; then stop
+//! accepting, give work in progress its deadline, and close the index last.
+//!
+//! Only assembly lives here: what is served is `http/` and `dimse/`, what is stored is
+//! `ingest/`.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::middleware;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
-use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::TraceLayer;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, SqliteSync};
+use crate::context::Context;
 use crate::index::{Backend, Index, IndexError};
 use crate::ingest::Ingest;
 use crate::storage::{StorageError, Store};
@@ -45,18 +45,10 @@ pub enum AppError {
     Recovery(#[from] crate::verify::VerifyError),
 }
 
-/// Shared state of the HTTP handlers.
-pub struct AppState {
-    pub config: Config,
-    pub ingest: Ingest,
-    pub auth: crate::auth::Auth,
-}
-
 /// The back ends every command needs: the object store, the index and ingest over them.
 pub async fn open_backends(config: &Config) -> Result<Ingest, AppError> {
     let store = Store::open(config).await?;
-    let relaxed = store.fs_root().is_some()
-        && config.index.sqlite_synchronous == crate::config::SqliteSync::Normal;
+    let relaxed = store.is_local() && config.index.sqlite_synchronous == SqliteSync::Normal;
     let index =
         Index::open_with(&config.index_url(), config.index.max_connections, relaxed).await?;
     Ok(Ingest::new(
@@ -71,7 +63,7 @@ pub async fn open_backends(config: &Config) -> Result<Ingest, AppError> {
 /// may have been relaxed): re-index the objects whose rows a power failure took — before
 /// the server serves, and before `verify --delete-orphans` could take them for orphans.
 pub async fn recover(ingest: &Ingest) -> Result<(), AppError> {
-    if ingest.store().fs_root().is_none() || ingest.index().backend() != Backend::Sqlite {
+    if !ingest.store().is_local() || ingest.index().backend() != Backend::Sqlite {
         return Ok(());
     }
     let report = crate::verify::recover_recent(ingest).await?;
@@ -87,8 +79,9 @@ pub async fn recover(ingest: &Ingest) -> Result<(), AppError> {
     Ok(())
 }
 
+/// A server ready to run: its context and bound listeners.
 pub struct App {
-    state: Arc<AppState>,
+    ctx: Arc<Context>,
     http: TcpListener,
     dimse: Option<TcpListener>,
 }
@@ -101,47 +94,36 @@ impl App {
             return Err(AppError::RemoteWithoutAuth(addr));
         }
         let ingest = open_backends(&config).await?;
-        let http = TcpListener::bind(addr)
-            .await
-            .map_err(|source| AppError::Bind { addr, source })?;
+        let http = bind(addr).await?;
         let dimse = match config.dimse.enabled {
-            true => {
-                let addr = config.dimse.listen;
-                Some(
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| AppError::Bind { addr, source })?,
-                )
-            }
+            true => Some(bind(config.dimse.listen).await?),
             false => None,
         };
         // Bound first: a second process on a live data directory fails here instead of
         // re-indexing the live one's objects in flight.
         recover(&ingest).await?;
-        if auth.is_enabled() {
-            tracing::info!(
-                http = %http.local_addr().map_err(AppError::Serve)?,
-                index = ?ingest.index().backend(),
-                store = ingest.store().describe(),
-                "pacs-lite ready; every request authenticates"
-            );
+        let app = App {
+            ctx: Arc::new(Context::new(config, ingest, auth)),
+            http,
+            dimse,
+        };
+        app.announce();
+        Ok(app)
+    }
+
+    fn announce(&self) {
+        let (index, store) = (self.ctx.index().backend(), self.ctx.store().describe());
+        let http = self.http_addr();
+        if self.ctx.auth.is_enabled() {
+            tracing::info!(%http, ?index, store, "pacs-lite ready; every request authenticates");
         } else {
             tracing::info!(
-                http = %http.local_addr().map_err(AppError::Serve)?,
-                index = ?ingest.index().backend(),
-                store = ingest.store().describe(),
+                %http,
+                ?index,
+                store,
                 "pacs-lite ready; no credentials are configured, so only loopback clients are served"
             );
         }
-        Ok(App {
-            state: Arc::new(AppState {
-                config,
-                ingest,
-                auth,
-            }),
-            http,
-            dimse,
-        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -153,12 +135,12 @@ impl App {
     /// The HTTP service, for callers in the same process (the fuzz targets); `run` serves
     /// the same router on the listener.
     pub fn router(&self) -> Router {
-        router(self.state.clone())
+        crate::http::router(self.ctx.clone())
     }
 
     /// The AE title the DIMSE listener answers to.
     pub fn ae_title(&self) -> &str {
-        &self.state.config.dimse.ae_title
+        self.ctx.config.dimse.ae_title.as_str()
     }
 
     /// The DIMSE listener's address, when DIMSE is enabled.
@@ -166,13 +148,13 @@ impl App {
         self.dimse.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// Serve until `shutdown` resolves; then stop accepting everywhere, let work in progress
+    /// finish within its deadline, and close the index.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
-        use axum::serve::ListenerExt;
-        // One cancellation for every listener: stop accepting, let in-flight work finish.
-        let cancel = tokio_util::sync::CancellationToken::new();
+        let cancel = CancellationToken::new();
         tokio::spawn({
             let cancel = cancel.clone();
             async move {
@@ -181,111 +163,68 @@ impl App {
             }
         });
         let dimse = self.dimse.map(|listener| {
-            let (ingest, config, cancel) = (
-                self.state.ingest.clone(),
-                self.state.config.dimse.clone(),
-                cancel.clone(),
-            );
-            tokio::spawn(async move {
-                crate::dimse::serve(listener, ingest, config, cancel.cancelled_owned()).await
-            })
+            let (ctx, stop) = (self.ctx.clone(), cancel.clone().cancelled_owned());
+            tokio::spawn(async move { crate::dimse::serve(listener, ctx, stop).await })
         });
-        // Expired offline uploads are removed by every process (the deletes are idempotent).
-        tokio::spawn({
-            let (state, cancel) = (self.state.clone(), cancel.clone());
-            async move {
-                let every =
-                    std::time::Duration::from_secs(state.config.uploads.sweep_interval_secs.max(1));
-                loop {
-                    crate::uploads::sweep(&state).await;
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = tokio::time::sleep(every) => {}
-                    }
-                }
-            }
-        });
-        let router = router(self.state.clone());
-        let listener = self.http.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let served = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(cancel.clone().cancelled_owned())
-        .await;
+        tokio::spawn(sweep_uploads(self.ctx.clone(), cancel.clone()));
+        let served = serve_http(self.http, self.ctx.clone(), cancel).await;
         if let Some(task) = dimse {
             let _ = task.await;
         }
         tracing::info!("HTTP and DIMSE servers stopped; closing the index");
-        self.state.ingest.index().close().await;
-        served.map_err(AppError::Serve)
+        self.ctx.index().close().await;
+        served
     }
 }
 
-fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .nest("/dicom-web", crate::dicomweb::router())
-        .nest("/api/v1/radiology", crate::radiology::router())
-        .route("/api/v1/openapi.json", get(crate::radiology::openapi))
-        .route("/api/v1/admin/audit", get(crate::radiology::audit))
-        .route("/api/v1/admin/audit/", get(crate::radiology::audit))
-        .merge(crate::viewer::router(&state.config.viewer.dir))
-        .route("/metrics", get(crate::metrics::serve))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::auth::middleware::authorize,
-        ))
-        .layer(middleware::from_fn(crate::metrics::track))
-        .layer(cors(&state.config.http.cors_origins))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })
 }
 
-/// CORS for browser clients on other origins: preflight answered, Authorization allowed.
-fn cors(origins: &[String]) -> CorsLayer {
-    use axum::http::{header, HeaderValue, Method};
-    let layer = CorsLayer::new()
-        .allow_methods([
-            Method::GET,
-            Method::POST,
-            Method::PUT,
-            Method::DELETE,
-            Method::OPTIONS,
-        ])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::ACCEPT,
-            header::IF_NONE_MATCH,
-        ])
-        .expose_headers([header::WARNING, header::ETAG, header::CONTENT_LOCATION]);
-    if origins.iter().any(|o| o == "*") {
-        layer.allow_origin(AllowOrigin::any())
-    } else {
-        let list: Vec<HeaderValue> = origins
-            .iter()
-            .filter_map(|o| HeaderValue::from_str(o).ok())
-            .collect();
-        layer.allow_origin(AllowOrigin::list(list))
+/// Serve HTTP until `cancel`; then requests in progress get `http.shutdown_grace_secs` to
+/// finish before their connections are closed.
+async fn serve_http(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    cancel: CancellationToken,
+) -> Result<(), AppError> {
+    use axum::serve::ListenerExt;
+    let grace = Duration::from_secs(ctx.config.http.shutdown_grace_secs);
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let service = crate::http::router(ctx).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, service)
+        .with_graceful_shutdown(cancel.clone().cancelled_owned())
+        .into_future();
+    let mut server = tokio::spawn(server);
+    let finished = tokio::select! {
+        done = &mut server => done,
+        _ = cancel.cancelled() => match tokio::time::timeout(grace, &mut server).await {
+            Ok(done) => done,
+            Err(_) => {
+                tracing::warn!(?grace, "HTTP requests still running after the grace period; closing them");
+                server.abort();
+                return Ok(());
+            }
+        },
+    };
+    match finished {
+        Ok(served) => served.map_err(AppError::Serve),
+        Err(e) => Err(AppError::Serve(std::io::Error::other(e))),
     }
 }
 
-async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    let index = state.ingest.index().check().await;
-    let store = state.ingest.store().check().await;
-    match (index, store) {
-        (Ok(()), Ok(())) => (StatusCode::OK, "ready\n").into_response(),
-        (i, s) => {
-            tracing::warn!(index = ?i.err(), store = ?s.err(), "not ready");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "index or object store unreachable\n",
-            )
-                .into_response()
+/// Expired offline uploads are removed by every process (the deletes are idempotent).
+async fn sweep_uploads(ctx: Arc<Context>, cancel: CancellationToken) {
+    let every = Duration::from_secs(ctx.config.uploads.sweep_interval_secs.max(1));
+    loop {
+        crate::uploads::sweep(&ctx).await;
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -12,6 +12,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::model::AeTitle;
+
 /// The whole configuration of one pacs-lite process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -126,10 +128,13 @@ pub struct DimseConfig {
     pub enabled: bool,
     pub listen: SocketAddr,
     /// The called AE title this server answers to.
-    pub ae_title: String,
+    pub ae_title: AeTitle,
     /// Calling AE titles allowed to associate; empty: any.
-    pub allowed_calling_aes: Vec<String>,
+    pub allowed_calling_aes: Vec<AeTitle>,
     pub max_associations: usize,
+    /// At shutdown (and at an association's release), how long operations in progress
+    /// may take to finish before they are stopped.
+    pub drain_secs: u64,
     /// Where C-MOVE sends instances and where storage commitment results go when the
     /// requesting association has closed: the AE titles this server may connect to.
     pub destinations: Vec<Destination>,
@@ -139,15 +144,15 @@ pub struct DimseConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Destination {
-    pub ae: String,
+    pub ae: AeTitle,
     pub host: String,
     pub port: u16,
 }
 
 impl DimseConfig {
-    /// The configured destination with this AE title (trailing spaces do not count).
-    pub fn destination(&self, ae: &str) -> Option<&Destination> {
-        self.destinations.iter().find(|d| d.ae.trim() == ae.trim())
+    /// The configured destination with this AE title.
+    pub fn destination(&self, ae: &AeTitle) -> Option<&Destination> {
+        self.destinations.iter().find(|d| d.ae == *ae)
     }
 }
 
@@ -156,9 +161,10 @@ impl Default for DimseConfig {
         DimseConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 11112)),
-            ae_title: "PACSLITE".into(),
+            ae_title: AeTitle::parse("PACSLITE").expect("a valid AE title"),
             allowed_calling_aes: Vec::new(),
             max_associations: 32,
+            drain_secs: 20,
             destinations: Vec::new(),
         }
     }
@@ -194,6 +200,9 @@ pub struct HttpConfig {
     pub max_request_bytes: u64,
     /// Origins allowed to call the API from a browser (CORS); `*` for any. Empty: none.
     pub cors_origins: Vec<String>,
+    /// At shutdown, how long requests in progress may take to finish before their
+    /// connections are closed.
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -320,6 +329,7 @@ impl Default for HttpConfig {
             public_base_url: None,
             max_request_bytes: 8 << 30,
             cors_origins: Vec::new(),
+            shutdown_grace_secs: 20,
         }
     }
 }
@@ -484,9 +494,10 @@ mod tests {
                 r#"[{ae="StoreSCP",host="127.0.0.1",port=11113}]"#,
             );
             let c = Config::load(None).map_err(|e| *e)?;
-            let d = c.dimse.destination("StoreSCP ").expect("configured");
+            let ae = |s: &str| AeTitle::parse(s).unwrap();
+            let d = c.dimse.destination(&ae("StoreSCP ")).expect("configured");
             assert_eq!((d.host.as_str(), d.port), ("127.0.0.1", 11113));
-            assert!(c.dimse.destination("OTHER").is_none());
+            assert!(c.dimse.destination(&ae("OTHER")).is_none());
             Ok(())
         });
     }

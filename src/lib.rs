@@ -17,11 +17,15 @@
 //! - [`viewer`]: the OHIF viewer served same-origin.
 //! - [`import`], [`verify`]: the `import` and `verify` commands.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod context;
+pub mod dicom;
 pub mod dicomweb;
 pub mod dimse;
+pub mod http;
 pub mod import;
 pub mod index;
 pub mod ingest;

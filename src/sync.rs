@@ -130,10 +130,10 @@ fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
 }
 
 fn dicom_uids(path: &Path) -> Result<ImageUids, SyncError> {
-    let obj = crate::ingest::open_stored(path)
+    let obj = crate::dicom::open_file(path)
         .map_err(|e| SyncError::Local(format!("{} is not readable DICOM: {e}", path.display())))?;
     let get = |tag| {
-        crate::ingest::element_text(&obj, tag)
+        crate::dicom::element_text(&obj, tag)
             .ok_or_else(|| SyncError::Local(format!("{} has no {tag:?}", path.display())))
     };
     use dicom_dictionary_std::tags;

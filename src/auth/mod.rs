@@ -8,11 +8,9 @@
 //! signed with `auth.signing_keys`). Signed URLs are HMACs over the path and its expiry,
 //! with the same keys: the first key signs, every key verifies, so keys can be rotated.
 //!
-//! Without any configured credentials only loopback clients are served ([`policy`] and
-//! the middleware in [`middleware`]).
-
-pub mod middleware;
-pub mod policy;
+//! Without any configured credentials only loopback clients are served. Which role each
+//! HTTP route needs, and the middleware that checks it, are `http/`'s; DIMSE peers are
+//! checked by AE title in `dimse/`.
 
 use std::collections::HashMap;
 

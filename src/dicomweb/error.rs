@@ -52,3 +52,16 @@ impl IntoResponse for ApiError {
         (status, Json(json!({ "error": code, "message": message }))).into_response()
     }
 }
+
+impl From<crate::index::IndexError> for ApiError {
+    fn from(e: crate::index::IndexError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::storage::StorageError> for ApiError {
+    /// The index said the object is there: any failure to read it is ours.
+    fn from(e: crate::storage::StorageError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}

@@ -16,14 +16,13 @@ use super::multipart;
 use super::resource::Resource;
 use super::wado::{locate, with_object_file};
 use super::ApiError;
-use crate::app::AppState;
+use crate::context::Context;
+use crate::dicom::frames::{decode_table, Frame};
 use crate::index::read::InstanceLocation;
-use crate::ingest::frames::{decode_table, Frame};
-use crate::model::ObjectKey;
-use crate::render::transcode::{can_transcode, decode_frames};
+use crate::model::TransferSyntax;
+use crate::render::transcode::decode_frames;
 
-const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
-const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+const EXPLICIT_LE: &str = TransferSyntax::EXPLICIT_VR_LE;
 
 /// The media type of frames encoded in a transfer syntax (PS3.18 Table 8.7.3-2), or
 /// `None` for native (uncompressed) pixel data.
@@ -68,15 +67,13 @@ struct FrameForm {
 /// client accepts that (native pixel data as `application/octet-stream`, compressed
 /// frames in their own media type); a request for uncompressed frames of compressed data
 /// decodes them.
-fn negotiate(accept: &str, stored_ts: &str, frames: usize) -> Result<FrameForm, ApiError> {
-    let native_ts = match stored_ts {
-        EXPLICIT_LE | IMPLICIT_LE => Some(EXPLICIT_LE),
-        _ => None,
-    };
+fn negotiate(accept: &str, stored: &TransferSyntax, frames: usize) -> Result<FrameForm, ApiError> {
+    let stored_ts = stored.as_str();
+    let native_ts = stored.is_native_le().then_some(EXPLICIT_LE);
     let compressed = frame_media_type(stored_ts);
     let own_type = compressed.unwrap_or("application/octet-stream");
     let own_ts = native_ts.unwrap_or(stored_ts);
-    let decodable = can_transcode(stored_ts, EXPLICIT_LE);
+    let decodable = stored.is_decodable();
     let as_stored = format!("{own_type}; transfer-syntax={own_ts}");
     let decoded = format!("application/octet-stream; transfer-syntax={EXPLICIT_LE}");
     for a in parse_accept(Some(accept)) {
@@ -159,7 +156,7 @@ fn frame_numbers(list: &str, available: usize) -> Result<Vec<usize>, ApiError> {
 }
 
 pub async fn frames(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Context>>,
     r: Resource,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -187,7 +184,7 @@ enum Source {
 /// Range reads when the client takes the frames as stored and the table exists;
 /// decoding otherwise (which needs a decodable transfer syntax).
 async fn frame_source(
-    app: &AppState,
+    app: &Context,
     loc: &InstanceLocation,
     numbers: &[usize],
     form: &FrameForm,
@@ -204,7 +201,7 @@ async fn frame_source(
             }
         }
     }
-    if !can_transcode(&loc.transfer_syntax, EXPLICIT_LE) {
+    if !loc.transfer_syntax.is_decodable() {
         return Err(ApiError::NotAcceptable(format!(
             "the frames of instance {} cannot be read directly and its transfer syntax {} cannot be decoded here",
             loc.sop_instance_uid, loc.transfer_syntax
@@ -227,7 +224,7 @@ pub struct BulkTag {
 
 /// Bulk data of an instance: Pixel Data (as its frames) or another top-level binary value.
 pub async fn bulkdata(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Context>>,
     r: Resource,
     Path(tag): Path<BulkTag>,
     headers: HeaderMap,
@@ -249,9 +246,7 @@ pub async fn bulkdata(
         return send_frames(app, &loc, source, form);
     }
     let tag = parse_tag(&tag)?;
-    let key = object_key(&loc)?;
-    let store = app.ingest.store().clone();
-    let value = super::bulk::read_value(&store, &key, tag).await?;
+    let value = super::bulk::read_value(app.store(), &loc.object_key, tag).await?;
     let header = multipart::part_header("application/octet-stream", Some(value.len() as u64), None);
     let body = multipart::part(header, stream::once(async move { Ok(value) }).boxed())
         .chain(multipart::closing());
@@ -275,19 +270,14 @@ fn parse_tag(raw: &str) -> Result<dicom_core::Tag, ApiError> {
     Ok(dicom_core::Tag(g, e))
 }
 
-fn object_key(loc: &InstanceLocation) -> Result<ObjectKey, ApiError> {
-    ObjectKey::parse(&loc.object_key)
-        .ok_or_else(|| ApiError::Internal(format!("malformed object key {}", loc.object_key)))
-}
-
 fn send_frames(
-    app: Arc<AppState>,
+    app: Arc<Context>,
     loc: &InstanceLocation,
     source: Source,
     form: FrameForm,
 ) -> Result<Response, ApiError> {
-    let key = object_key(loc)?;
-    let store = app.ingest.store().clone();
+    let key = loc.object_key.clone();
+    let store = app.store().clone();
     // Each frame as (length, future of its bytes): range reads happen as the body streams.
     let frames: Vec<(
         u64,
@@ -367,7 +357,9 @@ mod tests {
 
     #[test]
     fn frame_negotiation() {
-        let ok = |accept: &str, ts: &str| negotiate(accept, ts, 2).map(|f| f.part_type);
+        let t = |uid: &str| TransferSyntax::parse(uid).unwrap();
+        let ok = |accept: &str, ts: &str| negotiate(accept, &t(ts), 2).map(|f| f.part_type);
+        const IMPLICIT_LE: &str = TransferSyntax::IMPLICIT_VR_LE;
         assert_eq!(
             ok(
                 "multipart/related; type=application/octet-stream; transfer-syntax=*",
@@ -394,15 +386,16 @@ mod tests {
             .unwrap(),
             format!("image/jpeg; transfer-syntax={jpeg}")
         );
-        let decoded =
-            negotiate("multipart/related; type=application/octet-stream", jpeg, 2).unwrap();
-        assert!(decoded.decode && decoded.part_type.starts_with("application/octet-stream"));
-        assert!(negotiate(
+        let decoded = negotiate(
             "multipart/related; type=application/octet-stream",
-            "1.2.3.4",
-            2
+            &t(jpeg),
+            2,
         )
-        .is_err());
+        .unwrap();
+        assert!(decoded.decode && decoded.part_type.starts_with("application/octet-stream"));
+        let mpeg = t("1.2.840.10008.1.2.4.100");
+        assert!(!mpeg.is_decodable());
+        assert!(negotiate("multipart/related; type=application/octet-stream", &mpeg, 2).is_err());
         assert!(ok("multipart/related; type=image/jp2", jpeg).is_err());
         assert!(ok("*/*", jpeg).is_ok());
         assert!(ok(
@@ -411,11 +404,11 @@ mod tests {
         )
         .is_ok());
         assert!(
-            negotiate("application/octet-stream", EXPLICIT_LE, 2).is_err(),
+            negotiate("application/octet-stream", &t(EXPLICIT_LE), 2).is_err(),
             "single part needs one frame"
         );
         assert!(
-            !negotiate("application/octet-stream", EXPLICIT_LE, 1)
+            !negotiate("application/octet-stream", &t(EXPLICIT_LE), 1)
                 .unwrap()
                 .multipart
         );

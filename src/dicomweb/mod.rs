@@ -1,11 +1,12 @@
 //! DICOMweb over HTTP: routes under `/dicom-web`.
 //!
 //! Routes are thin: they parse the request into domain types, call one function of
-//! `ingest/` or `index/`, and render the answer. Protocol mappings (ingest outcome →
-//! STOW failure reason, errors → HTTP status) live in one place per service.
+//! `ingest/` or `index/` through the [`Context`], and render the answer. Protocol mappings
+//! (ingest outcome → STOW failure reason in `stow.rs`, errors → HTTP status in `error.rs`)
+//! live in one place each. The admin-only deletes on these resources are `crate::admin`'s.
 
-mod admin;
 mod bulk;
+mod changefeed;
 mod error;
 pub mod frames;
 pub mod media;
@@ -14,7 +15,6 @@ mod qido;
 mod rendered;
 mod resource;
 mod stow;
-pub mod urls;
 pub(crate) mod wado;
 
 use std::sync::Arc;
@@ -25,12 +25,13 @@ use axum::Router;
 use tower_http::compression::CompressionLayer;
 
 pub use error::ApiError;
+pub use resource::Resource;
 
-use crate::app::AppState;
+use crate::context::Context;
 use crate::model::query::Level;
 
 /// The DICOMweb routes, to be nested under `/dicom-web`.
-pub fn router() -> Router<Arc<AppState>> {
+pub fn router() -> Router<Arc<Context>> {
     const STUDY: &str = "/studies/{study}";
     const SERIES: &str = "/studies/{study}/series/{series}";
     const INSTANCE: &str = "/studies/{study}/series/{series}/instances/{sop}";
@@ -39,19 +40,16 @@ pub fn router() -> Router<Arc<AppState>> {
     let mut router = Router::new()
         .route("/studies", post(stow::store).get(search(Level::Study)))
         .route("/studies/", post(stow::store).get(search(Level::Study)))
-        .route(
-            STUDY,
-            post(stow::store).get(wado::retrieve).delete(admin::delete),
-        )
-        .route("/changefeed", get(admin::changefeed))
-        .route("/changefeed/latest", get(admin::latest))
+        .route(STUDY, post(stow::store).get(wado::retrieve))
+        .route("/changefeed", get(changefeed::changefeed))
+        .route("/changefeed/latest", get(changefeed::latest))
         .route("/series", get(search(Level::Series)))
         .route("/instances", get(search(Level::Instance)))
         .route(&format!("{STUDY}/series"), get(search(Level::Series)))
         .route(&format!("{STUDY}/instances"), get(search(Level::Instance)))
         .route(&format!("{SERIES}/instances"), get(search(Level::Instance)))
-        .route(SERIES, get(wado::retrieve).delete(admin::delete))
-        .route(INSTANCE, get(wado::retrieve).delete(admin::delete))
+        .route(SERIES, get(wado::retrieve))
+        .route(INSTANCE, get(wado::retrieve))
         .route(FRAMES, get(frames::frames))
         .route(
             &format!("{INSTANCE}/bulkdata/{{tag}}"),

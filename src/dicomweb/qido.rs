@@ -14,9 +14,9 @@ use serde_json::{json, Map, Value as Json};
 
 use super::media::accepts_any;
 use super::resource::Resource;
-use super::{urls, ApiError};
-use crate::app::AppState;
+use super::ApiError;
 use crate::auth::Principal;
+use crate::context::Context;
 use crate::index::query::{Hit, Query};
 use crate::model::query::{AttributeKey, Filter, Level, Matcher};
 use crate::model::Uid;
@@ -30,7 +30,7 @@ const MAX_LIMIT: usize = 10_000;
 /// Search at one level, within the study and series the URL names (if any).
 pub async fn search_at(
     level: Level,
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Context>>,
     r: Resource,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -132,7 +132,7 @@ fn merge_filter(filters: &mut Vec<Filter>, f: Filter) {
 }
 
 async fn search(
-    app: Arc<AppState>,
+    app: Arc<Context>,
     headers: HeaderMap,
     level: Level,
     study_uid: Option<Uid>,
@@ -176,12 +176,11 @@ async fn search(
         limit,
     };
     let found = app
-        .ingest
         .index()
         .search(&query)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let base = urls::base_url(app.config.http.public_base_url.as_deref(), &headers);
+    let base = app.base_url(&headers);
     let body: Vec<Json> = found
         .hits
         .into_iter()

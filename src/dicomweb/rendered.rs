@@ -15,7 +15,7 @@ use super::multipart;
 use super::resource::Resource;
 use super::wado::{locate, with_object_file};
 use super::ApiError;
-use crate::app::AppState;
+use crate::context::Context;
 use crate::index::read::{InstanceLocation, Scope};
 use crate::render::{self, Format, Params, RenderError};
 
@@ -30,7 +30,7 @@ enum Pick {
 
 /// `…/rendered` at study, series, instance and frame level.
 pub async fn rendered(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Context>>,
     r: Resource,
     RawQuery(q): RawQuery,
     h: HeaderMap,
@@ -46,7 +46,7 @@ pub async fn rendered(
 
 /// `…/thumbnail` at study, series, instance and frame level.
 pub async fn thumbnail(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Context>>,
     r: Resource,
     RawQuery(q): RawQuery,
     h: HeaderMap,
@@ -123,7 +123,7 @@ fn pick_format(accept: Option<&str>) -> Option<Format> {
 
 #[allow(clippy::too_many_arguments)]
 async fn answer(
-    app: Arc<AppState>,
+    app: Arc<Context>,
     scope: Scope,
     frame: Option<u32>,
     pick: Pick,
@@ -182,7 +182,7 @@ fn representative(found: Vec<InstanceLocation>) -> InstanceLocation {
 }
 
 async fn render_one(
-    app: &AppState,
+    app: &Context,
     loc: &InstanceLocation,
     frame: u32,
     params: &Params,

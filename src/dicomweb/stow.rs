@@ -20,8 +20,8 @@ use serde_json::{json, Map, Value as Json};
 
 use super::media::MediaType;
 use super::resource::Resource;
-use super::{urls, ApiError};
-use crate::app::AppState;
+use super::ApiError;
+use crate::context::Context;
 use crate::ingest::{Accepted, Expected, Outcome, Reason, Rejection};
 use crate::model::Uid;
 use crate::model::{Origin, OriginKind};
@@ -30,7 +30,7 @@ const DICOM_JSON: &str = "application/dicom+json";
 
 /// `POST /studies` and `POST /studies/{study}`.
 pub async fn store(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Context>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     r: Resource,
     headers: HeaderMap,
@@ -93,7 +93,7 @@ fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 async fn run(
-    app: Arc<AppState>,
+    app: Arc<Context>,
     peer: std::net::SocketAddr,
     who: String,
     headers: HeaderMap,
@@ -141,15 +141,11 @@ async fn run(
                 let part_media =
                     part_type.map(|t| MediaType::parse(t).map(|m| m.essence).unwrap_or_default());
                 if let Some(ct) = part_media.filter(|m| m != "application/dicom") {
-                    parts.refuse(Rejection {
-                        reason: Reason::CannotUnderstand,
-                        detail: format!(
-                            "part {} has Content-Type {ct}, not application/dicom",
-                            parts.len() + 1
-                        ),
-                        sop_class_uid: None,
-                        sop_instance_uid: None,
-                    });
+                    let detail = format!(
+                        "part {} has Content-Type {ct}, not application/dicom",
+                        parts.len() + 1
+                    );
+                    parts.refuse(Rejection::new(Reason::CannotUnderstand, detail));
                     continue;
                 }
                 if let Err(e) = parts.add(field).await {
@@ -168,7 +164,7 @@ async fn run(
             "the request holds no DICOM instance".into(),
         ));
     }
-    let base = urls::base_url(app.config.http.public_base_url.as_deref(), &headers);
+    let base = app.base_url(&headers);
     Ok(render(&base, study.as_ref(), &outcomes))
 }
 
@@ -176,7 +172,7 @@ async fn run(
 /// while the next part is read, so that fsyncs overlap and index rows share commits.
 /// At most [`IN_FLIGHT`] parts are being stored at once; outcomes keep request order.
 struct Pipeline {
-    app: Arc<AppState>,
+    app: Arc<Context>,
     origin: Origin,
     expected: Arc<Expected>,
     pending: FuturesOrdered<BoxFuture<'static, Outcome>>,
@@ -186,7 +182,7 @@ struct Pipeline {
 const IN_FLIGHT: usize = 16;
 
 impl Pipeline {
-    fn new(app: Arc<AppState>, origin: Origin, expected: Expected) -> Self {
+    fn new(app: Arc<Context>, origin: Origin, expected: Expected) -> Self {
         Pipeline {
             app,
             origin,
@@ -200,9 +196,15 @@ impl Pipeline {
         self.done.len() + self.pending.len()
     }
 
+    /// A part refused before it was spooled (counted by ingest like any refusal).
     fn refuse(&mut self, r: Rejection) {
+        let outcome = self.app.ingest.refuse(&self.origin, r);
+        self.answered(outcome);
+    }
+
+    fn answered(&mut self, outcome: Outcome) {
         self.pending
-            .push_back(Box::pin(futures::future::ready(Outcome::Rejected(r))));
+            .push_back(Box::pin(futures::future::ready(outcome)));
     }
 
     /// Spool one part and start storing it. Err: the body broke off inside this part.
@@ -211,8 +213,11 @@ impl Pipeline {
         S: Stream<Item = Result<Bytes, E>>,
         E: std::fmt::Display,
     {
-        match self.app.ingest.spool(part).await.map_err(|e| e.0)? {
-            Err(r) => self.refuse(r),
+        match self.app.ingest.spool(&self.origin, part).await {
+            // The body broke off inside this part (counted as the part's refusal): the
+            // request is answered as a whole with what went wrong.
+            Err(Outcome::Rejected(r)) if r.reason == Reason::Truncated => return Err(r.detail),
+            Err(outcome) => self.answered(outcome),
             Ok(spooled) => {
                 let (ingest, origin, expected) = (
                     self.app.ingest.clone(),
@@ -223,15 +228,12 @@ impl Pipeline {
                     tokio::spawn(
                         async move { ingest.store_spooled(spooled, origin, &expected).await },
                     );
+                let (ingest, origin) = (self.app.ingest.clone(), self.origin.clone());
                 self.pending.push_back(Box::pin(async move {
                     task.await.unwrap_or_else(|e| {
                         tracing::error!(error = %e, "store task failed");
-                        Outcome::Rejected(Rejection {
-                            reason: Reason::ProcessingFailure,
-                            detail: "the server failed while storing the object".into(),
-                            sop_class_uid: None,
-                            sop_instance_uid: None,
-                        })
+                        let detail = "the server failed while storing the object";
+                        ingest.refuse(&origin, Rejection::new(Reason::ProcessingFailure, detail))
                     })
                 }));
             }
@@ -289,17 +291,31 @@ fn body_error(over: &AtomicBool, limit: u64, cause: &str, done: usize) -> ApiErr
     }
 }
 
-/// The STOW failure reason (PS3.18 §10.5.3, PS3.4 Annex B) for an ingest rejection.
+/// The STOW failure reason (PS3.18 §10.5.3, PS3.4 Annex B) for an ingest rejection: the
+/// one mapping from ingest outcomes to STOW-RS.
 fn failure_reason(reason: Reason) -> u16 {
+    const PROCESSING_FAILURE: u16 = 0x0110;
+    const DUPLICATE_SOP_INSTANCE: u16 = 0x0111;
+    const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+    const OUT_OF_RESOURCES: u16 = 0xA700;
+    const DATA_SET_DOES_NOT_MATCH_SOP_CLASS: u16 = 0xA900;
+    const CANNOT_UNDERSTAND: u16 = 0xC000;
+    const TRANSFER_SYNTAX_NOT_SUPPORTED: u16 = 0xC122;
+    const STUDY_UID_MISMATCH: u16 = 0xC409;
     match reason {
-        Reason::CannotUnderstand | Reason::MissingAttribute | Reason::InvalidUid => 0xC000,
-        Reason::UnsupportedTransferSyntax => 0xC122,
-        Reason::SopClassNotSupported => 0x0122,
-        Reason::DataSetMismatch => 0xA900,
-        Reason::StudyUidMismatch => 0xC409,
-        Reason::ConflictingDuplicate => 0x0111,
-        Reason::TooLarge | Reason::OutOfResources => 0xA700,
-        Reason::ProcessingFailure => 0x0110,
+        Reason::CannotUnderstand
+        | Reason::MissingAttribute
+        | Reason::InvalidUid
+        | Reason::Truncated
+        | Reason::SizeMismatch
+        | Reason::ChecksumMismatch => CANNOT_UNDERSTAND,
+        Reason::UnsupportedTransferSyntax => TRANSFER_SYNTAX_NOT_SUPPORTED,
+        Reason::SopClassNotSupported => SOP_CLASS_NOT_SUPPORTED,
+        Reason::DataSetMismatch => DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+        Reason::StudyUidMismatch => STUDY_UID_MISMATCH,
+        Reason::ConflictingDuplicate => DUPLICATE_SOP_INSTANCE,
+        Reason::TooLarge | Reason::OutOfResources => OUT_OF_RESOURCES,
+        Reason::ProcessingFailure => PROCESSING_FAILURE,
     }
 }
 
@@ -307,6 +323,8 @@ fn ui(v: &str) -> Json {
     json!({ "vr": "UI", "Value": [v] })
 }
 
+/// The store response: 200 when everything was stored, 202 when some parts were not (or
+/// carry a warning), 409 when none was; a `Warning` header per problem.
 fn render(base: &str, study: Option<&Uid>, outcomes: &[Outcome]) -> Response {
     let mut referenced = Vec::new();
     let mut failed = Vec::new();
@@ -314,45 +332,20 @@ fn render(base: &str, study: Option<&Uid>, outcomes: &[Outcome]) -> Response {
     for outcome in outcomes {
         match outcome {
             Outcome::Stored(a) | Outcome::AlreadyStored(a) => {
-                let mut item = referenced_item(base, a);
+                referenced.push(Json::Object(referenced_item(base, a)));
                 if a.kept_original {
-                    item.insert("00081196".into(), json!({ "vr": "US", "Value": [0xB000] }));
                     warnings.push(format!(
                         "{}: a different copy is stored and was kept unchanged",
                         a.sop_instance_uid
                     ));
                 }
-                referenced.push(Json::Object(item));
             }
             Outcome::Rejected(r) => {
-                let mut item = Map::new();
-                item.insert(
-                    "00081150".into(),
-                    r.sop_class_uid
-                        .as_deref()
-                        .map(ui)
-                        .unwrap_or(json!({"vr": "UI"})),
-                );
-                item.insert(
-                    "00081155".into(),
-                    r.sop_instance_uid
-                        .as_deref()
-                        .map(ui)
-                        .unwrap_or(json!({"vr": "UI"})),
-                );
-                item.insert(
-                    "00081197".into(),
-                    json!({ "vr": "US", "Value": [failure_reason(r.reason)] }),
-                );
-                item.insert(
-                    "00000902".into(),
-                    json!({ "vr": "LO", "Value": [truncate(&r.detail, 64)] }),
-                );
+                failed.push(Json::Object(failed_item(r)));
                 warnings.push(match &r.sop_instance_uid {
                     Some(uid) => format!("{uid}: {}", r.detail),
                     None => r.detail.clone(),
                 });
-                failed.push(Json::Object(item));
             }
         }
     }
@@ -383,6 +376,12 @@ fn render(base: &str, study: Option<&Uid>, outcomes: &[Outcome]) -> Response {
         Json::Object(body).to_string(),
     )
         .into_response();
+    add_warnings(&mut response, &warnings);
+    response
+}
+
+/// One `Warning: 299` header per problem (at most 20).
+fn add_warnings(response: &mut Response, warnings: &[String]) {
     for w in warnings.iter().take(20) {
         let text = format!(
             "299 pacs-lite \"{}\"",
@@ -392,11 +391,31 @@ fn render(base: &str, study: Option<&Uid>, outcomes: &[Outcome]) -> Response {
             response.headers_mut().append(header::WARNING, v);
         }
     }
-    response
 }
 
+/// An item of the FailedSOPSequence.
+fn failed_item(r: &Rejection) -> Map<String, Json> {
+    let uid_or_empty = |u: &Option<Uid>| u.as_ref().map_or(json!({"vr": "UI"}), |u| ui(u.as_str()));
+    let mut item = Map::new();
+    item.insert("00081150".into(), uid_or_empty(&r.sop_class_uid));
+    item.insert("00081155".into(), uid_or_empty(&r.sop_instance_uid));
+    item.insert(
+        "00081197".into(),
+        json!({ "vr": "US", "Value": [failure_reason(r.reason)] }),
+    );
+    item.insert(
+        "00000902".into(),
+        json!({ "vr": "LO", "Value": [truncate(&r.detail, 64)] }),
+    );
+    item
+}
+
+/// An item of the ReferencedSOPSequence (with the warning of a kept original).
 fn referenced_item(base: &str, a: &Accepted) -> Map<String, Json> {
     let mut item = Map::new();
+    if a.kept_original {
+        item.insert("00081196".into(), json!({ "vr": "US", "Value": [0xB000] }));
+    }
     item.insert("00081150".into(), ui(a.sop_class_uid.as_str()));
     item.insert("00081155".into(), ui(a.sop_instance_uid.as_str()));
     item.insert(

@@ -17,16 +17,16 @@ use sha2::{Digest, Sha256};
 use super::media::{parse_accept, Acceptable};
 use super::multipart::{self, ByteStream};
 use super::resource::Resource;
-use super::{urls, ApiError};
-use crate::app::AppState;
+use super::ApiError;
+use crate::context::Context;
+use crate::dicom::json::BULK_PREFIX;
 use crate::index::read::{InstanceLocation, Scope};
-use crate::ingest::json::BULK_PREFIX;
-use crate::model::ObjectKey;
-use crate::render::transcode::{can_transcode, transcode_file, EXPLICIT_VR_LE, TARGETS};
+use crate::model::TransferSyntax;
+use crate::render::transcode::{can_transcode, transcode_file, TARGETS};
 
 /// Retrieve a study, series or instance.
 pub async fn retrieve(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Context>>,
     r: Resource,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -35,7 +35,7 @@ pub async fn retrieve(
 
 /// Metadata of a study, series or instance.
 pub async fn metadata(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Context>>,
     r: Resource,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -43,15 +43,10 @@ pub async fn metadata(
 }
 
 pub(crate) async fn locate(
-    app: &AppState,
+    app: &Context,
     scope: &Scope,
 ) -> Result<Vec<InstanceLocation>, ApiError> {
-    let found = app
-        .ingest
-        .index()
-        .locate(scope)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let found = app.index().locate(scope).await?;
     if found.is_empty() {
         return Err(ApiError::NotFound(not_found_message(scope)));
     }
@@ -85,7 +80,7 @@ enum Wanted {
     /// No `transfer-syntax`: the standard default, Explicit VR Little Endian, where the
     /// stored object can be decoded; otherwise as stored (the part's Content-Type says).
     Default,
-    Exactly(String),
+    Exactly(TransferSyntax),
 }
 
 /// Pick the response form and the transfer syntax.
@@ -104,7 +99,9 @@ fn negotiate(accept: &[Acceptable], single: bool) -> Result<(Packaging, Wanted),
         let wanted = match a.media.param("transfer-syntax") {
             None => Wanted::Default,
             Some("*") => Wanted::AsStored,
-            Some(ts) => Wanted::Exactly(ts.to_owned()),
+            Some(ts) => Wanted::Exactly(TransferSyntax::parse(ts).map_err(|e| {
+                ApiError::NotAcceptable(format!("{e}; this server sends {}", TARGETS.join(" or ")))
+            })?),
         };
         return Ok((packaging, wanted));
     }
@@ -114,12 +111,13 @@ fn negotiate(accept: &[Acceptable], single: bool) -> Result<(Packaging, Wanted),
 }
 
 /// The transfer syntax one instance goes out in.
-fn target_for(loc: &InstanceLocation, wanted: &Wanted) -> Result<String, ApiError> {
-    let stored = loc.transfer_syntax.as_str();
+fn target_for(loc: &InstanceLocation, wanted: &Wanted) -> Result<TransferSyntax, ApiError> {
+    let stored = &loc.transfer_syntax;
+    let explicit = TransferSyntax::explicit_vr_le();
     Ok(match wanted {
-        Wanted::AsStored => stored.to_owned(),
-        Wanted::Default if can_transcode(stored, EXPLICIT_VR_LE) => EXPLICIT_VR_LE.to_owned(),
-        Wanted::Default => stored.to_owned(),
+        Wanted::AsStored => stored.clone(),
+        Wanted::Default if can_transcode(stored, &explicit) => explicit,
+        Wanted::Default => stored.clone(),
         Wanted::Exactly(ts) if can_transcode(stored, ts) => ts.clone(),
         Wanted::Exactly(ts) => {
             return Err(ApiError::NotAcceptable(format!(
@@ -135,14 +133,14 @@ fn target_for(loc: &InstanceLocation, wanted: &Wanted) -> Result<String, ApiErro
 /// One instance in transfer syntax `target`: its length and bytes (streamed from the
 /// store when no change is needed, transcoded in memory otherwise).
 async fn instance_bytes(
-    app: &AppState,
+    app: &Context,
     loc: &InstanceLocation,
-    target: &str,
+    target: &TransferSyntax,
 ) -> Result<(u64, ByteStream), ApiError> {
-    if target == loc.transfer_syntax {
+    if *target == loc.transfer_syntax {
         return Ok((loc.size + loc.part10_prefix, object_stream(app, loc).await?));
     }
-    let target = target.to_owned();
+    let target = target.clone();
     let bytes = with_object_file(app, loc, move |path| transcode_file(path, &target))
         .await?
         .map_err(|e| {
@@ -155,22 +153,9 @@ async fn instance_bytes(
     ))
 }
 
-/// Where the stored bytes need a preamble (and `DICM`) to be a standard Part-10 file.
-fn part10_prefix(loc: &InstanceLocation) -> Option<Bytes> {
-    match loc.part10_prefix {
-        0 => None,
-        128 => Some(Bytes::from(vec![0u8; 128])),
-        _ => {
-            let mut v = vec![0u8; 128];
-            v.extend_from_slice(b"DICM");
-            Some(Bytes::from(v))
-        }
-    }
-}
-
-/// Run blocking work (decoding, rendering) on a temporary local copy of an instance.
+/// Run blocking work (decoding, rendering) on a local file holding an instance.
 pub(crate) async fn with_object_file<T, F>(
-    app: &AppState,
+    app: &Context,
     loc: &InstanceLocation,
     work: F,
 ) -> Result<T, ApiError>
@@ -178,41 +163,20 @@ where
     T: Send + 'static,
     F: FnOnce(&std::path::Path) -> T + Send + 'static,
 {
-    let key = ObjectKey::parse(&loc.object_key)
-        .ok_or_else(|| ApiError::Internal(format!("malformed object key {}", loc.object_key)))?;
-    let tmp = app
-        .ingest
-        .store()
-        .fetch_to_temp(&key)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    tokio::task::spawn_blocking(move || work(tmp.path()))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))
+    Ok(app.store().with_local_file(&loc.object_key, work).await?)
 }
 
 /// The Part-10 bytes of one instance, streamed.
-pub(crate) async fn object_stream(
-    app: &AppState,
-    loc: &InstanceLocation,
-) -> Result<ByteStream, ApiError> {
-    let key = ObjectKey::parse(&loc.object_key)
-        .ok_or_else(|| ApiError::Internal(format!("malformed object key {}", loc.object_key)))?;
-    let body = app
-        .ingest
-        .store()
-        .stream(&key, None)
-        .await
-        .map_err(|e| ApiError::Internal(format!("reading {key}: {e}")))?
-        .map_err(std::io::Error::other);
-    Ok(match part10_prefix(loc) {
-        None => body.boxed(),
-        Some(prefix) => stream::once(async move { Ok(prefix) }).chain(body).boxed(),
-    })
+async fn object_stream(app: &Context, loc: &InstanceLocation) -> Result<ByteStream, ApiError> {
+    Ok(app
+        .instance_stream(loc)
+        .await?
+        .map_err(std::io::Error::other)
+        .boxed())
 }
 
 async fn retrieve_scope(
-    app: Arc<AppState>,
+    app: Arc<Context>,
     headers: HeaderMap,
     scope: Scope,
 ) -> Result<Response, ApiError> {
@@ -268,7 +232,7 @@ async fn retrieve_scope(
 }
 
 async fn metadata_scope(
-    app: Arc<AppState>,
+    app: Arc<Context>,
     headers: HeaderMap,
     scope: Scope,
 ) -> Result<Response, ApiError> {
@@ -278,20 +242,15 @@ async fn metadata_scope(
             "metadata is available as application/dicom+json".into(),
         ));
     }
-    let rows = app
-        .ingest
-        .index()
-        .metadata(&scope)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let rows = app.index().metadata(&scope).await?;
     if rows.is_empty() {
         return Err(ApiError::NotFound(not_found_message(&scope)));
     }
-    let base = urls::base_url(app.config.http.public_base_url.as_deref(), &headers);
+    let base = app.base_url(&headers);
     let mut hasher = Sha256::new();
     hasher.update(base.as_bytes());
     for (_, sha) in &rows {
-        hasher.update(sha.as_bytes());
+        hasher.update(sha.to_hex().as_bytes());
     }
     let etag = format!("\"{}\"", &hex::encode(hasher.finalize())[..32]);
     let matches = headers
@@ -365,6 +324,6 @@ mod tests {
             true,
         )
         .unwrap();
-        assert_eq!(wanted, Wanted::Exactly("1.2.840.10008.1.2".into()));
+        assert_eq!(wanted, Wanted::Exactly(TransferSyntax::implicit_vr_le()));
     }
 }

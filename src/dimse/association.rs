@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::server::{AccessControl, Negotiation, ServerAssociationOptions};
@@ -12,15 +13,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::link::MAX_PDU;
-use super::{commit, find, retrieve, Services};
+use super::{commit, find, retrieve};
 use crate::config::DimseConfig;
-use crate::ingest::{is_storage_class, Ingest};
+use crate::context::Context;
+use crate::dicom::is_storage_class;
+use crate::model::AeTitle;
 
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
-
-/// How long associations in progress may take to finish at shutdown (and operations
-/// in progress at release).
-pub(super) const DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The SOP classes of the Query/Retrieve and Storage Commitment services.
 pub const SERVICE_CLASSES: &[&str] = &[
@@ -70,7 +69,7 @@ pub fn transfer_syntaxes() -> Vec<&'static str> {
 
 /// Calling AE titles allowed (empty: any); the called AE title must be ours.
 struct AeRules {
-    allowed_calling: Vec<String>,
+    allowed_calling: Vec<AeTitle>,
 }
 
 impl AccessControl for AeRules {
@@ -81,13 +80,13 @@ impl AccessControl for AeRules {
         called_ae_title: &str,
         _user_identity: Option<&UserIdentity>,
     ) -> Result<(), AssociationRJServiceUserReason> {
-        if called_ae_title.trim() != this_ae_title.trim() {
+        if AeTitle::parse(called_ae_title).ok() != AeTitle::parse(this_ae_title).ok() {
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
-        let calling = calling_ae_title.trim();
-        if !self.allowed_calling.is_empty()
-            && !self.allowed_calling.iter().any(|a| a.trim() == calling)
-        {
+        let Ok(calling) = AeTitle::parse(calling_ae_title) else {
+            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
+        };
+        if !self.allowed_calling.is_empty() && !self.allowed_calling.contains(&calling) {
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
         Ok(())
@@ -105,18 +104,14 @@ impl Negotiation for Roles {
     }
 }
 
-/// Accept associations until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    ingest: Ingest,
-    config: DimseConfig,
-    shutdown: impl Future<Output = ()> + Send,
-) {
+/// What an association may be: our AE title, who may call, the SOP classes, transfer
+/// syntaxes and roles offered.
+fn offer(config: &DimseConfig) -> ServerAssociationOptions<'static, AeRules, Roles> {
     let mut options = ServerAssociationOptions::new()
         .ae_access_control(AeRules {
             allowed_calling: config.allowed_calling_aes.clone(),
         })
-        .ae_title(config.ae_title.clone())
+        .ae_title(config.ae_title.to_string())
         .max_pdu_length(MAX_PDU)
         .with_negotiation(Roles);
     for uid in SERVICE_CLASSES {
@@ -128,12 +123,18 @@ pub async fn serve(
     for ts in transfer_syntaxes() {
         options = options.with_transfer_syntax(ts);
     }
-    let options = Arc::new(options);
-    let services = Arc::new(Services {
-        ingest,
-        config: config.clone(),
-    });
-    let slots = Arc::new(Semaphore::new(config.max_associations.max(1)));
+    options
+}
+
+/// Accept associations until `shutdown` resolves, at most `dimse.max_associations` at a
+/// time; then give those in progress `dimse.drain_secs` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let options = Arc::new(offer(&ctx.config.dimse));
+    let slots = Arc::new(Semaphore::new(ctx.config.dimse.max_associations.max(1)));
     let mut shutdown = std::pin::pin!(shutdown);
     let mut running = tokio::task::JoinSet::new();
     loop {
@@ -153,33 +154,47 @@ pub async fn serve(
             tracing::warn!(%peer, "too many associations; closing the connection");
             continue;
         };
-        let (options, services) = (options.clone(), services.clone());
+        let (options, ctx) = (options.clone(), ctx.clone());
         running.spawn(async move {
-            let _ = socket.set_nodelay(true);
-            let m = crate::metrics::get();
-            match options.establish_async(socket).await {
-                Ok(association) => {
-                    m.dimse_associations
-                        .with_label_values(&["established"])
-                        .inc();
-                    m.dimse_active.inc();
-                    super::session::run(association, services, peer.ip().to_string()).await;
-                    m.dimse_active.dec();
-                }
-                Err(e) => {
-                    m.dimse_associations.with_label_values(&["rejected"]).inc();
-                    tracing::info!(%peer, error = %e, "association not established");
-                }
-            }
+            associate(socket, peer, &options, ctx).await;
             drop(permit);
         });
     }
-    // Stop accepting, then give the associations in progress time to finish their work.
+    drain(running, Duration::from_secs(ctx.config.dimse.drain_secs)).await;
+}
+
+/// Negotiate one association and run it to its end.
+async fn associate(
+    socket: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    options: &ServerAssociationOptions<'static, AeRules, Roles>,
+    ctx: Arc<Context>,
+) {
+    let _ = socket.set_nodelay(true);
+    let m = ctx.metrics();
+    match options.establish_async(socket).await {
+        Ok(association) => {
+            m.dimse_associations
+                .with_label_values(&["established"])
+                .inc();
+            m.dimse_active.inc();
+            super::session::run(association, ctx, peer.ip().to_string()).await;
+            m.dimse_active.dec();
+        }
+        Err(e) => {
+            m.dimse_associations.with_label_values(&["rejected"]).inc();
+            tracing::info!(%peer, error = %e, "association not established");
+        }
+    }
+}
+
+/// Stop accepting, then give the associations in progress time to finish their work.
+async fn drain(mut running: tokio::task::JoinSet<()>, deadline: Duration) {
     tracing::info!(
         associations = running.len(),
         "DIMSE listener stopped; draining associations"
     );
-    let drained = tokio::time::timeout(DRAIN, async {
+    let drained = tokio::time::timeout(deadline, async {
         while running.join_next().await.is_some() {}
     })
     .await;

@@ -6,7 +6,8 @@ use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
-use crate::ingest::element_text as text;
+use super::status::Status;
+use crate::dicom::element_text as text;
 use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
 
 /// Command Field values (PS3.7 Annex E).
@@ -54,7 +55,7 @@ pub struct Command {
     pub requested_sop_instance: Option<String>,
     pub move_destination: Option<String>,
     pub action_type: Option<u16>,
-    pub status: Option<u16>,
+    pub status: Option<Status>,
     pub has_data_set: bool,
 }
 
@@ -67,7 +68,7 @@ fn uint(obj: &InMemDicomObject, tag: Tag) -> Option<u16> {
 
 /// Decode a command set.
 pub fn decode(bytes: &[u8]) -> Result<Command, CommandError> {
-    crate::ingest::check_data_set(bytes, "1.2.840.10008.1.2").map_err(CommandError)?;
+    crate::dicom::check_data_set(bytes, "1.2.840.10008.1.2").map_err(CommandError)?;
     let obj = InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
         .map_err(|e| CommandError(e.to_string()))?;
     let field =
@@ -82,7 +83,7 @@ pub fn decode(bytes: &[u8]) -> Result<Command, CommandError> {
         requested_sop_instance: text(&obj, tags::REQUESTED_SOP_INSTANCE_UID),
         move_destination: text(&obj, tags::MOVE_DESTINATION),
         action_type: uint(&obj, tags::ACTION_TYPE_ID),
-        status: uint(&obj, tags::STATUS),
+        status: uint(&obj, tags::STATUS).map(Status),
         has_data_set: uint(&obj, tags::COMMAND_DATA_SET_TYPE).is_some_and(|t| t != NO_DATA_SET),
     })
 }
@@ -117,13 +118,13 @@ fn encode(elements: Vec<DataElement<InMemDicomObject>>) -> Vec<u8> {
 pub struct Response<'a> {
     request: &'a Command,
     field: u16,
-    status: u16,
+    status: Status,
     data_set: bool,
     counts: Option<Counts>,
 }
 
 impl<'a> Response<'a> {
-    pub fn new(request: &'a Command, field: u16, status: u16) -> Self {
+    pub fn new(request: &'a Command, field: u16, status: Status) -> Self {
         Response {
             request,
             field,
@@ -161,7 +162,7 @@ impl<'a> Response<'a> {
             tags::COMMAND_DATA_SET_TYPE,
             if self.data_set { DATA_SET } else { NO_DATA_SET },
         ));
-        elements.push(us(tags::STATUS, self.status));
+        elements.push(us(tags::STATUS, self.status.0));
         let instance = rq
             .affected_sop_instance
             .as_ref()
@@ -174,7 +175,7 @@ impl<'a> Response<'a> {
         }
         if let Some(c) = self.counts {
             // Remaining is only meaningful in pending responses (and after a cancel).
-            if self.status == 0xFF00 || self.status == 0xFE00 {
+            if self.status.is_pending() || self.status == Status::CANCEL {
                 elements.push(us(tags::NUMBER_OF_REMAINING_SUBOPERATIONS, c.remaining));
             }
             elements.push(us(tags::NUMBER_OF_COMPLETED_SUBOPERATIONS, c.completed));
@@ -186,12 +187,12 @@ impl<'a> Response<'a> {
 }
 
 /// Encode a response to `request` with `status`.
-pub fn response(request: &Command, field: u16, status: u16) -> Vec<u8> {
+pub fn response(request: &Command, field: u16, status: Status) -> Vec<u8> {
     Response::new(request, field, status).encode()
 }
 
 /// Encode a response that a data set (an identifier) follows.
-pub fn response_with_data(request: &Command, field: u16, status: u16) -> Vec<u8> {
+pub fn response_with_data(request: &Command, field: u16, status: Status) -> Vec<u8> {
     Response::new(request, field, status)
         .with_data_set()
         .encode()
@@ -258,7 +259,7 @@ mod tests {
             has_data_set: true,
             ..Default::default()
         };
-        let bytes = response(&rq, field::C_STORE_RSP, 0xA900);
+        let bytes = response(&rq, field::C_STORE_RSP, Status::DOES_NOT_MATCH_SOP_CLASS);
         let obj = read(&bytes);
         assert_eq!(uint(&obj, tags::STATUS), Some(0xA900));
         assert_eq!(uint(&obj, tags::MESSAGE_ID_BEING_RESPONDED_TO), Some(7));
@@ -271,7 +272,7 @@ mod tests {
         let back = decode(&bytes).unwrap();
         assert_eq!(back.field, field::C_STORE_RSP);
         assert_eq!(back.responded_to, Some(7));
-        assert_eq!(back.status, Some(0xA900));
+        assert_eq!(back.status, Some(Status::DOES_NOT_MATCH_SOP_CLASS));
         assert!(!back.has_data_set);
         assert_eq!(back.affected_sop_instance.as_deref(), Some("1.2.3"));
     }
@@ -291,7 +292,7 @@ mod tests {
             warning: 0,
         };
         let pending = read(
-            &Response::new(&rq, field::C_MOVE_RSP, 0xFF00)
+            &Response::new(&rq, field::C_MOVE_RSP, Status::PENDING)
                 .with_counts(counts)
                 .encode(),
         );
@@ -304,7 +305,7 @@ mod tests {
             Some(1)
         );
         let last = read(
-            &Response::new(&rq, field::C_MOVE_RSP, 0xB000)
+            &Response::new(&rq, field::C_MOVE_RSP, Status::WARNING)
                 .with_counts(counts)
                 .with_data_set()
                 .encode(),
@@ -328,7 +329,7 @@ mod tests {
             has_data_set: true,
             ..Default::default()
         };
-        let back = decode(&response(&rq, field::N_ACTION_RSP, 0)).unwrap();
+        let back = decode(&response(&rq, field::N_ACTION_RSP, Status::SUCCESS)).unwrap();
         assert_eq!(
             back.affected_sop_class.as_deref(),
             Some("1.2.840.10008.1.20.1")

@@ -8,31 +8,22 @@
 
 use std::sync::Arc;
 
+use super::command::{self, field, Command};
+use super::link::{DataSet, Writer};
+use super::scu::{self, Proposal};
+use super::status::Status;
+use crate::context::Context;
+use crate::dicom::element_text as text;
+use crate::model::{AeTitle, TransferSyntax, Uid};
 use dicom_core::value::{DataSetSequence, PrimitiveValue};
 use dicom_core::{DataElement, Length, VR};
 use dicom_dictionary_std::tags;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use futures::StreamExt;
-use sha2::{Digest, Sha256};
-
-use super::command::{self, field, Command};
-use super::link::{DataSet, Writer};
-use super::scu::{self, Proposal};
-use super::Services;
-use crate::ingest::element_text as text;
-use crate::model::ObjectKey;
-use crate::model::Uid;
-use crate::render::transcode::{EXPLICIT_VR_LE, IMPLICIT_VR_LE};
 
 pub const STORAGE_COMMITMENT: &str = "1.2.840.10008.1.20.1";
 pub const STORAGE_COMMITMENT_INSTANCE: &str = "1.2.840.10008.1.20.1.1";
-
-/// Failure Reason values (PS3.4 J.3.2.1.1.2).
-const PROCESSING_FAILURE: u16 = 0x0110;
-const NO_SUCH_OBJECT_INSTANCE: u16 = 0x0112;
-const CLASS_INSTANCE_CONFLICT: u16 = 0x0119;
 
 /// A storage commitment request, checked.
 pub struct Request {
@@ -42,29 +33,32 @@ pub struct Request {
 
 /// Validate an N-ACTION-RQ and its action information: the request, or the N-ACTION-RSP
 /// failure status.
-pub fn accept(rq: &Command, data: &[u8], ts: &str) -> Result<Request, u16> {
+pub fn accept(rq: &Command, data: &[u8], ts: &str) -> Result<Request, Status> {
     if rq.requested_sop_class.as_deref() != Some(STORAGE_COMMITMENT) {
-        return Err(0x0118); // no such SOP class
+        return Err(Status::NO_SUCH_SOP_CLASS);
     }
     if rq.requested_sop_instance.as_deref() != Some(STORAGE_COMMITMENT_INSTANCE) {
-        return Err(0x0112); // no such SOP instance
+        return Err(Status::NO_SUCH_OBJECT_INSTANCE);
     }
     if rq.action_type != Some(1) {
-        return Err(0x0123); // no such action
+        return Err(Status::NO_SUCH_ACTION);
     }
-    crate::ingest::check_data_set(data, ts).map_err(|e| {
+    crate::dicom::check_data_set(data, ts).map_err(|e| {
         tracing::info!(error = %e, "action information refused");
-        0x0110u16
+        Status::PROCESSING_FAILURE
     })?;
-    let ts = TransferSyntaxRegistry.get(ts).ok_or(0x0110u16)?;
-    let obj = InMemDicomObject::read_dataset_with_ts(data, ts).map_err(|_| 0x0110u16)?;
+    let ts = TransferSyntaxRegistry
+        .get(ts)
+        .ok_or(Status::PROCESSING_FAILURE)?;
+    let obj =
+        InMemDicomObject::read_dataset_with_ts(data, ts).map_err(|_| Status::PROCESSING_FAILURE)?;
     let transaction_uid = text(&obj, tags::TRANSACTION_UID)
         .filter(|u| Uid::parse(u).is_ok())
-        .ok_or(0x0120u16)?; // missing attribute
+        .ok_or(Status::MISSING_ATTRIBUTE)?;
     let items = obj
         .get(tags::REFERENCED_SOP_SEQUENCE)
         .and_then(|e| e.items())
-        .ok_or(0x0120u16)?;
+        .ok_or(Status::MISSING_ATTRIBUTE)?;
     let references = items
         .iter()
         .map(|item| {
@@ -74,84 +68,66 @@ pub fn accept(rq: &Command, data: &[u8], ts: &str) -> Result<Request, u16> {
             ))
         })
         .collect::<Option<Vec<_>>>()
-        .ok_or(0x0121u16)?; // missing attribute value
+        .ok_or(Status::MISSING_ATTRIBUTE_VALUE)?;
     Ok(Request {
         transaction_uid,
         references,
     })
 }
 
-/// Check every referenced instance: (class, instance, None) when committed, or with the
-/// failure reason.
-async fn check(svc: &Services, request: &Request) -> Vec<(String, String, Option<u16>)> {
+/// One referenced instance: its class, its UID, and the failure reason (PS3.4 J.3.2.1.1.2)
+/// when it is not committed.
+type Verdict = (String, String, Option<Status>);
+
+/// Check every referenced instance.
+async fn check(svc: &Context, request: &Request) -> Vec<Verdict> {
     let mut out = Vec::with_capacity(request.references.len());
     for (class, instance) in &request.references {
         let verdict = verify_one(svc, class, instance).await;
         if let Some(reason) = verdict {
-            tracing::info!(sop = %instance, reason = format!("{reason:#06X}"), "storage commitment failed for an instance");
+            tracing::info!(sop = %instance, %reason, "storage commitment failed for an instance");
         }
         out.push((class.clone(), instance.clone(), verdict));
     }
     out
 }
 
-async fn verify_one(svc: &Services, class: &str, instance: &str) -> Option<u16> {
+/// Whether the index holds the instance with this class, and its object reads back with
+/// the SHA-256 and size recorded at ingest.
+async fn verify_one(svc: &Context, class: &str, instance: &str) -> Option<Status> {
     let uid = Uid::parse(instance).ok()?;
-    let loc = match svc.ingest.index().locate_instance(&uid).await {
+    let loc = match svc.index().locate_instance(&uid).await {
         Ok(Some(loc)) => loc,
-        Ok(None) => return Some(NO_SUCH_OBJECT_INSTANCE),
+        Ok(None) => return Some(Status::NO_SUCH_OBJECT_INSTANCE),
         Err(e) => {
             tracing::error!(error = %e, "storage commitment look-up failed");
-            return Some(PROCESSING_FAILURE);
+            return Some(Status::PROCESSING_FAILURE);
         }
     };
-    if loc.sop_class_uid != class {
-        return Some(CLASS_INSTANCE_CONFLICT);
+    if loc.sop_class_uid.as_str() != class {
+        return Some(Status::CLASS_INSTANCE_CONFLICT);
     }
-    let Some(key) = ObjectKey::parse(&loc.object_key) else {
-        return Some(PROCESSING_FAILURE);
-    };
-    let mut stream = match svc.ingest.store().stream(&key, None).await {
-        Ok(s) => s,
+    match svc.store().digest(&loc.object_key).await {
+        Ok((digest, size)) if digest == loc.sha256 && size == loc.size => None,
+        Ok(_) => {
+            tracing::error!(sop = %instance, "stored object does not match its recorded SHA-256");
+            Some(Status::PROCESSING_FAILURE)
+        }
         Err(e) => {
             tracing::error!(sop = %instance, error = %e, "committed instance unreadable");
-            return Some(PROCESSING_FAILURE);
-        }
-    };
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(c) => {
-                size += c.len() as u64;
-                hasher.update(&c);
-            }
-            Err(e) => {
-                tracing::error!(sop = %instance, error = %e, "committed instance unreadable");
-                return Some(PROCESSING_FAILURE);
-            }
+            Some(Status::PROCESSING_FAILURE)
         }
     }
-    let digest = hex(&hasher.finalize());
-    if digest != loc.sha256 || size != loc.size {
-        tracing::error!(sop = %instance, "stored object does not match its recorded SHA-256");
-        return Some(PROCESSING_FAILURE);
-    }
-    None
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The N-EVENT-REPORT event information: Event Type ID and encoded data set.
 fn event_information(
     request: &Request,
-    results: &[(String, String, Option<u16>)],
-    ae_title: &str,
+    results: &[Verdict],
+    ae_title: &AeTitle,
     ts: &str,
 ) -> Option<(u16, Vec<u8>)> {
-    let item = |class: &str, instance: &str, reason: Option<u16>| {
+    let item = |class: &str, instance: &str, reason: Option<Status>| {
         let mut o = InMemDicomObject::new_empty();
         o.put(DataElement::new(
             tags::REFERENCED_SOP_CLASS_UID,
@@ -167,7 +143,7 @@ fn event_information(
             o.put(DataElement::new(
                 tags::FAILURE_REASON,
                 VR::US,
-                PrimitiveValue::from(r),
+                PrimitiveValue::from(r.0),
             ));
         }
         o
@@ -192,7 +168,7 @@ fn event_information(
     obj.put(DataElement::new(
         tags::RETRIEVE_AE_TITLE,
         VR::AE,
-        PrimitiveValue::from(ae_title),
+        PrimitiveValue::from(ae_title.as_str()),
     ));
     if !committed.is_empty() {
         obj.put(DataElement::new(
@@ -216,11 +192,11 @@ fn event_information(
 
 /// Verify, then report: on the same association if it is still open, else on a new one.
 pub async fn report(
-    svc: Arc<Services>,
+    svc: Arc<Context>,
     writer: Arc<Writer>,
     context: u8,
     ts: String,
-    requester_ae: String,
+    requester_ae: AeTitle,
     request: Request,
 ) {
     let results = check(&svc, &request).await;
@@ -231,50 +207,46 @@ pub async fn report(
         failed = results.len() - committed,
         "storage commitment checked"
     );
+    let ae = &svc.config.dimse.ae_title;
     if writer.is_open() {
-        if let Some((event, data)) =
-            event_information(&request, &results, &svc.config.ae_title, &ts)
-        {
+        if let Some((event, data)) = event_information(&request, &results, ae, &ts) {
             if send(&writer, context, event, data).await {
                 return;
             }
         }
     }
-    // The requester's association is gone: call it back.
-    let Some(dest) = svc.config.destination(&requester_ae) else {
+    call_back(&svc, &requester_ae, &request, &results).await;
+}
+
+/// The requester's association is gone: report on a new association to it, as the
+/// N-EVENT-REPORT's SCU (the SCP role of storage commitment for us).
+async fn call_back(svc: &Context, requester_ae: &AeTitle, request: &Request, results: &[Verdict]) {
+    let Some(dest) = svc.config.dimse.destination(requester_ae) else {
         tracing::warn!(ae = %requester_ae, "storage commitment result not delivered: the requester is not in dimse.destinations");
         return;
     };
     let proposal = Proposal {
         abstract_syntax: STORAGE_COMMITMENT.to_owned(),
-        transfer_syntaxes: vec![EXPLICIT_VR_LE.to_owned(), IMPLICIT_VR_LE.to_owned()],
+        transfer_syntaxes: vec![
+            TransferSyntax::EXPLICIT_VR_LE.to_owned(),
+            TransferSyntax::IMPLICIT_VR_LE.to_owned(),
+        ],
     };
-    let peer = match scu::connect(
-        dest,
-        &svc.config.ae_title,
-        &[proposal],
-        &[STORAGE_COMMITMENT],
-    )
-    .await
-    {
+    let ae = &svc.config.dimse.ae_title;
+    let peer = match scu::connect(dest, ae, &[proposal], &[STORAGE_COMMITMENT]).await {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "storage commitment result not delivered");
             return;
         }
     };
-    let delivered = match peer
+    let context = peer
         .contexts
         .iter()
-        .find(|c| c.abstract_syntax == STORAGE_COMMITMENT)
-    {
-        Some(ctx) => match event_information(
-            &request,
-            &results,
-            &svc.config.ae_title,
-            &ctx.transfer_syntax,
-        ) {
-            Some((event, data)) => send(&peer.writer, ctx.id, event, data).await,
+        .find(|c| c.abstract_syntax == STORAGE_COMMITMENT);
+    let delivered = match context {
+        Some(c) => match event_information(request, results, ae, c.transfer_syntax.as_str()) {
+            Some((event, data)) => send(&peer.writer, c.id, event, data).await,
             None => false,
         },
         None => false,
@@ -293,7 +265,11 @@ async fn send(writer: &Writer, context: u8, event: u16, data: Vec<u8>) -> bool {
         .request(context, id, &rq, Some(DataSet::Bytes(data)))
         .await
     {
-        Ok(rsp) if rsp.field == field::N_EVENT_REPORT_RSP && rsp.status == Some(0) => true,
+        Ok(rsp)
+            if rsp.field == field::N_EVENT_REPORT_RSP && rsp.status == Some(Status::SUCCESS) =>
+        {
+            true
+        }
         Ok(rsp) if rsp.field == field::N_EVENT_REPORT_RSP => {
             tracing::info!(status = ?rsp.status, "N-EVENT-REPORT refused on this association");
             false

@@ -7,17 +7,15 @@ use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_encoding::text::SpecificCharacterSet;
-use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
-
-use crate::ingest::element_text as text;
-use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use serde_json::Value as Json;
 
+use super::status::Status;
+use crate::dicom::element_text as text;
 use crate::index::query::{Hit, Query};
 use crate::index::Index;
 use crate::model::query::{AttributeKey, Filter, Level, Matcher};
-use crate::model::Uid;
+use crate::model::{AeTitle, TransferSyntax, Uid};
 
 pub const STUDY_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.2.1";
 pub const PATIENT_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.1.1";
@@ -37,20 +35,21 @@ pub struct Identifier {
 }
 
 /// Parse an identifier encoded in `ts`; Err(status) when it cannot be used.
-pub fn parse(identifier: &[u8], ts: &str) -> Result<Identifier, u16> {
-    crate::ingest::check_data_set(identifier, ts).map_err(|e| {
+pub fn parse(identifier: &[u8], ts: &TransferSyntax) -> Result<Identifier, Status> {
+    crate::dicom::check_data_set(identifier, ts.as_str()).map_err(|e| {
         tracing::info!(error = %e, "identifier refused");
-        0xC000u16
+        Status::CANNOT_UNDERSTAND
     })?;
-    let ts = TransferSyntaxRegistry.get(ts).ok_or(0xC000u16)?;
-    let request = InMemDicomObject::read_dataset_with_ts(identifier, ts).map_err(|_| 0xC000u16)?;
-    let level = text(&request, tags::QUERY_RETRIEVE_LEVEL).ok_or(0xA900u16)?;
+    let request = InMemDicomObject::read_dataset_with_ts(identifier, ts.entry())
+        .map_err(|_| Status::CANNOT_UNDERSTAND)?;
+    let level =
+        text(&request, tags::QUERY_RETRIEVE_LEVEL).ok_or(Status::DOES_NOT_MATCH_SOP_CLASS)?;
     let (query_level, patients) = match level.as_str() {
         "PATIENT" => (Level::Study, true),
         "STUDY" => (Level::Study, false),
         "SERIES" => (Level::Series, false),
         "IMAGE" => (Level::Instance, false),
-        _ => return Err(0xA900),
+        _ => return Err(Status::DOES_NOT_MATCH_SOP_CLASS),
     };
     let mut filters = Vec::new();
     let mut keys = Vec::new();
@@ -76,7 +75,7 @@ pub fn parse(identifier: &[u8], ts: &str) -> Result<Identifier, u16> {
             path: vec![tag],
             vr: elem.vr(),
         };
-        let matcher = Matcher::parse(&key, &value).map_err(|_| 0xA900u16)?;
+        let matcher = Matcher::parse(&key, &value).map_err(|_| Status::DOES_NOT_MATCH_SOP_CLASS)?;
         match (tag, &matcher) {
             (tags::STUDY_INSTANCE_UID, Matcher::Exact(u)) if query_level != Level::Study => {
                 study_uid = Uid::parse(u.as_str()).ok()
@@ -109,19 +108,18 @@ pub fn parse(identifier: &[u8], ts: &str) -> Result<Identifier, u16> {
 pub async fn find(
     index: &Index,
     identifier: &[u8],
-    ts_uid: &str,
-    ae_title: &str,
-) -> Result<Vec<Vec<u8>>, u16> {
-    let ts = TransferSyntaxRegistry.get(ts_uid).ok_or(0xC000u16)?;
+    ts: &TransferSyntax,
+    ae_title: &AeTitle,
+) -> Result<Vec<Vec<u8>>, Status> {
     let Identifier {
         level,
         query,
         keys,
         patients,
-    } = parse(identifier, ts_uid)?;
+    } = parse(identifier, ts)?;
     let found = index.search(&query).await.map_err(|e| {
         tracing::error!(error = %e, "C-FIND search failed");
-        0xA700u16
+        Status::OUT_OF_RESOURCES
     })?;
     let mut hits = found.hits;
     if patients {
@@ -130,7 +128,7 @@ pub async fn find(
     }
     Ok(hits
         .iter()
-        .map(|hit| encode(hit, &keys, &level, ae_title, ts))
+        .map(|hit| encode(hit, &keys, &level, ae_title, ts.entry()))
         .collect())
 }
 
@@ -165,7 +163,7 @@ fn encode(
     hit: &Hit,
     keys: &[(Tag, VR)],
     level: &str,
-    ae_title: &str,
+    ae_title: &AeTitle,
     ts: &dicom_encoding::TransferSyntax,
 ) -> Vec<u8> {
     let mut obj = InMemDicomObject::new_empty();
@@ -182,7 +180,7 @@ fn encode(
     obj.put(DataElement::new(
         tags::RETRIEVE_AE_TITLE,
         VR::AE,
-        PrimitiveValue::from(ae_title),
+        PrimitiveValue::from(ae_title.as_str()),
     ));
     for &(tag, vr) in keys {
         if vr == VR::SQ {

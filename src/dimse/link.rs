@@ -367,7 +367,7 @@ mod tests {
         let err = a.command_fragment(&[], true).unwrap().unwrap_err();
         assert!(err.0.contains("larger than"), "{err}");
         // The next command starts afresh.
-        let echo = command::response(&Command::default(), 0x0030, 0);
+        let echo = command::response(&Command::default(), 0x0030, crate::dimse::Status::SUCCESS);
         let next = a.command_fragment(&echo, true).unwrap().unwrap();
         assert_eq!(next.field, 0x0030);
     }

@@ -18,45 +18,42 @@ mod link;
 pub mod retrieve;
 mod scu;
 mod session;
+pub mod status;
 pub mod store;
 
 pub use association::{serve, storage_sop_classes, transfer_syntaxes, SERVICE_CLASSES};
 pub use link::{Assembler, MAX_COMMAND};
+pub use status::Status;
 
-use crate::config::DimseConfig;
-use crate::ingest::Ingest;
-
-/// What every association works with.
-pub struct Services {
-    pub ingest: Ingest,
-    pub config: DimseConfig,
-}
+use crate::model::TransferSyntax;
 
 /// An accepted presentation context.
 #[derive(Debug, Clone)]
-pub struct Context {
+pub struct PresentationContext {
     pub id: u8,
     pub abstract_syntax: String,
-    pub transfer_syntax: String,
+    pub transfer_syntax: TransferSyntax,
     /// Whether the peer may act as SCP of the abstract syntax (receive C-STORE from us).
     pub peer_is_scp: bool,
 }
 
-impl Context {
+impl PresentationContext {
     /// The accepted contexts of a negotiation; `peer_is_scp` tells the peer's role for an
     /// abstract syntax.
     pub fn accepted(
         negotiated: &[dicom_ul::pdu::PresentationContextNegotiated],
         peer_is_scp: impl Fn(&str) -> bool,
-    ) -> Vec<Context> {
+    ) -> Vec<PresentationContext> {
         negotiated
             .iter()
             .filter(|pc| pc.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance)
-            .map(|pc| Context {
-                id: pc.id,
-                abstract_syntax: pc.abstract_syntax.clone(),
-                transfer_syntax: pc.transfer_syntax.clone(),
-                peer_is_scp: peer_is_scp(&pc.abstract_syntax),
+            .filter_map(|pc| {
+                Some(PresentationContext {
+                    id: pc.id,
+                    abstract_syntax: pc.abstract_syntax.clone(),
+                    transfer_syntax: TransferSyntax::parse(&pc.transfer_syntax).ok()?,
+                    peer_is_scp: peer_is_scp(&pc.abstract_syntax),
+                })
             })
             .collect()
     }

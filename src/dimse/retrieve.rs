@@ -14,9 +14,7 @@ use std::sync::Arc;
 use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
-use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
-use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -24,12 +22,13 @@ use super::command::{self, field, Command, Counts, Response};
 use super::find::{self, json_text};
 use super::link::{DataSet, Writer};
 use super::scu::{self, Proposal};
-use super::{Context, Services};
+use super::status::Status;
+use super::PresentationContext;
+use crate::context::Context;
 use crate::index::read::{InstanceLocation, Scope};
 use crate::model::query::Level;
-use crate::model::ObjectKey;
-use crate::model::Uid;
-use crate::render::transcode::{can_transcode, transcode_file, EXPLICIT_VR_LE, IMPLICIT_VR_LE};
+use crate::model::{AeTitle, TransferSyntax, Uid};
+use crate::render::transcode::{can_transcode, transcode_file};
 use crate::storage::Store;
 
 pub const STUDY_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.2.2";
@@ -44,7 +43,7 @@ const MAX_INSTANCES: usize = 65_535;
 pub struct Retrieve {
     pub request: Command,
     pub context: u8,
-    pub transfer_syntax: String,
+    pub transfer_syntax: TransferSyntax,
     pub identifier: Vec<u8>,
     pub cancel: CancellationToken,
     /// The requester's AE title and address (for the audit trail).
@@ -64,7 +63,7 @@ enum Target<'a> {
     /// C-GET: the requester's association, on contexts where it is the SCP.
     Requester {
         writer: &'a Writer,
-        contexts: &'a [Context],
+        contexts: &'a [PresentationContext],
     },
     /// C-MOVE: an association we opened to the move destination.
     Destination {
@@ -74,15 +73,15 @@ enum Target<'a> {
 }
 
 /// The instances an identifier names, in study, series and instance order.
-async fn matches(svc: &Services, r: &Retrieve) -> Result<Vec<InstanceLocation>, u16> {
+async fn matches(svc: &Context, r: &Retrieve) -> Result<Vec<InstanceLocation>, Status> {
     let id = find::parse(&r.identifier, &r.transfer_syntax)?;
     let mut query = id.query;
     query.full_instance_json = false;
     query.limit = MAX_INSTANCES;
-    let index = svc.ingest.index();
+    let index = svc.index();
     let found = index.search(&query).await.map_err(|e| {
         tracing::error!(error = %e, "retrieve search failed");
-        0xA701u16
+        Status::OUT_OF_RESOURCES_MATCHES
     })?;
     let mut out = Vec::new();
     for hit in &found.hits {
@@ -101,14 +100,14 @@ async fn matches(svc: &Services, r: &Retrieve) -> Result<Vec<InstanceLocation>, 
         };
         let located = index.locate(&scope).await.map_err(|e| {
             tracing::error!(error = %e, "retrieve look-up failed");
-            0xA701u16
+            Status::OUT_OF_RESOURCES_MATCHES
         })?;
         out.extend(located);
         if out.len() > MAX_INSTANCES {
-            return Err(0xA701);
+            return Err(Status::OUT_OF_RESOURCES_MATCHES);
         }
     }
-    let mut studies: Vec<&str> = out.iter().map(|l| l.study_uid.as_str()).collect();
+    let mut studies: Vec<&Uid> = out.iter().map(|l| &l.study_uid).collect();
     studies.dedup();
     let action = if r.request.field == field::C_MOVE_RQ {
         "C-MOVE"
@@ -118,7 +117,7 @@ async fn matches(svc: &Services, r: &Retrieve) -> Result<Vec<InstanceLocation>, 
     for study in studies {
         index.audit(
             crate::index::admin::AuditEvent::new(&r.who, "dimse", Some(r.address.clone()), "read")
-                .study(study)
+                .study(study.as_str())
                 .detail(action),
         );
     }
@@ -126,26 +125,28 @@ async fn matches(svc: &Services, r: &Retrieve) -> Result<Vec<InstanceLocation>, 
 }
 
 /// Answer a C-MOVE: sub-operations on a new association to the destination.
-pub async fn c_move(svc: Arc<Services>, writer: Arc<Writer>, r: Retrieve) {
+pub async fn c_move(svc: Arc<Context>, writer: Arc<Writer>, r: Retrieve) {
     let destination = r
         .request
         .move_destination
         .as_deref()
-        .and_then(|ae| svc.config.destination(ae));
+        .and_then(|ae| AeTitle::parse(ae).ok())
+        .and_then(|ae| svc.config.dimse.destination(&ae));
     let Some(destination) = destination else {
         tracing::info!(destination = ?r.request.move_destination, "C-MOVE to an unknown destination");
-        return final_response(&writer, &r, 0xA801, Counts::default(), &[]).await;
+        let unknown = Status::MOVE_DESTINATION_UNKNOWN;
+        return final_response(&writer, &r, unknown, Counts::default(), &[]).await;
     };
     let instances = match matches(&svc, &r).await {
         Ok(i) => i,
         Err(status) => return final_response(&writer, &r, status, Counts::default(), &[]).await,
     };
     if instances.is_empty() {
-        return final_response(&writer, &r, 0x0000, Counts::default(), &[]).await;
+        return final_response(&writer, &r, Status::SUCCESS, Counts::default(), &[]).await;
     }
     let peer = match scu::connect(
         destination,
-        &svc.config.ae_title,
+        &svc.config.dimse.ae_title,
         &proposals(&instances),
         &[],
     )
@@ -158,18 +159,15 @@ pub async fn c_move(svc: Arc<Services>, writer: Arc<Writer>, r: Retrieve) {
                 failed: instances.len() as u16,
                 ..Default::default()
             };
-            let failed: Vec<&str> = instances
-                .iter()
-                .map(|i| i.sop_instance_uid.as_str())
-                .collect();
-            return final_response(&writer, &r, 0xA702, counts, &failed).await;
+            let failed: Vec<&Uid> = instances.iter().map(|i| &i.sop_instance_uid).collect();
+            let status = Status::OUT_OF_RESOURCES_SUB_OPERATIONS;
+            return final_response(&writer, &r, status, counts, &failed).await;
         }
     };
     let calling = r.request.message_id;
-    let originator = svc.config.ae_title.clone();
     let target = Target::Destination {
         peer: &peer,
-        originator: (originator.as_str(), calling),
+        originator: (svc.config.dimse.ae_title.as_str(), calling),
     };
     run(&svc, &writer, &r, &instances, &target).await;
     peer.release().await;
@@ -177,16 +175,17 @@ pub async fn c_move(svc: Arc<Services>, writer: Arc<Writer>, r: Retrieve) {
 
 /// Answer a C-GET: sub-operations on the requester's association.
 pub async fn c_get(
-    svc: Arc<Services>,
+    svc: Arc<Context>,
     writer: Arc<Writer>,
-    contexts: Arc<Vec<Context>>,
+    contexts: Arc<Vec<PresentationContext>>,
     r: Retrieve,
 ) {
     let instances = match matches(&svc, &r).await {
         Ok(i) => i,
         Err(status) => return final_response(&writer, &r, status, Counts::default(), &[]).await,
     };
-    let usable: Vec<Context> = contexts.iter().filter(|c| c.peer_is_scp).cloned().collect();
+    let usable: Vec<PresentationContext> =
+        contexts.iter().filter(|c| c.peer_is_scp).cloned().collect();
     let target = Target::Requester {
         writer: &writer,
         contexts: &usable,
@@ -197,26 +196,28 @@ pub async fn c_get(
 /// Contexts to propose to a move destination: each SOP class in each stored transfer
 /// syntax, plus each SOP class in the uncompressed syntaxes everything transcodes to.
 fn proposals(instances: &[InstanceLocation]) -> Vec<Proposal> {
-    let mut by_class: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut by_class: BTreeMap<&str, Vec<&TransferSyntax>> = BTreeMap::new();
     for i in instances {
-        let list = by_class.entry(&i.sop_class_uid).or_default();
-        if !list.contains(&i.transfer_syntax.as_str()) {
+        let list = by_class.entry(i.sop_class_uid.as_str()).or_default();
+        if !list.contains(&&i.transfer_syntax) {
             list.push(&i.transfer_syntax);
         }
     }
+    let uncompressed = vec![
+        TransferSyntax::EXPLICIT_VR_LE.to_owned(),
+        TransferSyntax::IMPLICIT_VR_LE.to_owned(),
+    ];
     let mut out = Vec::new();
     for (class, syntaxes) in by_class {
-        for ts in syntaxes {
-            if ts != EXPLICIT_VR_LE && ts != IMPLICIT_VR_LE {
-                out.push(Proposal {
-                    abstract_syntax: class.to_owned(),
-                    transfer_syntaxes: vec![ts.to_owned()],
-                });
-            }
+        for ts in syntaxes.into_iter().filter(|ts| !ts.is_native_le()) {
+            out.push(Proposal {
+                abstract_syntax: class.to_owned(),
+                transfer_syntaxes: vec![ts.to_string()],
+            });
         }
         out.push(Proposal {
             abstract_syntax: class.to_owned(),
-            transfer_syntaxes: vec![EXPLICIT_VR_LE.to_owned(), IMPLICIT_VR_LE.to_owned()],
+            transfer_syntaxes: uncompressed.clone(),
         });
     }
     // Presentation context IDs are odd numbers below 256.
@@ -225,7 +226,7 @@ fn proposals(instances: &[InstanceLocation]) -> Vec<Proposal> {
 }
 
 async fn run(
-    svc: &Services,
+    svc: &Context,
     writer: &Writer,
     r: &Retrieve,
     instances: &[InstanceLocation],
@@ -236,16 +237,16 @@ async fn run(
         remaining: instances.len().min(u16::MAX as usize) as u16,
         ..Default::default()
     };
-    let mut failed_uids: Vec<&str> = Vec::new();
+    let mut failed_uids: Vec<&Uid> = Vec::new();
     for loc in instances {
         if r.cancel.is_cancelled() {
-            return final_response(writer, r, 0xFE00, counts, &failed_uids).await;
+            return final_response(writer, r, Status::CANCEL, counts, &failed_uids).await;
         }
         if !writer.is_open() {
             tracing::info!("requester gone; retrieve stopped");
             return;
         }
-        let outcome = sub_operation(svc.ingest.store(), loc, target).await;
+        let outcome = sub_operation(svc.store(), loc, target).await;
         counts.remaining = counts.remaining.saturating_sub(1);
         match outcome {
             Sub::Completed => counts.completed += 1,
@@ -256,7 +257,7 @@ async fn run(
             }
         }
         if counts.remaining > 0 {
-            let pending = Response::new(&r.request, rsp_field, 0xFF00)
+            let pending = Response::new(&r.request, rsp_field, Status::PENDING)
                 .with_counts(counts)
                 .encode();
             if writer.message(r.context, &pending, None).await.is_err() {
@@ -265,11 +266,11 @@ async fn run(
         }
     }
     let status = if counts.failed == 0 && counts.warning == 0 {
-        0x0000
+        Status::SUCCESS
     } else if counts.completed == 0 && counts.warning == 0 {
-        0xA702
+        Status::OUT_OF_RESOURCES_SUB_OPERATIONS
     } else {
-        0xB000
+        Status::WARNING
     };
     final_response(writer, r, status, counts, &failed_uids).await
 }
@@ -278,15 +279,16 @@ async fn run(
 async fn final_response(
     writer: &Writer,
     r: &Retrieve,
-    status: u16,
+    status: Status,
     counts: Counts,
-    failed: &[&str],
+    failed: &[&Uid],
 ) {
     let rsp_field = r.request.field | 0x8000;
     let mut rsp = Response::new(&r.request, rsp_field, status).with_counts(counts);
     let mut data = None;
     if !failed.is_empty() {
-        if let Some(ts) = TransferSyntaxRegistry.get(&r.transfer_syntax) {
+        {
+            let ts = r.transfer_syntax.entry();
             let mut obj = InMemDicomObject::new_empty();
             obj.put(DataElement::new(
                 tags::FAILED_SOP_INSTANCE_UID_LIST,
@@ -314,7 +316,7 @@ async fn sub_operation(store: &Store, loc: &InstanceLocation, target: &Target<'_
     let for_class = || {
         contexts
             .iter()
-            .filter(|c| c.abstract_syntax == loc.sop_class_uid)
+            .filter(|c| c.abstract_syntax == loc.sop_class_uid.as_str())
     };
     let context = for_class()
         .find(|c| c.transfer_syntax == loc.transfer_syntax)
@@ -336,13 +338,14 @@ async fn sub_operation(store: &Store, loc: &InstanceLocation, target: &Target<'_
         Target::Destination { peer, originator } => (&*peer.writer, Some(*originator)),
     };
     let id = writer.next_message_id();
-    let rq = command::store_request(id, &loc.sop_class_uid, &loc.sop_instance_uid, originator);
+    let (class, instance) = (loc.sop_class_uid.as_str(), loc.sop_instance_uid.as_str());
+    let rq = command::store_request(id, class, instance, originator);
     match writer.request(context.id, id, &rq, Some(data)).await {
-        Ok(rsp) if rsp.field == field::C_STORE_RSP => match rsp.status.unwrap_or(0xC000) {
-            0x0000 => Sub::Completed,
-            s if s & 0xF000 == 0xB000 => Sub::Warning,
+        Ok(rsp) if rsp.field == field::C_STORE_RSP => match rsp.status {
+            Some(s) if s.is_success() => Sub::Completed,
+            Some(s) if s.is_warning() => Sub::Warning,
             s => {
-                tracing::info!(sop = %loc.sop_instance_uid, status = format!("{s:#06X}"), "sub-operation refused");
+                tracing::info!(sop = %loc.sop_instance_uid, status = ?s, "sub-operation refused");
                 Sub::Failed
             }
         },
@@ -356,33 +359,36 @@ async fn sub_operation(store: &Store, loc: &InstanceLocation, target: &Target<'_
 
 /// The data set of a stored instance in transfer syntax `ts`: streamed from the store when
 /// that is how it is stored, transcoded in memory otherwise.
-async fn data_set(store: &Store, loc: &InstanceLocation, ts: &str) -> Result<DataSet, String> {
-    let key = ObjectKey::parse(&loc.object_key)
-        .ok_or_else(|| format!("malformed object key {}", loc.object_key))?;
-    if ts == loc.transfer_syntax {
+async fn data_set(
+    store: &Store,
+    loc: &InstanceLocation,
+    ts: &TransferSyntax,
+) -> Result<DataSet, String> {
+    let key = &loc.object_key;
+    if *ts == loc.transfer_syntax {
         let head_len = loc.size.min(64 * 1024);
         let head = store
-            .read_range(&key, 0..head_len)
+            .read_range(key, 0..head_len)
             .await
             .map_err(|e| e.to_string())?;
-        let layout = crate::ingest::frames::layout(&mut std::io::Cursor::new(&head[..]), head_len)
+        let layout = crate::dicom::frames::layout(&mut std::io::Cursor::new(&head[..]), head_len)
             .map_err(|e| e.to_string())?;
         let stream = store
-            .stream(&key, Some(layout.dataset_start..loc.size))
+            .stream(key, Some(layout.dataset_start..loc.size))
             .await
             .map_err(|e| e.to_string())?
             .map(|r| r.map_err(|e| e.to_string()))
             .boxed();
         return Ok(DataSet::Stream(stream));
     }
-    let tmp = store.fetch_to_temp(&key).await.map_err(|e| e.to_string())?;
-    let to = ts.to_owned();
-    let part10 = tokio::task::spawn_blocking(move || transcode_file(tmp.path(), &to))
+    let to = ts.clone();
+    let part10 = store
+        .with_local_file(key, move |path| transcode_file(path, &to))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let layout =
-        crate::ingest::frames::layout(&mut std::io::Cursor::new(&part10[..]), part10.len() as u64)
+        crate::dicom::frames::layout(&mut std::io::Cursor::new(&part10[..]), part10.len() as u64)
             .map_err(|e| e.to_string())?;
     Ok(DataSet::Bytes(
         part10[layout.dataset_start as usize..].to_vec(),
@@ -393,17 +399,22 @@ async fn data_set(store: &Store, loc: &InstanceLocation, ts: &str) -> Result<Dat
 mod tests {
     use super::*;
 
+    const EXPLICIT_VR_LE: &str = TransferSyntax::EXPLICIT_VR_LE;
+    const IMPLICIT_VR_LE: &str = TransferSyntax::IMPLICIT_VR_LE;
+
     fn loc(class: &str, ts: &str) -> InstanceLocation {
+        let uid = |s: &str| Uid::parse(s).unwrap();
+        let digest = crate::model::Sha256::of(b"");
         InstanceLocation {
-            study_uid: "1.2".into(),
-            series_uid: "1.2.3".into(),
-            sop_instance_uid: "1.2.3.4".into(),
-            sop_class_uid: class.into(),
-            transfer_syntax: ts.into(),
-            object_key: String::new(),
+            study_uid: uid("1.2"),
+            series_uid: uid("1.2.3"),
+            sop_instance_uid: uid("1.2.3.4"),
+            sop_class_uid: uid(class),
+            transfer_syntax: TransferSyntax::parse(ts).unwrap(),
+            object_key: crate::model::ObjectKey::new(&uid("1.2"), &digest),
             size: 0,
             part10_prefix: 0,
-            sha256: String::new(),
+            sha256: digest,
             number_of_frames: 1,
             frame_table: None,
         }

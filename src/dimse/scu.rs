@@ -10,8 +10,9 @@ use dicom_ul::association::client::ClientAssociationOptions;
 use dicom_ul::pdu::Pdu;
 
 use super::link::{self, Assembler, Writer, MAX_PDU};
-use super::Context;
+use super::PresentationContext;
 use crate::config::Destination;
+use crate::model::AeTitle;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -24,7 +25,7 @@ pub struct Proposal {
 /// An association we requested.
 pub struct Peer {
     pub writer: Arc<Writer>,
-    pub contexts: Vec<Context>,
+    pub contexts: Vec<PresentationContext>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -32,13 +33,13 @@ pub struct Peer {
 /// the SCP (SCP/SCU role selection, PS3.7 D.3.3.4).
 pub async fn connect(
     dest: &Destination,
-    calling_ae: &str,
+    calling_ae: &AeTitle,
     proposals: &[Proposal],
     scp_roles: &[&str],
 ) -> Result<Peer, String> {
     let mut options = ClientAssociationOptions::new()
-        .calling_ae_title(calling_ae.to_owned())
-        .called_ae_title(dest.ae.clone())
+        .calling_ae_title(calling_ae.to_string())
+        .called_ae_title(dest.ae.to_string())
         .max_pdu_length(MAX_PDU)
         .connection_timeout(CONNECT_TIMEOUT)
         .read_timeout(CONNECT_TIMEOUT);
@@ -59,49 +60,49 @@ pub async fn connect(
                 dest.ae, dest.host, dest.port
             )
         })?;
-    let contexts = Context::accepted(association.presentation_contexts(), |_| true);
+    let contexts = PresentationContext::accepted(association.presentation_contexts(), |_| true);
     let peer_max = association.acceptor_max_pdu_length();
     let _ = association.inner_stream().set_nodelay(true);
-    let (mut reader, writer) = link::split(association.inner_stream(), peer_max)
+    let (reader, writer) = link::split(association.inner_stream(), peer_max)
         .map_err(|e| format!("cannot use the connection to {}: {e}", dest.ae))?;
     drop(association);
-    let w = writer.clone();
-    let reader = tokio::spawn(async move {
-        let mut assembler = Assembler::default();
-        loop {
-            match reader.next().await {
-                Ok(Pdu::PData { data }) => {
-                    for pdv in data {
-                        if pdv.value_type != dicom_ul::pdu::PDataValueType::Command {
-                            continue;
-                        }
-                        if let Some(Ok(command)) =
-                            assembler.command_fragment(&pdv.data, pdv.is_last)
-                        {
-                            if !w.deliver(command) {
-                                tracing::debug!("unexpected message from a peer we called");
-                            }
-                        }
-                    }
-                }
-                Ok(Pdu::ReleaseRQ) => {
-                    let _ = w.control(&Pdu::ReleaseRP).await;
-                    break;
-                }
-                Ok(Pdu::ReleaseRP) | Ok(Pdu::AbortRQ { .. }) | Err(_) => break,
-                Ok(other) => {
-                    tracing::warn!(pdu = %other.short_description(), "unexpected PDU from a peer we called");
-                    break;
-                }
-            }
-        }
-        w.mark_closed();
-    });
+    let reader = tokio::spawn(read_responses(reader, writer.clone()));
     Ok(Peer {
         writer,
         contexts,
         reader,
     })
+}
+
+/// Hand the peer's responses to the requests waiting for them, until the association ends.
+async fn read_responses(mut reader: link::Reader, w: Arc<Writer>) {
+    let mut assembler = Assembler::default();
+    loop {
+        match reader.next().await {
+            Ok(Pdu::PData { data }) => {
+                for pdv in data {
+                    if pdv.value_type != dicom_ul::pdu::PDataValueType::Command {
+                        continue;
+                    }
+                    if let Some(Ok(command)) = assembler.command_fragment(&pdv.data, pdv.is_last) {
+                        if !w.deliver(command) {
+                            tracing::debug!("unexpected message from a peer we called");
+                        }
+                    }
+                }
+            }
+            Ok(Pdu::ReleaseRQ) => {
+                let _ = w.control(&Pdu::ReleaseRP).await;
+                break;
+            }
+            Ok(Pdu::ReleaseRP) | Ok(Pdu::AbortRQ { .. }) | Err(_) => break,
+            Ok(other) => {
+                tracing::warn!(pdu = %other.short_description(), "unexpected PDU from a peer we called");
+                break;
+            }
+        }
+    }
+    w.mark_closed();
 }
 
 impl Peer {

@@ -11,12 +11,15 @@ use dicom_ul::association::Association as _;
 use dicom_ul::pdu::{AbortRQSource, PDataValue, PDataValueType, Pdu};
 use tokio_util::sync::CancellationToken;
 
-use super::association::DRAIN;
 use super::command::{self, field, Command};
 use super::link::{self, Assembler, DataSet, LinkError, Writer};
 use super::retrieve::{self, Retrieve};
-use super::store::{self, Incoming};
-use super::{commit, echo, find, Context, Services};
+use super::status::Status;
+use super::store::Incoming;
+use super::{commit, echo, find, PresentationContext};
+use crate::context::Context;
+use crate::index::admin::AuditEvent;
+use crate::model::{AeTitle, TransferSyntax};
 
 /// The largest identifier or action information gathered in memory.
 const MAX_SMALL_DATA_SET: usize = 16 << 20;
@@ -26,12 +29,11 @@ pub(super) type Association =
 
 /// The message whose data set is being received.
 enum InFlight {
-    /// A C-STORE streaming into the spool (None once it failed: the rest is discarded).
+    /// A C-STORE streaming into the spool (or refused: the rest is discarded).
     Store {
         request: Command,
         context: u8,
-        incoming: Option<Box<Incoming>>,
-        failed: Option<u16>,
+        incoming: Box<Incoming>,
     },
     /// An identifier or action information, gathered in memory.
     Small {
@@ -46,10 +48,10 @@ enum InFlight {
 
 /// One accepted association.
 struct Session {
-    services: Arc<Services>,
+    ctx: Arc<Context>,
     writer: Arc<Writer>,
-    contexts: Arc<Vec<Context>>,
-    calling: String,
+    contexts: Arc<Vec<PresentationContext>>,
+    calling: AeTitle,
     peer: String,
     assembler: Assembler,
     in_flight: Option<InFlight>,
@@ -59,9 +61,13 @@ struct Session {
 }
 
 #[tracing::instrument(skip_all, fields(calling_ae = %association.peer_ae_title(), %peer))]
-pub(super) async fn run(mut association: Association, services: Arc<Services>, peer: String) {
-    let calling = association.peer_ae_title().trim().to_owned();
-    let contexts = Context::accepted(association.presentation_contexts(), |class| {
+pub(super) async fn run(mut association: Association, ctx: Arc<Context>, peer: String) {
+    let Ok(calling) = AeTitle::parse(association.peer_ae_title()) else {
+        // The access control has checked it already.
+        let _ = association.abort().await;
+        return;
+    };
+    let contexts = PresentationContext::accepted(association.presentation_contexts(), |class| {
         association.requestor_roles_for(class).scp
     });
     let peer_max = association.requestor_max_pdu_length();
@@ -76,7 +82,7 @@ pub(super) async fn run(mut association: Association, services: Arc<Services>, p
     drop(association);
     tracing::info!(contexts = contexts.len(), "association established");
     let mut session = Session {
-        services,
+        ctx,
         writer: writer.clone(),
         contexts: Arc::new(contexts),
         calling,
@@ -134,14 +140,14 @@ pub(super) async fn run(mut association: Association, services: Arc<Services>, p
 }
 
 impl Session {
-    fn context(&self, id: u8) -> Option<&Context> {
+    fn context(&self, id: u8) -> Option<&PresentationContext> {
         self.contexts.iter().find(|c| c.id == id)
     }
 
-    fn transfer_syntax(&self, id: u8) -> String {
+    fn transfer_syntax(&self, id: u8) -> TransferSyntax {
         self.context(id)
             .map(|c| c.transfer_syntax.clone())
-            .unwrap_or_else(|| "1.2.840.10008.1.2".to_owned())
+            .unwrap_or_else(TransferSyntax::implicit_vr_le)
     }
 
     /// The association is over: stop what can be stopped, close the socket.
@@ -158,7 +164,8 @@ impl Session {
     /// Wait (bounded) for the operations in progress.
     async fn reap_all(&mut self) {
         let all = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(DRAIN, all).await.is_err() {
+        let drain = std::time::Duration::from_secs(self.ctx.config.dimse.drain_secs);
+        if tokio::time::timeout(drain, all).await.is_err() {
             tracing::warn!("operations still running at release; stopping them");
             self.tasks.abort_all();
         }
@@ -187,8 +194,8 @@ impl Session {
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "undecodable command");
-                        // 0x0211: unrecognized operation.
-                        let rsp = command::response(&Command::default(), 0x8000, 0x0211);
+                        let unknown = Status::UNRECOGNIZED_OPERATION;
+                        let rsp = command::response(&Command::default(), 0x8000, unknown);
                         self.reply(pdv.presentation_context_id, rsp).await
                     }
                 }
@@ -222,21 +229,12 @@ impl Session {
             }
             field::C_STORE_RQ => {
                 let ts = self.transfer_syntax(context);
-                let started = match (&command.affected_sop_class, &command.affected_sop_instance) {
-                    (Some(c), Some(i)) => {
-                        Incoming::start(&self.services.ingest, c, i, &ts, &self.calling).await
-                    }
-                    _ => Err(0xC000),
-                };
-                let (incoming, failed) = match started {
-                    Ok(i) => (Some(Box::new(i)), None),
-                    Err(status) => (None, Some(status)),
-                };
+                let (ingest, calling) = (&self.ctx.ingest, &self.calling);
+                let incoming = Incoming::start(ingest, &command, &ts, calling, &self.peer).await;
                 self.in_flight = Some(InFlight::Store {
                     request: command,
                     context,
-                    incoming,
-                    failed,
+                    incoming: Box::new(incoming),
                 });
                 Ok(())
             }
@@ -255,9 +253,12 @@ impl Session {
             }
             other => {
                 tracing::warn!(command = other, "unsupported DIMSE command");
-                // 0x0211: unrecognized operation.
-                self.reply(context, command::response(&command, other | 0x8000, 0x0211))
-                    .await
+                let unknown = Status::UNRECOGNIZED_OPERATION;
+                self.reply(
+                    context,
+                    command::response(&command, other | 0x8000, unknown),
+                )
+                .await
             }
         }
     }
@@ -267,16 +268,7 @@ impl Session {
     async fn on_data(&mut self, pdv: PDataValue) -> Result<(), LinkError> {
         match self.in_flight.as_mut() {
             None => return Ok(()),
-            Some(InFlight::Store {
-                incoming, failed, ..
-            }) => {
-                if let Some(i) = incoming.as_mut() {
-                    if let Err(status) = i.write(&pdv.data).await {
-                        *incoming = None;
-                        *failed = Some(status);
-                    }
-                }
-            }
+            Some(InFlight::Store { incoming, .. }) => incoming.write(&pdv.data).await,
             Some(InFlight::Small {
                 data, too_large, ..
             }) => {
@@ -305,7 +297,8 @@ impl Session {
                 ..
             }) => {
                 tracing::warn!("identifier larger than {MAX_SMALL_DATA_SET} bytes refused");
-                let rsp = command::response(&request, request.field | 0x8000, 0xA700);
+                let rsp =
+                    command::response(&request, request.field | 0x8000, Status::OUT_OF_RESOURCES);
                 self.reply(context, rsp).await
             }
             Some(InFlight::Small {
@@ -318,24 +311,24 @@ impl Session {
                 request,
                 context,
                 incoming,
-                failed,
-            }) => {
-                let status = match incoming {
-                    Some(incoming) => {
-                        let outcome = (*incoming)
-                            .finish(&self.services.ingest, &self.calling, &self.peer)
-                            .await;
-                        if let crate::ingest::Outcome::Rejected(r) = &outcome {
-                            tracing::info!(sop = ?request.affected_sop_instance, reason = %r, "C-STORE refused");
-                        }
-                        store::status(&outcome)
-                    }
-                    None => failed.unwrap_or(0xC000),
-                };
-                let rsp = command::response(&request, field::C_STORE_RSP, status);
-                self.reply(context, rsp).await
-            }
+            }) => self.stored(request, context, *incoming).await,
         }
+    }
+
+    /// The C-STORE's data set is complete: store it and answer with its status.
+    async fn stored(
+        &mut self,
+        request: Command,
+        context: u8,
+        incoming: Incoming,
+    ) -> Result<(), LinkError> {
+        let outcome = incoming.finish(&self.ctx.ingest, &request).await;
+        if let crate::ingest::Outcome::Rejected(r) = &outcome {
+            tracing::info!(sop = ?request.affected_sop_instance, reason = %r, "C-STORE refused");
+        }
+        let status = Status::of_store(&outcome);
+        let rsp = command::response(&request, field::C_STORE_RSP, status);
+        self.reply(context, rsp).await
     }
 
     /// Start an operation with its data set complete.
@@ -349,7 +342,6 @@ impl Session {
             .context(context)
             .map(|c| c.abstract_syntax.clone())
             .unwrap_or_default();
-        let ts = self.transfer_syntax(context);
         let expected: &[&str] = match request.field {
             field::C_FIND_RQ => &[find::STUDY_ROOT_FIND, find::PATIENT_ROOT_FIND],
             field::C_MOVE_RQ => &[retrieve::STUDY_ROOT_MOVE, retrieve::PATIENT_ROOT_MOVE],
@@ -357,107 +349,132 @@ impl Session {
             _ => &[commit::STORAGE_COMMITMENT],
         };
         if !expected.contains(&abstract_syntax.as_str()) {
-            // 0x0122: SOP class not supported (on this presentation context).
-            let rsp = command::response(&request, request.field | 0x8000, 0x0122);
+            // Not on this presentation context.
+            let unsupported = Status::SOP_CLASS_NOT_SUPPORTED;
+            let rsp = command::response(&request, request.field | 0x8000, unsupported);
             return self.reply(context, rsp).await;
         }
-        let (services, writer) = (self.services.clone(), self.writer.clone());
-        let message_id = request.message_id;
-        if request.field == field::N_ACTION_RQ {
-            return match commit::accept(&request, &data, &ts) {
-                Ok(commitment) => {
-                    self.reply(context, command::response(&request, field::N_ACTION_RSP, 0))
-                        .await?;
-                    // Not tied to this association: the report may go out on a new one.
-                    tokio::spawn(commit::report(
-                        services,
-                        writer,
-                        context,
-                        ts,
-                        self.calling.clone(),
-                        commitment,
-                    ));
-                    Ok(())
-                }
-                Err(status) => {
-                    self.reply(
-                        context,
-                        command::response(&request, field::N_ACTION_RSP, status),
-                    )
-                    .await
-                }
-            };
-        }
-        let cancel = CancellationToken::new();
-        self.cancellable.insert(message_id, cancel.clone());
         match request.field {
+            field::N_ACTION_RQ => self.commitment(request, context, data).await,
             field::C_FIND_RQ => {
-                services.ingest.index().audit(
-                    crate::index::admin::AuditEvent::new(
-                        &self.calling,
-                        "dimse",
-                        Some(self.peer.clone()),
-                        "query",
-                    )
-                    .detail("C-FIND"),
-                );
-                let ae = self.services.config.ae_title.clone();
-                self.tasks.spawn(async move {
-                    find_replies(
-                        &services, &writer, &request, context, &ts, &ae, &data, cancel,
-                    )
-                    .await;
-                    message_id
-                });
+                self.find(request, context, data);
+                Ok(())
             }
             _ => {
-                let r = Retrieve {
-                    request,
-                    context,
-                    transfer_syntax: ts,
-                    identifier: data,
-                    cancel,
-                    who: self.calling.clone(),
-                    address: self.peer.clone(),
-                };
-                let contexts = self.contexts.clone();
-                self.tasks.spawn(async move {
-                    if r.request.field == field::C_MOVE_RQ {
-                        retrieve::c_move(services, writer, r).await;
-                    } else {
-                        retrieve::c_get(services, writer, contexts, r).await;
-                    }
-                    message_id
-                });
+                self.retrieve(request, context, data);
+                Ok(())
             }
         }
-        Ok(())
+    }
+
+    /// Storage commitment: answer the N-ACTION now; the report follows on a task of its
+    /// own, not tied to this association (it may go out on a new one).
+    async fn commitment(
+        &mut self,
+        request: Command,
+        context: u8,
+        data: Vec<u8>,
+    ) -> Result<(), LinkError> {
+        let ts = self.transfer_syntax(context);
+        match commit::accept(&request, &data, ts.as_str()) {
+            Ok(commitment) => {
+                let ok = command::response(&request, field::N_ACTION_RSP, Status::SUCCESS);
+                self.reply(context, ok).await?;
+                let (ctx, writer) = (self.ctx.clone(), self.writer.clone());
+                let ts = ts.to_string();
+                let calling = self.calling.clone();
+                tokio::spawn(commit::report(
+                    ctx, writer, context, ts, calling, commitment,
+                ));
+                Ok(())
+            }
+            Err(status) => {
+                let rsp = command::response(&request, field::N_ACTION_RSP, status);
+                self.reply(context, rsp).await
+            }
+        }
+    }
+
+    /// C-FIND: pending answers from a task of its own, cancellable.
+    fn find(&mut self, request: Command, context: u8, identifier: Vec<u8>) {
+        let event = AuditEvent::new(
+            self.calling.as_str(),
+            "dimse",
+            Some(self.peer.clone()),
+            "query",
+        );
+        self.ctx.index().audit(event.detail("C-FIND"));
+        let (ctx, writer) = (self.ctx.clone(), self.writer.clone());
+        let ts = self.transfer_syntax(context);
+        let message_id = request.message_id;
+        let cancel = self.cancellable(message_id);
+        self.tasks.spawn(async move {
+            let query = Query {
+                request: &request,
+                context,
+                ts: &ts,
+                identifier: &identifier,
+            };
+            find_replies(&ctx, &writer, query, cancel).await;
+            message_id
+        });
+    }
+
+    /// C-MOVE or C-GET: sub-operations from a task of its own, cancellable.
+    fn retrieve(&mut self, request: Command, context: u8, identifier: Vec<u8>) {
+        let message_id = request.message_id;
+        let r = Retrieve {
+            request,
+            context,
+            transfer_syntax: self.transfer_syntax(context),
+            identifier,
+            cancel: self.cancellable(message_id),
+            who: self.calling.to_string(),
+            address: self.peer.clone(),
+        };
+        let (ctx, writer, contexts) =
+            (self.ctx.clone(), self.writer.clone(), self.contexts.clone());
+        self.tasks.spawn(async move {
+            if r.request.field == field::C_MOVE_RQ {
+                retrieve::c_move(ctx, writer, r).await;
+            } else {
+                retrieve::c_get(ctx, writer, contexts, r).await;
+            }
+            message_id
+        });
+    }
+
+    /// A cancellation token for the operation of `message_id` (C-CANCEL stops it).
+    fn cancellable(&mut self, message_id: u16) -> CancellationToken {
+        let cancel = CancellationToken::new();
+        self.cancellable.insert(message_id, cancel.clone());
+        cancel
     }
 }
 
-/// Pending responses with identifiers, then the final status (Cancel when cancelled).
-#[allow(clippy::too_many_arguments)]
-async fn find_replies(
-    services: &Services,
-    writer: &Writer,
-    request: &Command,
+/// A C-FIND request with its identifier.
+struct Query<'a> {
+    request: &'a Command,
     context: u8,
-    ts: &str,
-    ae_title: &str,
-    identifier: &[u8],
-    cancel: CancellationToken,
-) {
-    let status = match find::find(services.ingest.index(), identifier, ts, ae_title).await {
+    ts: &'a TransferSyntax,
+    identifier: &'a [u8],
+}
+
+/// Pending responses with identifiers, then the final status (Cancel when cancelled).
+async fn find_replies(ctx: &Context, writer: &Writer, q: Query<'_>, cancel: CancellationToken) {
+    let ae = &ctx.config.dimse.ae_title;
+    let status = match find::find(ctx.index(), q.identifier, q.ts, ae).await {
         Ok(matches) => {
-            let mut status = 0x0000;
+            let mut status = Status::SUCCESS;
             for identifier in matches {
                 if cancel.is_cancelled() {
-                    status = 0xFE00;
+                    status = Status::CANCEL;
                     break;
                 }
-                let pending = command::response_with_data(request, field::C_FIND_RSP, 0xFF00);
+                let pending =
+                    command::response_with_data(q.request, field::C_FIND_RSP, Status::PENDING);
                 if writer
-                    .message(context, &pending, Some(DataSet::Bytes(identifier)))
+                    .message(q.context, &pending, Some(DataSet::Bytes(identifier)))
                     .await
                     .is_err()
                 {
@@ -468,11 +485,6 @@ async fn find_replies(
         }
         Err(status) => status,
     };
-    let _ = writer
-        .message(
-            context,
-            &command::response(request, field::C_FIND_RSP, status),
-            None,
-        )
-        .await;
+    let last = command::response(q.request, field::C_FIND_RSP, status);
+    let _ = writer.message(q.context, &last, None).await;
 }

@@ -1,14 +1,14 @@
 //! The audit trail, the change feed, and deleting studies, series and instances.
 
-use sqlx::Row;
 use tokio::sync::mpsc;
 
-use super::read::Scope;
+use super::read::{InstanceLocation, Scope};
 use super::{Index, IndexError};
 use crate::model::clock::now_millis;
+use crate::model::{ObjectKey, Uid};
 
 /// One audited action.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct AuditEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<i64>,
@@ -61,14 +61,14 @@ pub struct AuditFilter {
 }
 
 /// One change feed entry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Change {
     pub sequence: i64,
     pub at: i64,
     pub action: String,
-    pub study_uid: String,
-    pub series_uid: String,
-    pub sop_instance_uid: String,
+    pub study_uid: Uid,
+    pub series_uid: Uid,
+    pub sop_instance_uid: Uid,
     /// current (stored now), replaced (stored again since) or deleted.
     pub state: String,
     /// The instance's metadata while it is stored (absent once deleted).
@@ -165,26 +165,11 @@ impl Index {
             " ORDER BY id LIMIT {}",
             f.limit.unwrap_or(1000).clamp(1, 10_000)
         ));
-        let mut q = sqlx::query(&sql).bind(f.after.unwrap_or(0));
+        let mut q = sqlx::query_as(&sql).bind(f.after.unwrap_or(0));
         for a in &args {
             q = q.bind(a);
         }
-        let rows = q.fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEvent {
-                    id: Some(r.try_get(0)?),
-                    at: r.try_get(1)?,
-                    who: r.try_get(2)?,
-                    via: r.try_get(3)?,
-                    address: r.try_get(4)?,
-                    action: r.try_get(5)?,
-                    study_uid: r.try_get(6)?,
-                    detail: r.try_get(7)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(IndexError::from)
+        Ok(q.fetch_all(&self.pool).await?)
     }
 
     /// Change feed entries after `offset`, oldest first.
@@ -199,48 +184,34 @@ impl Index {
         } else {
             "NULL"
         };
-        let rows = sqlx::query(&format!(
-            "SELECT c.sequence, c.at, c.action, c.study_uid, c.series_uid, c.sop_instance_uid, {meta}, \
-             CASE WHEN i.id IS NULL THEN 'deleted' \
+        Ok(sqlx::query_as(&format!(
+            "SELECT c.sequence, c.at, c.action, c.study_uid, c.series_uid, c.sop_instance_uid, \
+             {meta} AS metadata_json, CASE WHEN i.id IS NULL THEN 'deleted' \
              WHEN EXISTS (SELECT 1 FROM changefeed l WHERE l.sop_instance_uid = c.sop_instance_uid \
-                          AND l.sequence > c.sequence) THEN 'replaced' ELSE 'current' END \
+                          AND l.sequence > c.sequence) THEN 'replaced' ELSE 'current' END AS state \
              FROM changefeed c LEFT JOIN instances i ON i.sop_instance_uid = c.sop_instance_uid \
              WHERE c.sequence > $1 ORDER BY c.sequence LIMIT $2"
         ))
         .bind(offset)
         .bind(limit.clamp(1, 10_000))
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Change {
-                    sequence: r.try_get(0)?,
-                    at: r.try_get(1)?,
-                    action: r.try_get(2)?,
-                    study_uid: r.try_get(3)?,
-                    series_uid: r.try_get(4)?,
-                    sop_instance_uid: r.try_get(5)?,
-                    metadata_json: r.try_get(6)?,
-                    state: r.try_get(7)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(IndexError::from)
+        .await?)
     }
 
     /// The newest change feed sequence number (0 when empty).
     pub async fn changefeed_latest(&self) -> Result<i64, IndexError> {
-        let row = sqlx::query("SELECT COALESCE(MAX(sequence), 0) FROM changefeed")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get(0)?)
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(sequence), 0) FROM changefeed")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Delete the instances in scope (and series and studies left empty) in one
     /// transaction, with a change feed entry each. Returns the deleted instances'
     /// (SOP Instance UID, object key); the caller deletes the objects afterwards (an object
     /// left behind by a crash is an orphan that `verify` sweeps).
-    pub async fn delete_scope(&self, scope: &Scope) -> Result<Vec<(String, String)>, IndexError> {
+    pub async fn delete_scope(&self, scope: &Scope) -> Result<Vec<(Uid, ObjectKey)>, IndexError> {
         let located = self.locate(scope).await?;
         if located.is_empty() {
             return Ok(Vec::new());
@@ -249,76 +220,14 @@ impl Index {
         let mut tx = self.pool.begin().await?;
         let mut study_pks = Vec::new();
         for loc in &located {
-            let row = sqlx::query(
-                "DELETE FROM instances WHERE sop_instance_uid = $1 RETURNING study_pk, series_pk",
-            )
-            .bind(&loc.sop_instance_uid)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else { continue };
-            let (study_pk, series_pk): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-            if !study_pks.contains(&study_pk) {
-                study_pks.push(study_pk);
+            if let Some(study_pk) = delete_instance(&mut tx, loc, now).await? {
+                if !study_pks.contains(&study_pk) {
+                    study_pks.push(study_pk);
+                }
             }
-            sqlx::query("UPDATE series SET num_instances = num_instances - 1 WHERE id = $1")
-                .bind(series_pk)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO changefeed (at, action, study_uid, series_uid, sop_instance_uid) \
-                 VALUES ($1, 'delete', $2, $3, $4)",
-            )
-            .bind(now)
-            .bind(&loc.study_uid)
-            .bind(&loc.series_uid)
-            .bind(&loc.sop_instance_uid)
-            .execute(&mut *tx)
-            .await?;
         }
         for study_pk in study_pks {
-            sqlx::query("DELETE FROM series WHERE study_pk = $1 AND num_instances <= 0")
-                .bind(study_pk)
-                .execute(&mut *tx)
-                .await?;
-            let counts = sqlx::query(
-                "SELECT (SELECT COUNT(*) FROM instances WHERE study_pk = $1), \
-                 (SELECT COUNT(*) FROM series WHERE study_pk = $1)",
-            )
-            .bind(study_pk)
-            .fetch_one(&mut *tx)
-            .await?;
-            let (instances, series): (i64, i64) = (counts.try_get(0)?, counts.try_get(1)?);
-            if instances == 0 {
-                sqlx::query("DELETE FROM studies WHERE id = $1")
-                    .bind(study_pk)
-                    .execute(&mut *tx)
-                    .await?;
-                continue;
-            }
-            let modalities = distinct(
-                &mut tx,
-                "SELECT DISTINCT modality FROM series WHERE study_pk = $1 AND modality IS NOT NULL",
-                study_pk,
-            )
-            .await?;
-            let classes = distinct(
-                &mut tx,
-                "SELECT DISTINCT sop_class_uid FROM instances WHERE study_pk = $1",
-                study_pk,
-            )
-            .await?;
-            sqlx::query(
-                "UPDATE studies SET num_instances = $2, num_series = $3, modalities = $4, \
-                 sop_classes = $5, updated_at = $6 WHERE id = $1",
-            )
-            .bind(study_pk)
-            .bind(instances)
-            .bind(series)
-            .bind(modalities)
-            .bind(classes)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            settle_study(&mut tx, study_pk, now).await?;
         }
         tx.commit().await?;
         Ok(located
@@ -328,16 +237,98 @@ impl Index {
     }
 }
 
+type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
+
+/// Delete one instance row, count it out of its series and record the change; its study's
+/// key, or `None` when another transaction deleted it first.
+async fn delete_instance(
+    tx: &mut Tx<'_>,
+    loc: &InstanceLocation,
+    now: i64,
+) -> Result<Option<i64>, IndexError> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "DELETE FROM instances WHERE sop_instance_uid = $1 RETURNING study_pk, series_pk",
+    )
+    .bind(&loc.sop_instance_uid)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((study_pk, series_pk)) = row else {
+        return Ok(None);
+    };
+    sqlx::query("UPDATE series SET num_instances = num_instances - 1 WHERE id = $1")
+        .bind(series_pk)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO changefeed (at, action, study_uid, series_uid, sop_instance_uid) \
+         VALUES ($1, 'delete', $2, $3, $4)",
+    )
+    .bind(now)
+    .bind(&loc.study_uid)
+    .bind(&loc.series_uid)
+    .bind(&loc.sop_instance_uid)
+    .execute(&mut **tx)
+    .await?;
+    Ok(Some(study_pk))
+}
+
+/// After deletes in a study: drop its empty series, and the study itself when nothing is
+/// left, else bring its counts and sets up to date.
+async fn settle_study(tx: &mut Tx<'_>, study_pk: i64, now: i64) -> Result<(), IndexError> {
+    sqlx::query("DELETE FROM series WHERE study_pk = $1 AND num_instances <= 0")
+        .bind(study_pk)
+        .execute(&mut **tx)
+        .await?;
+    let (instances, series): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM instances WHERE study_pk = $1), \
+         (SELECT COUNT(*) FROM series WHERE study_pk = $1)",
+    )
+    .bind(study_pk)
+    .fetch_one(&mut **tx)
+    .await?;
+    if instances == 0 {
+        sqlx::query("DELETE FROM studies WHERE id = $1")
+            .bind(study_pk)
+            .execute(&mut **tx)
+            .await?;
+        return Ok(());
+    }
+    let modalities = distinct(
+        tx,
+        "SELECT DISTINCT modality FROM series WHERE study_pk = $1 AND modality IS NOT NULL",
+        study_pk,
+    )
+    .await?;
+    let classes = distinct(
+        tx,
+        "SELECT DISTINCT sop_class_uid FROM instances WHERE study_pk = $1",
+        study_pk,
+    )
+    .await?;
+    sqlx::query(
+        "UPDATE studies SET num_instances = $2, num_series = $3, modalities = $4, \
+         sop_classes = $5, updated_at = $6 WHERE id = $1",
+    )
+    .bind(study_pk)
+    .bind(instances)
+    .bind(series)
+    .bind(modalities)
+    .bind(classes)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// A sorted, `\`-joined list of distinct values (the format of the study's set columns).
-async fn distinct(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    sql: &str,
-    pk: i64,
-) -> Result<String, IndexError> {
-    let rows = sqlx::query(sql).bind(pk).fetch_all(&mut **tx).await?;
+async fn distinct(tx: &mut Tx<'_>, sql: &str, pk: i64) -> Result<String, IndexError> {
+    let rows: Vec<Option<String>> = sqlx::query_scalar(sql)
+        .bind(pk)
+        .fetch_all(&mut **tx)
+        .await?;
     let mut values: Vec<String> = rows
-        .iter()
-        .filter_map(|r| r.try_get::<String, _>(0).ok())
+        .into_iter()
+        .flatten()
         .filter(|v| !v.is_empty())
         .collect();
     values.sort();

@@ -14,6 +14,7 @@ pub mod query;
 pub mod read;
 mod records;
 mod sqlite_writer;
+mod types;
 pub mod uploads;
 mod writer;
 
@@ -22,10 +23,12 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyPool, Executor};
 use tokio::sync::{mpsc, oneshot};
 
-pub use records::{InstanceRecord, SeriesRecord, StudyRecord};
+pub use records::{InstanceRecord, SeriesAttributes, StudyAttributes};
+
+use crate::model::{ObjectKey, Sha256, Uid};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -54,15 +57,16 @@ pub enum Backend {
 }
 
 /// What the index holds for one instance, enough to decide idempotency and to read it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredInstance {
-    pub sop_instance_uid: String,
-    pub sop_class_uid: String,
-    pub study_uid: String,
-    pub series_uid: String,
-    pub object_key: String,
-    pub sha256: String,
-    pub size: i64,
+    pub sop_instance_uid: Uid,
+    pub sop_class_uid: Uid,
+    pub study_uid: Uid,
+    pub series_uid: Uid,
+    pub object_key: ObjectKey,
+    pub sha256: Sha256,
+    #[sqlx(try_from = "i64")]
+    pub size: u64,
     pub stored_at: i64,
 }
 
@@ -188,16 +192,13 @@ impl Index {
 
     /// Every instance, in insertion order (for `verify`).
     pub fn all_instances(&self) -> impl Stream<Item = Result<StoredInstance, IndexError>> + '_ {
-        sqlx::query(STORED_SELECT_ORDERED)
+        sqlx::query_as(STORED_SELECT_ORDERED)
             .fetch(&self.pool)
-            .map(|r| {
-                r.and_then(|r| stored_from_row(&r))
-                    .map_err(IndexError::from)
-            })
+            .map(|r| r.map_err(IndexError::from))
     }
 
     /// Does any instance row point at this object key?
-    pub async fn key_is_referenced(&self, key: &str) -> Result<bool, IndexError> {
+    pub async fn key_is_referenced(&self, key: &ObjectKey) -> Result<bool, IndexError> {
         let row = sqlx::query("SELECT 1 FROM instances WHERE object_key = $1")
             .bind(key)
             .fetch_optional(&self.pool)
@@ -207,13 +208,12 @@ impl Index {
 
     /// Counts of studies, series and instances.
     pub async fn counts(&self) -> Result<(i64, i64, i64), IndexError> {
-        let row = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT (SELECT COUNT(*) FROM studies), (SELECT COUNT(*) FROM series), \
              (SELECT COUNT(*) FROM instances)",
         )
         .fetch_one(&self.pool)
-        .await?;
-        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+        .await?)
     }
 
     pub async fn close(&self) {
@@ -231,19 +231,6 @@ macro_rules! stored_select {
 }
 const STORED_SELECT: &str = stored_select!();
 const STORED_SELECT_ORDERED: &str = concat!(stored_select!(), " ORDER BY i.id");
-
-fn stored_from_row(r: &sqlx::any::AnyRow) -> Result<StoredInstance, sqlx::Error> {
-    Ok(StoredInstance {
-        sop_instance_uid: r.try_get(0)?,
-        sop_class_uid: r.try_get(1)?,
-        study_uid: r.try_get(2)?,
-        series_uid: r.try_get(3)?,
-        object_key: r.try_get(4)?,
-        sha256: r.try_get(5)?,
-        size: r.try_get(6)?,
-        stored_at: r.try_get(7)?,
-    })
-}
 
 /// Make sure the SQLite file's directory exists and that the file is created on demand.
 fn prepare_sqlite_url(url: &str) -> Result<String, IndexError> {

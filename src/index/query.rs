@@ -12,7 +12,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{Index, IndexError};
-use crate::ingest::fold_name;
+use crate::dicom::fold_name;
 use crate::model::query::{wildcard_match, Filter, Level, Matcher};
 use crate::model::Uid;
 

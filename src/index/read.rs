@@ -1,23 +1,24 @@
 //! Reading what WADO-RS serves: the instances of a study, series or instance with where
 //! their bytes are, their precomputed metadata and frame tables.
 
-use sqlx::Row;
-
 use super::{Index, IndexError};
-use crate::model::Uid;
+use crate::model::{ObjectKey, Sha256, TransferSyntax, Uid};
 
 /// Where and what one stored instance is.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct InstanceLocation {
-    pub study_uid: String,
-    pub series_uid: String,
-    pub sop_instance_uid: String,
-    pub sop_class_uid: String,
-    pub transfer_syntax: String,
-    pub object_key: String,
+    pub study_uid: Uid,
+    pub series_uid: Uid,
+    pub sop_instance_uid: Uid,
+    pub sop_class_uid: Uid,
+    pub transfer_syntax: TransferSyntax,
+    pub object_key: ObjectKey,
+    #[sqlx(try_from = "i64")]
     pub size: u64,
+    /// Bytes to put in front of the object to make a standard Part-10 file (0, 128, 132).
+    #[sqlx(try_from = "i64")]
     pub part10_prefix: u64,
-    pub sha256: String,
+    pub sha256: Sha256,
     pub number_of_frames: i64,
     pub frame_table: Option<Vec<u8>>,
 }
@@ -52,36 +53,16 @@ const LOCATE: &str = "SELECT st.study_uid, se.series_uid, i.sop_instance_uid, i.
      i.transfer_syntax, i.object_key, i.size, i.part10_prefix, i.sha256, i.number_of_frames, i.frame_table";
 const ORDER: &str = " ORDER BY se.series_number, se.id, i.instance_number, i.id";
 
-fn location(r: &sqlx::any::AnyRow) -> Result<InstanceLocation, sqlx::Error> {
-    Ok(InstanceLocation {
-        study_uid: r.try_get(0)?,
-        series_uid: r.try_get(1)?,
-        sop_instance_uid: r.try_get(2)?,
-        sop_class_uid: r.try_get(3)?,
-        transfer_syntax: r.try_get(4)?,
-        object_key: r.try_get(5)?,
-        size: r.try_get::<i64, _>(6)? as u64,
-        part10_prefix: r.try_get::<i64, _>(7)? as u64,
-        sha256: r.try_get(8)?,
-        number_of_frames: r.try_get(9)?,
-        frame_table: r.try_get(10)?,
-    })
-}
-
 impl Index {
     /// The instances in scope, in series and instance order.
     pub async fn locate(&self, scope: &Scope) -> Result<Vec<InstanceLocation>, IndexError> {
         let (filter, args) = scope.where_clause();
         let sql = format!("{LOCATE}{FROM}{filter}{ORDER}");
-        let mut q = sqlx::query(&sql);
+        let mut q = sqlx::query_as(&sql);
         for a in args {
             q = q.bind(a);
         }
-        let rows = q.fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(location)
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(IndexError::from)
+        Ok(q.fetch_all(&self.pool).await?)
     }
 
     /// One instance by its SOP Instance UID alone (storage commitment).
@@ -90,35 +71,30 @@ impl Index {
         sop_instance_uid: &Uid,
     ) -> Result<Option<InstanceLocation>, IndexError> {
         let sql = format!("{LOCATE}{FROM} WHERE i.sop_instance_uid = $1");
-        let row = sqlx::query(&sql)
-            .bind(sop_instance_uid.as_str())
+        Ok(sqlx::query_as(&sql)
+            .bind(sop_instance_uid)
             .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(location).transpose()?)
+            .await?)
     }
 
     /// The precomputed metadata of the instances in scope, with each one's SHA-256
     /// (which makes a strong validator for the whole answer).
-    pub async fn metadata(&self, scope: &Scope) -> Result<Vec<(String, String)>, IndexError> {
+    pub async fn metadata(&self, scope: &Scope) -> Result<Vec<(String, Sha256)>, IndexError> {
         let (filter, args) = scope.where_clause();
         let sql = format!("SELECT i.metadata_json, i.sha256{FROM}{filter}{ORDER}");
-        let mut q = sqlx::query(&sql);
+        let mut q = sqlx::query_as(&sql);
         for a in args {
             q = q.bind(a);
         }
-        let rows = q.fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(IndexError::from)
+        Ok(q.fetch_all(&self.pool).await?)
     }
 }
 
 /// A study by its internal id and its UID.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StudyRef {
     pub id: i64,
-    pub study_uid: String,
+    pub study_uid: Uid,
     pub patient_id: Option<String>,
     pub accession_number: Option<String>,
     pub study_date: Option<String>,
@@ -126,15 +102,15 @@ pub struct StudyRef {
 }
 
 /// One image of a study, with its series.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ImageRow {
     pub id: i64,
-    pub series_uid: String,
+    pub series_uid: Uid,
     pub series_number: Option<i64>,
     pub series_description: Option<String>,
     pub modality: Option<String>,
-    pub sop_instance_uid: String,
-    pub sop_class_uid: String,
+    pub sop_instance_uid: Uid,
+    pub sop_class_uid: Uid,
     pub instance_number: Option<i64>,
     pub number_of_frames: i64,
 }
@@ -143,34 +119,27 @@ impl Index {
     /// A study by internal id (all digits) or StudyInstanceUID.
     pub async fn find_study(&self, id_or_uid: &str) -> Result<Option<StudyRef>, IndexError> {
         const COLS: &str = "SELECT id, study_uid, patient_id, accession_number, study_date, study_description FROM studies";
-        let row = if !id_or_uid.is_empty() && id_or_uid.bytes().all(|b| b.is_ascii_digit()) {
+        let by_id = !id_or_uid.is_empty() && id_or_uid.bytes().all(|b| b.is_ascii_digit());
+        let found = if by_id {
             let Ok(id) = id_or_uid.parse::<i64>() else {
                 return Ok(None);
             };
-            sqlx::query(&format!("{COLS} WHERE id = $1"))
+            sqlx::query_as(&format!("{COLS} WHERE id = $1"))
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?
         } else {
-            sqlx::query(&format!("{COLS} WHERE study_uid = $1"))
+            sqlx::query_as(&format!("{COLS} WHERE study_uid = $1"))
                 .bind(id_or_uid)
                 .fetch_optional(&self.pool)
                 .await?
         };
-        let Some(r) = row else { return Ok(None) };
-        Ok(Some(StudyRef {
-            id: r.try_get(0)?,
-            study_uid: r.try_get(1)?,
-            patient_id: r.try_get(2)?,
-            accession_number: r.try_get(3)?,
-            study_date: r.try_get(4)?,
-            study_description: r.try_get(5)?,
-        }))
+        Ok(found)
     }
 
     /// The images of a study in series and instance order.
     pub async fn study_images(&self, study_id: i64) -> Result<Vec<ImageRow>, IndexError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT i.id, se.series_uid, se.series_number, se.series_description, se.modality, \
              i.sop_instance_uid, i.sop_class_uid, i.instance_number, i.number_of_frames \
              FROM instances i JOIN series se ON se.id = i.series_pk WHERE i.study_pk = $1 \
@@ -178,71 +147,55 @@ impl Index {
         )
         .bind(study_id)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ImageRow {
-                    id: r.try_get(0)?,
-                    series_uid: r.try_get(1)?,
-                    series_number: r.try_get(2)?,
-                    series_description: r.try_get(3)?,
-                    modality: r.try_get(4)?,
-                    sop_instance_uid: r.try_get(5)?,
-                    sop_class_uid: r.try_get(6)?,
-                    instance_number: r.try_get(7)?,
-                    number_of_frames: r.try_get(8)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(IndexError::from)
+        .await?)
     }
 
     /// One instance by its internal id.
     pub async fn locate_by_id(&self, id: i64) -> Result<Option<InstanceLocation>, IndexError> {
         let sql = format!("{LOCATE}{FROM} WHERE i.id = $1");
-        let row = sqlx::query(&sql)
+        Ok(sqlx::query_as(&sql)
             .bind(id)
             .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(location).transpose()?)
+            .await?)
     }
 
     /// The internal id of an instance.
     pub async fn instance_id(&self, sop_instance_uid: &Uid) -> Result<Option<i64>, IndexError> {
-        let row = sqlx::query("SELECT id FROM instances WHERE sop_instance_uid = $1")
-            .bind(sop_instance_uid.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
+        Ok(
+            sqlx::query_scalar("SELECT id FROM instances WHERE sop_instance_uid = $1")
+                .bind(sop_instance_uid)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// When the newest row was stored (milliseconds since the epoch), if there is one.
     pub async fn newest_stored_at(&self) -> Result<Option<i64>, IndexError> {
-        let row = sqlx::query("SELECT stored_at FROM instances ORDER BY id DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
+        Ok(
+            sqlx::query_scalar("SELECT stored_at FROM instances ORDER BY id DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// The object keys of a study's instances.
-    pub async fn study_object_keys(&self, study: &Uid) -> Result<Vec<String>, IndexError> {
+    pub async fn study_object_keys(&self, study: &Uid) -> Result<Vec<ObjectKey>, IndexError> {
         Ok(sqlx::query_scalar(
             "SELECT i.object_key FROM instances i JOIN studies st ON i.study_pk = st.id \
              WHERE st.study_uid = $1",
         )
-        .bind(study.as_str())
+        .bind(study)
         .fetch_all(&self.pool)
         .await?)
     }
 
     /// When the instance was last deleted (milliseconds since the epoch), if it ever was.
     pub async fn last_deleted_at(&self, sop_instance_uid: &Uid) -> Result<Option<i64>, IndexError> {
-        let row = sqlx::query(
+        Ok(sqlx::query_scalar(
             "SELECT MAX(at) FROM changefeed WHERE sop_instance_uid = $1 AND action = 'delete'",
         )
-        .bind(sop_instance_uid.as_str())
+        .bind(sop_instance_uid)
         .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get::<Option<i64>, _>(0)?)
+        .await?)
     }
 }

@@ -18,7 +18,11 @@ use super::writer::{
     merge_set, Job, INSERT_AUDIT, INSERT_CHANGE, INSERT_INSTANCE, MAX_BATCH, UPDATE_STUDY,
     UPSERT_SERIES, UPSERT_STUDY,
 };
-use super::{IndexError, InsertOutcome, InstanceRecord, StoredInstance, STORED_SELECT};
+use super::{
+    IndexError, InsertOutcome, InstanceRecord, SeriesAttributes, StoredInstance, StudyAttributes,
+    STORED_SELECT,
+};
+use crate::model::Uid;
 
 /// Open the database file (already migrated) and start the writer thread.
 pub(super) fn spawn(path: &str, relaxed: bool) -> Result<mpsc::Sender<Job>, IndexError> {
@@ -140,126 +144,150 @@ fn write_batch(
 /// Write one instance with its study and series (see [`super::writer`]); the caller
 /// rolls the savepoint back when the SOP Instance UID was already stored.
 fn write_one(conn: &Connection, r: &InstanceRecord) -> Result<InsertOutcome, IndexError> {
-    let (st, se, now) = (&r.study, &r.series, r.stored_at);
-    let (study_pk, modalities, sop_classes): (i64, String, String) = one_row(
-        conn,
-        UPSERT_STUDY,
-        &[
-            &st.study_uid,
-            &st.patient_name,
-            &st.patient_name_key,
-            &st.patient_id,
-            &st.patient_birth_date,
-            &st.patient_sex,
-            &st.study_date,
-            &st.study_time,
-            &st.accession_number,
-            &st.study_id,
-            &st.study_description,
-            &st.referring_physician_name,
-            &st.referring_physician_key,
-            &st.attrs_json,
-            &now,
-        ],
-        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-    )?
-    .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-    let (series_pk, count): (i64, i64) = one_row(
-        conn,
-        UPSERT_SERIES,
-        &[
-            &se.series_uid,
-            &study_pk,
-            &se.modality,
-            &se.series_number,
-            &se.series_description,
-            &se.body_part_examined,
-            &se.performed_start_date,
-            &se.performed_start_time,
-            &se.attrs_json,
-            &now,
-        ],
-        |row| Ok((row.get(0)?, row.get(1)?)),
-    )?
-    .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-    let inserted: Option<i64> = one_row(
-        conn,
-        INSERT_INSTANCE,
-        &[
-            &r.sop_instance_uid,
-            &series_pk,
-            &study_pk,
-            &r.sop_class_uid,
-            &r.instance_number,
-            &r.transfer_syntax,
-            &r.number_of_frames,
-            &r.rows,
-            &r.columns,
-            &r.object_key,
-            &r.size,
-            &r.sha256,
-            &r.metadata_json,
-            &r.frame_table,
-            &r.origin.kind.as_str(),
-            &r.origin.who,
-            &r.origin.address,
-            &now,
-            &r.attrs_json,
-            &r.part10_prefix,
-        ],
-        |row| row.get(0),
-    )?;
-    if inserted.is_none() {
+    let study = upsert_study(conn, &r.study, r.stored_at)?;
+    let (series_pk, new_series) = upsert_series(conn, study.pk, &r.series, r.stored_at)?;
+    if !insert_instance(conn, study.pk, series_pk, r)? {
         // Stored before (by us or another process).
         let existing = existing(conn, &r.sop_instance_uid)?;
         return existing
             .map(InsertOutcome::Existing)
             .ok_or(IndexError::Sqlite("the stored instance vanished".into()));
     }
+    let (st, se, now) = (&r.study, &r.series, r.stored_at);
     execute(
         conn,
         INSERT_CHANGE,
         &[&now, &st.study_uid, &se.series_uid, &r.sop_instance_uid],
     )?;
     let detail = format!("instance {}", r.sop_instance_uid);
+    let (who, via, address) = (&r.origin.who, r.origin.kind.as_str(), &r.origin.address);
     execute(
         conn,
         INSERT_AUDIT,
-        &[
-            &now,
-            &r.origin.who,
-            &r.origin.kind.as_str(),
-            &r.origin.address,
-            &st.study_uid,
-            &detail,
-        ],
+        &[&now, who, &via, address, &st.study_uid, &detail],
     )?;
+    let modalities = merge_set(&study.modalities, se.modality.as_deref());
+    let classes = merge_set(&study.sop_classes, Some(r.sop_class_uid.as_str()));
     execute(
         conn,
         UPDATE_STUDY,
         &[
-            &study_pk,
-            &i64::from(count == 1),
-            &merge_set(&modalities, se.modality.as_deref()),
-            &merge_set(&sop_classes, Some(&r.sop_class_uid)),
+            &study.pk,
+            &i64::from(new_series),
+            &modalities,
+            &classes,
             &now,
         ],
     )?;
     Ok(InsertOutcome::Inserted)
 }
 
-fn existing(conn: &Connection, sop: &str) -> Result<Option<StoredInstance>, IndexError> {
+/// The study row: its key and the set columns this instance may add to.
+struct StudyRow {
+    pk: i64,
+    modalities: String,
+    sop_classes: String,
+}
+
+fn upsert_study(conn: &Connection, st: &StudyAttributes, now: i64) -> rusqlite::Result<StudyRow> {
+    let values: [&dyn ToSql; 15] = [
+        &st.study_uid,
+        &st.patient_name,
+        &st.patient_name_key,
+        &st.patient_id,
+        &st.patient_birth_date,
+        &st.patient_sex,
+        &st.study_date,
+        &st.study_time,
+        &st.accession_number,
+        &st.study_id,
+        &st.study_description,
+        &st.referring_physician_name,
+        &st.referring_physician_key,
+        &st.attrs_json,
+        &now,
+    ];
+    one_row(conn, UPSERT_STUDY, &values, |row| {
+        Ok(StudyRow {
+            pk: row.get(0)?,
+            modalities: row.get(1)?,
+            sop_classes: row.get(2)?,
+        })
+    })?
+    .ok_or(rusqlite::Error::QueryReturnedNoRows)
+}
+
+/// The series' key, and whether this instance created it.
+fn upsert_series(
+    conn: &Connection,
+    study_pk: i64,
+    se: &SeriesAttributes,
+    now: i64,
+) -> rusqlite::Result<(i64, bool)> {
+    let values: [&dyn ToSql; 10] = [
+        &se.series_uid,
+        &study_pk,
+        &se.modality,
+        &se.series_number,
+        &se.series_description,
+        &se.body_part_examined,
+        &se.performed_start_date,
+        &se.performed_start_time,
+        &se.attrs_json,
+        &now,
+    ];
+    let (pk, count): (i64, i64) = one_row(conn, UPSERT_SERIES, &values, |row| {
+        Ok((row.get(0)?, row.get(1)?))
+    })?
+    .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    Ok((pk, count == 1))
+}
+
+/// Insert the instance row; false when the SOP Instance UID is already there.
+fn insert_instance(
+    conn: &Connection,
+    study_pk: i64,
+    series_pk: i64,
+    r: &InstanceRecord,
+) -> rusqlite::Result<bool> {
+    let values: [&dyn ToSql; 20] = [
+        &r.sop_instance_uid,
+        &series_pk,
+        &study_pk,
+        &r.sop_class_uid,
+        &r.instance_number,
+        &r.transfer_syntax,
+        &r.number_of_frames,
+        &r.rows,
+        &r.columns,
+        &r.object_key,
+        &r.size,
+        &r.sha256,
+        &r.metadata_json,
+        &r.frame_table,
+        &r.origin.kind.as_str(),
+        &r.origin.who,
+        &r.origin.address,
+        &r.stored_at,
+        &r.attrs_json,
+        &r.part10_prefix,
+    ];
+    let inserted: Option<i64> = one_row(conn, INSERT_INSTANCE, &values, |row| row.get(0))?;
+    Ok(inserted.is_some())
+}
+
+fn existing(conn: &Connection, sop: &Uid) -> Result<Option<StoredInstance>, IndexError> {
     let sql = format!("{STORED_SELECT} WHERE i.sop_instance_uid = $1");
-    Ok(one_row(conn, &sql, &[&sop], |row| {
+    Ok(one_row(conn, &sql, &[sop], |row| {
         Ok(StoredInstance {
-            sop_instance_uid: row.get(0)?,
-            sop_class_uid: row.get(1)?,
-            study_uid: row.get(2)?,
-            series_uid: row.get(3)?,
-            object_key: row.get(4)?,
-            sha256: row.get(5)?,
-            size: row.get(6)?,
-            stored_at: row.get(7)?,
+            sop_instance_uid: row.get("sop_instance_uid")?,
+            sop_class_uid: row.get("sop_class_uid")?,
+            study_uid: row.get("study_uid")?,
+            series_uid: row.get("series_uid")?,
+            object_key: row.get("object_key")?,
+            sha256: row.get("sha256")?,
+            size: row.get("size")?,
+            stored_at: row.get("stored_at")?,
         })
     })?)
 }
@@ -321,34 +349,35 @@ fn one_row<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{Index, SeriesRecord, StudyRecord};
+    use crate::index::{Index, SeriesAttributes, StudyAttributes};
     use crate::model::{Origin, OriginKind};
 
+    fn uid(s: &str) -> Uid {
+        Uid::parse(s).unwrap()
+    }
+
     fn record(study: &str, series: &str, sop: &str, modality: &str) -> InstanceRecord {
+        let digest = crate::model::Sha256::of(sop.as_bytes());
         InstanceRecord {
-            study: StudyRecord {
-                study_uid: study.into(),
+            study: StudyAttributes {
                 patient_id: Some("P1".into()),
-                attrs_json: "{}".into(),
-                ..Default::default()
+                ..StudyAttributes::new(uid(study))
             },
-            series: SeriesRecord {
-                series_uid: series.into(),
+            series: SeriesAttributes {
                 modality: Some(modality.into()),
-                attrs_json: "{}".into(),
-                ..Default::default()
+                ..SeriesAttributes::new(uid(series))
             },
-            sop_instance_uid: sop.into(),
-            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            sop_instance_uid: uid(sop),
+            sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.2"),
             instance_number: Some(1),
-            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            transfer_syntax: crate::model::TransferSyntax::explicit_vr_le(),
             number_of_frames: 1,
             rows: Some(64),
             columns: None,
-            object_key: format!("{study}/{sop}"),
+            object_key: crate::model::ObjectKey::new(&uid(study), &digest),
             size: 1000,
             part10_prefix: 0,
-            sha256: format!("{sop}-sha"),
+            sha256: digest,
             attrs_json: "{}".into(),
             metadata_json: "{}".into(),
             frame_table: Some(vec![1, 2, 3]),
@@ -381,8 +410,8 @@ mod tests {
         match &outcomes[2] {
             InsertOutcome::Existing(e) => {
                 assert_eq!(
-                    (e.study_uid.as_str(), e.sha256.as_str()),
-                    ("1.1", "1.1.1.1-sha")
+                    (e.study_uid.as_str(), e.sha256),
+                    ("1.1", crate::model::Sha256::of(b"1.1.1.1"))
                 )
             }
             other => panic!("{other:?}"),

@@ -1,48 +1,75 @@
 //! Offline uploads and radiology orders in the index: everything the upload flow needs to
 //! survive restarts and to be shared by several gateway processes.
 
-use sqlx::Row;
-
 use super::{Index, IndexError};
 use crate::model::clock::now_millis;
+use crate::model::{ObjectKey, OrderId, Sha256, Uid};
+
+/// Where an offline upload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadState {
+    /// Metadata known, bytes (partly) missing.
+    Pending,
+    /// Stored and indexed: the ACK may be given.
+    Stored,
+}
+
+impl UploadState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadState::Pending => "pending",
+            UploadState::Stored => "stored",
+        }
+    }
+}
+
+impl TryFrom<String> for UploadState {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "pending" => Ok(UploadState::Pending),
+            "stored" => Ok(UploadState::Stored),
+            _ => Err(format!("unknown upload state {s:?}")),
+        }
+    }
+}
 
 /// A pending or finished offline upload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Upload {
+    /// The client's UUID for the image (lower-case, hyphenated).
     pub image_uuid: String,
-    pub order_id: String,
+    pub order_id: OrderId,
     pub filename: String,
     pub file_size: i64,
     pub mime_type: String,
-    pub checksum: String,
-    pub study_uid: String,
-    pub series_uid: String,
-    pub image_uid: String,
-    pub state: String,
+    /// The SHA-256 the client declared for the file.
+    pub checksum: Sha256,
+    pub study_uid: Uid,
+    pub series_uid: Uid,
+    pub image_uid: Uid,
+    pub state: UploadState,
     pub received: i64,
-    pub sop_instance_uid: Option<String>,
-    pub sha256: Option<String>,
+    pub sop_instance_uid: Option<Uid>,
+    /// The SHA-256 of the stored instance (for photos: of the wrapped object).
+    pub sha256: Option<Sha256>,
     pub stored_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
-pub const PENDING: &str = "pending";
-pub const STORED: &str = "stored";
-
 /// A received part of an upload.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Chunk {
     pub start: i64,
     pub length: i64,
-    pub object_key: String,
+    pub object_key: ObjectKey,
 }
 
 /// A radiology order as registered by the hospital system.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct Order {
-    #[serde(skip_deserializing)]
-    pub order_id: String,
+    pub order_id: OrderId,
     pub accession_number: Option<String>,
     pub patient_id: Option<String>,
     pub patient_name: Option<String>,
@@ -51,10 +78,10 @@ pub struct Order {
 }
 
 /// A study as listed for an order.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct StudySummary {
     pub study_id: i64,
-    pub study_instance_uid: String,
+    pub study_instance_uid: Uid,
     pub study_date: Option<String>,
     pub study_description: Option<String>,
     pub accession_number: Option<String>,
@@ -68,36 +95,14 @@ pub struct StudySummary {
 const UPLOAD_COLS: &str = "image_uuid, order_id, filename, file_size, mime_type, checksum, study_uid, \
      series_uid, image_uid, state, received, sop_instance_uid, sha256, stored_at, created_at, updated_at";
 
-fn upload(r: &sqlx::any::AnyRow) -> Result<Upload, sqlx::Error> {
-    Ok(Upload {
-        image_uuid: r.try_get(0)?,
-        order_id: r.try_get(1)?,
-        filename: r.try_get(2)?,
-        file_size: r.try_get(3)?,
-        mime_type: r.try_get(4)?,
-        checksum: r.try_get(5)?,
-        study_uid: r.try_get(6)?,
-        series_uid: r.try_get(7)?,
-        image_uid: r.try_get(8)?,
-        state: r.try_get(9)?,
-        received: r.try_get(10)?,
-        sop_instance_uid: r.try_get(11)?,
-        sha256: r.try_get(12)?,
-        stored_at: r.try_get(13)?,
-        created_at: r.try_get(14)?,
-        updated_at: r.try_get(15)?,
-    })
-}
-
 impl Index {
     pub async fn upload(&self, image_uuid: &str) -> Result<Option<Upload>, IndexError> {
-        let row = sqlx::query(&format!(
+        Ok(sqlx::query_as(&format!(
             "SELECT {UPLOAD_COLS} FROM offline_uploads WHERE image_uuid = $1"
         ))
         .bind(image_uuid)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(upload).transpose()?)
+        .await?)
     }
 
     /// Record a new pending upload; false if the UUID is taken (the caller compares).
@@ -113,11 +118,11 @@ impl Index {
         .bind(&u.filename)
         .bind(u.file_size)
         .bind(&u.mime_type)
-        .bind(&u.checksum)
+        .bind(u.checksum)
         .bind(&u.study_uid)
         .bind(&u.series_uid)
         .bind(&u.image_uid)
-        .bind(PENDING)
+        .bind(UploadState::Pending.as_str())
         .bind(now)
         .execute(&self.pool)
         .await?;
@@ -125,22 +130,12 @@ impl Index {
     }
 
     pub async fn upload_chunks(&self, image_uuid: &str) -> Result<Vec<Chunk>, IndexError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT start, length, object_key FROM offline_upload_chunks WHERE image_uuid = $1 ORDER BY start",
         )
         .bind(image_uuid)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Chunk {
-                    start: r.try_get(0)?,
-                    length: r.try_get(1)?,
-                    object_key: r.try_get(2)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(IndexError::from)
+        .await?)
     }
 
     /// Append a durably stored part if the upload still has `expected_received` bytes
@@ -150,7 +145,7 @@ impl Index {
         image_uuid: &str,
         expected_received: i64,
         length: i64,
-        object_key: &str,
+        object_key: &ObjectKey,
     ) -> Result<bool, IndexError> {
         let mut tx = self.pool.begin().await?;
         let moved = sqlx::query(
@@ -161,7 +156,7 @@ impl Index {
         .bind(expected_received)
         .bind(length)
         .bind(now_millis())
-        .bind(PENDING)
+        .bind(UploadState::Pending.as_str())
         .execute(&mut *tx)
         .await?;
         if moved.rows_affected() != 1 {
@@ -182,7 +177,7 @@ impl Index {
     }
 
     /// Forget the received parts (restart from zero); returns their object keys.
-    pub async fn reset_upload(&self, image_uuid: &str) -> Result<Vec<String>, IndexError> {
+    pub async fn reset_upload(&self, image_uuid: &str) -> Result<Vec<ObjectKey>, IndexError> {
         let chunks = self.upload_chunks(image_uuid).await?;
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM offline_upload_chunks WHERE image_uuid = $1")
@@ -194,7 +189,7 @@ impl Index {
         )
         .bind(image_uuid)
         .bind(now_millis())
-        .bind(PENDING)
+        .bind(UploadState::Pending.as_str())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -206,10 +201,10 @@ impl Index {
     pub async fn finish_upload(
         &self,
         u: &Upload,
-        sop_instance_uid: &str,
-        sha256: &str,
+        sop_instance_uid: &Uid,
+        sha256: &Sha256,
         stored_at: i64,
-    ) -> Result<Vec<String>, IndexError> {
+    ) -> Result<Vec<ObjectKey>, IndexError> {
         let chunks = self.upload_chunks(&u.image_uuid).await?;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -217,7 +212,7 @@ impl Index {
              sha256 = $4, stored_at = $5, updated_at = $6 WHERE image_uuid = $1",
         )
         .bind(&u.image_uuid)
-        .bind(STORED)
+        .bind(UploadState::Stored.as_str())
         .bind(sop_instance_uid)
         .bind(sha256)
         .bind(stored_at)
@@ -243,21 +238,17 @@ impl Index {
 
     /// Pending uploads without progress since `before` (milliseconds).
     pub async fn stale_uploads(&self, before: i64) -> Result<Vec<String>, IndexError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_scalar(
             "SELECT image_uuid FROM offline_uploads WHERE state = $1 AND updated_at < $2",
         )
-        .bind(PENDING)
+        .bind(UploadState::Pending.as_str())
         .bind(before)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(IndexError::from)
+        .await?)
     }
 
     /// Remove a pending upload; returns its parts' keys.
-    pub async fn delete_upload(&self, image_uuid: &str) -> Result<Vec<String>, IndexError> {
+    pub async fn delete_upload(&self, image_uuid: &str) -> Result<Vec<ObjectKey>, IndexError> {
         let chunks = self.upload_chunks(image_uuid).await?;
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM offline_upload_chunks WHERE image_uuid = $1")
@@ -266,7 +257,7 @@ impl Index {
             .await?;
         sqlx::query("DELETE FROM offline_uploads WHERE image_uuid = $1 AND state = $2")
             .bind(image_uuid)
-            .bind(PENDING)
+            .bind(UploadState::Pending.as_str())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -274,11 +265,12 @@ impl Index {
     }
 
     pub async fn pending_uploads(&self) -> Result<i64, IndexError> {
-        let row = sqlx::query("SELECT COUNT(*) FROM offline_uploads WHERE state = $1")
-            .bind(PENDING)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get(0)?)
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM offline_uploads WHERE state = $1")
+                .bind(UploadState::Pending.as_str())
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Register or update an order; true when it is new.
@@ -305,33 +297,25 @@ impl Index {
         Ok(!existed)
     }
 
-    pub async fn order(&self, order_id: &str) -> Result<Option<Order>, IndexError> {
-        let row = sqlx::query(
+    pub async fn order(&self, order_id: &OrderId) -> Result<Option<Order>, IndexError> {
+        Ok(sqlx::query_as(
             "SELECT order_id, accession_number, patient_id, patient_name, patient_birth_date, patient_sex \
              FROM radiology_orders WHERE order_id = $1",
         )
         .bind(order_id)
         .fetch_optional(&self.pool)
-        .await?;
-        let Some(r) = row else { return Ok(None) };
-        Ok(Some(Order {
-            order_id: r.try_get(0)?,
-            accession_number: r.try_get(1)?,
-            patient_id: r.try_get(2)?,
-            patient_name: r.try_get(3)?,
-            patient_birth_date: r.try_get(4)?,
-            patient_sex: r.try_get(5)?,
-        }))
+        .await?)
     }
 
     /// The order's studies: linked by an offline upload, or stored (C-STORE, STOW-RS) with
     /// the order's accession number.
     pub async fn order_studies(&self, order: &Order) -> Result<Vec<StudySummary>, IndexError> {
         let accession = order.accession_number.clone().unwrap_or_default();
-        let rows = sqlx::query(
-            "SELECT st.id, st.study_uid, st.study_date, st.study_description, st.accession_number, \
-             st.modalities, st.num_series, st.num_instances, \
-             CASE WHEN so.order_id IS NULL THEN 'accession_number' ELSE 'upload' END \
+        Ok(sqlx::query_as(
+            "SELECT st.id AS study_id, st.study_uid AS study_instance_uid, st.study_date, \
+             st.study_description, st.accession_number, st.modalities, \
+             st.num_series AS number_of_series, st.num_instances AS number_of_instances, \
+             CASE WHEN so.order_id IS NULL THEN 'accession_number' ELSE 'upload' END AS linked_by \
              FROM studies st LEFT JOIN study_orders so ON so.study_uid = st.study_uid AND so.order_id = $1 \
              WHERE so.order_id IS NOT NULL OR ($2 <> '' AND st.accession_number = $2) \
              ORDER BY st.study_date, st.id",
@@ -339,22 +323,6 @@ impl Index {
         .bind(&order.order_id)
         .bind(&accession)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StudySummary {
-                    study_id: r.try_get(0)?,
-                    study_instance_uid: r.try_get(1)?,
-                    study_date: r.try_get(2)?,
-                    study_description: r.try_get(3)?,
-                    accession_number: r.try_get(4)?,
-                    modalities: r.try_get(5)?,
-                    number_of_series: r.try_get(6)?,
-                    number_of_instances: r.try_get(7)?,
-                    linked_by: r.try_get(8)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(IndexError::from)
+        .await?)
     }
 }

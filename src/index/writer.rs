@@ -9,10 +9,13 @@
 //! processes sharing a PostgreSQL database take row locks in the same order.
 
 use sqlx::{Any, AnyPool, Row, Transaction};
+
+use crate::model::Uid;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Backend, IndexError, InsertOutcome, InstanceRecord, SeriesRecord, StoredInstance, StudyRecord,
+    Backend, IndexError, InsertOutcome, InstanceRecord, SeriesAttributes, StoredInstance,
+    StudyAttributes,
 };
 
 pub(super) const MAX_BATCH: usize = 256;
@@ -179,7 +182,10 @@ async fn write_one(
         .bind(study.pk)
         .bind(i64::from(new_series))
         .bind(merge_set(&study.modalities, r.series.modality.as_deref()))
-        .bind(merge_set(&study.sop_classes, Some(&r.sop_class_uid)))
+        .bind(merge_set(
+            &study.sop_classes,
+            Some(r.sop_class_uid.as_str()),
+        ))
         .bind(r.stored_at)
         .execute(&mut **tx)
         .await?;
@@ -198,7 +204,7 @@ struct StudyRow {
 async fn upsert_study(
     tx: &mut Transaction<'_, Any>,
     _backend: Backend,
-    st: &StudyRecord,
+    st: &StudyAttributes,
     now: i64,
 ) -> Result<StudyRow, IndexError> {
     let row = sqlx::query(UPSERT_STUDY)
@@ -220,9 +226,9 @@ async fn upsert_study(
         .fetch_one(&mut **tx)
         .await?;
     Ok(StudyRow {
-        pk: row.try_get(0)?,
-        modalities: row.try_get(1)?,
-        sop_classes: row.try_get(2)?,
+        pk: row.try_get("id")?,
+        modalities: row.try_get("modalities")?,
+        sop_classes: row.try_get("sop_classes")?,
     })
 }
 
@@ -231,7 +237,7 @@ async fn upsert_study(
 async fn upsert_series(
     tx: &mut Transaction<'_, Any>,
     study_pk: i64,
-    se: &SeriesRecord,
+    se: &SeriesAttributes,
     now: i64,
 ) -> Result<(i64, bool), IndexError> {
     let row = sqlx::query(UPSERT_SERIES)
@@ -247,8 +253,8 @@ async fn upsert_series(
         .bind(now)
         .fetch_one(&mut **tx)
         .await?;
-    let count: i64 = row.try_get(1)?;
-    Ok((row.try_get(0)?, count == 1))
+    let count: i64 = row.try_get("num_instances")?;
+    Ok((row.try_get("id")?, count == 1))
 }
 
 /// Insert the instance row; false when the SOP Instance UID is already there.
@@ -269,7 +275,7 @@ async fn insert_instance(
         .bind(r.rows)
         .bind(r.columns)
         .bind(&r.object_key)
-        .bind(r.size)
+        .bind(i64::try_from(r.size).unwrap_or(i64::MAX))
         .bind(&r.sha256)
         .bind(&r.metadata_json)
         .bind(r.frame_table.clone())
@@ -286,16 +292,15 @@ async fn insert_instance(
 
 async fn existing(
     tx: &mut Transaction<'_, Any>,
-    sop: &str,
+    sop: &Uid,
 ) -> Result<Option<StoredInstance>, IndexError> {
-    let row = sqlx::query(&format!(
+    Ok(sqlx::query_as(&format!(
         "{} WHERE i.sop_instance_uid = $1",
         super::STORED_SELECT
     ))
     .bind(sop)
     .fetch_optional(&mut **tx)
-    .await?;
-    Ok(row.map(|r| super::stored_from_row(&r)).transpose()?)
+    .await?)
 }
 
 /// Add `value` to a backslash-separated, sorted set of values.

@@ -75,14 +75,8 @@ impl IntoResponse for RestError {
     }
 }
 
-impl From<crate::dicomweb::ApiError> for RestError {
-    fn from(e: crate::dicomweb::ApiError) -> Self {
-        match e {
-            crate::dicomweb::ApiError::NotFound(m) => RestError::not_found(m),
-            crate::dicomweb::ApiError::NotAcceptable(m) => {
-                RestError::new(StatusCode::NOT_ACCEPTABLE, "not_acceptable", m)
-            }
-            other => RestError::internal(other),
-        }
+impl From<crate::storage::StorageError> for RestError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        RestError::internal(e)
     }
 }

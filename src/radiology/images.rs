@@ -12,26 +12,24 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::RestError;
-use crate::app::AppState;
 use crate::auth::Principal;
-use crate::dicomweb::urls::base_url;
+use crate::context::Context;
 use crate::index::read::StudyRef;
 use crate::model::clock::now_secs;
 
 /// The study named by `{id}` (internal id or StudyInstanceUID), if the caller may see it.
 pub async fn study_for(
-    app: &AppState,
+    app: &Context,
     id: &str,
     principal: Option<&Principal>,
 ) -> Result<StudyRef, RestError> {
     let study = app
-        .ingest
         .index()
         .find_study(id)
         .await?
         .ok_or_else(|| RestError::not_found(format!("no study {id}")))?;
     if let Some(p) = principal {
-        if !p.may_read_study(&study.study_uid) {
+        if !p.may_read_study(study.study_uid.as_str()) {
             return Err(RestError::forbidden(
                 "this token is limited to another study",
             ));
@@ -40,13 +38,13 @@ pub async fn study_for(
     Ok(study)
 }
 
-fn base(app: &AppState, headers: &HeaderMap) -> String {
-    base_url(app.config.http.public_base_url.as_deref(), headers)
+fn base(app: &Context, headers: &HeaderMap) -> String {
+    app.base_url(headers)
 }
 
 /// `GET /api/v1/radiology/studies/{id}/viewer-url/`
 pub async fn viewer_url(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Context>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     principal: Option<Extension<Principal>>,
@@ -58,7 +56,7 @@ pub async fn viewer_url(
         .map(|p| p.name.as_str())
         .unwrap_or("viewer");
     let ttl = app.auth.viewer_token_ttl_secs;
-    let (token, expires) = app.auth.study_token(subject, &study.study_uid, ttl);
+    let (token, expires) = app.auth.study_token(subject, study.study_uid.as_str(), ttl);
     let url = format!(
         "{}/viewer/viewer?StudyInstanceUIDs={}&token={}",
         base(&app, &headers),
@@ -77,20 +75,20 @@ pub async fn viewer_url(
 
 /// `GET /api/v1/radiology/studies/{id}/images/`
 pub async fn study_images(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Context>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     principal: Option<Extension<Principal>>,
 ) -> Result<Response, RestError> {
     let principal = principal.map(|Extension(p)| p);
     let study = study_for(&app, &id, principal.as_ref()).await?;
-    let images = app.ingest.index().study_images(study.id).await?;
+    let images = app.index().study_images(study.id).await?;
     let base = base(&app, &headers);
     let expires = now_secs() + app.auth.url_ttl_secs;
     let mut series: Vec<serde_json::Value> = Vec::new();
-    let mut current: Option<String> = None;
+    let mut current = None;
     for img in images {
-        if current.as_deref() != Some(img.series_uid.as_str()) {
+        if current.as_ref() != Some(&img.series_uid) {
             current = Some(img.series_uid.clone());
             series.push(json!({
                 "series_instance_uid": img.series_uid,
@@ -149,11 +147,10 @@ fn file_path(id: i64, format: &str) -> String {
 }
 
 async fn image_study(
-    app: &AppState,
+    app: &Context,
     id: i64,
 ) -> Result<crate::index::read::InstanceLocation, RestError> {
-    app.ingest
-        .index()
+    app.index()
         .locate_by_id(id)
         .await?
         .ok_or_else(|| RestError::not_found(format!("no image {id}")))
@@ -161,7 +158,7 @@ async fn image_study(
 
 /// `GET /api/v1/radiology/images/{id}/url/?format=dicom|jpeg|png`
 pub async fn image_url(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Context>>,
     Path(id): Path<i64>,
     Query(q): Query<FormatQuery>,
     headers: HeaderMap,
@@ -170,7 +167,7 @@ pub async fn image_url(
     let format = parse_format(q.format.as_deref())?;
     let loc = image_study(&app, id).await?;
     if let Some(Extension(p)) = &principal {
-        if !p.may_read_study(&loc.study_uid) {
+        if !p.may_read_study(loc.study_uid.as_str()) {
             return Err(RestError::forbidden(
                 "this token is limited to another study",
             ));
@@ -190,7 +187,7 @@ pub async fn image_url(
 /// `GET /api/v1/radiology/images/{id}/file?format=…` — by signed URL (checked by the
 /// middleware) or with a viewer token.
 pub async fn image_file(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Context>>,
     Path(id): Path<i64>,
     Query(q): Query<FormatQuery>,
     principal: Option<Extension<Principal>>,
@@ -198,7 +195,7 @@ pub async fn image_file(
     let format = parse_format(q.format.as_deref())?;
     let loc = image_study(&app, id).await?;
     if let Some(Extension(p)) = &principal {
-        if !p.may_read_study(&loc.study_uid) {
+        if !p.may_read_study(loc.study_uid.as_str()) {
             return Err(RestError::forbidden(
                 "this token is limited to another study",
             ));
@@ -207,7 +204,7 @@ pub async fn image_file(
     let disposition = |ext: &str| format!("inline; filename=\"{}.{ext}\"", loc.sop_instance_uid);
     if format == "dicom" {
         let len = loc.size + loc.part10_prefix;
-        let body = crate::dicomweb::wado::object_stream(&app, &loc).await?;
+        let body = app.instance_stream(&loc).await?;
         return Ok((
             [
                 (header::CONTENT_TYPE, "application/dicom".to_owned()),
@@ -228,17 +225,19 @@ pub async fn image_file(
         ..Default::default()
     };
     let media = params.format.media_type();
-    let rendered = crate::dicomweb::wado::with_object_file(&app, &loc, move |path| {
-        crate::render::render(path, 0, &params)
-    })
-    .await?
-    .map_err(|e| {
-        RestError::new(
-            axum::http::StatusCode::NOT_ACCEPTABLE,
-            "not_renderable",
-            format!("this image cannot be rendered as {format}: {e}"),
-        )
-    })?;
+    let rendered = app
+        .store()
+        .with_local_file(&loc.object_key, move |path| {
+            crate::render::render(path, 0, &params)
+        })
+        .await?
+        .map_err(|e| {
+            RestError::new(
+                axum::http::StatusCode::NOT_ACCEPTABLE,
+                "not_renderable",
+                format!("this image cannot be rendered as {format}: {e}"),
+            )
+        })?;
     Ok((
         [
             (header::CONTENT_TYPE, media.to_owned()),

@@ -1,7 +1,8 @@
 //! The hospital app's REST API under `/api/v1/radiology`: viewer integration
-//! ([`images`]), radiology orders ([`orders`]) and the offline upload flow
-//! (`crate::uploads`). Errors carry stable machine-readable codes ([`error`]).
-//! Paths work with and without a trailing slash, as the app uses them.
+//! ([`images`]) and radiology orders ([`orders`]); the offline upload flow under the same
+//! prefix is `crate::uploads`'. Errors carry stable machine-readable codes ([`error`]),
+//! shared with the upload flow. Paths work with and without a trailing slash, as the app
+//! uses them.
 
 pub mod error;
 pub mod images;
@@ -9,17 +10,17 @@ pub mod orders;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post, put, MethodRouter};
+use axum::routing::{get, put, MethodRouter};
 use axum::Router;
 
-use crate::app::AppState;
+use crate::context::Context;
 
 /// Add `path` and `path/` with the same handler.
-fn both(
-    router: Router<Arc<AppState>>,
+pub fn both(
+    router: Router<Arc<Context>>,
     path: &str,
-    handler: MethodRouter<Arc<AppState>>,
-) -> Router<Arc<AppState>> {
+    handler: MethodRouter<Arc<Context>>,
+) -> Router<Arc<Context>> {
     router
         .route(path, handler.clone())
         .route(&format!("{path}/"), handler)
@@ -36,19 +37,8 @@ pub async fn openapi() -> impl axum::response::IntoResponse {
     )
 }
 
-/// `GET /api/v1/admin/audit?study=&who=&action=&after=&limit=` (admin): the audit trail.
-pub async fn audit(
-    axum::extract::State(app): axum::extract::State<Arc<AppState>>,
-    axum::extract::Query(filter): axum::extract::Query<crate::index::admin::AuditFilter>,
-) -> Result<axum::response::Response, error::RestError> {
-    use axum::response::IntoResponse;
-    app.ingest.index().flush_audit().await;
-    let events = app.ingest.index().audit_events(&filter).await?;
-    Ok(axum::Json(serde_json::json!({ "events": events })).into_response())
-}
-
 /// The routes, to be nested under `/api/v1/radiology`.
-pub fn router() -> Router<Arc<AppState>> {
+pub fn router() -> Router<Arc<Context>> {
     let mut r = Router::new();
     r = both(r, "/studies/{id}/viewer-url", get(images::viewer_url));
     r = both(r, "/studies/{id}/images", get(images::study_images));
@@ -56,21 +46,5 @@ pub fn router() -> Router<Arc<AppState>> {
     r = both(r, "/images/{id}/file", get(images::image_file));
     r = both(r, "/orders/{id}", put(orders::put_order));
     r = both(r, "/orders/{id}/studies", get(orders::order_studies));
-    r = both(
-        r,
-        "/offline-images/upload-metadata",
-        post(crate::uploads::upload_metadata),
-    );
-    r = both(
-        r,
-        "/offline-images/upload-binary",
-        post(crate::uploads::upload_binary),
-    );
-    r = both(
-        r,
-        "/offline-images/acknowledge",
-        post(crate::uploads::acknowledge),
-    );
-    r = both(r, "/offline-images/{uuid}", get(crate::uploads::status));
     r
 }

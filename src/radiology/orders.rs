@@ -7,19 +7,32 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Deserialize;
 use serde_json::json;
 
 use super::error::RestError;
-use crate::app::AppState;
+use crate::context::Context;
 use crate::index::uploads::Order;
+use crate::model::{DicomDate, OrderId};
 
-/// Order ids are the hospital's: short printable text without separators.
-pub fn valid_order_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+/// The body of `PUT /orders/{id}`, parsed into an [`Order`].
+#[derive(Debug, Deserialize)]
+pub struct OrderBody {
+    accession_number: Option<String>,
+    patient_id: Option<String>,
+    patient_name: Option<String>,
+    patient_birth_date: Option<String>,
+    patient_sex: Option<String>,
+}
+
+/// An order id from a path or a body, or the 400 that says what is wrong with it.
+pub fn order_id(raw: &str) -> Result<OrderId, RestError> {
+    OrderId::parse(raw).map_err(|_| {
+        RestError::bad_request(
+            "invalid_order_id",
+            "order ids are 1 to 64 letters, digits or - _ . :",
+        )
+    })
 }
 
 fn check_text(name: &str, v: &Option<String>, max: usize) -> Result<(), RestError> {
@@ -32,41 +45,45 @@ fn check_text(name: &str, v: &Option<String>, max: usize) -> Result<(), RestErro
     }
 }
 
+impl OrderBody {
+    fn into_order(self, order_id: OrderId) -> Result<Order, RestError> {
+        check_text("accession_number", &self.accession_number, 16)?;
+        check_text("patient_id", &self.patient_id, 64)?;
+        check_text("patient_name", &self.patient_name, 64 * 5)?;
+        if let Some(d) = self.patient_birth_date.as_deref().filter(|d| !d.is_empty()) {
+            DicomDate::date(d).map_err(|_| {
+                RestError::bad_request("invalid_order", "patient_birth_date must be YYYYMMDD")
+            })?;
+        }
+        if let Some(s) = &self.patient_sex {
+            if !["", "M", "F", "O"].contains(&s.as_str()) {
+                return Err(RestError::bad_request(
+                    "invalid_order",
+                    "patient_sex must be M, F or O",
+                ));
+            }
+        }
+        Ok(Order {
+            order_id,
+            accession_number: self.accession_number,
+            patient_id: self.patient_id,
+            patient_name: self.patient_name,
+            patient_birth_date: self.patient_birth_date,
+            patient_sex: self.patient_sex,
+        })
+    }
+}
+
 /// `PUT /api/v1/radiology/orders/{id}`
 pub async fn put_order(
-    State(app): State<Arc<AppState>>,
+    State(ctx): State<Arc<Context>>,
     Path(id): Path<String>,
-    body: Result<Json<Order>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<OrderBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, RestError> {
-    if !valid_order_id(&id) {
-        return Err(RestError::bad_request(
-            "invalid_order_id",
-            "order ids are 1 to 64 letters, digits or - _ . :",
-        ));
-    }
-    let Json(mut order) =
-        body.map_err(|e| RestError::bad_request("invalid_json", e.body_text()))?;
-    order.order_id = id;
-    check_text("accession_number", &order.accession_number, 16)?;
-    check_text("patient_id", &order.patient_id, 64)?;
-    check_text("patient_name", &order.patient_name, 64 * 5)?;
-    if let Some(d) = &order.patient_birth_date {
-        if !(d.is_empty() || (d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()))) {
-            return Err(RestError::bad_request(
-                "invalid_order",
-                "patient_birth_date must be YYYYMMDD",
-            ));
-        }
-    }
-    if let Some(s) = &order.patient_sex {
-        if !["", "M", "F", "O"].contains(&s.as_str()) {
-            return Err(RestError::bad_request(
-                "invalid_order",
-                "patient_sex must be M, F or O",
-            ));
-        }
-    }
-    let created = app.ingest.index().put_order(&order).await?;
+    let id = order_id(&id)?;
+    let Json(body) = body.map_err(|e| RestError::bad_request("invalid_json", e.body_text()))?;
+    let order = body.into_order(id)?;
+    let created = ctx.index().put_order(&order).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -77,15 +94,15 @@ pub async fn put_order(
 
 /// `GET /api/v1/radiology/orders/{id}/studies/`
 pub async fn order_studies(
-    State(app): State<Arc<AppState>>,
+    State(ctx): State<Arc<Context>>,
     Path(id): Path<String>,
 ) -> Result<Response, RestError> {
-    let order = app
-        .ingest
+    let id = order_id(&id)?;
+    let order = ctx
         .index()
         .order(&id)
         .await?
         .ok_or_else(|| RestError::not_found(format!("no order {id}")))?;
-    let studies = app.ingest.index().order_studies(&order).await?;
+    let studies = ctx.index().order_studies(&order).await?;
     Ok(Json(json!({ "order": order, "studies": studies })).into_response())
 }

@@ -121,7 +121,7 @@ pub fn parse_viewport(raw: &str) -> Result<((u32, u32), Option<Region>), String>
 
 /// Render frame `frame` (0-based) of the DICOM file at `path`.
 pub fn render(path: &Path, frame: u32, params: &Params) -> Result<Vec<u8>, RenderError> {
-    let obj = crate::ingest::open_stored(path).map_err(RenderError::Read)?;
+    let obj = crate::dicom::open_file(path).map_err(RenderError::Read)?;
     let frames = obj
         .get(dicom_dictionary_std::tags::NUMBER_OF_FRAMES)
         .and_then(|e| e.to_int::<u32>().ok())

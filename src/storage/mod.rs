@@ -20,22 +20,21 @@
 mod dirsync;
 mod journal;
 mod local;
+mod read;
 mod spool;
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::stream::BoxStream;
-use futures::{Stream, StreamExt, TryStreamExt};
-use opendal::{services, ErrorKind, Operator};
+use futures::StreamExt;
+use opendal::{services, Operator};
 
 use crate::config::{Config, ObjectSync, StorageBackend};
 use crate::model::ObjectKey;
 
 pub use dirsync::DirSyncs;
 pub use journal::{Journal, ReplayReport};
+pub use read::StudyObjects;
 pub use spool::{Spool, SpooledFile};
 
 #[derive(Debug, thiserror::Error)]
@@ -153,9 +152,10 @@ impl Store {
         &self.describe
     }
 
-    /// The objects' directory, for a filesystem store.
-    pub fn fs_root(&self) -> Option<&Path> {
-        self.fs_root.as_deref()
+    /// Whether objects live on the local filesystem (where start-up recovery can look
+    /// into recently written study directories).
+    pub fn is_local(&self) -> bool {
+        self.fs_root.is_some()
     }
 
     pub fn spool_dir(&self) -> &Path {
@@ -226,86 +226,6 @@ impl Store {
         Ok(())
     }
 
-    /// The object's size, or `None` when it does not exist.
-    pub async fn size(&self, key: &ObjectKey) -> Result<Option<u64>, StorageError> {
-        match self.op.stat(key.as_str()).await {
-            Ok(meta) => Ok(Some(meta.content_length())),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Stream the whole object (or a byte range of it) in chunks.
-    pub async fn stream(
-        &self,
-        key: &ObjectKey,
-        range: Option<Range<u64>>,
-    ) -> Result<BoxStream<'static, Result<Bytes, StorageError>>, StorageError> {
-        if let Some(root) = &self.fs_root {
-            return file_stream(root.join(key.as_str()), key, range).await;
-        }
-        let reader = self
-            .op
-            .reader_with(key.as_str())
-            .chunk(1 << 20)
-            .await
-            .map_err(|e| not_found(e, key))?;
-        let stream = match range {
-            Some(r) => reader.into_bytes_stream(r).await,
-            None => reader.into_bytes_stream(..).await,
-        }
-        .map_err(|e| not_found(e, key))?;
-        Ok(stream
-            .map_err(|e| StorageError::Io {
-                what: "reading object",
-                path: PathBuf::new(),
-                source: e,
-            })
-            .boxed())
-    }
-
-    /// Read a byte range into memory (for frames and headers: small by construction).
-    pub async fn read_range(
-        &self,
-        key: &ObjectKey,
-        range: Range<u64>,
-    ) -> Result<Bytes, StorageError> {
-        let buf = self
-            .op
-            .read_with(key.as_str())
-            .range(range)
-            .await
-            .map_err(|e| not_found(e, key))?;
-        Ok(buf.to_bytes())
-    }
-
-    /// Copy an object into a temporary file in the spool (removed when dropped), for the
-    /// few readers that need a whole file (rendering, non-pixel bulk data).
-    pub async fn fetch_to_temp(
-        &self,
-        key: &ObjectKey,
-    ) -> Result<tempfile::NamedTempFile, StorageError> {
-        let tmp = tempfile::Builder::new()
-            .prefix(".fetch-")
-            .tempfile_in(&self.spool_dir)
-            .map_err(|e| StorageError::io("creating a temporary file in", &self.spool_dir, e))?;
-        let path = tmp.path().to_owned();
-        let mut file = tokio::fs::File::from_std(
-            tmp.reopen()
-                .map_err(|e| StorageError::io("opening", &path, e))?,
-        );
-        let mut stream = self.stream(key, None).await?;
-        while let Some(chunk) = stream.next().await {
-            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk?)
-                .await
-                .map_err(|e| StorageError::io("writing", &path, e))?;
-        }
-        tokio::io::AsyncWriteExt::flush(&mut file)
-            .await
-            .map_err(|e| StorageError::io("writing", &path, e))?;
-        Ok(tmp)
-    }
-
     pub async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         // A tombstone first: the journal's replay must not bring the object back.
         let tombstone = match &self.journal {
@@ -315,33 +235,6 @@ impl Store {
         self.op.delete(key.as_str()).await?;
         drop(tombstone);
         Ok(())
-    }
-
-    /// Every object in the store. Files that do not have our key shape (stray files,
-    /// temporary files) come back as `Err(raw path)` so callers can report them.
-    pub async fn list(
-        &self,
-    ) -> Result<impl Stream<Item = Result<Result<ObjectKey, String>, StorageError>>, StorageError>
-    {
-        let lister = self.op.lister_with("").recursive(true).await?;
-        Ok(lister.filter_map(|entry| async move {
-            match entry {
-                Err(e) => Some(Err(StorageError::from(e))),
-                Ok(entry) if entry.metadata().is_dir() => None,
-                Ok(entry) => {
-                    let path = entry.path().trim_start_matches('/').to_owned();
-                    Some(Ok(ObjectKey::parse(&path).ok_or(path)))
-                }
-            }
-        }))
-    }
-
-    /// When the object was last written, in seconds since the Unix epoch, if known.
-    pub async fn modified(&self, key: &ObjectKey) -> Result<Option<i64>, StorageError> {
-        match self.op.stat(key.as_str()).await {
-            Ok(meta) => Ok(meta.last_modified().map(|t| t.timestamp())),
-            Err(e) => Err(not_found(e, key)),
-        }
     }
 }
 
@@ -367,70 +260,6 @@ fn put_fs(
             recorded.flush()
         }
         _ => local::put(spooled, &target, root, true)?.sync(),
-    }
-}
-
-/// Stream a file from one blocking task reading ahead in 1 MiB chunks (rather than a
-/// blocking hop per chunk): local objects are served at disk or page-cache speed.
-async fn file_stream(
-    path: PathBuf,
-    key: &ObjectKey,
-    range: Option<Range<u64>>,
-) -> Result<BoxStream<'static, Result<Bytes, StorageError>>, StorageError> {
-    use std::io::{Read, Seek, SeekFrom};
-    let opened = tokio::task::spawn_blocking({
-        let path = path.clone();
-        move || std::fs::File::open(&path)
-    })
-    .await
-    .map_err(|e| StorageError::Internal(e.to_string()))?;
-    let mut file = match opened {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(StorageError::NotFound(key.to_string()))
-        }
-        Err(e) => return Err(StorageError::io("opening object", &path, e)),
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StorageError>>(4);
-    tokio::task::spawn_blocking(move || {
-        let (start, mut left) = match &range {
-            Some(r) => (r.start, r.end.saturating_sub(r.start)),
-            None => (0, u64::MAX),
-        };
-        if start > 0 {
-            if let Err(e) = file.seek(SeekFrom::Start(start)) {
-                let _ = tx.blocking_send(Err(StorageError::io("seeking object", &path, e)));
-                return;
-            }
-        }
-        while left > 0 {
-            let want = left.min(1 << 20) as usize;
-            let mut buf = vec![0u8; want];
-            match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    buf.truncate(n);
-                    left -= n as u64;
-                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                        return; // the client went away
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(StorageError::io("reading object", &path, e)));
-                    return;
-                }
-            }
-        }
-    });
-    Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
-}
-
-fn not_found(e: opendal::Error, key: &ObjectKey) -> StorageError {
-    if e.kind() == ErrorKind::NotFound {
-        StorageError::NotFound(key.to_string())
-    } else {
-        e.into()
     }
 }
 

@@ -15,12 +15,12 @@ use axum::routing::get;
 use axum::Router;
 use tower_http::services::ServeDir;
 
-use crate::app::AppState;
+use crate::context::Context;
 
 const TEMPLATE: &str = include_str!("../../ohif-config/app-config.js");
 
 /// The viewer's routes and the static fallback.
-pub fn router(dir: &Path) -> Router<Arc<AppState>> {
+pub fn router(dir: &Path) -> Router<Arc<Context>> {
     Router::new()
         .route("/viewer", get(index))
         .route("/viewer/", get(index))
@@ -37,7 +37,7 @@ pub fn app_config_js(name: &str) -> String {
         .replace("{{NAME}}", &name.replace(['\'', '\\', '\n'], " "))
 }
 
-async fn app_config(State(app): State<Arc<AppState>>) -> Response {
+async fn app_config(State(app): State<Arc<Context>>) -> Response {
     (
         [
             (
@@ -51,7 +51,7 @@ async fn app_config(State(app): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn index(State(app): State<Arc<AppState>>) -> Response {
+async fn index(State(app): State<Arc<Context>>) -> Response {
     let path: PathBuf = app.config.viewer.dir.join("index.html");
     match tokio::fs::read(&path).await {
         Ok(html) => (

@@ -3,7 +3,7 @@
 
 use axum::http::Method;
 
-use super::Role;
+use crate::model::Role;
 
 /// What a request needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 use axum::http::HeaderMap;
 
 /// The scheme://host[:port] prefix clients should use.
-pub fn base_url(configured: Option<&str>, headers: &HeaderMap) -> String {
+pub(super) fn base_url(configured: Option<&str>, headers: &HeaderMap) -> String {
     if let Some(base) = configured {
         return base.trim_end_matches('/').to_owned();
     }

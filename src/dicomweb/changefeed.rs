@@ -1,48 +1,16 @@
-//! Deleting studies, series and instances (admin only; PS3.18 has no delete, this follows
-//! the common `DELETE` on the resource), and the change feed of stores and deletes in the
-//! style of Microsoft's DICOM service (`/changefeed`, `/changefeed/latest`).
+//! The change feed of stores and deletes in the style of Microsoft's DICOM service
+//! (`/changefeed`, `/changefeed/latest`): what downstream systems follow.
 
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::resource::Resource;
 use super::ApiError;
-use crate::app::AppState;
-use crate::index::read::Scope;
-use crate::model::ObjectKey;
-
-/// `DELETE /studies/{study}[/series/{series}[/instances/{sop}]]`: rows first (one
-/// transaction, change feed entries included), then the objects.
-pub async fn delete(State(app): State<Arc<AppState>>, r: Resource) -> Result<Response, ApiError> {
-    let scope: Scope = r.scope()?;
-    let deleted = app
-        .ingest
-        .index()
-        .delete_scope(&scope)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    if deleted.is_empty() {
-        return Err(ApiError::NotFound("nothing stored there".into()));
-    }
-    for (sop, key) in &deleted {
-        match ObjectKey::parse(key) {
-            Some(k) => {
-                if let Err(e) = app.ingest.store().delete(&k).await {
-                    tracing::warn!(sop = %sop, error = %e, "object left after delete; verify will sweep it");
-                }
-            }
-            None => tracing::warn!(sop = %sop, key = %key, "malformed object key"),
-        }
-    }
-    tracing::info!(study = %scope.study, instances = deleted.len(), "deleted");
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
+use crate::context::Context;
 
 #[derive(Debug, Deserialize)]
 pub struct FeedQuery {
@@ -74,12 +42,11 @@ fn entry(c: crate::index::admin::Change, with_metadata: bool) -> Value {
 
 /// `GET /changefeed?offset=&limit=&includeMetadata=`
 pub async fn changefeed(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Context>>,
     Query(q): Query<FeedQuery>,
 ) -> Result<Response, ApiError> {
     let with_metadata = q.include_metadata.unwrap_or(true);
     let changes = app
-        .ingest
         .index()
         .changefeed(q.offset.unwrap_or(0), q.limit.unwrap_or(100), with_metadata)
         .await
@@ -92,8 +59,8 @@ pub async fn changefeed(
 }
 
 /// `GET /changefeed/latest`
-pub async fn latest(State(app): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let index = app.ingest.index();
+pub async fn latest(State(app): State<Arc<Context>>) -> Result<Response, ApiError> {
+    let index = app.index();
     let seq = index
         .changefeed_latest()
         .await

@@ -1,0 +1,314 @@
+//! Reading objects: whole or by byte range, streamed or into a local file for the few
+//! readers that need one; hashing them; listing the store and the recently written study
+//! directories (start-up recovery). Every read of an object's bytes goes through here.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, TryStreamExt};
+use opendal::ErrorKind;
+use sha2::Digest;
+
+use super::{StorageError, Store};
+use crate::model::{ObjectKey, Sha256, Uid};
+
+impl Store {
+    /// The object's size, or `None` when it does not exist.
+    pub async fn size(&self, key: &ObjectKey) -> Result<Option<u64>, StorageError> {
+        match self.op.stat(key.as_str()).await {
+            Ok(meta) => Ok(Some(meta.content_length())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stream the whole object (or a byte range of it) in chunks.
+    pub async fn stream(
+        &self,
+        key: &ObjectKey,
+        range: Option<Range<u64>>,
+    ) -> Result<BoxStream<'static, Result<Bytes, StorageError>>, StorageError> {
+        if let Some(root) = &self.fs_root {
+            return file_stream(root.join(key.as_str()), key, range).await;
+        }
+        let reader = self
+            .op
+            .reader_with(key.as_str())
+            .chunk(1 << 20)
+            .await
+            .map_err(|e| not_found(e, key))?;
+        let stream = match range {
+            Some(r) => reader.into_bytes_stream(r).await,
+            None => reader.into_bytes_stream(..).await,
+        }
+        .map_err(|e| not_found(e, key))?;
+        Ok(stream
+            .map_err(|e| StorageError::Io {
+                what: "reading object",
+                path: PathBuf::new(),
+                source: e,
+            })
+            .boxed())
+    }
+
+    /// Read a byte range into memory (for frames and headers: small by construction).
+    pub async fn read_range(
+        &self,
+        key: &ObjectKey,
+        range: Range<u64>,
+    ) -> Result<Bytes, StorageError> {
+        let buf = self
+            .op
+            .read_with(key.as_str())
+            .range(range)
+            .await
+            .map_err(|e| not_found(e, key))?;
+        Ok(buf.to_bytes())
+    }
+
+    /// Copy an object into a temporary file in the spool (removed when dropped), for the
+    /// few readers that need a whole file (rendering, non-pixel bulk data).
+    pub async fn fetch_to_temp(
+        &self,
+        key: &ObjectKey,
+    ) -> Result<tempfile::NamedTempFile, StorageError> {
+        let tmp = tempfile::Builder::new()
+            .prefix(".fetch-")
+            .tempfile_in(&self.spool_dir)
+            .map_err(|e| StorageError::io("creating a temporary file in", &self.spool_dir, e))?;
+        let path = tmp.path().to_owned();
+        let mut file = tokio::fs::File::from_std(
+            tmp.reopen()
+                .map_err(|e| StorageError::io("opening", &path, e))?,
+        );
+        let mut stream = self.stream(key, None).await?;
+        while let Some(chunk) = stream.next().await {
+            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk?)
+                .await
+                .map_err(|e| StorageError::io("writing", &path, e))?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(|e| StorageError::io("writing", &path, e))?;
+        Ok(tmp)
+    }
+
+    /// Every object in the store. Files that do not have our key shape (stray files,
+    /// temporary files) come back as `Err(raw path)` so callers can report them.
+    pub async fn list(
+        &self,
+    ) -> Result<impl Stream<Item = Result<Result<ObjectKey, String>, StorageError>>, StorageError>
+    {
+        let lister = self.op.lister_with("").recursive(true).await?;
+        Ok(lister.filter_map(|entry| async move {
+            match entry {
+                Err(e) => Some(Err(StorageError::from(e))),
+                Ok(entry) if entry.metadata().is_dir() => None,
+                Ok(entry) => {
+                    let path = entry.path().trim_start_matches('/').to_owned();
+                    Some(Ok(ObjectKey::parse(&path).ok_or(path)))
+                }
+            }
+        }))
+    }
+
+    /// When the object was last written, in seconds since the Unix epoch, if known.
+    pub async fn modified(&self, key: &ObjectKey) -> Result<Option<i64>, StorageError> {
+        match self.op.stat(key.as_str()).await {
+            Ok(meta) => Ok(meta.last_modified().map(|t| t.timestamp())),
+            Err(e) => Err(not_found(e, key)),
+        }
+    }
+    /// Run blocking work (decoding, rendering, parsing) on a local file holding the object:
+    /// the object's own file on the filesystem, a temporary copy in the spool otherwise.
+    pub async fn with_local_file<T, F>(&self, key: &ObjectKey, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Path) -> T + Send + 'static,
+    {
+        let join = |e: tokio::task::JoinError| StorageError::Internal(e.to_string());
+        if let Some(root) = &self.fs_root {
+            let path = root.join(key.as_str());
+            if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                return Err(StorageError::NotFound(key.to_string()));
+            }
+            return tokio::task::spawn_blocking(move || work(&path))
+                .await
+                .map_err(join);
+        }
+        let tmp = self.fetch_to_temp(key).await?;
+        tokio::task::spawn_blocking(move || work(tmp.path()))
+            .await
+            .map_err(join)
+    }
+
+    /// The SHA-256 and the size of the object's bytes as the store holds them now.
+    pub async fn digest(&self, key: &ObjectKey) -> Result<(Sha256, u64), StorageError> {
+        let mut stream = self.stream(key, None).await?;
+        let mut hasher = sha2::Sha256::new();
+        let mut len = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            len += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        Ok((hasher.finalize().into(), len))
+    }
+
+    /// When the object was last written, to the millisecond (since the Unix epoch): known
+    /// on the filesystem; `None` elsewhere (S3 keeps whole seconds, too coarse to order an
+    /// object against the deletes of its instance).
+    pub async fn written_at(&self, key: &ObjectKey) -> Result<Option<i64>, StorageError> {
+        let Some(root) = &self.fs_root else {
+            return Ok(None);
+        };
+        let path = root.join(key.as_str());
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) => Ok(Some(modified_millis(&meta))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StorageError::NotFound(key.to_string()))
+            }
+            Err(e) => Err(StorageError::io("reading", &path, e)),
+        }
+    }
+
+    /// The objects (key, when written in milliseconds since the epoch) of every study
+    /// directory modified at or after `since` (seconds since the epoch), for start-up
+    /// recovery: a study directory gets a new entry, and a new modification time, for each
+    /// object put in it. Empty for stores without directories (S3).
+    pub async fn recent_study_objects(
+        &self,
+        since: i64,
+    ) -> Result<Vec<StudyObjects>, StorageError> {
+        let Some(root) = self.fs_root.clone() else {
+            return Ok(Vec::new());
+        };
+        tokio::task::spawn_blocking(move || recent_study_dirs(&root, since))
+            .await
+            .map_err(|e| StorageError::Internal(format!("recovery listing failed: {e}")))?
+    }
+}
+
+/// Stream a file from one blocking task reading ahead in 1 MiB chunks (rather than a
+/// blocking hop per chunk): local objects are served at disk or page-cache speed.
+async fn file_stream(
+    path: PathBuf,
+    key: &ObjectKey,
+    range: Option<Range<u64>>,
+) -> Result<BoxStream<'static, Result<Bytes, StorageError>>, StorageError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let opened = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || std::fs::File::open(&path)
+    })
+    .await
+    .map_err(|e| StorageError::Internal(e.to_string()))?;
+    let mut file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StorageError::NotFound(key.to_string()))
+        }
+        Err(e) => return Err(StorageError::io("opening object", &path, e)),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StorageError>>(4);
+    tokio::task::spawn_blocking(move || {
+        let (start, mut left) = match &range {
+            Some(r) => (r.start, r.end.saturating_sub(r.start)),
+            None => (0, u64::MAX),
+        };
+        if start > 0 {
+            if let Err(e) = file.seek(SeekFrom::Start(start)) {
+                let _ = tx.blocking_send(Err(StorageError::io("seeking object", &path, e)));
+                return;
+            }
+        }
+        while left > 0 {
+            let want = left.min(1 << 20) as usize;
+            let mut buf = vec![0u8; want];
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.truncate(n);
+                    left -= n as u64;
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return; // the client went away
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(StorageError::io("reading object", &path, e)));
+                    return;
+                }
+            }
+        }
+    });
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+}
+
+fn not_found(e: opendal::Error, key: &ObjectKey) -> StorageError {
+    if e.kind() == ErrorKind::NotFound {
+        StorageError::NotFound(key.to_string())
+    } else {
+        e.into()
+    }
+}
+
+/// A study directory's objects: (key, when written in milliseconds since the epoch).
+pub type StudyObjects = (Uid, Vec<(ObjectKey, i64)>);
+
+/// The objects of each study directory of `root` modified at or after `since` (seconds
+/// since the epoch). Blocking.
+fn recent_study_dirs(root: &Path, since: i64) -> Result<Vec<StudyObjects>, StorageError> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |e| StorageError::io(what, &path, e)
+    };
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(StorageError::io("listing", root, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io("listing", root))?;
+        let Some(study) = entry.file_name().to_str().and_then(|n| Uid::parse(n).ok()) else {
+            continue;
+        };
+        let dir = entry.path();
+        let meta = entry.metadata().map_err(io("reading", &dir))?;
+        if !meta.is_dir() || modified_millis(&meta).saturating_div(1000) < since {
+            continue;
+        }
+        found.push((study.clone(), study_objects(&study, &dir)?));
+    }
+    Ok(found)
+}
+
+/// The objects in one study directory, with when each was written.
+fn study_objects(study: &Uid, dir: &Path) -> Result<Vec<(ObjectKey, i64)>, StorageError> {
+    let mut keys = Vec::new();
+    let listing = std::fs::read_dir(dir).map_err(|e| StorageError::io("listing", dir, e))?;
+    for file in listing {
+        let file = file.map_err(|e| StorageError::io("listing", dir, e))?;
+        let name = file.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(key) = ObjectKey::parse(&format!("{study}/{name}")) {
+            let meta = file
+                .metadata()
+                .map_err(|e| StorageError::io("reading", dir, e))?;
+            keys.push((key, modified_millis(&meta)));
+        }
+    }
+    Ok(keys)
+}
+
+/// A file's modification time in milliseconds since the epoch (the far future if unknown:
+/// such a file counts as recent).
+fn modified_millis(meta: &std::fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(i64::MAX, |d| d.as_millis() as i64)
+}
