@@ -17,9 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked
 cargo test --locked
-if [ -f scripts/check_layers.py ]; then
-    python3 scripts/check_layers.py
-fi
+python3 scripts/check_layers.py
 fuzz_seconds=${PACS_TEST_FUZZ_SECONDS:-0}
 if [ "$fuzz_seconds" = 0 ]; then
     echo "optional fuzzing: skipped, PACS_TEST_FUZZ_SECONDS is not set (CI runs every target 60 s)"

@@ -1,4 +1,6 @@
-//! The `pacs-lite` command: parses arguments, loads the configuration, dispatches.
+//! The `pacs-lite` command: parses arguments, loads the configuration, dispatches to one
+//! function per subcommand. What each does lives in the library (`app`, `import`,
+//! `verify`, `sync`); this file only composes and prints.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server (DICOMweb on HTTP).
+    /// Run the server: DICOMweb and the REST API on HTTP, DIMSE on its own port.
     Serve,
     /// Store DICOM files and folders through the ingest path.
     Import {
@@ -126,18 +128,7 @@ fn quiet_library_backtraces() {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve => {
-            let app = App::build(config).await.context("starting the server")?;
-            println!(
-                "pacs-lite listening on http://{} (DICOMweb at /dicom-web)",
-                app.http_addr()
-            );
-            if let Some(addr) = app.dimse_addr() {
-                println!("pacs-lite DIMSE listening on {addr} as {}", app.ae_title());
-            }
-            app.run(shutdown_signal()).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Serve => serve(config).await,
         Command::Sync {
             queue,
             server,
@@ -157,110 +148,144 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 once: !watch,
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };
-            match pacs_lite::sync::run(opts).await {
-                Ok(summary) => {
-                    eprintln!(
-                        "sync: {} uploaded and deleted, {} refused",
-                        summary.uploaded.len(),
-                        summary.failed.len()
-                    );
-                    for (file, why) in &summary.failed {
-                        eprintln!("  {file}: {why}");
-                    }
-                    Ok(if summary.failed.is_empty() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(1)
-                    })
-                }
-                Err(e) => {
-                    eprintln!("sync: {e}");
-                    Ok(ExitCode::from(3))
-                }
-            }
+            Ok(sync(opts).await)
         }
-        Command::ApiKey { name, role } => {
-            let Some(role) = pacs_lite::auth::Role::parse(&role) else {
-                eprintln!("pacs-lite: unknown role {role:?} (viewer, uploader or admin)");
-                return Ok(ExitCode::from(2));
-            };
-            let key = pacs_lite::auth::new_api_key();
-            println!("key: {key}");
-            println!(
-                "[[auth.api_keys]]\nname = {name:?}\nrole = \"{}\"\nsha256 = \"{}\"",
-                role.as_str(),
-                pacs_lite::auth::hash_api_key(&key)
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Migrate => {
-            let ingest = open_backends(&config).await?;
-            let (studies, series, instances) = ingest.index().counts().await?;
-            println!("index schema is current: {studies} studies, {series} series, {instances} instances");
-            ingest.index().close().await;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Import { paths, parallel } => {
-            let ingest = open_backends(&config).await?;
-            let files = pacs_lite::import::collect_files(&paths)?;
-            let started = std::time::Instant::now();
-            let parallel = parallel.unwrap_or(config.ingest.import_parallelism);
-            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let summary = pacs_lite::import::import(&ingest, files, parallel, tty).await;
-            let secs = started.elapsed().as_secs_f64();
-            println!(
-                "import: {} stored, {} already stored, {} rejected; {:.1} MB in {:.2} s",
-                summary.stored,
-                summary.already_stored,
-                summary.rejected.len(),
-                summary.bytes as f64 / 1e6,
-                secs
-            );
-            for (path, r) in &summary.rejected {
-                println!("  rejected {}: {}", path.display(), r.detail);
-            }
-            ingest.index().close().await;
-            Ok(if summary.rejected.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        Command::ApiKey { name, role } => Ok(api_key(&name, &role)),
+        Command::Migrate => migrate(config).await,
+        Command::Import { paths, parallel } => import(config, paths, parallel).await,
         Command::Verify {
             reindex,
             delete_orphans,
             grace_secs,
             json,
         } => {
-            let ingest = open_backends(&config).await?;
-            if delete_orphans {
-                // After a power failure, objects whose rows a relaxed index lost look like
-                // orphans until recovered.
-                pacs_lite::app::recover(&ingest).await?;
-            }
             let opts = pacs_lite::verify::VerifyOptions {
                 reindex_orphans: reindex,
                 delete_orphans,
                 grace_secs,
                 parallelism: 4,
             };
-            let report = pacs_lite::verify::verify(&ingest, opts).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print_report(&report);
-            }
-            ingest.index().close().await;
-            let clean = report.missing.is_empty()
-                && report.mismatched.is_empty()
-                && (report.orphans.len() == report.reindexed.len() + report.deleted.len());
-            Ok(if clean {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            verify(config, opts, json).await
         }
     }
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let app = App::build(config).await.context("starting the server")?;
+    println!(
+        "pacs-lite listening on http://{} (DICOMweb at /dicom-web)",
+        app.http_addr()
+    );
+    if let Some(addr) = app.dimse_addr() {
+        println!("pacs-lite DIMSE listening on {addr} as {}", app.ae_title());
+    }
+    app.run(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sync(opts: pacs_lite::sync::Options) -> ExitCode {
+    match pacs_lite::sync::run(opts).await {
+        Ok(summary) => {
+            eprintln!(
+                "sync: {} uploaded and deleted, {} refused",
+                summary.uploaded.len(),
+                summary.failed.len()
+            );
+            for (file, why) in &summary.failed {
+                eprintln!("  {file}: {why}");
+            }
+            if summary.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("sync: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn api_key(name: &str, role: &str) -> ExitCode {
+    let Some(role) = pacs_lite::model::Role::parse(role) else {
+        eprintln!("pacs-lite: unknown role {role:?} (viewer, uploader or admin)");
+        return ExitCode::from(2);
+    };
+    let key = pacs_lite::auth::new_api_key();
+    println!("key: {key}");
+    println!(
+        "[[auth.api_keys]]\nname = {name:?}\nrole = \"{}\"\nsha256 = \"{}\"",
+        role.as_str(),
+        pacs_lite::auth::hash_api_key(&key)
+    );
+    ExitCode::SUCCESS
+}
+
+async fn migrate(config: Config) -> anyhow::Result<ExitCode> {
+    let ingest = open_backends(&config).await?;
+    let (studies, series, instances) = ingest.index().counts().await?;
+    println!("index schema is current: {studies} studies, {series} series, {instances} instances");
+    ingest.index().close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn import(
+    config: Config,
+    paths: Vec<PathBuf>,
+    parallel: Option<usize>,
+) -> anyhow::Result<ExitCode> {
+    let ingest = open_backends(&config).await?;
+    let files = pacs_lite::import::collect_files(&paths)?;
+    let started = std::time::Instant::now();
+    let parallel = parallel.unwrap_or(config.ingest.import_parallelism);
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let summary = pacs_lite::import::import(&ingest, files, parallel, tty).await;
+    println!(
+        "import: {} stored, {} already stored, {} rejected; {:.1} MB in {:.2} s",
+        summary.stored,
+        summary.already_stored,
+        summary.rejected.len(),
+        summary.bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    for (path, r) in &summary.rejected {
+        println!("  rejected {}: {}", path.display(), r.detail);
+    }
+    ingest.index().close().await;
+    Ok(if summary.rejected.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn verify(
+    config: Config,
+    opts: pacs_lite::verify::VerifyOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let ingest = open_backends(&config).await?;
+    if opts.delete_orphans {
+        // After a power failure, objects whose rows a relaxed index lost look like
+        // orphans until recovered.
+        pacs_lite::app::recover(&ingest).await?;
+    }
+    let report = pacs_lite::verify::verify(&ingest, opts).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    ingest.index().close().await;
+    let clean = report.missing.is_empty()
+        && report.mismatched.is_empty()
+        && (report.orphans.len() == report.reindexed.len() + report.deleted.len());
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn print_report(r: &pacs_lite::verify::VerifyReport) {

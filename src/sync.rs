@@ -284,31 +284,80 @@ pub async fn run(opts: Options) -> Result<Summary, SyncError> {
     }
 }
 
+/// Upload one image through the three steps; its local copy is deleted only after the
+/// server's acknowledgement.
 async fn upload_one(
     client: &Client,
     opts: &Options,
     file: &Path,
     bar: &indicatif::ProgressBar,
 ) -> Result<(), SyncError> {
-    let local = |e: std::io::Error| SyncError::Local(format!("{}: {e}", file.display()));
-    // 0. The upload's identity, kept across restarts.
     let state_path = with_suffix(file, STATE_SUFFIX);
-    let state: State = match std::fs::read(&state_path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| SyncError::Local(format!("{}: {e}", state_path.display())))?,
-        Err(_) => {
-            let (file_size, checksum) = sha256_file(file).map_err(local)?;
-            let s = State {
-                image_uuid: uuid::Uuid::new_v4().to_string(),
-                file_size,
-                checksum,
-            };
-            write_durably(&state_path, &serde_json::to_vec(&s).expect("serializable"))
-                .map_err(local)?;
-            s
-        }
+    let state = upload_state(file, &state_path)?;
+    let mime = mime_type(file);
+    let (mut received, stored) = send_metadata(client, opts, file, &state, mime).await?;
+    bar.inc(received);
+    if !stored {
+        send_binary(client, opts, file, &state, mime, &mut received, bar).await?;
+    }
+    acknowledge(client, file, &state, mime).await?;
+    delete_local(file, &state_path)?;
+    tracing::info!(file = %file.display(), upload = %state.image_uuid, "uploaded and acknowledged; local copy deleted");
+    Ok(())
+}
+
+fn local_error(file: &Path) -> impl Fn(std::io::Error) -> SyncError + '_ {
+    move |e| SyncError::Local(format!("{}: {e}", file.display()))
+}
+
+/// 0. The upload's identity, kept across restarts (written durably before the server
+/// hears of it).
+fn upload_state(file: &Path, state_path: &Path) -> Result<State, SyncError> {
+    if let Ok(bytes) = std::fs::read(state_path) {
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| SyncError::Local(format!("{}: {e}", state_path.display())));
+    }
+    let (file_size, checksum) = sha256_file(file).map_err(local_error(file))?;
+    let state = State {
+        image_uuid: uuid::Uuid::new_v4().to_string(),
+        file_size,
+        checksum,
     };
-    // 1. Metadata.
+    write_durably(
+        state_path,
+        &serde_json::to_vec(&state).expect("serializable"),
+    )
+    .map_err(local_error(file))?;
+    Ok(state)
+}
+
+/// 1. Metadata (idempotent): the server's `received` count, and whether it is stored.
+async fn send_metadata(
+    client: &Client,
+    opts: &Options,
+    file: &Path,
+    state: &State,
+    mime: &str,
+) -> Result<(u64, bool), SyncError> {
+    let metadata = metadata_of(opts, file, state, mime)?;
+    let a = client
+        .send("upload-metadata", || {
+            Ok(client
+                .http
+                .post(client.url("upload-metadata/"))
+                .json(&metadata))
+        })
+        .await?;
+    if a.status != 200 && a.status != 201 {
+        return Err(a.refused());
+    }
+    let received = a.body.get("received").and_then(Value::as_u64).unwrap_or(0);
+    let stored = a.body.get("state").and_then(Value::as_str) == Some("stored");
+    Ok((received, stored))
+}
+
+/// The metadata of an image: its sidecar's, or the DICOM file's own UIDs.
+fn metadata_of(opts: &Options, file: &Path, state: &State, mime: &str) -> Result<Value, SyncError> {
     let sidecar: Option<Sidecar> = match std::fs::read(with_suffix(file, META_SUFFIX)) {
         Ok(bytes) => Some(
             serde_json::from_slice(&bytes)
@@ -316,7 +365,6 @@ async fn upload_one(
         ),
         Err(_) => None,
     };
-    let mime = mime_type(file);
     let uids = match sidecar.as_ref().and_then(|s| s.image_metadata.clone()) {
         Some(u) => u,
         None if mime == "application/dicom" => dicom_uids(file)?,
@@ -337,7 +385,7 @@ async fn upload_one(
                 file.display()
             ))
         })?;
-    let metadata = json!({
+    Ok(json!({
         "image_uuid": state.image_uuid,
         "radiology_order_id": order,
         "filename": file.file_name().and_then(|n| n.to_str()).unwrap_or("image"),
@@ -345,54 +393,28 @@ async fn upload_one(
         "mime_type": mime,
         "checksum": state.checksum,
         "image_metadata": uids,
-    });
-    let a = client
-        .send("upload-metadata", || {
-            Ok(client
-                .http
-                .post(client.url("upload-metadata/"))
-                .json(&metadata))
-        })
-        .await?;
-    if a.status != 200 && a.status != 201 {
-        return Err(a.refused());
-    }
-    // 2. Binary, from where the server is.
-    let mut received = a.body.get("received").and_then(Value::as_u64).unwrap_or(0);
-    let mut stored = a.body.get("state").and_then(Value::as_str) == Some("stored");
-    bar.inc(received);
+    }))
+}
+
+/// 2. The binary, in parts from where the server is, until it is stored.
+async fn send_binary(
+    client: &Client,
+    opts: &Options,
+    file: &Path,
+    state: &State,
+    mime: &str,
+    received: &mut u64,
+    bar: &indicatif::ProgressBar,
+) -> Result<(), SyncError> {
     let mut restarts = 0;
-    while !stored {
-        let end = (received + opts.chunk_bytes).min(state.file_size);
-        let mut part = vec![0u8; (end - received) as usize];
-        let mut f = tokio::fs::File::open(file).await.map_err(local)?;
-        f.seek(std::io::SeekFrom::Start(received))
-            .await
-            .map_err(local)?;
-        f.read_exact(&mut part).await.map_err(local)?;
-        let uuid = state.image_uuid.clone();
-        let a = client
-            .send("upload-binary", || {
-                let form = reqwest::multipart::Form::new()
-                    .text("image_uuid", uuid.clone())
-                    .text("offset", received.to_string())
-                    .part(
-                        "file",
-                        reqwest::multipart::Part::bytes(part.clone())
-                            .file_name("part")
-                            .mime_str(mime)
-                            .map_err(|e| SyncError::Local(e.to_string()))?,
-                    );
-                Ok(client
-                    .http
-                    .post(client.url("upload-binary/"))
-                    .multipart(form))
-            })
-            .await?;
+    loop {
+        let end = (*received + opts.chunk_bytes).min(state.file_size);
+        let part = read_part(file, *received, end).await?;
+        let a = send_part(client, state, mime, *received, part).await?;
         match (a.status, a.code().as_str()) {
             (200 | 201, _) => {
-                bar.inc(end - received);
-                stored = true;
+                bar.inc(end - *received);
+                return Ok(());
             }
             (202, _) => {
                 let now = a
@@ -400,30 +422,75 @@ async fn upload_one(
                     .get("received")
                     .and_then(Value::as_u64)
                     .unwrap_or(end);
-                bar.inc(now.saturating_sub(received));
-                received = now;
+                bar.inc(now.saturating_sub(*received));
+                *received = now;
             }
             // Someone (an earlier run of ours) moved on: continue from the server's count.
             (409, "offset_mismatch") | (400, "incomplete_upload") => {
-                received = a.body.get("received").and_then(Value::as_u64).unwrap_or(0);
+                *received = a.body.get("received").and_then(Value::as_u64).unwrap_or(0);
             }
             // A failed whole-file check restarts the upload once (the file may have been
             // read while it was being written).
             (422, "checksum_mismatch") if restarts == 0 => {
                 restarts += 1;
-                received = 0;
+                *received = 0;
             }
             _ => return Err(a.refused()),
         }
     }
-    // 3. Acknowledgement; then, and only then, the local copy goes.
-    let uuid = state.image_uuid.clone();
+}
+
+async fn read_part(file: &Path, from: u64, to: u64) -> Result<Vec<u8>, SyncError> {
+    let local = local_error(file);
+    let mut part = vec![0u8; (to - from) as usize];
+    let mut f = tokio::fs::File::open(file).await.map_err(&local)?;
+    f.seek(std::io::SeekFrom::Start(from))
+        .await
+        .map_err(&local)?;
+    f.read_exact(&mut part).await.map_err(&local)?;
+    Ok(part)
+}
+
+async fn send_part(
+    client: &Client,
+    state: &State,
+    mime: &str,
+    offset: u64,
+    part: Vec<u8>,
+) -> Result<Answer, SyncError> {
+    client
+        .send("upload-binary", || {
+            let form = reqwest::multipart::Form::new()
+                .text("image_uuid", state.image_uuid.clone())
+                .text("offset", offset.to_string())
+                .part(
+                    "file",
+                    reqwest::multipart::Part::bytes(part.clone())
+                        .file_name("part")
+                        .mime_str(mime)
+                        .map_err(|e| SyncError::Local(e.to_string()))?,
+                );
+            Ok(client
+                .http
+                .post(client.url("upload-binary/"))
+                .multipart(form))
+        })
+        .await
+}
+
+/// 3. The acknowledgement, checked: the server confirms it holds these very bytes.
+async fn acknowledge(
+    client: &Client,
+    file: &Path,
+    state: &State,
+    mime: &str,
+) -> Result<(), SyncError> {
     let a = client
         .send("acknowledge", || {
             Ok(client
                 .http
                 .post(client.url("acknowledge/"))
-                .json(&json!({ "image_uuid": uuid })))
+                .json(&json!({ "image_uuid": state.image_uuid })))
         })
         .await?;
     if a.status != 200 || a.body.get("acknowledged") != Some(&Value::Bool(true)) {
@@ -437,12 +504,16 @@ async fn upload_one(
             file.display()
         )));
     }
-    std::fs::remove_file(file).map_err(local)?;
+    Ok(())
+}
+
+/// Then, and only then, the local copy (with its sidecar and state) goes.
+fn delete_local(file: &Path, state_path: &Path) -> Result<(), SyncError> {
+    std::fs::remove_file(file).map_err(local_error(file))?;
     let _ = std::fs::remove_file(with_suffix(file, META_SUFFIX));
-    let _ = std::fs::remove_file(&state_path);
+    let _ = std::fs::remove_file(state_path);
     if let Some(dir) = file.parent() {
         let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
     }
-    tracing::info!(file = %file.display(), upload = %state.image_uuid, "uploaded and acknowledged; local copy deleted");
     Ok(())
 }

@@ -147,22 +147,7 @@ async fn search(
         ));
     }
     let mut p = parse_params(raw.as_deref())?;
-    // A study-scoped token sees its study only (the middleware already refused other
-    // studies named in the path).
-    let mut study_uid = study_uid;
-    if let Some(study) = scope {
-        if level == Level::Study {
-            p.filters.push(Filter {
-                key: AttributeKey {
-                    path: vec![dicom_dictionary_std::tags::STUDY_INSTANCE_UID],
-                    vr: dicom_core::VR::UI,
-                },
-                matcher: Matcher::Exact(study),
-            });
-        } else if study_uid.is_none() {
-            study_uid = Some(Uid::parse(&study).map_err(|e| ApiError::BadRequest(e.to_string()))?);
-        }
-    }
+    let study_uid = narrow_to_token(&mut p, level, study_uid, scope)?;
     let limit = p.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
     let query = Query {
         level,
@@ -170,17 +155,14 @@ async fn search(
         series_uid,
         full_instance_json: level == Level::Instance
             && (p.include_all || !p.includes.is_empty() || !p.filters.is_empty()),
-        filters: p.filters,
+        filters: std::mem::take(&mut p.filters),
         fuzzy: p.fuzzy,
         offset: p.offset,
         limit,
     };
-    let found = app
-        .index()
-        .search(&query)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let found = app.index().search(&query).await?;
     let base = app.base_url(&headers);
+    let more = found.more;
     let body: Vec<Json> = found
         .hits
         .into_iter()
@@ -200,12 +182,47 @@ async fn search(
         Json::Array(body).to_string(),
     )
         .into_response();
+    add_warnings(&mut response, &p, more, limit);
+    Ok(response)
+}
+
+/// A study-scoped token sees its study only (the middleware already refused other studies
+/// named in the path): the study UID the search is narrowed to.
+fn narrow_to_token(
+    p: &mut Params,
+    level: Level,
+    study_uid: Option<Uid>,
+    scope: Option<String>,
+) -> Result<Option<Uid>, ApiError> {
+    let Some(study) = scope else {
+        return Ok(study_uid);
+    };
+    if level == Level::Study {
+        p.filters.push(Filter {
+            key: AttributeKey {
+                path: vec![dicom_dictionary_std::tags::STUDY_INSTANCE_UID],
+                vr: dicom_core::VR::UI,
+            },
+            matcher: Matcher::Exact(study),
+        });
+        return Ok(study_uid);
+    }
+    match study_uid {
+        Some(uid) => Ok(Some(uid)),
+        None => Uid::parse(&study)
+            .map(Some)
+            .map_err(|e| ApiError::BadRequest(e.to_string())),
+    }
+}
+
+/// `Warning` headers: query keys ignored, and results cut at the default limit.
+fn add_warnings(response: &mut Response, p: &Params, more: bool, limit: usize) {
     let mut warnings: Vec<String> = p
         .ignored
         .iter()
         .map(|k| format!("the query key {k} is not supported and was ignored"))
         .collect();
-    if found.more && p.limit.is_none() {
+    if more && p.limit.is_none() {
         warnings.push(format!(
             "the number of results exceeded {limit}; additional results can be requested with offset"
         ));
@@ -216,7 +233,6 @@ async fn search(
             response.headers_mut().append(header::WARNING, v);
         }
     }
-    Ok(response)
 }
 
 fn tag_key(tag: Tag) -> String {

@@ -225,10 +225,11 @@ fn fuzzy_condition(sql: &mut Sql, col: &str, value: &str) -> String {
     all.join(" AND ")
 }
 
-const STUDY_SELECT: &str = "SELECT st.study_uid, st.attrs_json, st.modalities, st.sop_classes, \
-     st.num_series, st.num_instances FROM studies st WHERE 1 = 1";
-const SERIES_SELECT: &str = "SELECT st.study_uid, se.series_uid, se.attrs_json, se.num_instances, \
-     st.attrs_json FROM series se JOIN studies st ON st.id = se.study_pk WHERE 1 = 1";
+const STUDY_SELECT: &str = "SELECT st.study_uid, st.attrs_json AS study_json, st.modalities, \
+     st.sop_classes, st.num_series, st.num_instances FROM studies st WHERE 1 = 1";
+const SERIES_SELECT: &str = "SELECT st.study_uid, se.series_uid, se.attrs_json AS series_json, \
+     se.num_instances, st.attrs_json AS study_json \
+     FROM series se JOIN studies st ON st.id = se.study_pk WHERE 1 = 1";
 
 fn instance_select(full: bool) -> String {
     let json = if full {
@@ -237,7 +238,8 @@ fn instance_select(full: bool) -> String {
         "i.attrs_json"
     };
     format!(
-        "SELECT st.study_uid, se.series_uid, i.sop_instance_uid, {json}, se.attrs_json, st.attrs_json \
+        "SELECT st.study_uid, se.series_uid, i.sop_instance_uid, {json} AS instance_json, \
+         se.attrs_json AS series_json, st.attrs_json AS study_json \
          FROM instances i JOIN series se ON se.id = i.series_pk JOIN studies st ON st.id = i.study_pk \
          WHERE 1 = 1"
     )
@@ -312,87 +314,19 @@ fn key(tag: Tag) -> String {
 }
 
 fn hit_from_row(level: Level, r: &AnyRow) -> Result<Hit, sqlx::Error> {
-    let study_uid: String = r.try_get(0)?;
-    let mut context = Map::new();
     let mut hit = match level {
-        Level::Study => {
-            let mut attrs = parse_obj(&r.try_get::<String, _>(1)?);
-            let split = |s: String| -> Vec<Json> {
-                s.split('\\')
-                    .filter(|v| !v.is_empty())
-                    .map(Json::from)
-                    .collect()
-            };
-            put(
-                &mut attrs,
-                tags::MODALITIES_IN_STUDY,
-                "CS",
-                split(r.try_get(2)?),
-            );
-            put(
-                &mut attrs,
-                tags::SOP_CLASSES_IN_STUDY,
-                "UI",
-                split(r.try_get(3)?),
-            );
-            put(
-                &mut attrs,
-                tags::NUMBER_OF_STUDY_RELATED_SERIES,
-                "IS",
-                vec![json!(r.try_get::<i64, _>(4)?)],
-            );
-            put(
-                &mut attrs,
-                tags::NUMBER_OF_STUDY_RELATED_INSTANCES,
-                "IS",
-                vec![json!(r.try_get::<i64, _>(5)?)],
-            );
-            Hit {
-                study_uid: study_uid.clone(),
-                series_uid: None,
-                sop_instance_uid: None,
-                attrs,
-                context: Map::new(),
-            }
-        }
-        Level::Series => {
-            let series_uid: String = r.try_get(1)?;
-            let mut attrs = parse_obj(&r.try_get::<String, _>(2)?);
-            put(
-                &mut attrs,
-                tags::NUMBER_OF_SERIES_RELATED_INSTANCES,
-                "IS",
-                vec![json!(r.try_get::<i64, _>(3)?)],
-            );
-            context = parse_obj(&r.try_get::<String, _>(4)?);
-            Hit {
-                study_uid: study_uid.clone(),
-                series_uid: Some(series_uid),
-                sop_instance_uid: None,
-                attrs,
-                context: Map::new(),
-            }
-        }
-        Level::Instance => {
-            let attrs = parse_obj(&r.try_get::<String, _>(3)?);
-            context = parse_obj(&r.try_get::<String, _>(5)?);
-            context.extend(parse_obj(&r.try_get::<String, _>(4)?));
-            Hit {
-                study_uid: study_uid.clone(),
-                series_uid: Some(r.try_get(1)?),
-                sop_instance_uid: Some(r.try_get(2)?),
-                attrs,
-                context: Map::new(),
-            }
-        }
+        Level::Study => study_hit(r)?,
+        Level::Series => series_hit(r)?,
+        Level::Instance => instance_hit(r)?,
     };
+    let study_uid = hit.study_uid.clone();
     put(
         &mut hit.attrs,
         tags::STUDY_INSTANCE_UID,
         "UI",
         vec![json!(study_uid)],
     );
-    if let Some(series) = &hit.series_uid {
+    if let Some(series) = hit.series_uid.clone() {
         put(
             &mut hit.attrs,
             tags::SERIES_INSTANCE_UID,
@@ -406,8 +340,84 @@ fn hit_from_row(level: Level, r: &AnyRow) -> Result<Hit, sqlx::Error> {
         "CS",
         vec![json!("ONLINE")],
     );
-    hit.context = context;
     Ok(hit)
+}
+
+/// A study with its computed attributes (modalities, SOP classes, counts).
+fn study_hit(r: &AnyRow) -> Result<Hit, sqlx::Error> {
+    let mut attrs = parse_obj(&r.try_get::<String, _>("study_json")?);
+    let split = |s: String| -> Vec<Json> {
+        s.split('\\')
+            .filter(|v| !v.is_empty())
+            .map(Json::from)
+            .collect()
+    };
+    let count = |column: &str| -> Result<Vec<Json>, sqlx::Error> {
+        Ok(vec![json!(r.try_get::<i64, _>(column)?)])
+    };
+    put(
+        &mut attrs,
+        tags::MODALITIES_IN_STUDY,
+        "CS",
+        split(r.try_get("modalities")?),
+    );
+    put(
+        &mut attrs,
+        tags::SOP_CLASSES_IN_STUDY,
+        "UI",
+        split(r.try_get("sop_classes")?),
+    );
+    put(
+        &mut attrs,
+        tags::NUMBER_OF_STUDY_RELATED_SERIES,
+        "IS",
+        count("num_series")?,
+    );
+    put(
+        &mut attrs,
+        tags::NUMBER_OF_STUDY_RELATED_INSTANCES,
+        "IS",
+        count("num_instances")?,
+    );
+    Ok(Hit {
+        study_uid: r.try_get("study_uid")?,
+        series_uid: None,
+        sop_instance_uid: None,
+        attrs,
+        context: Map::new(),
+    })
+}
+
+/// A series with its instance count, and its study's attributes as context.
+fn series_hit(r: &AnyRow) -> Result<Hit, sqlx::Error> {
+    let mut attrs = parse_obj(&r.try_get::<String, _>("series_json")?);
+    let count = r.try_get::<i64, _>("num_instances")?;
+    put(
+        &mut attrs,
+        tags::NUMBER_OF_SERIES_RELATED_INSTANCES,
+        "IS",
+        vec![json!(count)],
+    );
+    Ok(Hit {
+        study_uid: r.try_get("study_uid")?,
+        series_uid: Some(r.try_get("series_uid")?),
+        sop_instance_uid: None,
+        attrs,
+        context: parse_obj(&r.try_get::<String, _>("study_json")?),
+    })
+}
+
+/// An instance, with its study's and series' attributes as context.
+fn instance_hit(r: &AnyRow) -> Result<Hit, sqlx::Error> {
+    let mut context = parse_obj(&r.try_get::<String, _>("study_json")?);
+    context.extend(parse_obj(&r.try_get::<String, _>("series_json")?));
+    Ok(Hit {
+        study_uid: r.try_get("study_uid")?,
+        series_uid: Some(r.try_get("series_uid")?),
+        sop_instance_uid: Some(r.try_get("sop_instance_uid")?),
+        attrs: parse_obj(&r.try_get::<String, _>("instance_json")?),
+        context,
+    })
 }
 
 fn put(map: &mut Map<String, Json>, tag: Tag, vr: &str, values: Vec<Json>) {

@@ -8,5 +8,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = pacs_lite::ingest::parse_header(std::io::Cursor::new(data), data.len() as u64);
+    let _ = pacs_lite::dicom::parse_header(std::io::Cursor::new(data), data.len() as u64);
 });

@@ -11,6 +11,7 @@ use std::io::Cursor;
 use libfuzzer_sys::fuzz_target;
 use pacs_lite::dimse::command::{self, field};
 use pacs_lite::dimse::{commit, find, Assembler};
+use pacs_lite::model::TransferSyntax;
 
 /// The largest data set gathered in memory here (the server: 16 MiB; fuzz inputs are small).
 const MAX_DATA: usize = 1 << 20;
@@ -28,7 +29,8 @@ fn complete(request: &command::Command, context: u8, data: &[u8]) {
     let ts = transfer_syntax(context);
     match request.field {
         field::C_FIND_RQ | field::C_MOVE_RQ | field::C_GET_RQ => {
-            let _ = find::parse(data, ts);
+            let ts = TransferSyntax::parse(ts).expect("a known transfer syntax");
+            let _ = find::parse(data, &ts);
         }
         field::N_ACTION_RQ => {
             let _ = commit::accept(request, data, ts);

@@ -73,7 +73,7 @@ fn start() -> Server {
     let first = seeds("dicom_header").remove(0);
     let len = std::fs::metadata(&first).expect("seed").len();
     let file = std::fs::File::open(&first).expect("seed");
-    let parsed = pacs_lite::ingest::parse_header(file, len).expect("the first seed parses");
+    let parsed = pacs_lite::dicom::parse_header(file, len).expect("the first seed parses");
     let server = Server {
         rt,
         router,
