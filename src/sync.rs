@@ -310,8 +310,8 @@ fn local_error(file: &Path) -> impl Fn(std::io::Error) -> SyncError + '_ {
     move |e| SyncError::Local(format!("{}: {e}", file.display()))
 }
 
-/// 0. The upload's identity, kept across restarts (written durably before the server
-/// hears of it).
+/// The upload's identity (step 0), kept across restarts: written durably before the
+/// server hears of it.
 fn upload_state(file: &Path, state_path: &Path) -> Result<State, SyncError> {
     if let Ok(bytes) = std::fs::read(state_path) {
         return serde_json::from_slice(&bytes)

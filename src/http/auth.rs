@@ -151,10 +151,10 @@ pub async fn authorize(
     };
     let (principal, cookie) = match identify(&ctx, &call, req.headers()) {
         Ok(found) => found,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     if let Err(refused) = permit(&principal, min, &call) {
-        return refused;
+        return *refused;
     }
     let audit = audit_event(&principal, &call);
     req.extensions_mut().insert(principal);
@@ -194,20 +194,23 @@ fn signature_refused(e: AuthError) -> Response {
     }
 }
 
+/// The answer to a request that is not let through.
+type Refused = Box<Response>;
+
 /// Who is calling: the loopback principal when no credentials are configured, else the
 /// principal its token proves; with the token to set as the viewer cookie, if any.
 fn identify(
     ctx: &Context,
     call: &Call,
     headers: &HeaderMap,
-) -> Result<(Principal, Option<String>), Response> {
+) -> Result<(Principal, Option<String>), Refused> {
     if !ctx.auth.is_enabled() {
         if !call.peer.ip().is_loopback() {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::FORBIDDEN,
                 "loopback_only",
                 "authentication is not configured; only loopback clients are served",
-            ));
+            )));
         }
         let local = Principal {
             name: "local".into(),
@@ -219,11 +222,11 @@ fn identify(
     }
     let Some((token, source)) = presented_token(headers, call.query.as_deref(), call.is_read())
     else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "a Bearer token is required",
-        ));
+        )));
     };
     match ctx.auth.authenticate(&token) {
         // The viewer page gets its token in the URL: its scripts and assets (loaded
@@ -234,41 +237,41 @@ fn identify(
             let cookie = (source == Source::Query && viewer_page).then_some(token);
             Ok((p, cookie))
         }
-        Err(AuthError::Expired) => Err(error(
+        Err(AuthError::Expired) => Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             "token_expired",
             "the token has expired",
-        )),
+        ))),
         Err(e) => {
             tracing::info!(peer = %call.peer, error = %e, "authentication failed");
-            Err(error(
+            Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
                 "the token is not valid",
-            ))
+            )))
         }
     }
 }
 
 /// Least privilege: the route's role, and a study token only inside its study.
-fn permit(p: &Principal, min: Role, call: &Call) -> Result<(), Response> {
+fn permit(p: &Principal, min: Role, call: &Call) -> Result<(), Refused> {
     if p.role < min {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!("this needs the {} role", min.as_str()),
-        ));
+        )));
     }
     let in_scope = p
         .study
         .as_deref()
         .is_none_or(|study| study_scope_allows(&call.method, &call.path, study));
     if !in_scope {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "out_of_scope",
             "this token is limited to reading one study",
-        ));
+        )));
     }
     Ok(())
 }

@@ -209,9 +209,9 @@ fn upsert_study(conn: &Connection, st: &StudyAttributes, now: i64) -> rusqlite::
     ];
     one_row(conn, UPSERT_STUDY, &values, |row| {
         Ok(StudyRow {
-            pk: row.get(0)?,
-            modalities: row.get(1)?,
-            sop_classes: row.get(2)?,
+            pk: row.get("id")?,
+            modalities: row.get("modalities")?,
+            sop_classes: row.get("sop_classes")?,
         })
     })?
     .ok_or(rusqlite::Error::QueryReturnedNoRows)
@@ -237,7 +237,7 @@ fn upsert_series(
         &now,
     ];
     let (pk, count): (i64, i64) = one_row(conn, UPSERT_SERIES, &values, |row| {
-        Ok((row.get(0)?, row.get(1)?))
+        Ok((row.get("id")?, row.get("num_instances")?))
     })?
     .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
     Ok((pk, count == 1))
@@ -272,7 +272,7 @@ fn insert_instance(
         &r.attrs_json,
         &r.part10_prefix,
     ];
-    let inserted: Option<i64> = one_row(conn, INSERT_INSTANCE, &values, |row| row.get(0))?;
+    let inserted: Option<i64> = one_row(conn, INSERT_INSTANCE, &values, |row| row.get("id"))?;
     Ok(inserted.is_some())
 }
 

@@ -276,7 +276,7 @@ async fn insert_instance(
         .bind(r.columns)
         .bind(&r.object_key)
         .bind(i64::try_from(r.size).unwrap_or(i64::MAX))
-        .bind(&r.sha256)
+        .bind(r.sha256)
         .bind(&r.metadata_json)
         .bind(r.frame_table.clone())
         .bind(r.origin.kind.as_str())

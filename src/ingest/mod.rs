@@ -121,6 +121,8 @@ impl Ingest {
 
     /// Begin receiving one instance that the entry point writes piece by piece (C-STORE,
     /// which puts a file meta group in front of the data set it receives).
+    // The error is the instance's one outcome, made once per instance: not worth a box.
+    #[allow(clippy::result_large_err)]
     pub fn receive(&self, origin: Origin) -> Result<Receiving, Outcome> {
         match Spool::create(self.store.spool_dir(), self.max_instance_bytes) {
             Ok(spool) => Ok(Receiving { spool, origin }),
