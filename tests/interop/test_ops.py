@@ -105,3 +105,27 @@ def test_rejections_are_counted(make_pacs):
     assert pacs.count("instances") == 0
     after = rejected()
     assert after == {"stow": before["stow"] + 1, "c-store": before["c-store"] + 1}, (before, after)
+
+
+def test_shutdown_closes_stalled_requests_after_the_grace_period(make_pacs):
+    """At SIGTERM the server stops accepting and lets requests in progress finish for
+    http.shutdown_grace_secs; a client that stalls mid-body does not hold it up longer."""
+    import signal
+    import socket
+    import time
+
+    pacs = make_pacs({"PACS_HTTP__SHUTDOWN_GRACE_SECS": "2"})
+    port = int(pacs.url.rsplit(":", 1)[1])
+    stalled = socket.create_connection(("127.0.0.1", port))
+    head = (f"POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: {stow_content_type()}\r\nContent-Length: 100000\r\n\r\n")
+    stalled.sendall(head.encode() + b"--" + b"x" * 100)   # and nothing more
+    time.sleep(0.5)
+    started = time.monotonic()
+    pacs.proc.send_signal(signal.SIGTERM)
+    code = pacs.proc.wait(30)
+    took = time.monotonic() - started
+    stalled.close()
+    assert code == 0, pacs.server_log()[-2000:]
+    assert 1.5 <= took < 10, took   # waited for the request, but not for ever
+    assert "grace period" in pacs.server_log()
