@@ -15,7 +15,7 @@ benchmark runs have just deleted thousands of files. Nothing is deleted until th
 run for that reason; point TMPDIR at a fresh top-level directory for figures that measure the
 servers rather than that (e.g. `mkdir /bench && TMPDIR=/bench scripts/bench_dimse.py`).
 
-Usage: scripts/bench_dimse.py [--quick] [--no-orthanc] [--find-only]
+Usage: scripts/bench_dimse.py [--quick] [--no-orthanc] [--find-only] [--compare NAME=BINARY]…
 """
 
 import argparse
@@ -150,12 +150,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-orthanc", action="store_true")
+    ap.add_argument("--compare", metavar="NAME=BINARY", action="append", default=[],
+                    help="also measure another pacs-lite binary (e.g. an earlier build) in the same run")
     ap.add_argument("--find-only", action="store_true", help="only the C-ECHO and C-FIND latencies")
     args = ap.parse_args()
     scale = 0.25 if args.quick else 1.0
     cases = [("64x64 CT, 1 association", 64, 2000, 1), ("64x64 CT, 4 associations", 64, 4000, 4),
              ("512x512 CT, 1 association", 512, 400, 1), ("512x512 CT, 4 associations", 512, 800, 4)]
     servers = [("pacs-lite", lambda: Pacs().start())]
+    for spec in args.compare:
+        name, _, path = spec.partition("=")
+        servers.append((name, lambda path=path: Pacs(binary=path).start()))
     if not args.no_orthanc and shutil.which("Orthanc"):
         servers.append(("Orthanc", Orthanc))
     results = {}

@@ -9,7 +9,7 @@ retrieval throughput; asserts nothing. With --large, also populates a separate p
 index with 100 000 studies / 1 000 000 instances (scripts/populate_index.py) and times
 typical study-list queries there.
 
-Usage: scripts/bench_read.py [--quick] [--large [--large-postgres URL]] [--no-orthanc]
+Usage: scripts/bench_read.py [--quick] [--large [--large-postgres URL]] [--no-orthanc] [--compare NAME=BINARY]…
 """
 
 import argparse
@@ -230,11 +230,16 @@ def main():
     ap.add_argument("--large-postgres", metavar="URL",
                     help="with --large: the same on PostgreSQL (a superuser URL; a database bench_1m is made)")
     ap.add_argument("--no-orthanc", action="store_true")
+    ap.add_argument("--compare", metavar="NAME=BINARY", action="append", default=[],
+                    help="also measure another pacs-lite binary (e.g. an earlier build) in the same run")
     args = ap.parse_args()
     groups, uids = dataset(args.quick)
     n = 20 if args.quick else 50
     results = {}
     servers = [("pacs-lite", lambda: Pacs().start())]
+    for spec in args.compare:
+        name, _, path = spec.partition("=")
+        servers.append((name, lambda path=path: Pacs(binary=path).start()))
     if not args.no_orthanc and shutil.which("Orthanc") and Path(ORTHANC_PLUGIN).exists():
         servers.append(("Orthanc", Orthanc))
     for name, make in servers:

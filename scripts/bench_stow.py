@@ -101,7 +101,8 @@ def multipart(parts):
 
 
 class Server:
-    def __init__(self, pg_url=None):
+    def __init__(self, pg_url=None, binary=None):
+        self.binary = binary or BIN
         self.dir = Path(tempfile.mkdtemp(prefix="pacs-bench-"))
         self.env = dict(os.environ, PACS_DATA_DIR=str(self.dir / "data"), PACS_HTTP__LISTEN="127.0.0.1:0",
                         PACS_DIMSE__LISTEN="127.0.0.1:0", PACS_LOG__FILTER="warn")
@@ -113,7 +114,7 @@ class Server:
             self.env["PACS_INDEX__URL"] = pg_url.rsplit("/", 1)[0] + "/" + db
 
     def start(self):
-        self.proc = subprocess.Popen([BIN, "serve"], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([self.binary, "serve"], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         m = re.search(r"http://([\d.]+):(\d+)", self.proc.stdout.readline().decode())
         self.host, self.port = m.group(1), int(m.group(2))
         return self

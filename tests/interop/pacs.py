@@ -20,7 +20,8 @@ BOUNDARY = "pacs-lite-test-boundary"
 
 
 def binary() -> Path:
-    path = Path(os.environ.get("PACS_BIN", ROOT / "target" / "release" / "pacs-lite"))
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    path = Path(os.environ.get("PACS_BIN", target / "release" / "pacs-lite"))
     if not path.exists():
         raise RuntimeError(f"{path} does not exist: build with `cargo build --release` first")
     return path
