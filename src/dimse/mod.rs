@@ -7,7 +7,9 @@
 //! (C-MOVE destinations, storage commitment reports). One file per service maps it onto the
 //! shared layers: [`echo`], [`store`] (C-STORE through the one ingest path), [`find`] (C-FIND
 //! on the QIDO query model), [`retrieve`] (C-MOVE, C-GET), [`commit`] (storage commitment).
-//! Started by `app.rs`.
+//! Statuses have names, in [`status`], which also holds the one mapping from ingest
+//! outcomes to C-STORE statuses. Every association gets the shared `Context`; started by
+//! `app.rs`.
 
 mod association;
 pub mod command;

@@ -1,11 +1,10 @@
 //! The object store: where instance bytes live, outside the index.
 //!
-//! Owns every call into opendal and every filesystem write of objects. A key is
-//! `<StudyInstanceUID>/<sha256 of the bytes>.dcm`: built only from a validated [`Uid`] and
-//! a digest, so no input can escape the store's root, and one key always names one byte
-//! sequence (two versions of an instance can never overwrite each other). Keys stay
-//! short (at most 133 bytes) so that every S3 implementation takes them. Called by `ingest/` (put), the
-//! retrieval routes (read) and `verify` (list, read, delete).
+//! Owns every call into opendal and every file access of objects (reads in [`read`]).
+//! Objects are named by [`ObjectKey`] (`model`): `<StudyInstanceUID>/<sha256>.dcm`, so no
+//! input can escape the store's root and one key always names one byte sequence. Called
+//! by `ingest/` (spool, put), the retrieval adapters through the context (read), `verify`
+//! (list, digest, delete) and the upload flow (parts).
 //!
 //! Durability: on the filesystem an object held in memory (up to 1 MiB) is *recorded in the
 //! process's journal → written under its key → durable once the journal is flushed* (one
