@@ -44,7 +44,7 @@ impl Status {
     /// "cannot understand" family, 0xC111 echoing DIMSE's 0x0111 Duplicate SOP Instance.
     pub const CONFLICTING_DUPLICATE: Status = Status(0xC111);
 
-    /// Pending or success: the operation goes on or went through.
+    /// Success: the operation went through.
     pub fn is_success(self) -> bool {
         self == Status::SUCCESS
     }

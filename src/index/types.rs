@@ -4,6 +4,8 @@
 //! string that fails somewhere later. Both drivers: sqlx's `Any` (reads, PostgreSQL
 //! writes) and rusqlite (the SQLite writer's own connection).
 
+use std::borrow::Cow;
+
 use sqlx::any::Any;
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
@@ -14,15 +16,16 @@ use crate::model::{ObjectKey, OrderId, Sha256, TransferSyntax, Uid};
 
 /// How a type is written as text and read back.
 trait TextColumn: Sized {
-    fn to_text(&self) -> String;
+    /// Borrowed where the type holds its text (UIDs, keys…), made where it does not (digests).
+    fn to_text(&self) -> Cow<'_, str>;
     fn from_text(text: String) -> Result<Self, BoxDynError>;
 }
 
 macro_rules! text_column {
     ($($ty:ty => $write:expr;)*) => {$(
         impl TextColumn for $ty {
-            fn to_text(&self) -> String {
-                let write: fn(&$ty) -> String = $write;
+            fn to_text(&self) -> Cow<'_, str> {
+                let write: fn(&$ty) -> Cow<'_, str> = $write;
                 write(self)
             }
             fn from_text(text: String) -> Result<Self, BoxDynError> {
@@ -41,7 +44,7 @@ macro_rules! text_column {
                 &self,
                 buf: &mut <Any as Database>::ArgumentBuffer<'q>,
             ) -> Result<IsNull, BoxDynError> {
-                <String as Encode<'q, Any>>::encode(self.to_text(), buf)
+                <String as Encode<'q, Any>>::encode(self.to_text().into_owned(), buf)
             }
         }
 
@@ -53,7 +56,10 @@ macro_rules! text_column {
 
         impl rusqlite::ToSql for $ty {
             fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-                Ok(rusqlite::types::ToSqlOutput::from(self.to_text()))
+                Ok(match self.to_text() {
+                    Cow::Borrowed(text) => rusqlite::types::ToSqlOutput::from(text),
+                    Cow::Owned(text) => rusqlite::types::ToSqlOutput::from(text),
+                })
             }
         }
 
@@ -67,10 +73,10 @@ macro_rules! text_column {
 }
 
 text_column! {
-    Uid => |v| v.as_str().to_owned();
-    TransferSyntax => |v| v.as_str().to_owned();
-    ObjectKey => |v| v.as_str().to_owned();
-    Sha256 => |v| v.to_hex();
-    OrderId => |v| v.as_str().to_owned();
-    UploadState => |v| v.as_str().to_owned();
+    Uid => |v| Cow::Borrowed(v.as_str());
+    TransferSyntax => |v| Cow::Borrowed(v.as_str());
+    ObjectKey => |v| Cow::Borrowed(v.as_str());
+    Sha256 => |v| Cow::Owned(v.to_hex());
+    OrderId => |v| Cow::Borrowed(v.as_str());
+    UploadState => |v| Cow::Borrowed(v.as_str());
 }

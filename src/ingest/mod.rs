@@ -110,9 +110,10 @@ impl Ingest {
         while let Some(chunk) = body.next().await {
             match chunk {
                 Ok(chunk) => receiving.write(&chunk).await?,
+                // The reason says the body broke off; the detail is what broke it.
                 Err(e) => {
-                    let detail = format!("the request body ended abnormally: {e}");
-                    return Err(self.refuse(origin, Rejection::new(Reason::Truncated, detail)));
+                    let refused = Rejection::new(Reason::Truncated, e.to_string());
+                    return Err(self.refuse(origin, refused));
                 }
             }
         }
@@ -138,16 +139,16 @@ impl Ingest {
         expected: &Expected,
     ) -> Outcome {
         let started = Instant::now();
-        let counted = origin.clone();
+        let entry = origin.kind;
         let outcome = pipeline::store(self, spooled, origin, expected).await;
-        outcome::count(&counted, outcome, Some(started.elapsed()))
+        outcome::count(entry, outcome, Some(started.elapsed()))
     }
 
     /// A refusal an entry point decided before the pipeline (a command without its UIDs, a
     /// part that is not DICOM, bytes that are not what the sender declared): counted like
     /// every other outcome.
     pub fn refuse(&self, origin: &Origin, rejection: Rejection) -> Outcome {
-        outcome::count(origin, Outcome::Rejected(rejection), None)
+        outcome::count(origin.kind, Outcome::Rejected(rejection), None)
     }
 
     /// A spool for bytes that are not an instance yet (parts of offline uploads, photos to
@@ -171,7 +172,7 @@ impl Receiving {
         match self.spool.write(bytes).await {
             Ok(()) => Ok(()),
             Err(e) => Err(outcome::count(
-                &self.origin,
+                self.origin.kind,
                 Outcome::Rejected(Rejection::from(e)),
                 None,
             )),
@@ -183,7 +184,7 @@ impl Receiving {
         match self.spool.finish().await {
             Ok(spooled) => Ok(spooled),
             Err(e) => Err(outcome::count(
-                &self.origin,
+                self.origin.kind,
                 Outcome::Rejected(Rejection::from(e)),
                 None,
             )),

@@ -8,7 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::dicom::{HeaderError, Problem};
-use crate::model::{Origin, Sha256, Uid};
+use crate::model::{OriginKind, Sha256, Uid};
 use crate::storage::StorageError;
 
 /// Why an object was refused. Entry points map these to STOW failure reasons, DIMSE
@@ -173,9 +173,9 @@ impl Outcome {
 
 /// Count an outcome: the only place ingest metrics are recorded. `took` is the time from
 /// the complete object to its outcome, when the object got that far.
-pub(super) fn count(origin: &Origin, outcome: Outcome, took: Option<Duration>) -> Outcome {
+pub(super) fn count(entry: OriginKind, outcome: Outcome, took: Option<Duration>) -> Outcome {
     let m = crate::metrics::get();
-    let (entry, label) = (origin.kind.as_str(), outcome.label());
+    let (entry, label) = (entry.as_str(), outcome.label());
     m.ingest_total.with_label_values(&[entry, label]).inc();
     if let Outcome::Stored(a) = &outcome {
         m.ingest_bytes.with_label_values(&[entry]).inc_by(a.size);

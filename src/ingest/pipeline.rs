@@ -16,7 +16,7 @@ use crate::config::ConflictPolicy;
 use crate::dicom::Header;
 use crate::index::{IndexError, InsertOutcome, InstanceRecord, StoredInstance};
 use crate::model::clock::now_millis;
-use crate::model::{ObjectKey, Origin, Uid};
+use crate::model::{ObjectKey, Origin, Sha256, Uid};
 use crate::storage::SpooledFile;
 
 /// Where an instance is after its blocking part: its row queued for the index writer, or
@@ -82,7 +82,7 @@ async fn prepare(
         let remote = store.put_local(&key, spooled).map_err(|e| {
             Rejection::from(e).about(&header.sop_class_uid, &header.sop_instance_uid)
         })?;
-        let (accepted, record) = into_record(header, &key, len, origin);
+        let (accepted, record) = into_record(header, &key, len, digest, origin);
         let stage = match remote {
             None => Stage::Queued(
                 index
@@ -166,9 +166,9 @@ fn into_record(
     header: Header,
     key: &ObjectKey,
     len: u64,
+    digest: Sha256,
     origin: Origin,
 ) -> (Accepted, InstanceRecord) {
-    let digest = key.sha256().expect("an instance key names its digest");
     let accepted = Accepted {
         study_uid: header.study_uid.clone(),
         series_uid: header.series_uid.clone(),

@@ -248,9 +248,8 @@ fn put_fs(
     let target = root.join(key.as_str());
     // Only keys that name their bytes' digest (instances, not upload parts): a record is
     // valid when its bytes hash to its key.
-    let names_digest = || ObjectKey::parse(key.as_str()).is_some();
     match (journal, spooled.bytes()) {
-        (Some(journal), Some(bytes)) if names_digest() => {
+        (Some(journal), Some(bytes)) if key.is_instance() => {
             let recorded = journal.record(key, bytes)?;
             // Neither the file nor its directories are flushed here: the journal flushes
             // the filesystem before it lets the record go. Written while an earlier put's
