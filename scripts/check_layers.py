@@ -22,7 +22,7 @@ SRC = ROOT / "src"
 # Bottom to top: the layers of src/lib.rs's crate documentation.
 LAYERS = [
     # foundations
-    "model", "dicom", "config", "metrics",
+    "model", "dicom", "config", "metrics", "tls",
     # storage and index
     "storage", "index",
     # services

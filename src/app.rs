@@ -6,7 +6,7 @@
 //! Only assembly lives here: what is served is `http/` and `dimse/`, what is stored is
 //! `ingest/`.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,7 @@ use crate::context::Context;
 use crate::index::{Backend, Index, IndexError};
 use crate::ingest::Ingest;
 use crate::storage::{StorageError, Store};
+use crate::tls::{self, ServerTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -41,6 +42,8 @@ pub enum AppError {
     Auth(#[from] crate::auth::ConfigError),
     #[error("HTTP server: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("start-up recovery: {0}")]
     Recovery(#[from] crate::verify::VerifyError),
 }
@@ -83,7 +86,9 @@ pub async fn recover(ingest: &Ingest) -> Result<(), AppError> {
 pub struct App {
     ctx: Arc<Context>,
     http: TcpListener,
+    http_tls: Option<ServerTls>,
     dimse: Option<TcpListener>,
+    dimse_tls: Option<(TcpListener, ServerTls)>,
 }
 
 impl App {
@@ -93,11 +98,27 @@ impl App {
         if !addr.ip().is_loopback() && !auth.is_enabled() {
             return Err(AppError::RemoteWithoutAuth(addr));
         }
+        let http_tls = match &config.http.tls {
+            Some(files) => Some(tls::server("http", files, crate::http::ALPN)?),
+            None => None,
+        };
+        let dimse_tls_files = config.dimse.tls.as_ref().filter(|_| config.dimse.enabled);
+        let dimse_tls = match dimse_tls_files {
+            Some(t) => Some((t.listen, tls::server("dimse", &t.files(), &[])?)),
+            None => None,
+        };
+        for dest in config.dimse.destinations.iter().filter(|d| d.tls) {
+            tls::client(dest)?;
+        }
         let ingest = open_backends(&config).await?;
         let http = bind(addr).await?;
-        let dimse = match config.dimse.enabled {
-            true => Some(bind(config.dimse.listen).await?),
-            false => None,
+        let dimse = match (config.dimse.enabled, config.dimse.listen) {
+            (true, Some(listen)) => Some(bind(listen).await?),
+            _ => None,
+        };
+        let dimse_tls = match dimse_tls {
+            Some((listen, tls)) => Some((bind(listen).await?, tls)),
+            None => None,
         };
         // Bound first: a second process on a live data directory fails here instead of
         // re-indexing the live one's objects in flight.
@@ -105,7 +126,9 @@ impl App {
         let app = App {
             ctx: Arc::new(Context::new(config, ingest, auth)),
             http,
+            http_tls,
             dimse,
+            dimse_tls,
         };
         app.announce();
         Ok(app)
@@ -143,9 +166,24 @@ impl App {
         self.ctx.config.dimse.ae_title.as_str()
     }
 
-    /// The DIMSE listener's address, when DIMSE is enabled.
+    /// `https` when the HTTP listener speaks TLS, else `http`.
+    pub fn http_scheme(&self) -> &'static str {
+        match self.http_tls {
+            Some(_) => "https",
+            None => "http",
+        }
+    }
+
+    /// The plain DIMSE listener's address, when there is one.
     pub fn dimse_addr(&self) -> Option<SocketAddr> {
         self.dimse.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The DICOM TLS listener's address, when there is one.
+    pub fn dimse_tls_addr(&self) -> Option<SocketAddr> {
+        self.dimse_tls
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Serve until `shutdown` resolves; then stop accepting everywhere, let work in progress
@@ -162,12 +200,28 @@ impl App {
                 cancel.cancel();
             }
         });
-        let dimse = self.dimse.map(|listener| {
+        for keys in [
+            &self.http_tls,
+            &self.dimse_tls.as_ref().map(|(_, t)| t.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            tokio::spawn(keys.keys.clone().watch(cancel.clone()));
+        }
+        let listeners = crate::dimse::Listeners {
+            plain: self.dimse,
+            tls: self.dimse_tls.map(|(l, t)| (l, t.config)),
+        };
+        let dimse = (listeners.plain.is_some() || listeners.tls.is_some()).then(|| {
             let (ctx, stop) = (self.ctx.clone(), cancel.clone().cancelled_owned());
-            tokio::spawn(async move { crate::dimse::serve(listener, ctx, stop).await })
+            tokio::spawn(async move { crate::dimse::serve(listeners, ctx, stop).await })
         });
         tokio::spawn(sweep_uploads(self.ctx.clone(), cancel.clone()));
-        let served = serve_http(self.http, self.ctx.clone(), cancel).await;
+        let tls = self.http_tls.map(|t| t.config);
+        let served = crate::http::serve(self.http, tls, self.ctx.clone(), cancel)
+            .await
+            .map_err(AppError::Serve);
         if let Some(task) = dimse {
             let _ = task.await;
         }
@@ -181,40 +235,6 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| AppError::Bind { addr, source })
-}
-
-/// Serve HTTP until `cancel`; then requests in progress get `http.shutdown_grace_secs` to
-/// finish before their connections are closed.
-async fn serve_http(
-    listener: TcpListener,
-    ctx: Arc<Context>,
-    cancel: CancellationToken,
-) -> Result<(), AppError> {
-    use axum::serve::ListenerExt;
-    let grace = Duration::from_secs(ctx.config.http.shutdown_grace_secs);
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let service = crate::http::router(ctx).into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, service)
-        .with_graceful_shutdown(cancel.clone().cancelled_owned())
-        .into_future();
-    let mut server = tokio::spawn(server);
-    let finished = tokio::select! {
-        done = &mut server => done,
-        _ = cancel.cancelled() => match tokio::time::timeout(grace, &mut server).await {
-            Ok(done) => done,
-            Err(_) => {
-                tracing::warn!(?grace, "HTTP requests still running after the grace period; closing them");
-                server.abort();
-                return Ok(());
-            }
-        },
-    };
-    match finished {
-        Ok(served) => served.map_err(AppError::Serve),
-        Err(e) => Err(AppError::Serve(std::io::Error::other(e))),
-    }
 }
 
 /// Expired offline uploads are removed by every process (the deletes are idempotent).

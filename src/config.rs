@@ -120,13 +120,18 @@ impl Default for UploadsConfig {
     }
 }
 
-/// The DICOM upper-layer listener (C-ECHO, C-STORE).
+/// The DICOM upper-layer listeners: plain TCP and DICOM TLS.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DimseConfig {
-    /// Set to false to run without a DIMSE listener.
+    /// Set to false to run without any DIMSE listener.
     pub enabled: bool,
-    pub listen: SocketAddr,
+    /// The plain (unencrypted) listener; `""` turns it off (with `tls` set, DIMSE is then
+    /// served over TLS only).
+    #[serde(with = "optional_addr")]
+    pub listen: Option<SocketAddr>,
+    /// The DICOM TLS listener (PS3.15 Annex B), off unless set.
+    pub tls: Option<DimseTlsConfig>,
     /// The called AE title this server answers to.
     pub ae_title: AeTitle,
     /// Calling AE titles allowed to associate; empty: any.
@@ -140,13 +145,59 @@ pub struct DimseConfig {
     pub destinations: Vec<Destination>,
 }
 
-/// A remote application entity: its AE title and network address.
+/// The DICOM TLS listener: its address (2762 is the registered port), certificate and key,
+/// and, for mutual TLS, the CAs the calling AEs' certificates must chain to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DimseTlsConfig {
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl DimseTlsConfig {
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            client_ca_file: self.client_ca_file.clone(),
+        }
+    }
+}
+
+/// A TLS server's certificate (PEM, chain included) and private key (PEM), re-read when the
+/// files change; with `client_ca_file` (PEM), clients must present a certificate that
+/// chains to one of its CAs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// A remote application entity: its AE title and network address, and how to reach it
+/// over TLS.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Destination {
     pub ae: AeTitle,
     pub host: String,
     pub port: u16,
+    /// Open the association over TLS (DICOM TLS, PS3.15 Annex B); the peer's certificate
+    /// must be valid for `host` and chain to `ca_file` (PEM), or to the public web CAs.
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Our client certificate and key (PEM), for peers that require one.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 impl DimseConfig {
@@ -160,7 +211,8 @@ impl Default for DimseConfig {
     fn default() -> Self {
         DimseConfig {
             enabled: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 11112)),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 11112))),
+            tls: None,
             ae_title: AeTitle::parse("PACSLITE").expect("a valid AE title"),
             allowed_calling_aes: Vec::new(),
             max_associations: 32,
@@ -203,6 +255,8 @@ pub struct HttpConfig {
     /// At shutdown, how long requests in progress may take to finish before their
     /// connections are closed.
     pub shutdown_grace_secs: u64,
+    /// HTTPS: with it the listener speaks TLS 1.2 and 1.3 only, HTTP/2 and HTTP/1.1.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -330,6 +384,7 @@ impl Default for HttpConfig {
             max_request_bytes: 8 << 30,
             cors_origins: Vec::new(),
             shutdown_grace_secs: 20,
+            tls: None,
         }
     }
 }
@@ -422,6 +477,28 @@ impl Config {
     }
 }
 
+/// A listen address that may be turned off with an empty string.
+mod optional_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let raw = String::deserialize(d)?;
+        match raw.trim() {
+            "" => Ok(None),
+            addr => addr.parse().map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// A string that must not be logged.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -481,6 +558,32 @@ mod tests {
     fn unknown_keys_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("pacs.toml", "[http]\nlisten_adress = \"0.0.0.0:1\"\n")?;
+            assert!(Config::load(Some(Path::new("pacs.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn dimse_over_tls_only() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "pacs.toml",
+                "[dimse]\nlisten = \"\"\n[dimse.tls]\nlisten = \"127.0.0.1:2762\"\n\
+                 cert_file = \"server.pem\"\nkey_file = \"server.key\"\n\
+                 [[dimse.destinations]]\nae = \"ARCHIVE\"\nhost = \"archive.example\"\n\
+                 port = 2762\ntls = true\nca_file = \"ca.pem\"\n",
+            )?;
+            let c = Config::load(Some(Path::new("pacs.toml"))).map_err(|e| *e)?;
+            assert_eq!(c.dimse.listen, None);
+            let tls = c.dimse.tls.expect("configured");
+            assert_eq!(tls.listen.port(), 2762);
+            assert_eq!(tls.client_ca_file, None);
+            let d = &c.dimse.destinations[0];
+            assert!(d.tls && d.ca_file.is_some() && d.cert_file.is_none());
+            jail.set_env("PACS_DIMSE__LISTEN", "127.0.0.1:0");
+            let c = Config::load(Some(Path::new("pacs.toml"))).map_err(|e| *e)?;
+            assert_eq!(c.dimse.listen.map(|a| a.port()), Some(0));
+            jail.set_env("PACS_DIMSE__LISTEN", "nowhere");
             assert!(Config::load(Some(Path::new("pacs.toml"))).is_err());
             Ok(())
         });

@@ -21,7 +21,7 @@
 //! ── storage and index
 //! index, storage
 //! ── foundations
-//! metrics, config, dicom, model
+//! tls, metrics, config, dicom, model
 //! ```
 //!
 //! (Each line lists its modules from the top down: an adapter may import the adapters
@@ -38,6 +38,8 @@
 //!   DICOM JSON, file meta groups, photos as Secondary Capture. Only `dicom` knows how
 //!   DICOM bytes are laid out.
 //! - [`config`] (defaults < TOML < `PACS_*`) and [`metrics`] (the process-wide registry).
+//! - [`tls`]: rustls for the HTTPS and DICOM TLS listeners (certificates re-read when their
+//!   files change, mutual TLS) and for the associations we open.
 //! - [`storage`]: every object and file access (opendal: filesystem or S3), the spool,
 //!   the object journal and durable puts. [`index`]: every SQL statement (SQLite or
 //!   PostgreSQL), the group-committing writers, typed rows.
@@ -102,6 +104,7 @@ pub mod radiology;
 pub mod render;
 pub mod storage;
 pub mod sync;
+pub mod tls;
 pub mod uploads;
 pub mod verify;
 pub mod viewer;

@@ -173,11 +173,18 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let app = App::build(config).await.context("starting the server")?;
     println!(
-        "pacs-lite listening on http://{} (DICOMweb at /dicom-web)",
+        "pacs-lite listening on {}://{} (DICOMweb at /dicom-web)",
+        app.http_scheme(),
         app.http_addr()
     );
     if let Some(addr) = app.dimse_addr() {
         println!("pacs-lite DIMSE listening on {addr} as {}", app.ae_title());
+    }
+    if let Some(addr) = app.dimse_tls_addr() {
+        println!(
+            "pacs-lite DIMSE TLS listening on {addr} as {}",
+            app.ae_title()
+        );
     }
     app.run(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

@@ -1,5 +1,5 @@
 //! Prometheus metrics, served at `/metrics`: ingest counts, bytes and latency by entry
-//! point and outcome, DIMSE associations, HTTP latency by service (QIDO-RS, WADO-RS,
+//! point and outcome, DIMSE associations, TLS refusals and reloads, HTTP latency by service (QIDO-RS, WADO-RS,
 //! STOW-RS, the REST API…), and pending offline uploads.
 //!
 //! One process-wide registry: every layer records into it without plumbing (ingest counts
@@ -21,6 +21,8 @@ pub struct Metrics {
     pub dimse_active: IntGauge,
     pub http_seconds: HistogramVec,
     pub uploads_pending: IntGauge,
+    pub tls_handshakes_refused: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -76,6 +78,18 @@ fn build() -> Metrics {
             &["result"],
         ),
         dimse_active: gauge("dimse_associations_active", "DIMSE associations open now."),
+        tls_handshakes_refused: counter(
+            "tls_handshakes_refused_total",
+            "TLS handshakes that failed, by listener (http, dimse) and reason (not_tls, \
+             unknown_ca, expired, no_client_certificate, bad_certificate, peer_alert, \
+             incompatible, timeout, io).",
+            &["listener", "reason"],
+        ),
+        tls_reloads: counter(
+            "tls_reloads_total",
+            "Certificate and key re-reads, by listener and result (ok, failed: the old ones stay).",
+            &["listener", "result"],
+        ),
         http_seconds: histogram(
             "http_request_seconds",
             "HTTP request latency (to the response head), by service, method and status class.",

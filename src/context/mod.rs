@@ -57,9 +57,13 @@ impl Context {
 
     /// The `scheme://host[:port]` clients reach this server by: the configured
     /// `http.public_base_url`, else what the request's `Forwarded` / `X-Forwarded-*` /
-    /// `Host` headers say.
+    /// `Host` headers say (`https` by default when the listener speaks TLS).
     pub fn base_url(&self, headers: &HeaderMap) -> String {
-        urls::base_url(self.config.http.public_base_url.as_deref(), headers)
+        let scheme = match self.config.http.tls {
+            Some(_) => "https",
+            None => "http",
+        };
+        urls::base_url(self.config.http.public_base_url.as_deref(), scheme, headers)
     }
 
     /// The Part-10 bytes of a stored instance, streamed: the object as stored, with the

@@ -4,8 +4,9 @@
 
 use axum::http::HeaderMap;
 
-/// The scheme://host[:port] prefix clients should use.
-pub(super) fn base_url(configured: Option<&str>, headers: &HeaderMap) -> String {
+/// The scheme://host[:port] prefix clients should use; `scheme` is the listener's, for
+/// requests that do not say through a proxy's headers.
+pub(super) fn base_url(configured: Option<&str>, scheme: &str, headers: &HeaderMap) -> String {
     if let Some(base) = configured {
         return base.trim_end_matches('/').to_owned();
     }
@@ -30,7 +31,7 @@ pub(super) fn base_url(configured: Option<&str>, headers: &HeaderMap) -> String 
     let proto = proto
         .or_else(|| header("x-forwarded-proto").map(first))
         .filter(|p| p == "http" || p == "https")
-        .unwrap_or_else(|| "http".to_owned());
+        .unwrap_or_else(|| scheme.to_owned());
     let host = host
         .or_else(|| header("x-forwarded-host").map(first))
         .or_else(|| header("host").map(str::to_owned))
@@ -59,16 +60,25 @@ mod tests {
     #[test]
     fn picks_the_right_source() {
         assert_eq!(
-            base_url(Some("https://pacs.example/"), &headers(&[("host", "x")])),
+            base_url(
+                Some("https://pacs.example/"),
+                "http",
+                &headers(&[("host", "x")])
+            ),
             "https://pacs.example"
         );
         assert_eq!(
-            base_url(None, &headers(&[("host", "10.0.0.1:8080")])),
+            base_url(None, "http", &headers(&[("host", "10.0.0.1:8080")])),
             "http://10.0.0.1:8080"
+        );
+        assert_eq!(
+            base_url(None, "https", &headers(&[("host", "10.0.0.1:8443")])),
+            "https://10.0.0.1:8443"
         );
         assert_eq!(
             base_url(
                 None,
+                "http",
                 &headers(&[
                     ("host", "a"),
                     (
@@ -82,6 +92,7 @@ mod tests {
         assert_eq!(
             base_url(
                 None,
+                "http",
                 &headers(&[
                     ("host", "a"),
                     ("x-forwarded-proto", "https"),
@@ -91,7 +102,7 @@ mod tests {
             "https://b.org"
         );
         assert_eq!(
-            base_url(None, &headers(&[("host", "evil/\"x")])),
+            base_url(None, "http", &headers(&[("host", "evil/\"x")])),
             "http://localhost"
         );
     }

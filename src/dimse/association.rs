@@ -7,12 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_ul::association::server::AsyncServerAssociation;
 use dicom_ul::association::server::{AccessControl, Negotiation, ServerAssociationOptions};
 use dicom_ul::pdu::{AssociationRJServiceUserReason, RequestorRoles, UserIdentity};
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::link::MAX_PDU;
+use super::transport::Connection;
 use super::{commit, find, retrieve};
 use crate::config::DimseConfig;
 use crate::context::Context;
@@ -126,27 +130,59 @@ fn offer(config: &DimseConfig) -> ServerAssociationOptions<'static, AeRules, Rol
     options
 }
 
-/// Accept associations until `shutdown` resolves, at most `dimse.max_associations` at a
-/// time; then give those in progress `dimse.drain_secs` to finish.
+/// The DIMSE listeners: plain TCP, DICOM TLS, or both.
+pub struct Listeners {
+    pub plain: Option<TcpListener>,
+    pub tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+}
+
+/// How long a peer has to complete the TLS handshake and the association negotiation.
+const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What both listeners offer; the TLS one with its server configuration.
+struct Offers {
+    plain: ServerAssociationOptions<'static, AeRules, Roles>,
+    tls: Option<ServerAssociationOptions<'static, AeRules, Roles>>,
+}
+
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Accept associations on both listeners until `shutdown` resolves, at most
+/// `dimse.max_associations` at a time; then give those in progress `dimse.drain_secs` to
+/// finish.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let options = Arc::new(offer(&ctx.config.dimse));
+    let offers = Arc::new(Offers {
+        plain: offer(&ctx.config.dimse),
+        tls: listeners
+            .tls
+            .as_ref()
+            .map(|(_, config)| offer(&ctx.config.dimse).tls_config(config.clone())),
+    });
+    let tls_listener = listeners.tls.as_ref().map(|(l, _)| l);
     let slots = Arc::new(Semaphore::new(ctx.config.dimse.max_associations.max(1)));
     let mut shutdown = std::pin::pin!(shutdown);
     let mut running = tokio::task::JoinSet::new();
     loop {
-        let (socket, peer) = tokio::select! {
+        let (accepted, secure) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a DIMSE connection failed");
-                    continue;
-                }
-            },
+            a = accept(listeners.plain.as_ref()) => (a, false),
+            a = accept(tls_listener) => (a, true),
+        };
+        let (socket, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a DIMSE connection failed");
+                continue;
+            }
         };
         // Reap finished associations so the set only holds running ones.
         while running.try_join_next().is_some() {}
@@ -154,38 +190,94 @@ pub async fn serve(
             tracing::warn!(%peer, "too many associations; closing the connection");
             continue;
         };
-        let (options, ctx) = (options.clone(), ctx.clone());
+        let (offers, ctx) = (offers.clone(), ctx.clone());
         running.spawn(async move {
-            associate(socket, peer, &options, ctx).await;
+            let _ = socket.set_nodelay(true);
+            match secure {
+                false => associate_plain(socket, peer, &offers.plain, ctx).await,
+                true => {
+                    let tls = offers.tls.as_ref().expect("a TLS listener has its offer");
+                    associate_tls(socket, peer, tls, ctx).await
+                }
+            }
             drop(permit);
         });
     }
     drain(running, Duration::from_secs(ctx.config.dimse.drain_secs)).await;
 }
 
-/// Negotiate one association and run it to its end.
-async fn associate(
-    socket: tokio::net::TcpStream,
-    peer: std::net::SocketAddr,
-    options: &ServerAssociationOptions<'static, AeRules, Roles>,
+/// Negotiate one association over plain TCP and run it to its end.
+async fn associate_plain(
+    socket: TcpStream,
+    peer: SocketAddr,
+    options: &Options,
     ctx: Arc<Context>,
 ) {
-    let _ = socket.set_nodelay(true);
-    let m = ctx.metrics();
-    match options.establish_async(socket).await {
-        Ok(association) => {
-            m.dimse_associations
-                .with_label_values(&["established"])
-                .inc();
-            m.dimse_active.inc();
-            super::session::run(association, ctx, peer.ip().to_string()).await;
-            m.dimse_active.dec();
+    let negotiated =
+        tokio::time::timeout(NEGOTIATION_TIMEOUT, options.establish_async(socket)).await;
+    match negotiated {
+        Ok(Ok(association)) => run(association, peer, ctx).await,
+        Ok(Err(dicom_ul::association::Error::TlsNotSupported)) => {
+            refused(peer, "a TLS handshake on the plain DIMSE port");
         }
-        Err(e) => {
-            m.dimse_associations.with_label_values(&["rejected"]).inc();
-            tracing::info!(%peer, error = %e, "association not established");
-        }
+        Ok(Err(e)) => refused(peer, &super::causes(&e)),
+        Err(_) => refused(peer, "no association request in time"),
     }
+}
+
+/// The TLS handshake, then the negotiation, then the association to its end.
+async fn associate_tls(socket: TcpStream, peer: SocketAddr, options: &Options, ctx: Arc<Context>) {
+    use dicom_ul::association::Error as E;
+    let negotiated =
+        tokio::time::timeout(NEGOTIATION_TIMEOUT, options.establish_tls_async(socket)).await;
+    let reason = match &negotiated {
+        Ok(Ok(_)) => None,
+        Ok(Err(E::TlsHandshake { source, .. })) => Some(crate::tls::refusal(source)),
+        Ok(Err(E::TlsConnection { source, .. })) => Some(crate::tls::refusal(source)),
+        Ok(Err(_)) => None,
+        Err(_) => Some("timeout"),
+    };
+    if let Some(reason) = reason {
+        ctx.metrics()
+            .tls_handshakes_refused
+            .with_label_values(&["dimse", reason])
+            .inc();
+    }
+    match negotiated {
+        Ok(Ok(association)) => run(association, peer, ctx).await,
+        Ok(Err(e)) => refused(
+            peer,
+            &format!(
+                "{e}{}",
+                reason.map(|r| format!(" ({r})")).unwrap_or_default()
+            ),
+        ),
+        Err(_) => refused(peer, "no TLS handshake and association request in time"),
+    }
+}
+
+type Options = ServerAssociationOptions<'static, AeRules, Roles>;
+
+fn refused(peer: SocketAddr, why: &str) {
+    crate::metrics::get()
+        .dimse_associations
+        .with_label_values(&["rejected"])
+        .inc();
+    tracing::info!(%peer, error = why, "association not established");
+}
+
+async fn run<S>(association: AsyncServerAssociation<S>, peer: SocketAddr, ctx: Arc<Context>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    AsyncServerAssociation<S>: Connection,
+{
+    let m = ctx.metrics();
+    m.dimse_associations
+        .with_label_values(&["established"])
+        .inc();
+    m.dimse_active.inc();
+    super::session::run(association, ctx, peer.ip().to_string()).await;
+    m.dimse_active.dec();
 }
 
 /// Stop accepting, then give the associations in progress time to finish their work.

@@ -16,8 +16,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use super::command::{self, Command};
@@ -49,7 +48,12 @@ pub enum DataSet {
     Stream(BoxStream<'static, Result<Bytes, String>>),
 }
 
-/// Split an established association's socket into a reader and a writer.
+/// The receiving half of an association's connection, whatever carries it (TCP or TLS).
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The sending half.
+pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Split an established association's TCP socket into a reader and a writer.
 ///
 /// The association object is dropped afterwards (dicom-ul does not send anything on drop);
 /// the duplicated descriptor keeps the connection open.
@@ -61,9 +65,14 @@ pub fn split(
     let std_stream = std::net::TcpStream::from(fd);
     std_stream.set_nonblocking(true)?;
     let (rd, wr) = tokio::net::TcpStream::from_std(std_stream)?.into_split();
+    Ok(halves(Box::new(rd), Box::new(wr), peer_max_pdu))
+}
+
+/// A reader and a writer over the two halves of a connection.
+pub fn halves(rd: ReadHalf, wr: WriteHalf, peer_max_pdu: u32) -> (Reader, Arc<Writer>) {
     // Values cost their data plus a 6-byte item header; the PDU header is 6 bytes more.
     let max_fragment = (peer_max_pdu.clamp(4096, 1 << 24) as usize) - 12;
-    Ok((
+    (
         Reader {
             half: rd,
             buf: BytesMut::with_capacity(64 * 1024),
@@ -75,12 +84,12 @@ pub fn split(
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU16::new(1),
         }),
-    ))
+    )
 }
 
 /// Reads PDUs.
 pub struct Reader {
-    half: OwnedReadHalf,
+    half: ReadHalf,
     buf: BytesMut,
 }
 
@@ -107,7 +116,7 @@ impl Reader {
 
 /// Sends whole messages and PDUs; shared by every task working on the association.
 pub struct Writer {
-    half: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
+    half: tokio::sync::Mutex<Option<WriteHalf>>,
     open: AtomicBool,
     max_fragment: usize,
     /// Our requests waiting for their responses, by message ID.
@@ -140,7 +149,7 @@ fn push_values(out: &mut Vec<u8>, context: u8, command: bool, data: &[u8], max: 
 }
 
 async fn write_value(
-    w: &mut OwnedWriteHalf,
+    w: &mut WriteHalf,
     context: u8,
     command: bool,
     last: bool,
@@ -191,7 +200,7 @@ impl Writer {
 
     async fn write_message(
         &self,
-        w: &mut OwnedWriteHalf,
+        w: &mut WriteHalf,
         context: u8,
         command: &[u8],
         data: Option<DataSet>,

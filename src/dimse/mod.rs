@@ -22,8 +22,9 @@ mod scu;
 mod session;
 pub mod status;
 pub mod store;
+mod transport;
 
-pub use association::{serve, storage_sop_classes, transfer_syntaxes, SERVICE_CLASSES};
+pub use association::{serve, storage_sop_classes, transfer_syntaxes, Listeners, SERVICE_CLASSES};
 pub use link::{Assembler, MAX_COMMAND};
 pub use status::Status;
 
@@ -59,4 +60,19 @@ impl PresentationContext {
             })
             .collect()
     }
+}
+
+/// An error and its causes, on one line.
+pub(crate) fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }

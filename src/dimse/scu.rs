@@ -1,15 +1,17 @@
-//! Associations this server opens itself: to C-MOVE destinations and, for storage
-//! commitment, back to a requester whose association has closed. The negotiation is
+//! Associations this server opens itself, over TCP or TLS: to C-MOVE destinations and, for
+//! storage commitment, back to a requester whose association has closed. The negotiation is
 //! dicom-ul's; afterwards the association runs on [`link`](super::link) like an accepted one,
 //! with a reader task that hands responses to the requests waiting for them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use dicom_ul::association::client::ClientAssociationOptions;
+use dicom_ul::association::client::{AsyncClientAssociation, ClientAssociationOptions};
 use dicom_ul::pdu::Pdu;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::link::{self, Assembler, Writer, MAX_PDU};
+use super::transport::Connection;
 use super::PresentationContext;
 use crate::config::Destination;
 use crate::model::AeTitle;
@@ -29,8 +31,8 @@ pub struct Peer {
     reader: tokio::task::JoinHandle<()>,
 }
 
-/// Open an association to `dest`. `scp_roles` lists the SOP classes for which we ask to be
-/// the SCP (SCP/SCU role selection, PS3.7 D.3.3.4).
+/// Open an association to `dest`, over TLS when it says so. `scp_roles` lists the SOP
+/// classes for which we ask to be the SCP (SCP/SCU role selection, PS3.7 D.3.3.4).
 pub async fn connect(
     dest: &Destination,
     calling_ae: &AeTitle,
@@ -51,21 +53,46 @@ pub async fn connect(
         options = options.with_role_selection(class.to_string(), false, true);
     }
     let address = (dest.host.as_str(), dest.port);
-    let mut association = tokio::time::timeout(CONNECT_TIMEOUT, options.establish_async(address))
-        .await
-        .map_err(|_| format!("no association with {} within {CONNECT_TIMEOUT:?}", dest.ae))?
-        .map_err(|e| {
-            format!(
-                "association with {} at {}:{} failed: {e}",
-                dest.ae, dest.host, dest.port
-            )
-        })?;
+    let failed = |e: &dyn std::error::Error| {
+        format!(
+            "association with {} at {}:{}{} failed: {}",
+            dest.ae,
+            dest.host,
+            dest.port,
+            if dest.tls { " over TLS" } else { "" },
+            super::causes(e)
+        )
+    };
+    let late = || format!("no association with {} within {CONNECT_TIMEOUT:?}", dest.ae);
+    if dest.tls {
+        let config = crate::tls::client(dest).map_err(|e| e.to_string())?;
+        let options = options.tls_config(config).server_name(&dest.host);
+        let association =
+            tokio::time::timeout(CONNECT_TIMEOUT, options.establish_tls_async(address))
+                .await
+                .map_err(|_| late())?
+                .map_err(|e| failed(&e))?;
+        finish(association, dest)
+    } else {
+        let association = tokio::time::timeout(CONNECT_TIMEOUT, options.establish_async(address))
+            .await
+            .map_err(|_| late())?
+            .map_err(|e| failed(&e))?;
+        finish(association, dest)
+    }
+}
+
+/// The negotiated association as a link, with a task reading the peer's responses.
+fn finish<S>(association: AsyncClientAssociation<S>, dest: &Destination) -> Result<Peer, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    AsyncClientAssociation<S>: Connection,
+{
     let contexts = PresentationContext::accepted(association.presentation_contexts(), |_| true);
     let peer_max = association.acceptor_max_pdu_length();
-    let _ = association.inner_stream().set_nodelay(true);
-    let (reader, writer) = link::split(association.inner_stream(), peer_max)
+    let (reader, writer) = association
+        .into_link(peer_max)
         .map_err(|e| format!("cannot use the connection to {}: {e}", dest.ae))?;
-    drop(association);
     let reader = tokio::spawn(read_responses(reader, writer.clone()));
     Ok(Peer {
         writer,

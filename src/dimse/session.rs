@@ -7,15 +7,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use dicom_ul::association::server::AsyncServerAssociation;
 use dicom_ul::association::Association as _;
 use dicom_ul::pdu::{AbortRQSource, PDataValue, PDataValueType, Pdu};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::command::{self, field, Command};
-use super::link::{self, Assembler, DataSet, LinkError, Writer};
+use super::link::{Assembler, DataSet, LinkError, Writer};
 use super::retrieve::{self, Retrieve};
 use super::status::Status;
 use super::store::Incoming;
+use super::transport::Connection;
 use super::{commit, echo, find, PresentationContext};
 use crate::context::Context;
 use crate::index::admin::AuditEvent;
@@ -23,9 +26,6 @@ use crate::model::{AeTitle, TransferSyntax};
 
 /// The largest identifier or action information gathered in memory.
 const MAX_SMALL_DATA_SET: usize = 16 << 20;
-
-pub(super) type Association =
-    dicom_ul::association::server::AsyncServerAssociation<tokio::net::TcpStream>;
 
 /// The message whose data set is being received.
 enum InFlight {
@@ -60,8 +60,13 @@ struct Session {
     tasks: tokio::task::JoinSet<u16>,
 }
 
+/// Run an accepted association, over TCP or TLS, to its end.
 #[tracing::instrument(skip_all, fields(calling_ae = %association.peer_ae_title(), %peer))]
-pub(super) async fn run(mut association: Association, ctx: Arc<Context>, peer: String) {
+pub(super) async fn run<S>(association: AsyncServerAssociation<S>, ctx: Arc<Context>, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    AsyncServerAssociation<S>: Connection,
+{
     let Ok(calling) = AeTitle::parse(association.peer_ae_title()) else {
         // The access control has checked it already.
         let _ = association.abort().await;
@@ -71,15 +76,13 @@ pub(super) async fn run(mut association: Association, ctx: Arc<Context>, peer: S
         association.requestor_roles_for(class).scp
     });
     let peer_max = association.requestor_max_pdu_length();
-    let (mut reader, writer) = match link::split(association.inner_stream(), peer_max) {
+    let (mut reader, writer) = match association.into_link(peer_max) {
         Ok(pair) => pair,
         Err(e) => {
             tracing::warn!(error = %e, "cannot use the association's socket");
-            let _ = association.abort().await;
             return;
         }
     };
-    drop(association);
     tracing::info!(contexts = contexts.len(), "association established");
     let mut session = Session {
         ctx,

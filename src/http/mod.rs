@@ -1,6 +1,6 @@
 //! The HTTP face of the server: the router that puts every adapter's routes together,
 //! the middleware around them (authentication and authorization, metrics, CORS, tracing),
-//! the health and readiness checks, and `/metrics`.
+//! the health and readiness checks, and `/metrics`; serving it over TCP or TLS.
 //!
 //! Above the adapters: it imports their `router()`s and nothing imports it but `app.rs`
 //! (and the fuzz targets, through `App::router`).
@@ -8,6 +8,7 @@
 mod auth;
 mod metrics;
 mod policy;
+mod serve;
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 pub use auth::COOKIE;
+pub use serve::{serve, ALPN};
 
 use crate::context::Context;
 
@@ -41,7 +43,22 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .layer(middleware::from_fn(metrics::track))
         .layer(cors(&ctx.config.http.cors_origins))
         .layer(TraceLayer::new_for_http())
+        .layer(middleware::map_request(host_from_authority))
         .with_state(ctx)
+}
+
+/// HTTP/2 carries the host in the `:authority` pseudo-header, which hyper puts in the URI,
+/// not in `Host`: copy it there, so absolute URLs (RetrieveURL, BulkDataURI, signed URLs)
+/// come out the same over either version.
+async fn host_from_authority(mut request: axum::extract::Request) -> axum::extract::Request {
+    use axum::http::{header::HOST, HeaderValue};
+    if !request.headers().contains_key(HOST) {
+        let authority = request.uri().authority().map(|a| a.as_str().to_owned());
+        if let Some(value) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            request.headers_mut().insert(HOST, value);
+        }
+    }
+    request
 }
 
 /// CORS for browser clients on other origins: preflight answered, Authorization allowed.

@@ -140,18 +140,25 @@ class Pacs:
         self.log = open(self.dir / "server.log", "ab")
         self.proc = subprocess.Popen([binary(), "serve"], env=self.env, stdout=subprocess.PIPE, stderr=self.log)
         line = self.proc.stdout.readline().decode()
-        m = re.search(r"http://(\S+)", line)
+        m = re.search(r"(https?)://(\S+)", line)
         if not m:
             self.proc.wait(5)
             raise RuntimeError(f"server did not start: {line!r}\n{self.server_log()}")
-        self.url = f"http://{m.group(1)}"
-        self.dimse_port = None
-        if "PACS_DIMSE__ENABLED" not in self.env:
+        self.url = f"{m.group(1)}://{m.group(2)}"
+        self.dimse_port = self.dimse_tls_port = None
+        dimse = "PACS_DIMSE__ENABLED" not in self.env
+        if dimse and self.env.get("PACS_DIMSE__LISTEN") != "":
             line = self.proc.stdout.readline().decode()
             m = re.search(r"DIMSE listening on [\d.]+:(\d+) as (\S+)", line)
             if not m:
                 raise RuntimeError(f"no DIMSE listener: {line!r}\n{self.server_log()}")
             self.dimse_port, self.ae_title = int(m.group(1)), m.group(2)
+        if dimse and "PACS_DIMSE__TLS__LISTEN" in self.env:
+            line = self.proc.stdout.readline().decode()
+            m = re.search(r"DIMSE TLS listening on [\d.]+:(\d+) as (\S+)", line)
+            if not m:
+                raise RuntimeError(f"no DIMSE TLS listener: {line!r}\n{self.server_log()}")
+            self.dimse_tls_port, self.ae_title = int(m.group(1)), m.group(2)
         return self
 
     def server_log(self) -> str:
