@@ -5,6 +5,10 @@
 //
 // With OHIF_URLS, the study list is skipped and each given viewer URL (as the viewer-url
 // API returns them, token included) is opened instead; screenshots are named by label.
+// OHIF_SPKI (base64 SHA-256 of a server key's SubjectPublicKeyInfo) makes Chromium trust
+// that HTTPS server's certificate; OHIF_HTTP1=1 turns HTTP/2 off in Chromium. Each study's
+// report tells the protocols its requests used (h2, http/1.1) and, in milliseconds from
+// navigation, when the first image was drawn and when the last image request finished.
 //
 // Opens the study list and screenshots it, then opens each study in the viewer and
 // screenshots its first viewport's canvas. Prints one JSON report on stdout: the study
@@ -16,11 +20,11 @@ import { chromium } from 'playwright-core';
 const [base, outDir, ...studies] = process.argv.slice(2);
 const report = { list: null, studies: {}, httpErrors: [], consoleErrors: [], notifications: [] };
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
-});
+const args = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+              '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'];
+if (process.env.OHIF_SPKI) args.push(`--ignore-certificate-errors-spki-list=${process.env.OHIF_SPKI}`);
+if (process.env.OHIF_HTTP1) args.push('--disable-http2');
+const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args });
 const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
 page.on('console', m => { if (m.type() === 'error') report.consoleErrors.push(m.text().slice(0, 500)); });
 page.on('response', r => { if (r.status() >= 400) report.httpErrors.push(`${r.status()} ${r.url()}`); });
@@ -39,10 +43,39 @@ async function collectNotifications() {
   report.notifications.push(...texts);
 }
 
+// When the first viewport canvas has non-background pixels, in ms from navigation start.
+async function firstImage() {
+  await page.waitForFunction(() => {
+    const c = document.querySelector('canvas.cornerstone-canvas');
+    if (!c || !c.width) return false;
+    const ctx = c.getContext('2d', { willReadFrequently: true });
+    if (!ctx) return true; // a WebGL canvas: visible is all we can tell here
+    const d = ctx.getImageData(0, 0, c.width, c.height).data;
+    for (let i = 0; i < d.length; i += 4 * 97) if (d[i] || d[i + 1] || d[i + 2]) return true;
+    return false;
+  }, null, { timeout: 30000, polling: 20 });
+  return page.evaluate(() => performance.now());
+}
+
+// The protocols of the page's requests, and when the last image request finished.
+async function timings() {
+  return page.evaluate(() => {
+    const entries = performance.getEntriesByType('resource');
+    const protocols = {};
+    for (const e of entries) protocols[e.nextHopProtocol || 'unknown'] = (protocols[e.nextHopProtocol || 'unknown'] || 0) + 1;
+    const images = entries.filter(e => /\/frames\/|\/instances\/[^/]+$|\/wado\?/.test(e.name));
+    return { protocols, imageRequests: images.length, lastImageMs: Math.max(0, ...images.map(e => e.responseEnd)) };
+  });
+}
+
 async function openViewer(url, name) {
-  await page.goto(url, { waitUntil: 'networkidle', timeout: 60000 });
+  await page.goto(url, { waitUntil: 'commit', timeout: 60000 });
+  const firstImageMs = await firstImage().catch(() => null);
+  await page.waitForLoadState('networkidle', { timeout: 120000 }).catch(() => {});
   const canvas = page.locator('canvas.cornerstone-canvas').first();
-  const appeared = await canvas.waitFor({ state: 'visible', timeout: 30000 }).then(() => true, () => false);
+  const appeared = firstImageMs !== null
+    || await canvas.waitFor({ state: 'visible', timeout: 5000 }).then(() => true, () => false);
+  const timing = await timings();
   await page.waitForLoadState('networkidle');
   await page.waitForTimeout(2500);
   await dismissOverlays();
@@ -50,7 +83,7 @@ async function openViewer(url, name) {
   if (appeared) await canvas.screenshot({ path: `${outDir}/${name}.png` });
   await page.screenshot({ path: `${outDir}/${name}-page.png` });
   await collectNotifications();
-  report.studies[name] = { canvas: appeared };
+  report.studies[name] = { canvas: appeared, firstImageMs, ...timing };
 }
 
 try {

@@ -31,8 +31,9 @@ def ohif_pacs(make_pacs):
     return make_pacs({"PACS_VIEWER__DIR": str(VIEWER)})
 
 
-def run_ohif(pacs, out: Path, studies, urls=None):
+def run_ohif(pacs, out: Path, studies, urls=None, extra_env=None):
     env = dict(os.environ)
+    env.update(extra_env or {})
     if urls:
         env["OHIF_URLS"] = json.dumps(urls)
     r = subprocess.run(["node", E2E / "ohif.mjs", pacs.url, out, *studies], capture_output=True, text=True,
@@ -99,3 +100,34 @@ def test_ohif_opens_the_viewer_url_with_its_study_token(make_pacs, tmp_path):
     refused = [e for e in report["httpErrors"] if e.startswith("403") and B in e]
     assert refused, report["httpErrors"]
     assert not [e for e in report["httpErrors"] if A in e], report["httpErrors"]
+
+
+def test_ohif_over_https_with_http2(make_pacs, tmp_path):
+    """OHIF over HTTPS, Chromium trusting the test server's key: HTTP/2 is negotiated and
+    carries the images; with HTTP/2 turned off in Chromium, HTTP/1.1 works the same."""
+    from tlstools import Pki
+    require_ohif()
+    pki = Pki(tmp_path / "pki")
+    pacs = make_pacs({"PACS_VIEWER__DIR": str(VIEWER), "PACS_HTTP__TLS__CERT_FILE": pki.pem("server"),
+                      "PACS_HTTP__TLS__KEY_FILE": pki.key("server")})
+    assert pacs.url.startswith("https://")
+    session = __import__("requests").Session()
+    session.trust_env, session.verify = False, pki.pem("ca")
+    ct = ct_series(n=12, size=256, patient_name="Secure^Viewer", patient_id="OHIF-TLS")
+    DICOMwebClient(pacs.dicomweb, session=session).store_instances(ct)
+    uid = str(ct[0].StudyInstanceUID)
+    for http1 in [False, True]:
+        out = tmp_path / ("http1" if http1 else "h2")
+        out.mkdir()
+        env = {"OHIF_SPKI": pki.spki_sha256("server"), **({"OHIF_HTTP1": "1"} if http1 else {})}
+        report = run_ohif(pacs, out, [uid], extra_env=env)
+        assert "fatal" not in report, report
+        assert report["httpErrors"] == [], report["httpErrors"]
+        study = report["studies"][uid]
+        assert study["canvas"] and study["firstImageMs"], study
+        image = Image.open(out / f"{uid}.png").convert("L")
+        assert ImageStat.Stat(image).stddev[0] > 10, "the viewport is blank"
+        protocols = study["protocols"]
+        wanted = "http/1.1" if http1 else "h2"
+        assert protocols.get(wanted, 0) >= study["imageRequests"] > 0, study
+        assert set(protocols) <= {wanted, "unknown", ""}, protocols

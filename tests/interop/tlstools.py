@@ -107,6 +107,16 @@ class Pki:
         """(certificate, key) paths, as `requests`' `cert=` takes them."""
         return self.pem(name), self.key(name)
 
+    def spki_sha256(self, name: str) -> str:
+        """Base64 SHA-256 of a certificate's SubjectPublicKeyInfo (Chromium's
+        --ignore-certificate-errors-spki-list takes these)."""
+        import base64
+        import hashlib
+        cert = x509.load_pem_x509_certificate((self.root / f"{name}.pem").read_bytes())
+        spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo)
+        return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
     def serial(self, name: str) -> int:
         return x509.load_pem_x509_certificate((self.root / f"{name}.pem").read_bytes()).serial_number
 
