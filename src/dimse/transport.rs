@@ -2,26 +2,21 @@
 //! the association on either; the connection then becomes a [`link`] reader and writer
 //! that work independently of each other.
 //!
-//! A TCP socket is duplicated and split. A TLS stream cannot be (one TLS session, one
-//! state machine), and dicom-ul keeps it inside the association it returns: a pump task
-//! owns that association and relays between its stream and an in-memory pipe whose two
-//! halves the link uses. Once our side has closed, the pump waits at most [`LINGER`] for
-//! the peer's side to end before it drops the connection.
+//! A TCP socket is duplicated and split. A TLS stream cannot be duplicated (one TLS session,
+//! one state machine), and dicom-ul keeps it inside the association it returns: both halves
+//! then share that association behind a lock taken for the length of one poll, as
+//! `tokio::io::split` does with a stream it owns — no task and no copy in between.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use dicom_ul::association::client::{self, AsyncClientAssociation};
 use dicom_ul::association::server::{self, AsyncServerAssociation};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::link::{self, Reader, Writer};
-
-/// How long a TLS connection stays up after our side of it has closed.
-const LINGER: Duration = Duration::from_secs(10);
-/// The in-memory pipe between a TLS stream and the link.
-const PIPE_BYTES: usize = 256 * 1024;
 
 /// An established association that can become a link.
 pub(super) trait Connection: Send + 'static {
@@ -43,47 +38,83 @@ impl Connection for AsyncClientAssociation<TcpStream> {
 
 impl Connection for AsyncServerAssociation<server::AsyncTlsStream> {
     fn into_link(self, peer_max_pdu: u32) -> std::io::Result<(Reader, Arc<Writer>)> {
-        Ok(pump(self, |a| a.inner_stream(), peer_max_pdu))
+        Ok(shared(self, |a| a.inner_stream(), peer_max_pdu))
     }
 }
 
 impl Connection for AsyncClientAssociation<client::AsyncTlsStream> {
     fn into_link(mut self, peer_max_pdu: u32) -> std::io::Result<(Reader, Arc<Writer>)> {
         let _ = self.inner_stream().get_ref().0.set_nodelay(true);
-        Ok(pump(self, |a| a.inner_stream(), peer_max_pdu))
+        Ok(shared(self, |a| a.inner_stream(), peer_max_pdu))
     }
 }
 
-/// Relay between the stream inside `owner` and a pipe; the link gets the pipe's halves.
-fn pump<O, S>(
-    mut owner: O,
-    stream: fn(&mut O) -> &mut S,
-    peer_max_pdu: u32,
-) -> (Reader, Arc<Writer>)
+/// Reader and writer halves over the stream inside `owner`.
+fn shared<O, S>(owner: O, stream: fn(&mut O) -> &mut S, peer_max_pdu: u32) -> (Reader, Arc<Writer>)
 where
     O: Send + 'static,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (near, far) = tokio::io::duplex(PIPE_BYTES);
-    tokio::spawn(async move {
-        let (mut net_rd, mut net_wr) = tokio::io::split(stream(&mut owner));
-        let (mut pipe_rd, mut pipe_wr) = tokio::io::split(far);
-        let outgoing = async {
-            let _ = tokio::io::copy(&mut pipe_rd, &mut net_wr).await;
-            let _ = net_wr.shutdown().await;
-        };
-        let incoming = async {
-            let _ = tokio::io::copy(&mut net_rd, &mut pipe_wr).await;
-            let _ = pipe_wr.shutdown().await;
-        };
-        tokio::pin!(incoming);
-        tokio::select! {
-            _ = &mut incoming => {}
-            _ = outgoing => {
-                let _ = tokio::time::timeout(LINGER, incoming).await;
-            }
-        }
-    });
-    let (rd, wr) = tokio::io::split(near);
-    link::halves(Box::new(rd), Box::new(wr), peer_max_pdu)
+    let owner = Arc::new(Mutex::new(owner));
+    let half = || Half {
+        owner: owner.clone(),
+        stream,
+    };
+    link::halves(Box::new(half()), Box::new(half()), peer_max_pdu)
+}
+
+/// One half of a shared stream: reads or writes, each under the lock for one poll.
+struct Half<O, S> {
+    owner: Arc<Mutex<O>>,
+    stream: fn(&mut O) -> &mut S,
+}
+
+impl<O, S: Unpin> Half<O, S> {
+    fn with<R>(&self, f: impl FnOnce(Pin<&mut S>) -> R) -> R {
+        let mut owner = self
+            .owner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(Pin::new((self.stream)(&mut owner)))
+    }
+}
+
+impl<O, S: AsyncRead + Unpin> AsyncRead for Half<O, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.with(|s| s.poll_read(cx, buf))
+    }
+}
+
+impl<O, S: AsyncWrite + Unpin> AsyncWrite for Half<O, S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.with(|s| s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.with(|s| s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.with(|s| s.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.with(|s| s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.with(|s| s.poll_shutdown(cx))
+    }
 }

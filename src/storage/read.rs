@@ -224,19 +224,21 @@ async fn file_stream(
                 return;
             }
         }
+        // No more than the file holds: buffers are sized to what is read, never zeroed.
+        if let Ok(meta) = file.metadata() {
+            left = left.min(meta.len().saturating_sub(start));
+        }
         while left > 0 {
-            let want = left.min(1 << 20) as usize;
-            let mut buf = vec![0u8; want];
-            match file.read(&mut buf) {
+            let want = left.min(1 << 20);
+            let mut buf = Vec::with_capacity(want as usize);
+            match (&mut file).take(want).read_to_end(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    buf.truncate(n);
                     left -= n as u64;
                     if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                         return; // the client went away
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let _ = tx.blocking_send(Err(StorageError::io("reading object", &path, e)));
                     return;

@@ -26,6 +26,8 @@ if (process.env.OHIF_SPKI) args.push(`--ignore-certificate-errors-spki-list=${pr
 if (process.env.OHIF_HTTP1) args.push('--disable-http2');
 const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args });
 const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+// Every request's timing is kept (Chromium keeps 250 by default).
+await page.addInitScript(() => performance.setResourceTimingBufferSize(100000));
 page.on('console', m => { if (m.type() === 'error') report.consoleErrors.push(m.text().slice(0, 500)); });
 page.on('response', r => { if (r.status() >= 400) report.httpErrors.push(`${r.status()} ${r.url()}`); });
 page.on('requestfailed', r => report.httpErrors.push(`failed ${r.url()} ${r.failure()?.errorText}`));
