@@ -171,6 +171,26 @@ mod tests {
         assert_eq!(refusal(&eof), "io");
     }
 
+    /// `conformance/tls.md` lists the cipher suites the provider offers, in its order.
+    #[test]
+    fn conformance_lists_the_cipher_suites() {
+        let statement =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conformance/tls.md"))
+                .unwrap();
+        let documented: Vec<&str> = statement
+            .lines()
+            .filter_map(|l| l.strip_prefix("| TLS 1."))
+            .filter_map(|l| l.split('|').nth(1))
+            .map(str::trim)
+            .collect();
+        let offered: Vec<String> = rustls::crypto::ring::default_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
+        assert_eq!(documented, offered);
+    }
+
     #[test]
     fn a_missing_file_is_named() {
         let files = TlsFiles {

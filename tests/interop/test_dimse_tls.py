@@ -146,7 +146,7 @@ def test_pynetdicom_get_and_move_over_tls(make_pacs, pki, tmp_path):
         # A destination whose certificate chains to no CA we trust: every sub-operation
         # fails, the reason is logged, and the server goes on.
         final = [s for s, _ in assoc.send_c_move(query, "ROGUE", StudyRootQueryRetrieveInformationModelMove)][-1]
-        assert final.NumberOfFailedSuboperations == 3 and final.Status != 0x0000
+        assert final.NumberOfFailedSuboperations == 3 and final.Status == 0xA702
         assoc.release()
         assert "over TLS failed" in pacs.server_log() and "UnknownIssuer" in pacs.server_log()
         assert echo(pacs, pki).returncode == 0
@@ -198,3 +198,42 @@ def test_refusals_over_tls(make_pacs, pki):
     assert metric(text, "pacs_dimse_associations_total", result="rejected") == len(refused)
     log = pacs.server_log()
     assert "a TLS handshake on the plain DIMSE port" in log
+
+
+def test_storage_commitment_over_tls_with_a_call_back_over_tls(make_pacs, pki):
+    """N-ACTION on a TLS association; the report after the release goes to the requester's
+    TLS listener (pynetdicom, requiring our client certificate)."""
+    from pynetdicom.sop_class import StorageCommitmentPushModel
+    from test_dimse_pynetdicom import COMMITMENT_INSTANCE, check_report, commitment_request, wait_for
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=pki.pem("ca"))
+    server_ctx.load_cert_chain(pki.pem("server2"), pki.key("server2"))
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    port, reports = free_port(), []
+    listener = AE(ae_title="COMMITSCU")
+    listener.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    server = listener.start_server(
+        ("127.0.0.1", port), block=False, ssl_context=server_ctx,
+        evt_handlers=[(evt.EVT_N_EVENT_REPORT,
+                       lambda e: (reports.append((e.event_type, e.event_information)), (0, None))[1])])
+    try:
+        dest = (f'[{{ae="COMMITSCU",host="127.0.0.1",port={port},tls=true,ca_file="{pki.pem("ca")}",'
+                f'cert_file="{pki.pem("client")}",key_file="{pki.key("client")}"}}]')
+        pacs = make_pacs({**dimse_tls_env(pki), "PACS_DIMSE__DESTINATIONS": dest})
+        series = ct_series(n=2, size=16)
+        ae = AE(ae_title="COMMITSCU")
+        ae.add_requested_context(CTImageStorage)
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate("127.0.0.1", pacs.dimse_tls_port, ae_title=pacs.ae_title, tls_args=context(pki))
+        assert assoc.is_established
+        for ds in series:
+            assert assoc.send_c_store(ds).Status == 0
+        request = commitment_request([(CTImageStorage, ds.SOPInstanceUID) for ds in series])
+        status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, COMMITMENT_INSTANCE)
+        assert status.Status == 0
+        assoc.release()
+        assert wait_for(lambda: reports), pacs.server_log()[-3000:]
+        event_type, info = reports[0]
+        assert event_type == 1
+        check_report(info, request, {str(d.SOPInstanceUID) for d in series}, {})
+    finally:
+        server.shutdown()

@@ -5,6 +5,7 @@ each with the server serving afterwards; certificate rotation while clients keep
 a bad file at reload, SIGHUP; bad files at start."""
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -197,3 +198,28 @@ def test_bad_files_at_start_are_named(make_pacs, pki, tmp_path, problem):
         pacs.start()
     assert pacs.proc.wait(10) != 0
     assert named in pacs.server_log(), pacs.server_log()
+
+
+def test_protocol_versions_and_cipher_suites(make_pacs, pki):
+    """openssl s_client: TLS 1.3 and 1.2 with a documented suite; TLS 1.1 refused."""
+    from pathlib import Path
+    pacs = make_pacs(https_env(pki))
+    documented = (Path(__file__).resolve().parents[2] / "conformance" / "tls.md").read_text()
+    host = pacs.url.removeprefix("https://")
+
+    def s_client(*args):
+        return subprocess.run(["openssl", "s_client", "-connect", host, "-CAfile", pki.pem("ca"),
+                               "-verify_return_error", *args], input="", capture_output=True, text=True, timeout=30)
+
+    r = s_client("-tls1_3")
+    assert r.returncode == 0 and "TLSv1.3" in r.stdout, r.stdout + r.stderr
+    r = s_client("-tls1_2")
+    assert r.returncode == 0 and "TLSv1.2" in r.stdout, r.stdout + r.stderr
+    # OpenSSL names the suite ECDHE-RSA-AES256-GCM-SHA384; IANA (and the statement) TLS_ECDHE_RSA_WITH_….
+    cipher = re.search(r"Cipher is (\S+)", r.stdout).group(1)
+    iana = "TLS_" + cipher.replace("-AES", "_WITH_AES").replace("-CHACHA", "_WITH_CHACHA").replace("-", "_")
+    assert iana.replace("AES256", "AES_256").replace("AES128", "AES_128") in documented, cipher
+    r = s_client("-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0")
+    assert r.returncode != 0
+    text = requests.get(f"{pacs.url}/metrics", verify=pki.pem("ca")).text
+    assert metric(text, "pacs_tls_handshakes_refused_total", listener="http", reason="incompatible") == 1
