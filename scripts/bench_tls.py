@@ -86,6 +86,15 @@ def stow_all(server, instances, per_request=10):
         r.raise_for_status()
 
 
+def load_study(servers, n, run):
+    """One series of `n` 512x512 CT instances stored in every server: its study UID, its bytes."""
+    factory = stow.Factory(512, run, per_series=n, per_study=n)
+    instances = [factory.next() for _ in range(n)]
+    for server in servers:
+        stow_all(server, instances)
+    return study_uid(instances[0]), sum(map(len, instances))
+
+
 def store(server, folders):
     t0 = time.perf_counter()
     procs = [subprocess.Popen([dcmtk("storescu"), *server.tls_args(), "-aec", "PACSLITE", "+sd", "127.0.0.1",
@@ -115,12 +124,8 @@ def cstore(servers, quick):
 
 def retrieve(servers, quick):
     n = 3 if quick else 10
-    factory = stow.Factory(512, 90, per_series=100, per_study=100)
-    instances = [factory.next() for _ in range(100)]
-    study = study_uid(instances[0])
-    for server in servers:
-        stow_all(server, instances)
-    print(f"\nWADO-RS retrieve of a 100 x 512x512 study ({sum(map(len, instances)) / 1e6:.0f} MB), warm, curl, "
+    study, size = load_study(servers, 100, run=90)
+    print(f"\nWADO-RS retrieve of a 100 x 512x512 study ({size / 1e6:.0f} MB), warm, curl, "
           f"median of {n}")
     accept = 'Accept: multipart/related; type="application/dicom"'
     base = None
@@ -146,11 +151,7 @@ def ohif(servers, quick):
         print("\nOHIF: skipped (viewer-dist or tests/e2e/node_modules missing)")
         return
     runs = 2 if quick else 5
-    factory = stow.Factory(512, 91, per_series=300, per_study=300)
-    instances = [factory.next() for _ in range(300)]
-    study = study_uid(instances[0])
-    for server in servers:
-        stow_all(server, instances)
+    study, _ = load_study(servers, 300, run=91)
     print(f"\nOHIF, 300-slice 512x512 CT: ms from navigation, median of {runs} page loads")
     print(f"{'':22} {'first image':>12} {'last image':>12} {'image requests':>15}")
     for label, server, env in [("HTTP/1.1 plain", servers[0], {}),
