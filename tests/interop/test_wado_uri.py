@@ -121,7 +121,10 @@ def test_storescu_objects_come_back_as_stored_and_transcoded(pacs, tmp_path):
         assert got.content[128:132] == b"DICM"
         if len(got.content) == len(stored):
             assert hashlib.sha256(got.content).hexdigest() == rows[str(ds.SOPInstanceUID)]
-        assert pydicom.dcmread(io.BytesIO(got.content)).file_meta.TransferSyntaxUID == IMPLICIT_LE
+        meta = pydicom.dcmread(io.BytesIO(got.content)).file_meta
+        assert meta.TransferSyntaxUID == IMPLICIT_LE
+        # The meta group the server wrote has its group length (WADO-URI viewers need it).
+        assert "FileMetaInformationGroupLength" in meta
         explicit = pydicom.dcmread(io.BytesIO(wado(pacs, ds, contentType="application/dicom",
                                                    transferSyntax=EXPLICIT_LE).content))
         assert explicit.file_meta.TransferSyntaxUID == EXPLICIT_LE
