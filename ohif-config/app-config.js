@@ -27,7 +27,7 @@ window.config = {
       configuration: {
         friendlyName: '{{NAME}}',
         name: 'pacs-lite',
-        wadoUriRoot: window.location.origin + '{{DICOMWEB_PATH}}',
+        wadoUriRoot: window.location.origin + '/wado',
         qidoRoot: window.location.origin + '{{DICOMWEB_PATH}}',
         wadoRoot: window.location.origin + '{{DICOMWEB_PATH}}',
         qidoSupportsIncludeField: true,

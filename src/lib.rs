@@ -48,7 +48,7 @@
 //!   [`auth`]: principals, API keys, JWTs, study tokens, signed URLs. [`render`]: rendered
 //!   images, thumbnails, transcoding. [`verify`]: re-hashing, orphans, start-up recovery.
 //! - [`context`]: the [`context::Context`] every adapter holds.
-//! - Adapters: [`dicomweb`] (STOW-RS, QIDO-RS, WADO-RS, the change feed), [`dimse`]
+//! - Adapters: [`dicomweb`] (STOW-RS, QIDO-RS, WADO-RS, WADO-URI, the change feed), [`dimse`]
 //!   (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, storage commitment), [`uploads`] (the
 //!   offline upload flow), [`radiology`] (the hospital app's REST API), [`admin`]
 //!   (deletes, the audit trail), [`viewer`] (OHIF same-origin), [`import`] and the

@@ -1,4 +1,4 @@
-//! DICOMweb over HTTP: routes under `/dicom-web`.
+//! DICOMweb over HTTP: routes under `/dicom-web`, and WADO-URI at `/wado` (`wado_uri`).
 //!
 //! Routes are thin: they parse the request into domain types, call one function of
 //! `ingest/` or `index/` through the [`Context`], and render the answer. Protocol mappings
@@ -16,6 +16,7 @@ mod rendered;
 mod resource;
 mod stow;
 pub(crate) mod wado;
+pub mod wado_uri;
 
 use std::sync::Arc;
 

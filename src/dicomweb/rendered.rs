@@ -76,7 +76,7 @@ fn params(raw: Option<&str>, headers: &HeaderMap, thumbnail: bool) -> Result<Par
             "viewport" => {
                 let (size, region) = render::parse_viewport(&v).map_err(ApiError::BadRequest)?;
                 p.viewport = Some(size);
-                p.region = region;
+                p.region = region.map(render::Crop::Pixels);
             }
             "quality" => {
                 p.quality = v
@@ -181,7 +181,7 @@ fn representative(found: Vec<InstanceLocation>) -> InstanceLocation {
     series.swap_remove(middle)
 }
 
-async fn render_one(
+pub(super) async fn render_one(
     app: &Context,
     loc: &InstanceLocation,
     frame: u32,

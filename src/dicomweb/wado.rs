@@ -74,7 +74,7 @@ enum Packaging {
 
 /// The transfer syntax a client asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Wanted {
+pub(super) enum Wanted {
     /// `transfer-syntax=*`: as stored.
     AsStored,
     /// No `transfer-syntax`: the standard default, Explicit VR Little Endian, where the
@@ -111,7 +111,10 @@ fn negotiate(accept: &[Acceptable], single: bool) -> Result<(Packaging, Wanted),
 }
 
 /// The transfer syntax one instance goes out in.
-fn target_for(loc: &InstanceLocation, wanted: &Wanted) -> Result<TransferSyntax, ApiError> {
+pub(super) fn target_for(
+    loc: &InstanceLocation,
+    wanted: &Wanted,
+) -> Result<TransferSyntax, ApiError> {
     let stored = &loc.transfer_syntax;
     let explicit = TransferSyntax::explicit_vr_le();
     Ok(match wanted {
@@ -132,7 +135,7 @@ fn target_for(loc: &InstanceLocation, wanted: &Wanted) -> Result<TransferSyntax,
 
 /// One instance in transfer syntax `target`: its length and bytes (streamed from the
 /// store when no change is needed, transcoded in memory otherwise).
-async fn instance_bytes(
+pub(super) async fn instance_bytes(
     app: &Context,
     loc: &InstanceLocation,
     target: &TransferSyntax,

@@ -232,8 +232,9 @@ fn identify(
         // The viewer page gets its token in the URL: its scripts and assets (loaded
         // without an Authorization header) then carry it as a cookie.
         Ok(p) => {
-            let viewer_page =
-                !call.path.starts_with("/dicom-web") && !call.path.starts_with("/api/");
+            let viewer_page = !call.path.starts_with("/dicom-web")
+                && !call.path.starts_with("/api/")
+                && call.path != "/wado";
             let cookie = (source == Source::Query && viewer_page).then_some(token);
             Ok((p, cookie))
         }
@@ -317,10 +318,24 @@ fn audit_event(p: &Principal, call: &Call) -> Option<AuditEvent> {
             Some(e)
         }
         ["dicom-web", "studies", uid, ..] if read => Some(event("read").study(*uid).detail(path)),
+        ["wado"] if read => {
+            // WADO-URI names its study and object in the query (a token there is not recorded).
+            let object = query_value(query, "objectUID").unwrap_or_default();
+            let mut e = event("read").detail(format!("{path}?objectUID={object}"));
+            e.study_uid = query_value(query, "studyUID");
+            Some(e)
+        }
         ["api", "v1", "radiology", "studies", id, ..] if read => {
             Some(event("read").study(*id).detail(path))
         }
         ["api", "v1", "radiology", "images", ..] if read => Some(event("read").detail(path)),
         _ => None,
     }
+}
+
+/// The first value of a query parameter.
+fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }

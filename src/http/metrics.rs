@@ -1,5 +1,6 @@
 //! HTTP metrics: every request timed by service (a bounded label: QIDO-RS, WADO-RS,
-//! STOW-RS, the upload API, the REST API, operations, the viewer), and `/metrics` served.
+//! STOW-RS, WADO-URI, the upload API, the REST API, operations, the viewer), and `/metrics`
+//! served.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +19,7 @@ pub fn service(method: &axum::http::Method, path: &str) -> &'static str {
         ["dicom-web", ..] if method == axum::http::Method::POST => "stow",
         ["dicom-web", .., last] if matches!(*last, "studies" | "series" | "instances") => "qido",
         ["dicom-web", ..] => "wado",
+        ["wado"] => "wado_uri",
         ["api", "v1", "radiology", "offline-images", ..] => "upload",
         ["api", ..] => "api",
         ["metrics"] | ["healthz"] | ["readyz"] => "ops",
@@ -84,5 +86,6 @@ mod tests {
             "upload"
         );
         assert_eq!(service(&Method::GET, "/viewer"), "viewer");
+        assert_eq!(service(&Method::GET, "/wado"), "wado_uri");
     }
 }

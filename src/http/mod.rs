@@ -34,6 +34,7 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .nest("/dicom-web", dicomweb)
         .nest("/api/v1/radiology", api)
         .route("/api/v1/openapi.json", get(crate::radiology::openapi))
+        .merge(crate::dicomweb::wado_uri::router())
         .merge(crate::admin::router())
         .merge(crate::viewer::router(&ctx.config.viewer.dir))
         .route("/metrics", get(metrics::serve))

@@ -36,6 +36,7 @@ pub fn need(method: &Method, path: &str) -> Need {
         ["api", "v1", "admin", ..] => Need::Role(Role::Admin),
         ["dicom-web", ..] if is_read(method) => Need::Role(Role::Viewer),
         ["dicom-web", ..] if method == Method::POST => Need::Role(Role::Uploader),
+        ["wado"] if is_read(method) => Need::Role(Role::Viewer),
         ["api", "v1", "radiology", "offline-images", ..] => Need::Role(Role::Uploader),
         ["api", "v1", "radiology", "orders", _] if method == Method::PUT => {
             Need::Role(Role::Uploader)
@@ -46,7 +47,8 @@ pub fn need(method: &Method, path: &str) -> Need {
 }
 
 /// Whether a study-scoped (read-only) principal for `study` may make this request at all.
-/// Searches and the viewer API pass here and are narrowed to the study by their handlers.
+/// Searches, WADO-URI and the viewer API pass here and are narrowed to the study by their
+/// handlers (WADO-URI's names its study in the query: `dicomweb::wado_uri` refuses others).
 pub fn study_scope_allows(method: &Method, path: &str, study: &str) -> bool {
     if !is_read(method) {
         return false;
@@ -56,6 +58,7 @@ pub fn study_scope_allows(method: &Method, path: &str, study: &str) -> bool {
         ["dicom-web", "studies"] | ["dicom-web", "series"] | ["dicom-web", "instances"] => true,
         ["dicom-web", "studies", uid, ..] => *uid == study,
         ["dicom-web", ..] => false,
+        ["wado"] => true,
         ["api", "v1", "radiology", "studies", _, ..] => true,
         ["api", "v1", "radiology", "images", _, "url"]
         | ["api", "v1", "radiology", "images", _, "file"] => true,
@@ -102,6 +105,8 @@ mod tests {
             Need::SignedOr(Role::Viewer)
         );
         assert_eq!(need(&get, "/viewer"), Need::Role(Role::Viewer));
+        assert_eq!(need(&get, "/wado"), Need::Role(Role::Viewer));
+        assert_eq!(need(&Method::POST, "/wado"), Need::Role(Role::Admin));
         assert_eq!(need(&Method::PATCH, "/anything"), Need::Role(Role::Admin));
     }
 
@@ -130,5 +135,7 @@ mod tests {
             "1.2"
         ));
         assert!(study_scope_allows(&get, "/viewer", "1.2"));
+        assert!(study_scope_allows(&get, "/wado", "1.2"));
+        assert!(!study_scope_allows(&Method::POST, "/wado", "1.2"));
     }
 }

@@ -9,16 +9,19 @@
 // that HTTPS server's certificate; OHIF_HTTP1=1 turns HTTP/2 off in Chromium. Each study's
 // report tells the protocols its requests used (h2, http/1.1) and, in milliseconds from
 // navigation, when the first image was drawn and when the last image request finished.
+// With OHIF_APP_CONFIG (a file), the browser gets that file for /app-config.js instead of
+// the server's (another data source configuration, say).
 //
 // Opens the study list and screenshots it, then opens each study in the viewer and
 // screenshots its first viewport's canvas. Prints one JSON report on stdout: the study
 // list's text, per study whether a canvas appeared, plus every failed HTTP request,
-// console error and error notification seen. The Python test judges the report and
-// the pixels.
+// console error and error notification seen, and the count of requests to the server by
+// kind (wado for WADO-URI, frames, metadata, qido, other). The Python test judges the
+// report and the pixels.
 import { chromium } from 'playwright-core';
 
 const [base, outDir, ...studies] = process.argv.slice(2);
-const report = { list: null, studies: {}, httpErrors: [], consoleErrors: [], notifications: [] };
+const report = { list: null, studies: {}, httpErrors: [], consoleErrors: [], notifications: [], requests: {} };
 
 const args = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
               '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'];
@@ -31,6 +34,20 @@ await page.addInitScript(() => performance.setResourceTimingBufferSize(100000));
 page.on('console', m => { if (m.type() === 'error') report.consoleErrors.push(m.text().slice(0, 500)); });
 page.on('response', r => { if (r.status() >= 400) report.httpErrors.push(`${r.status()} ${r.url()}`); });
 page.on('requestfailed', r => report.httpErrors.push(`failed ${r.url()} ${r.failure()?.errorText}`));
+page.on('request', r => {
+  const url = new URL(r.url());
+  if (url.origin !== new URL(base).origin) return;
+  const p = url.pathname;
+  const kind = p === '/wado' ? 'wado' : p.includes('/frames/') ? 'frames' : p.endsWith('/metadata') ? 'metadata'
+    : p.startsWith('/dicom-web/') ? 'qido' : 'other';
+  report.requests[kind] = (report.requests[kind] || 0) + 1;
+});
+if (process.env.OHIF_APP_CONFIG) {
+  const { readFileSync } = await import('node:fs');
+  const body = readFileSync(process.env.OHIF_APP_CONFIG, 'utf8');
+  await page.route('**/app-config.js', route =>
+    route.fulfill({ status: 200, contentType: 'application/javascript; charset=utf-8', body }));
+}
 
 async function dismissOverlays() {
   for (const label of ['Skip all', 'Confirm and hide']) {

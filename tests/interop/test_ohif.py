@@ -31,11 +31,13 @@ def ohif_pacs(make_pacs):
     return make_pacs({"PACS_VIEWER__DIR": str(VIEWER)})
 
 
-def run_ohif(pacs, out: Path, studies, urls=None, extra_env=None):
+def run_ohif(pacs, out: Path, studies, urls=None, app_config: Path | None = None, extra_env=None):
     env = dict(os.environ)
     env.update(extra_env or {})
     if urls:
         env["OHIF_URLS"] = json.dumps(urls)
+    if app_config:
+        env["OHIF_APP_CONFIG"] = str(app_config)
     r = subprocess.run(["node", E2E / "ohif.mjs", pacs.url, out, *studies], capture_output=True, text=True,
                        timeout=600, cwd=E2E, env=env)
     assert r.returncode == 0, r.stderr
@@ -131,3 +133,34 @@ def test_ohif_over_https_with_http2(make_pacs, tmp_path):
         wanted = "http/1.1" if http1 else "h2"
         assert protocols.get(wanted, 0) >= study["imageRequests"] > 0, study
         assert set(protocols) <= {wanted, "unknown", ""}, protocols
+
+
+def test_ohif_renders_through_wado_uri(ohif_pacs, tmp_path):
+    """The shipped configuration with imageRendering 'wadouri': OHIF loads whole instances
+    from /wado (wadoUriRoot) instead of WADO-RS frames, and shows real pixels."""
+    import requests
+    pacs = ohif_pacs
+    ct = ct_series(n=6, size=256, patient_name="Uri^Loaded", patient_id="OHIF-URI")
+    jpeg = sample("SC_rgb_jpeg_dcmtk.dcm")
+    # As Part-10 files with their meta group length, which Cornerstone's WADO-URI loader
+    # requires (dicomweb-client writes data sets without it: fine for WADO-RS, not here).
+    assert pacs.stow(ct + [jpeg]).status_code == 200
+    config = requests.get(f"{pacs.url}/app-config.js").text
+    assert "wadoUriRoot: window.location.origin + '/wado'" in config
+    assert config.count("Rendering: 'wadors'") == 2
+    path = tmp_path / "app-config.js"
+    path.write_text(config.replace("Rendering: 'wadors'", "Rendering: 'wadouri'"))
+    studies = {"ct": str(ct[0].StudyInstanceUID), "jpeg": str(jpeg.StudyInstanceUID)}
+
+    report = run_ohif(pacs, tmp_path, list(studies.values()), app_config=path)
+    assert "fatal" not in report, report
+    assert report["httpErrors"] == [], report["httpErrors"]
+    assert report["notifications"] == [], report["notifications"]
+    assert report["requests"].get("wado", 0) >= 2, report["requests"]  # one study, then the other
+    assert "frames" not in report["requests"], report["requests"]
+    for label, uid in studies.items():
+        assert report["studies"][uid]["canvas"], f"{label}: no viewport canvas"
+        stats = ImageStat.Stat(Image.open(tmp_path / f"{uid}.png").convert("L"))
+        assert stats.stddev[0] > 10, f"{label}: the viewport is blank (stddev {stats.stddev[0]:.1f})"
+    colours = Image.open(tmp_path / f"{studies['jpeg']}.png").convert("RGB").getcolors(1 << 20)
+    assert sum(n for n, (r, g, b) in colours if r > 200 and g < 60 and b < 60) > 500, "red bar"
