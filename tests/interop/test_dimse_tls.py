@@ -237,3 +237,30 @@ def test_storage_commitment_over_tls_with_a_call_back_over_tls(make_pacs, pki):
         check_report(info, request, {str(d.SOPInstanceUID) for d in series}, {})
     finally:
         server.shutdown()
+
+
+def test_dicom_tls_certificate_rotation(make_pacs, pki, tmp_path):
+    """Replace the DICOM TLS listener's files: new handshakes get the new certificate,
+    associations keep working, nothing restarts."""
+    import os
+    import shutil
+    import time
+    from tlstools import peer_serial
+    live = tmp_path / "certs"
+    live.mkdir()
+    shutil.copy(pki.pem("server"), live / "live.pem")
+    shutil.copy(pki.key("server"), live / "live.key")
+    pacs = make_pacs({**dimse_tls_env(pki, mutual=False), "PACS_DIMSE__TLS__CERT_FILE": str(live / "live.pem"),
+                      "PACS_DIMSE__TLS__KEY_FILE": str(live / "live.key")})
+    assert peer_serial("127.0.0.1", pacs.dimse_tls_port, pki.pem("ca")) == pki.serial("server")
+    for suffix in ["pem", "key"]:
+        shutil.copy(f"{pki.root}/server2.{suffix}", live / f"next.{suffix}")
+        os.replace(live / f"next.{suffix}", live / f"live.{suffix}")
+    deadline = time.time() + 10
+    while peer_serial("127.0.0.1", pacs.dimse_tls_port, pki.pem("ca")) != pki.serial("server2"):
+        assert time.time() < deadline, "the new certificate was not picked up"
+        time.sleep(0.2)
+    r = echo(pacs, pki, client=None)
+    assert r.returncode == 0, r.stderr
+    text = requests.get(f"{pacs.url}/metrics").text
+    assert metric(text, "pacs_tls_reloads_total", listener="dimse", result="ok") >= 1
