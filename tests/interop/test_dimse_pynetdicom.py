@@ -142,6 +142,19 @@ def test_storage_commitment_detects_a_damaged_object(pacs):
     check_report(reports[0], request, set(), {str(ds.SOPInstanceUID): 0x0110})
 
 
+def commit_then_release(pacs, assoc, series, reports):
+    """Ask for the commitment of `series` on `assoc`, release it, and check the report
+    that arrives (in `reports`, from the requester's listener) commits them all."""
+    request = commitment_request([(CTImageStorage, ds.SOPInstanceUID) for ds in series])
+    status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, COMMITMENT_INSTANCE)
+    assert status.Status == 0
+    assoc.release()
+    assert wait_for(lambda: reports), pacs.server_log()[-3000:]
+    event_type, info = reports[0]
+    assert event_type == 1
+    check_report(info, request, {str(d.SOPInstanceUID) for d in series}, {})
+
+
 def test_storage_commitment_report_on_a_new_association(make_pacs):
     # The requester listens as "COMMITSCU"; the server calls it back after the release.
     port = free_port()
@@ -162,14 +175,7 @@ def test_storage_commitment_report_on_a_new_association(make_pacs):
         # No N-EVENT-REPORT handler on this association: a report offered on it is refused,
         # and the server calls back; so is one that arrives after the release.
         assoc = associate(pacs, StorageCommitmentPushModel, ae_title="COMMITSCU")
-        request = commitment_request([(CTImageStorage, ds.SOPInstanceUID) for ds in series])
-        status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, COMMITMENT_INSTANCE)
-        assert status.Status == 0
-        assoc.release()
-        assert wait_for(lambda: reports), pacs.server_log()[-3000:]
-        event_type, info = reports[0]
-        assert event_type == 1
-        check_report(info, request, {str(d.SOPInstanceUID) for d in series}, {})
+        commit_then_release(pacs, assoc, series, reports)
     finally:
         server.shutdown()
 

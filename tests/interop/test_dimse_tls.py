@@ -204,7 +204,7 @@ def test_storage_commitment_over_tls_with_a_call_back_over_tls(make_pacs, pki):
     """N-ACTION on a TLS association; the report after the release goes to the requester's
     TLS listener (pynetdicom, requiring our client certificate)."""
     from pynetdicom.sop_class import StorageCommitmentPushModel
-    from test_dimse_pynetdicom import COMMITMENT_INSTANCE, check_report, commitment_request, wait_for
+    from test_dimse_pynetdicom import commit_then_release
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=pki.pem("ca"))
     server_ctx.load_cert_chain(pki.pem("server2"), pki.key("server2"))
     server_ctx.verify_mode = ssl.CERT_REQUIRED
@@ -227,14 +227,7 @@ def test_storage_commitment_over_tls_with_a_call_back_over_tls(make_pacs, pki):
         assert assoc.is_established
         for ds in series:
             assert assoc.send_c_store(ds).Status == 0
-        request = commitment_request([(CTImageStorage, ds.SOPInstanceUID) for ds in series])
-        status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, COMMITMENT_INSTANCE)
-        assert status.Status == 0
-        assoc.release()
-        assert wait_for(lambda: reports), pacs.server_log()[-3000:]
-        event_type, info = reports[0]
-        assert event_type == 1
-        check_report(info, request, {str(d.SOPInstanceUID) for d in series}, {})
+        commit_then_release(pacs, assoc, series, reports)
     finally:
         server.shutdown()
 
