@@ -29,7 +29,6 @@ use super::ApiError;
 use crate::auth::Principal;
 use crate::context::Context;
 use crate::index::read::{InstanceLocation, Scope};
-use crate::model::TransferSyntax;
 use crate::render::Params;
 
 /// The route: `GET /wado` (and `HEAD`).
@@ -63,7 +62,7 @@ pub async fn retrieve(
     };
     let loc = locate(&app, &scope).await?.swap_remove(0);
     match q.answer {
-        Answer::Dicom(ts) => dicom(&app, &loc, ts).await,
+        Answer::Dicom(wanted) => dicom(&app, &loc, &wanted).await,
         Answer::Image { params, frame } => image(&app, &loc, frame, &params).await,
     }
 }
@@ -72,10 +71,9 @@ pub async fn retrieve(
 async fn dicom(
     app: &Context,
     loc: &InstanceLocation,
-    ts: Option<TransferSyntax>,
+    wanted: &Wanted,
 ) -> Result<Response, ApiError> {
-    let wanted = ts.map_or(Wanted::AsStored, Wanted::Exactly);
-    let target = target_for(loc, &wanted)?;
+    let target = target_for(loc, wanted)?;
     let (len, body) = instance_bytes(app, loc, &target).await?;
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "application/dicom")

@@ -5,6 +5,7 @@
 //! Pure: no I/O. Checks that need the stored instance (the frame count) are the handler's.
 
 use super::super::media::parse_accept;
+use super::super::wado::Wanted;
 use super::super::ApiError;
 use crate::model::{TransferSyntax, Uid};
 use crate::render::transcode::TARGETS;
@@ -40,8 +41,10 @@ pub struct WadoQuery {
 /// What the client gets.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    /// `application/dicom`: the stored object, in this transfer syntax (`None`: as stored).
-    Dicom(Option<TransferSyntax>),
+    /// `application/dicom`: the object in the transfer syntax asked for (PS3.18 §9.4.2.4:
+    /// without one, the default of DICOM web services, Explicit VR Little Endian, where the
+    /// stored object can be decoded; `*`: as stored).
+    Dicom(Wanted),
     /// A rendered image of frame `frame` (from 1).
     Image { params: Params, frame: u32 },
 }
@@ -140,23 +143,26 @@ fn content_type(raw: Option<&str>) -> Result<Kind, ApiError> {
     )))
 }
 
-/// `application/dicom`: only `transferSyntax` applies (`*`: as stored).
-fn dicom(pairs: &Pairs) -> Result<Option<TransferSyntax>, ApiError> {
+/// `application/dicom`: only `transferSyntax` applies (absent: the default; `*`: as stored).
+fn dicom(pairs: &Pairs) -> Result<Wanted, ApiError> {
     if let Some(name) = IMAGE_ONLY.iter().find(|n| pairs.has(n)) {
         return Err(bad(format!(
             "{name} applies to image content types, not to application/dicom"
         )));
     }
     match pairs.get("transferSyntax")?.map(str::trim) {
-        None | Some("*") => Ok(None),
+        None => Ok(Wanted::Default),
+        Some("*") => Ok(Wanted::AsStored),
         Some(raw) => {
             let uid = Uid::parse(raw).map_err(|e| bad(format!("transferSyntax {raw:?}: {e}")))?;
-            TransferSyntax::parse(uid.as_str()).map(Some).map_err(|e| {
-                ApiError::NotAcceptable(format!(
-                    "transferSyntax: {e}; this server sends the stored syntax or decodes to {}",
-                    TARGETS.join(" or ")
-                ))
-            })
+            TransferSyntax::parse(uid.as_str())
+                .map(Wanted::Exactly)
+                .map_err(|e| {
+                    ApiError::NotAcceptable(format!(
+                        "transferSyntax: {e}; this server sends the stored syntax or decodes to {}",
+                        TARGETS.join(" or ")
+                    ))
+                })
         }
     }
 }

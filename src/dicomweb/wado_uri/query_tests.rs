@@ -73,11 +73,11 @@ fn dicom_with_and_without_a_transfer_syntax() {
         }) => ts,
         other => panic!("{other:?}"),
     };
-    assert_eq!(ts(""), None);
-    assert_eq!(ts("&transferSyntax=*"), None);
+    assert_eq!(ts(""), Wanted::Default);
+    assert_eq!(ts("&transferSyntax=*"), Wanted::AsStored);
     assert_eq!(
         ts("&transferSyntax=1.2.840.10008.1.2.1"),
-        Some(TransferSyntax::explicit_vr_le())
+        Wanted::Exactly(TransferSyntax::explicit_vr_le())
     );
     assert!(matches!(
         parse("&contentType=application/dicom&transferSyntax=1.2.3.999"),
