@@ -44,6 +44,8 @@ pub enum AppError {
     Serve(std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("start-up recovery: {0}")]
     Recovery(#[from] crate::verify::VerifyError),
 }
@@ -54,12 +56,15 @@ pub async fn open_backends(config: &Config) -> Result<Ingest, AppError> {
     let relaxed = store.is_local() && config.index.sqlite_synchronous == SqliteSync::Normal;
     let index =
         Index::open_with(&config.index_url(), config.index.max_connections, relaxed).await?;
+    config.forward.check().map_err(AppError::Config)?;
+    let routes = crate::ingest::Routes::new(config.forward.rules.clone());
     Ok(Ingest::new(
         store,
         index,
         config.ingest.on_conflict,
         config.ingest.max_instance_bytes,
-    ))
+    )
+    .with_routes(routes))
 }
 
 /// SQLite with a filesystem store (whichever `index.sqlite_synchronous`: an earlier run
@@ -218,6 +223,7 @@ impl App {
             tokio::spawn(async move { crate::dimse::serve(listeners, ctx, stop).await })
         });
         tokio::spawn(sweep_uploads(self.ctx.clone(), cancel.clone()));
+        crate::forward::spawn(&self.ctx, &cancel);
         let tls = self.http_tls.map(|t| t.config);
         let served = crate::http::serve(self.http, tls, self.ctx.clone(), cancel)
             .await

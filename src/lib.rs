@@ -14,7 +14,7 @@
 //! app          assembly: back ends, context, listeners, background work, shutdown
 //! http         router, middleware (authorization, metrics, CORS), /metrics, /readyz
 //! ── protocol adapters: parse into domain types, call the context, render the answer
-//! sync, import, viewer, dimse, admin, uploads, radiology, dicomweb
+//! sync, import, viewer, forward, dimse, admin, uploads, radiology, dicomweb
 //! ── services
 //! context      the handle every adapter gets: config, ingest (index, store), auth
 //! verify, render, auth, ingest
@@ -94,6 +94,7 @@ pub mod context;
 pub mod dicom;
 pub mod dicomweb;
 pub mod dimse;
+pub mod forward;
 pub mod http;
 pub mod import;
 pub mod index;

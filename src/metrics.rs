@@ -23,6 +23,8 @@ pub struct Metrics {
     pub uploads_pending: IntGauge,
     pub tls_handshakes_refused: IntCounterVec,
     pub tls_reloads: IntCounterVec,
+    pub forward_sent: IntCounterVec,
+    pub forward_bytes: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -80,10 +82,18 @@ fn build() -> Metrics {
         dimse_active: gauge("dimse_associations_active", "DIMSE associations open now."),
         tls_handshakes_refused: counter(
             "tls_handshakes_refused_total",
-            "TLS handshakes that failed, by listener (http, dimse) and reason (not_tls, \
-             unknown_ca, expired, no_client_certificate, bad_certificate, peer_alert, \
-             incompatible, timeout, io).",
+            "TLS handshakes that failed, by listener (http, dimse) and reason (see conformance/tls.md).",
             &["listener", "reason"],
+        ),
+        forward_sent: counter(
+            "forward_sent_total",
+            "Instances sent to forwarding destinations, by destination and outcome (delivered, failed, retry).",
+            &["destination", "outcome"],
+        ),
+        forward_bytes: counter(
+            "forward_bytes_total",
+            "Bytes of instances delivered to forwarding destinations.",
+            &["destination"],
         ),
         tls_reloads: counter(
             "tls_reloads_total",

@@ -1,9 +1,11 @@
 //! The administrators' routes: deleting studies, series and instances (`DELETE` on the
-//! DICOMweb resources) and reading the audit trail (`/api/v1/admin/audit`). Every route
+//! DICOMweb resources), reading the audit trail (`/api/v1/admin/audit`) and the
+//! forwarding outbox (`/api/v1/admin/forward`). Every route
 //! here needs the admin role (`http/policy.rs`).
 
 mod audit;
 mod delete;
+mod forward;
 
 use std::sync::Arc;
 
@@ -28,4 +30,5 @@ pub fn router() -> Router<Arc<Context>> {
     Router::new()
         .route("/api/v1/admin/audit", get(audit::audit))
         .route("/api/v1/admin/audit/", get(audit::audit))
+        .route("/api/v1/admin/forward", get(forward::status))
 }

@@ -11,8 +11,10 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod forward;
 mod listeners;
 
+pub use forward::{DestinationKind, ForwardConfig, ForwardDestination, ForwardRule, Source};
 pub use listeners::{Destination, DimseConfig, DimseTlsConfig, HttpConfig, TlsFiles};
 
 /// The whole configuration of one pacs-lite process.
@@ -29,6 +31,7 @@ pub struct Config {
     pub dimse: DimseConfig,
     pub auth: AuthConfig,
     pub uploads: UploadsConfig,
+    pub forward: ForwardConfig,
     pub log: LogConfig,
 }
 
@@ -252,6 +255,7 @@ impl Default for Config {
             dimse: DimseConfig::default(),
             auth: AuthConfig::default(),
             uploads: UploadsConfig::default(),
+            forward: ForwardConfig::default(),
             log: LogConfig::default(),
         }
     }

@@ -17,6 +17,7 @@ pub mod commit;
 mod echo;
 pub mod find;
 mod link;
+pub mod push;
 pub mod retrieve;
 mod scu;
 mod session;
@@ -26,6 +27,7 @@ mod transport;
 
 pub use association::{serve, storage_sop_classes, transfer_syntaxes, Listeners, SERVICE_CLASSES};
 pub use link::{Assembler, MAX_COMMAND};
+pub use scu::{connect, Peer, Proposal};
 pub use status::Status;
 
 use crate::model::TransferSyntax;

@@ -8,27 +8,25 @@
 //! Implicit VR Little Endian when it accepts one of those. A pending response with the
 //! sub-operation counts follows every sub-operation; C-CANCEL stops between two.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::command::{self, field, Command, Counts, Response};
+use super::command::{field, Command, Counts, Response};
 use super::find::{self, json_text};
 use super::link::{DataSet, Writer};
-use super::scu::{self, Proposal};
+use super::push::{self, proposals, Pushed};
+use super::scu;
 use super::status::Status;
 use super::PresentationContext;
 use crate::context::Context;
 use crate::index::read::{InstanceLocation, Scope};
 use crate::model::query::Level;
 use crate::model::{AeTitle, TransferSyntax, Uid};
-use crate::render::transcode::{can_transcode, transcode_file};
 use crate::storage::Store;
 
 pub const STUDY_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.2.2";
@@ -193,38 +191,6 @@ pub async fn c_get(
     run(&svc, &writer, &r, &instances, &target).await;
 }
 
-/// Contexts to propose to a move destination: each SOP class in each stored transfer
-/// syntax, plus each SOP class in the uncompressed syntaxes everything transcodes to.
-fn proposals(instances: &[InstanceLocation]) -> Vec<Proposal> {
-    let mut by_class: BTreeMap<&str, Vec<&TransferSyntax>> = BTreeMap::new();
-    for i in instances {
-        let list = by_class.entry(i.sop_class_uid.as_str()).or_default();
-        if !list.contains(&&i.transfer_syntax) {
-            list.push(&i.transfer_syntax);
-        }
-    }
-    let uncompressed = vec![
-        TransferSyntax::EXPLICIT_VR_LE.to_owned(),
-        TransferSyntax::IMPLICIT_VR_LE.to_owned(),
-    ];
-    let mut out = Vec::new();
-    for (class, syntaxes) in by_class {
-        for ts in syntaxes.into_iter().filter(|ts| !ts.is_native_le()) {
-            out.push(Proposal {
-                abstract_syntax: class.to_owned(),
-                transfer_syntaxes: vec![ts.to_string()],
-            });
-        }
-        out.push(Proposal {
-            abstract_syntax: class.to_owned(),
-            transfer_syntaxes: uncompressed.clone(),
-        });
-    }
-    // Presentation context IDs are odd numbers below 256.
-    out.truncate(128);
-    out
-}
-
 async fn run(
     svc: &Context,
     writer: &Writer,
@@ -309,127 +275,17 @@ async fn final_response(
 
 /// Send one instance as a C-STORE sub-operation and read its status.
 async fn sub_operation(store: &Store, loc: &InstanceLocation, target: &Target<'_>) -> Sub {
-    let contexts = match target {
-        Target::Requester { contexts, .. } => *contexts,
-        Target::Destination { peer, .. } => &peer.contexts,
-    };
-    let for_class = || {
-        contexts
-            .iter()
-            .filter(|c| c.abstract_syntax == loc.sop_class_uid.as_str())
-    };
-    let context = for_class()
-        .find(|c| c.transfer_syntax == loc.transfer_syntax)
-        .or_else(|| for_class().find(|c| can_transcode(&loc.transfer_syntax, &c.transfer_syntax)));
-    let Some(context) = context else {
-        tracing::info!(sop = %loc.sop_instance_uid, class = %loc.sop_class_uid,
-            ts = %loc.transfer_syntax, "no accepted presentation context for a sub-operation");
-        return Sub::Failed;
-    };
-    let data = match data_set(store, loc, &context.transfer_syntax).await {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!(sop = %loc.sop_instance_uid, error = %e, "cannot read a stored instance");
-            return Sub::Failed;
+    let (writer, contexts, originator) = match target {
+        Target::Requester { writer, contexts } => (*writer, *contexts, None),
+        Target::Destination { peer, originator } => {
+            (&*peer.writer, &peer.contexts[..], Some(*originator))
         }
     };
-    let (writer, originator) = match target {
-        Target::Requester { writer, .. } => (*writer, None),
-        Target::Destination { peer, originator } => (&*peer.writer, Some(*originator)),
-    };
-    let id = writer.next_message_id();
-    let (class, instance) = (loc.sop_class_uid.as_str(), loc.sop_instance_uid.as_str());
-    let rq = command::store_request(id, class, instance, originator);
-    match writer.request(context.id, id, &rq, Some(data)).await {
-        Ok(rsp) if rsp.field == field::C_STORE_RSP => match rsp.status {
-            Some(s) if s.is_success() => Sub::Completed,
-            Some(s) if s.is_warning() => Sub::Warning,
-            s => {
-                tracing::info!(sop = %loc.sop_instance_uid, status = ?s, "sub-operation refused");
-                Sub::Failed
-            }
-        },
-        Ok(_) => Sub::Failed,
-        Err(e) => {
-            tracing::info!(sop = %loc.sop_instance_uid, error = %e, "sub-operation failed");
+    match push::c_store(writer, contexts, store, loc, originator).await {
+        Pushed::Stored => Sub::Completed,
+        Pushed::Warning(_) => Sub::Warning,
+        Pushed::Refused(_) | Pushed::NoContext | Pushed::Unreadable(_) | Pushed::Broken(_) => {
             Sub::Failed
         }
-    }
-}
-
-/// The data set of a stored instance in transfer syntax `ts`: streamed from the store when
-/// that is how it is stored, transcoded in memory otherwise.
-async fn data_set(
-    store: &Store,
-    loc: &InstanceLocation,
-    ts: &TransferSyntax,
-) -> Result<DataSet, String> {
-    let key = &loc.object_key;
-    if *ts == loc.transfer_syntax {
-        let head_len = loc.size.min(64 * 1024);
-        let head = store
-            .read_range(key, 0..head_len)
-            .await
-            .map_err(|e| e.to_string())?;
-        let layout = crate::dicom::frames::layout(&mut std::io::Cursor::new(&head[..]), head_len)
-            .map_err(|e| e.to_string())?;
-        let stream = store
-            .stream(key, Some(layout.dataset_start..loc.size))
-            .await
-            .map_err(|e| e.to_string())?
-            .map(|r| r.map_err(|e| e.to_string()))
-            .boxed();
-        return Ok(DataSet::Stream(stream));
-    }
-    let to = ts.clone();
-    let part10 = store
-        .with_local_file(key, move |path| transcode_file(path, &to))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let layout =
-        crate::dicom::frames::layout(&mut std::io::Cursor::new(&part10[..]), part10.len() as u64)
-            .map_err(|e| e.to_string())?;
-    Ok(DataSet::Bytes(
-        part10[layout.dataset_start as usize..].to_vec(),
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const EXPLICIT_VR_LE: &str = TransferSyntax::EXPLICIT_VR_LE;
-    const IMPLICIT_VR_LE: &str = TransferSyntax::IMPLICIT_VR_LE;
-
-    fn loc(class: &str, ts: &str) -> InstanceLocation {
-        let uid = |s: &str| Uid::parse(s).unwrap();
-        let digest = crate::model::Sha256::of(b"");
-        InstanceLocation {
-            study_uid: uid("1.2"),
-            series_uid: uid("1.2.3"),
-            sop_instance_uid: uid("1.2.3.4"),
-            sop_class_uid: uid(class),
-            transfer_syntax: TransferSyntax::parse(ts).unwrap(),
-            object_key: crate::model::ObjectKey::new(&uid("1.2"), &digest),
-            size: 0,
-            part10_prefix: 0,
-            sha256: digest,
-            number_of_frames: 1,
-            frame_table: None,
-        }
-    }
-
-    #[test]
-    fn proposals_offer_stored_and_uncompressed_syntaxes() {
-        let ct = "1.2.840.10008.5.1.4.1.1.2";
-        let p = proposals(&[
-            loc(ct, EXPLICIT_VR_LE),
-            loc(ct, "1.2.840.10008.1.2.4.90"),
-            loc(ct, "1.2.840.10008.1.2.4.90"),
-        ]);
-        assert_eq!(p.len(), 2);
-        assert_eq!(p[0].transfer_syntaxes, vec!["1.2.840.10008.1.2.4.90"]);
-        assert_eq!(p[1].transfer_syntaxes, vec![EXPLICIT_VR_LE, IMPLICIT_VR_LE]);
     }
 }

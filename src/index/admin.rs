@@ -239,8 +239,8 @@ impl Index {
 
 type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
 
-/// Delete one instance row, count it out of its series and record the change; its study's
-/// key, or `None` when another transaction deleted it first.
+/// Delete one instance row and its forwarding jobs, count it out of its series and record
+/// the change; its study's key, or `None` when another transaction deleted it first.
 async fn delete_instance(
     tx: &mut Tx<'_>,
     loc: &InstanceLocation,
@@ -257,6 +257,12 @@ async fn delete_instance(
     };
     sqlx::query("UPDATE series SET num_instances = num_instances - 1 WHERE id = $1")
         .bind(series_pk)
+        .execute(&mut **tx)
+        .await?;
+    // Its forwarding jobs go with it: nothing is sent of a deleted instance, and one
+    // stored again later is forwarded again.
+    sqlx::query("DELETE FROM forward_jobs WHERE sop_instance_uid = $1")
+        .bind(&loc.sop_instance_uid)
         .execute(&mut **tx)
         .await?;
     sqlx::query(

@@ -30,4 +30,7 @@ pub struct InstanceRecord {
     pub frame_table: Option<Vec<u8>>,
     pub origin: Origin,
     pub stored_at: i64,
+    /// Destinations to forward it to (the forwarding rules it matched): one outbox job
+    /// each, written with the row.
+    pub forward_to: Vec<String>,
 }

@@ -15,8 +15,8 @@ use rusqlite::{Connection, OpenFlags, Statement, ToSql, TransactionBehavior};
 use tokio::sync::mpsc;
 
 use super::writer::{
-    merge_set, Job, INSERT_AUDIT, INSERT_CHANGE, INSERT_INSTANCE, MAX_BATCH, UPDATE_STUDY,
-    UPSERT_SERIES, UPSERT_STUDY,
+    merge_set, Job, INSERT_AUDIT, INSERT_CHANGE, INSERT_FORWARD_JOB, INSERT_INSTANCE, MAX_BATCH,
+    UPDATE_STUDY, UPSERT_SERIES, UPSERT_STUDY,
 };
 use super::{
     IndexError, InsertOutcome, InstanceRecord, SeriesAttributes, StoredInstance, StudyAttributes,
@@ -166,6 +166,13 @@ fn write_one(conn: &Connection, r: &InstanceRecord) -> Result<InsertOutcome, Ind
         INSERT_AUDIT,
         &[&now, who, &via, address, &st.study_uid, &detail],
     )?;
+    for destination in &r.forward_to {
+        execute(
+            conn,
+            INSERT_FORWARD_JOB,
+            &[destination, &r.sop_instance_uid, &st.study_uid, &now],
+        )?;
+    }
     let modalities = merge_set(&study.modalities, se.modality.as_deref());
     let classes = merge_set(&study.sop_classes, Some(r.sop_class_uid.as_str()));
     execute(
@@ -387,6 +394,7 @@ mod tests {
                 address: None,
             },
             stored_at: 1,
+            forward_to: vec!["ARCHIVE".into()],
         }
     }
 

@@ -50,6 +50,10 @@ pub(super) const INSERT_CHANGE: &str =
 pub(super) const INSERT_AUDIT: &str =
     "INSERT INTO audit_events (at, who, via, address, action, study_uid, detail) \
      VALUES ($1, $2, $3, $4, 'store', $5, $6)";
+/// An outbox job per destination the instance is forwarded to (no commit of its own).
+pub(super) const INSERT_FORWARD_JOB: &str =
+    "INSERT INTO forward_jobs (destination, sop_instance_uid, study_uid, not_before, created_at) \
+     VALUES ($1, $2, $3, $4, $4) ON CONFLICT (destination, sop_instance_uid) DO NOTHING";
 pub(super) const UPDATE_STUDY: &str =
     "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
      modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1";
@@ -178,6 +182,15 @@ async fn write_one(
         .bind(format!("instance {}", r.sop_instance_uid))
         .execute(&mut **tx)
         .await?;
+    for destination in &r.forward_to {
+        sqlx::query(INSERT_FORWARD_JOB)
+            .bind(destination)
+            .bind(&r.sop_instance_uid)
+            .bind(&r.study.study_uid)
+            .bind(r.stored_at)
+            .execute(&mut **tx)
+            .await?;
+    }
     sqlx::query(UPDATE_STUDY)
         .bind(study.pk)
         .bind(i64::from(new_series))

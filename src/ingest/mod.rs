@@ -14,8 +14,10 @@
 
 mod outcome;
 mod pipeline;
+mod routes;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -27,6 +29,8 @@ use crate::config::ConflictPolicy;
 use crate::index::Index;
 use crate::model::{Origin, Uid};
 use crate::storage::{Spool, SpooledFile, StorageError, Store};
+
+pub use routes::Routes;
 
 /// What the request itself says about the instance, checked against the data set.
 #[derive(Debug, Clone, Default)]
@@ -43,6 +47,7 @@ pub struct Ingest {
     index: Index,
     on_conflict: ConflictPolicy,
     max_instance_bytes: u64,
+    routes: Arc<Routes>,
 }
 
 impl Ingest {
@@ -57,7 +62,19 @@ impl Ingest {
             index,
             on_conflict,
             max_instance_bytes,
+            routes: Arc::new(Routes::default()),
         }
+    }
+
+    /// Forward what these rules match: each instance indexed gets its outbox jobs in the
+    /// same transaction.
+    pub fn with_routes(mut self, routes: Routes) -> Self {
+        self.routes = Arc::new(routes);
+        self
+    }
+
+    pub(crate) fn routes(&self) -> Arc<Routes> {
+        self.routes.clone()
     }
 
     pub fn store(&self) -> &Store {

@@ -63,10 +63,11 @@ async fn prepare(
     origin: Origin,
     expected: &Expected,
 ) -> Result<(ObjectKey, Accepted, Stage), Rejection> {
-    let (store, index, expected) = (
+    let (store, index, expected, routes) = (
         ingest.store().clone(),
         ingest.index().clone(),
         expected.clone(),
+        ingest.routes(),
     );
     let (len, digest) = (spooled.len, spooled.sha256);
     let prepared = tokio::task::spawn_blocking(move || {
@@ -82,7 +83,8 @@ async fn prepare(
         let remote = store.put_local(&key, spooled).map_err(|e| {
             Rejection::from(e).about(&header.sop_class_uid, &header.sop_instance_uid)
         })?;
-        let (accepted, record) = into_record(header, &key, len, digest, origin);
+        let (accepted, mut record) = into_record(header, &key, len, digest, origin);
+        record.forward_to = routes.destinations(&record);
         let stage = match remote {
             None => Stage::Queued(
                 index
@@ -198,6 +200,7 @@ fn into_record(
         stored_at: accepted.stored_at,
         study: header.study,
         series: header.series,
+        forward_to: Vec::new(),
     };
     (accepted, record)
 }

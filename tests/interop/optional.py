@@ -1,7 +1,7 @@
-"""The optional parts of the suite — the OHIF end-to-end test, the dcmtk DIMSE tests, the
-PostgreSQL + S3 backend — what each needs, whether this machine has it, and whether the
-run requires it (CI sets PACS_TEST_REQUIRE_OHIF, PACS_TEST_REQUIRE_DCMTK and
-PACS_TEST_BACKENDS). The tests skip or fail from these answers; conftest prints one line
+"""The optional parts of the suite — the OHIF end-to-end test, the dcmtk DIMSE tests,
+Orthanc as the forwarding upstream, the PostgreSQL + S3 backend — what each needs, whether
+this machine has it, and whether the run requires it (CI sets PACS_TEST_REQUIRE_OHIF,
+PACS_TEST_REQUIRE_DCMTK, PACS_TEST_REQUIRE_ORTHANC and PACS_TEST_BACKENDS). The tests skip or fail from these answers; conftest prints one line
 per part at the top of the run."""
 
 import os
@@ -33,6 +33,12 @@ def ohif_missing() -> str | None:
     if not shutil.which("node") or not Path(os.environ.get("CHROMIUM", "/usr/bin/chromium")).exists():
         missing.append("node and chromium")
     return f"missing {', '.join(missing)}" if missing else None
+
+
+def orthanc_missing() -> str | None:
+    if Path("/usr/sbin/Orthanc").exists():
+        return None
+    return "Orthanc is not installed (Debian: apt-get install orthanc)"
 
 
 def postgres_s3_missing() -> str | None:
@@ -71,5 +77,7 @@ def summary() -> list[str]:
              "PACS_TEST_REQUIRE_OHIF" if os.environ.get("PACS_TEST_REQUIRE_OHIF") else None),
         line("dcmtk DIMSE tests", dcmtk_missing(),
              "PACS_TEST_REQUIRE_DCMTK" if os.environ.get("PACS_TEST_REQUIRE_DCMTK") else None),
+        line("Orthanc as the forwarding upstream", orthanc_missing(),
+             "PACS_TEST_REQUIRE_ORTHANC" if os.environ.get("PACS_TEST_REQUIRE_ORTHANC") else None),
         postgres,
     ]

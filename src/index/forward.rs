@@ -1,0 +1,219 @@
+//! The outbox of store-and-forward: one job per (destination, instance), inserted by the
+//! writers in the transaction that indexes the instance (so no instance is acknowledged
+//! without its jobs). Processes claim due jobs under a lease (`FOR UPDATE SKIP LOCKED` on
+//! PostgreSQL, so two processes never take the same job); a lease whose process died
+//! expires and the job is claimed again. Every state change checks the lease is still ours.
+
+use super::{Backend, Index, IndexError};
+use crate::model::clock::now_millis;
+use crate::model::Uid;
+
+/// A job claimed for delivery.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ForwardJob {
+    pub id: i64,
+    pub sop_instance_uid: Uid,
+    pub study_uid: Uid,
+    pub attempts: i64,
+}
+
+/// One destination's outbox, by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxStatus {
+    pub destination: String,
+    pub pending: i64,
+    /// Pending jobs under a live lease: being sent now.
+    pub in_flight: i64,
+    pub delivered: i64,
+    pub failed: i64,
+    /// When the oldest pending job was created (ms since the epoch).
+    pub oldest_pending_at: Option<i64>,
+    pub last_delivered_at: Option<i64>,
+    /// The last error of a pending or failed job, and when that job was last tried.
+    pub last_error: Option<String>,
+}
+
+/// destination, state, jobs, jobs under a live lease, oldest created, last delivered.
+type StateCount = (String, String, i64, i64, Option<i64>, Option<i64>);
+
+const DUE: &str = "SELECT id FROM forward_jobs WHERE destination = $3 AND state = 'pending' \
+     AND not_before <= $4 AND (lease_until IS NULL OR lease_until < $4) \
+     ORDER BY study_uid, id LIMIT $5";
+
+impl Index {
+    /// Claim up to `limit` due jobs of `destination` for `owner` for `lease_ms`, in study
+    /// order (then in the order they were stored).
+    pub async fn claim_forward_jobs(
+        &self,
+        destination: &str,
+        owner: &str,
+        limit: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<ForwardJob>, IndexError> {
+        let now = now_millis();
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE forward_jobs SET lease_owner = $1, lease_until = $2 WHERE id IN ({DUE}{lock}) \
+             RETURNING id, sop_instance_uid, study_uid, attempts"
+        );
+        let mut jobs: Vec<ForwardJob> = sqlx::query_as(&sql)
+            .bind(owner)
+            .bind(now + lease_ms)
+            .bind(destination)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        jobs.sort_by(|a, b| (&a.study_uid, a.id).cmp(&(&b.study_uid, b.id)));
+        Ok(jobs)
+    }
+
+    /// Extend the leases `owner` holds on `destination`'s pending jobs to `lease_ms` from now.
+    pub async fn renew_forward_leases(
+        &self,
+        destination: &str,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<(), IndexError> {
+        sqlx::query(
+            "UPDATE forward_jobs SET lease_until = $3 WHERE destination = $1 AND lease_owner = $2 \
+             AND state = 'pending'",
+        )
+        .bind(destination)
+        .bind(owner)
+        .bind(now_millis() + lease_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The peer has the instance (and, with commitment, confirmed it).
+    pub async fn forward_delivered(&self, id: i64, owner: &str) -> Result<(), IndexError> {
+        sqlx::query(
+            "UPDATE forward_jobs SET state = 'delivered', delivered_at = $3, attempts = attempts + 1, \
+             last_error = NULL, lease_owner = NULL, lease_until = NULL \
+             WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Try again at `not_before` (ms since the epoch); `error` says what went wrong.
+    pub async fn forward_retry(
+        &self,
+        id: i64,
+        owner: &str,
+        not_before: i64,
+        error: &str,
+    ) -> Result<(), IndexError> {
+        sqlx::query(
+            "UPDATE forward_jobs SET attempts = attempts + 1, not_before = $3, last_error = $4, \
+             lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(not_before)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Give a job back untried (the destination is unreachable: nothing was attempted
+    /// for this instance), to be claimed again at `not_before`.
+    pub async fn forward_release(
+        &self,
+        id: i64,
+        owner: &str,
+        not_before: i64,
+        error: &str,
+    ) -> Result<(), IndexError> {
+        sqlx::query(
+            "UPDATE forward_jobs SET not_before = $3, last_error = $4, lease_owner = NULL, \
+             lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(not_before)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A refusal that will not change: the job stops, with the peer's reason.
+    pub async fn forward_failed(
+        &self,
+        id: i64,
+        owner: &str,
+        error: &str,
+    ) -> Result<(), IndexError> {
+        sqlx::query(
+            "UPDATE forward_jobs SET state = 'failed', attempts = attempts + 1, last_error = $3, \
+             lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every destination's outbox.
+    pub async fn outbox_status(&self) -> Result<Vec<OutboxStatus>, IndexError> {
+        let now = now_millis();
+        let rows: Vec<StateCount> = sqlx::query_as(
+            "SELECT destination, state, COUNT(*), \
+             SUM(CASE WHEN lease_until IS NOT NULL AND lease_until >= $1 THEN 1 ELSE 0 END), \
+             MIN(created_at), MAX(delivered_at) FROM forward_jobs GROUP BY destination, state",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<OutboxStatus> = Vec::new();
+        for (destination, state, count, leased, oldest, last) in rows {
+            let at = match out.iter().position(|s| s.destination == destination) {
+                Some(i) => i,
+                None => {
+                    out.push(OutboxStatus {
+                        destination: destination.clone(),
+                        ..Default::default()
+                    });
+                    out.len() - 1
+                }
+            };
+            let s = &mut out[at];
+            match state.as_str() {
+                "pending" => {
+                    s.pending = count;
+                    s.in_flight = leased;
+                    s.oldest_pending_at = oldest;
+                }
+                "delivered" => {
+                    s.delivered = count;
+                    s.last_delivered_at = last;
+                }
+                _ => s.failed = count,
+            }
+        }
+        for s in &mut out {
+            s.last_error = sqlx::query_scalar(
+                "SELECT last_error FROM forward_jobs WHERE destination = $1 AND state <> 'delivered' \
+                 AND last_error IS NOT NULL ORDER BY not_before DESC LIMIT 1",
+            )
+            .bind(&s.destination)
+            .fetch_optional(&self.pool)
+            .await?;
+        }
+        out.sort_by(|a, b| a.destination.cmp(&b.destination));
+        Ok(out)
+    }
+}
