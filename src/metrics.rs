@@ -9,7 +9,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -23,8 +24,64 @@ pub struct Metrics {
     pub uploads_pending: IntGauge,
     pub tls_handshakes_refused: IntCounterVec,
     pub tls_reloads: IntCounterVec,
-    pub forward_sent: IntCounterVec,
-    pub forward_bytes: IntCounterVec,
+    pub forward: ForwardMetrics,
+}
+
+/// Store-and-forward, by destination.
+pub struct ForwardMetrics {
+    pub sent: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub queue_depth: IntGaugeVec,
+    pub oldest_pending_seconds: IntGaugeVec,
+}
+
+fn forward_metrics(registry: &Registry) -> ForwardMetrics {
+    let register = |c: Box<dyn prometheus::core::Collector>| {
+        registry.register(c).expect("unique metric");
+    };
+    let dest = &["destination"];
+    let sent = IntCounterVec::new(
+        Opts::new(
+            "forward_sent_total",
+            "Instances sent to forwarding destinations, by destination and outcome (delivered, failed, retry).",
+        ),
+        &["destination", "outcome"],
+    )
+    .expect("valid metric");
+    let bytes = IntCounterVec::new(
+        Opts::new(
+            "forward_bytes_total",
+            "Bytes of instances delivered to forwarding destinations.",
+        ),
+        dest,
+    )
+    .expect("valid metric");
+    let queue_depth = IntGaugeVec::new(
+        Opts::new(
+            "forward_queue_depth",
+            "Instances waiting to be forwarded, by destination.",
+        ),
+        dest,
+    )
+    .expect("valid metric");
+    let oldest_pending_seconds = IntGaugeVec::new(
+        Opts::new(
+            "forward_oldest_pending_seconds",
+            "Age of the oldest instance waiting to be forwarded, by destination (0: none).",
+        ),
+        dest,
+    )
+    .expect("valid metric");
+    register(Box::new(sent.clone()));
+    register(Box::new(bytes.clone()));
+    register(Box::new(queue_depth.clone()));
+    register(Box::new(oldest_pending_seconds.clone()));
+    ForwardMetrics {
+        sent,
+        bytes,
+        queue_depth,
+        oldest_pending_seconds,
+    }
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -85,16 +142,7 @@ fn build() -> Metrics {
             "TLS handshakes that failed, by listener (http, dimse) and reason (see conformance/tls.md).",
             &["listener", "reason"],
         ),
-        forward_sent: counter(
-            "forward_sent_total",
-            "Instances sent to forwarding destinations, by destination and outcome (delivered, failed, retry).",
-            &["destination", "outcome"],
-        ),
-        forward_bytes: counter(
-            "forward_bytes_total",
-            "Bytes of instances delivered to forwarding destinations.",
-            &["destination"],
-        ),
+        forward: forward_metrics(&registry),
         tls_reloads: counter(
             "tls_reloads_total",
             "Certificate and key re-reads, by listener and result (ok, failed: the old ones stay).",

@@ -9,7 +9,7 @@ mod forward;
 
 use std::sync::Arc;
 
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::context::Context;
@@ -31,4 +31,13 @@ pub fn router() -> Router<Arc<Context>> {
         .route("/api/v1/admin/audit", get(audit::audit))
         .route("/api/v1/admin/audit/", get(audit::audit))
         .route("/api/v1/admin/forward", get(forward::status))
+        .route("/api/v1/admin/forward/{destination}", post(forward::queue))
+        .route(
+            "/api/v1/admin/forward/{destination}/failed",
+            get(forward::failed),
+        )
+        .route(
+            "/api/v1/admin/forward/{destination}/retry",
+            post(forward::retry),
+        )
 }

@@ -26,6 +26,7 @@ use crate::config::ForwardDestination;
 use crate::context::Context;
 use crate::dimse::push::{self, Pushed};
 use crate::dimse::Status;
+use crate::index::admin::AuditEvent;
 use crate::index::forward::ForwardJob;
 use crate::index::read::InstanceLocation;
 use crate::model::clock::now_millis;
@@ -33,6 +34,8 @@ use crate::model::AeTitle;
 
 /// How often an idle worker looks for new jobs.
 const POLL: Duration = Duration::from_millis(500);
+/// How often the backlog gauges are brought up to date.
+const GAUGE_EVERY: Duration = Duration::from_secs(2);
 
 /// Start a worker per destination; they stop when `cancel` is.
 pub fn spawn(ctx: &Arc<Context>, cancel: &CancellationToken) {
@@ -67,6 +70,7 @@ struct Worker {
 impl Worker {
     async fn run(mut self, cancel: CancellationToken) {
         tracing::info!(destination = %self.dest.name, ae = %self.dest.ae, "forwarding worker started");
+        let mut gauged = std::time::Instant::now() - GAUGE_EVERY;
         loop {
             let claimed = self
                 .ctx
@@ -86,6 +90,10 @@ impl Worker {
                     POLL * 4
                 }
             };
+            if gauged.elapsed() >= GAUGE_EVERY {
+                self.gauge().await;
+                gauged = std::time::Instant::now();
+            }
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
@@ -121,6 +129,7 @@ impl Worker {
         self.outages = 0;
         let mut broken: Option<String> = None;
         let mut renewed = std::time::Instant::now();
+        let mut delivered = Vec::new();
         for (job, loc) in &batch {
             if let Some(why) = &broken {
                 self.release(job, why, 0).await;
@@ -135,10 +144,32 @@ impl Worker {
             if let Pushed::Broken(why) = &pushed {
                 broken = Some(format!("the association broke: {why}"));
             }
+            if matches!(pushed, Pushed::Stored | Pushed::Warning(_)) {
+                match delivered
+                    .iter_mut()
+                    .find(|(study, _)| *study == &job.study_uid)
+                {
+                    Some((_, n)) => *n += 1,
+                    None => delivered.push((&job.study_uid, 1)),
+                }
+            }
             self.settle(job, loc, pushed).await;
         }
         peer.release().await;
+        self.audit(&delivered);
         Duration::ZERO
+    }
+
+    /// The audit trail: per study, how many instances went to this destination.
+    fn audit(&self, delivered: &[(&crate::model::Uid, usize)]) {
+        let address = format!("{}:{}", self.dest.host, self.dest.port);
+        for (study, n) in delivered {
+            let event =
+                AuditEvent::new(&self.dest.name, "forward", Some(address.clone()), "forward")
+                    .study(study.as_str())
+                    .detail(format!("{n} instance(s) delivered to {}", self.dest.ae));
+            self.ctx.index().audit(event);
+        }
     }
 
     /// Record how one C-STORE ended.
@@ -150,12 +181,14 @@ impl Worker {
             Pushed::NoContext => "failed",
             _ => "retry",
         };
-        m.forward_sent
+        m.forward
+            .sent
             .with_label_values(&[&self.dest.name, outcome])
             .inc();
         match pushed {
             Pushed::Stored | Pushed::Warning(_) => {
-                m.forward_bytes
+                m.forward
+                    .bytes
                     .with_label_values(&[&self.dest.name])
                     .inc_by(loc.size);
                 if let Err(e) = self
@@ -195,6 +228,19 @@ impl Worker {
             self.release(job, why, wait.as_millis() as i64).await;
         }
         wait
+    }
+
+    /// The backlog gauges: pending jobs and the oldest one's age (shared by every process
+    /// on the database, so each reports the same).
+    async fn gauge(&self) {
+        let Ok((pending, oldest)) = self.ctx.index().forward_backlog(&self.dest.name).await else {
+            return;
+        };
+        let f = &self.ctx.metrics().forward;
+        let name = [self.dest.name.as_str()];
+        f.queue_depth.with_label_values(&name).set(pending);
+        let age = oldest.map_or(0, |t| (now_millis() - t).max(0) / 1000);
+        f.oldest_pending_seconds.with_label_values(&name).set(age);
     }
 
     /// Keep the claims of a batch that takes long (a thin link).

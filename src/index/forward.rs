@@ -17,6 +17,15 @@ pub struct ForwardJob {
     pub attempts: i64,
 }
 
+/// A job refused for good.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct FailedJob {
+    pub sop_instance_uid: Uid,
+    pub study_uid: Uid,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+}
+
 /// One destination's outbox, by state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct OutboxStatus {
@@ -215,5 +224,70 @@ impl Index {
         }
         out.sort_by(|a, b| a.destination.cmp(&b.destination));
         Ok(out)
+    }
+
+    /// `destination`'s failed jobs (at most `limit`), by study.
+    pub async fn failed_forward_jobs(
+        &self,
+        destination: &str,
+        limit: i64,
+    ) -> Result<Vec<FailedJob>, IndexError> {
+        Ok(sqlx::query_as(
+            "SELECT sop_instance_uid, study_uid, attempts, last_error FROM forward_jobs \
+             WHERE destination = $1 AND state = 'failed' ORDER BY study_uid, id LIMIT $2",
+        )
+        .bind(destination)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Queue `destination`'s failed jobs again, as new; how many.
+    pub async fn retry_failed_forward_jobs(&self, destination: &str) -> Result<u64, IndexError> {
+        let done = sqlx::query(
+            "UPDATE forward_jobs SET state = 'pending', attempts = 0, not_before = $2 \
+             WHERE destination = $1 AND state = 'failed'",
+        )
+        .bind(destination)
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Queue every instance of `study` for `destination` now, delivered before or not (a
+    /// job being sent keeps its lease); how many instances.
+    pub async fn queue_study_forward(
+        &self,
+        destination: &str,
+        study: &Uid,
+    ) -> Result<u64, IndexError> {
+        let done = sqlx::query(
+            "INSERT INTO forward_jobs (destination, sop_instance_uid, study_uid, not_before, created_at) \
+             SELECT $1, i.sop_instance_uid, st.study_uid, $2, $2 FROM instances i \
+             JOIN studies st ON st.id = i.study_pk WHERE st.study_uid = $3 \
+             ON CONFLICT (destination, sop_instance_uid) DO UPDATE SET state = 'pending', \
+             attempts = 0, not_before = excluded.not_before, last_error = NULL",
+        )
+        .bind(destination)
+        .bind(now_millis())
+        .bind(study)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Pending jobs of `destination` and when the oldest was created (for the gauges).
+    pub async fn forward_backlog(
+        &self,
+        destination: &str,
+    ) -> Result<(i64, Option<i64>), IndexError> {
+        Ok(sqlx::query_as(
+            "SELECT COUNT(*), MIN(created_at) FROM forward_jobs \
+             WHERE destination = $1 AND state = 'pending'",
+        )
+        .bind(destination)
+        .fetch_one(&self.pool)
+        .await?)
     }
 }

@@ -39,8 +39,14 @@ class Orthanc:
             "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": True,
             "StorageCompression": False, "Plugins": [], **extra,
         }
+        self.config = config
         (self.dir / "config.json").write_text(json.dumps(config))
         self.proc = None
+
+    def reconfigure(self, **changes):
+        """New settings for the next start (the data stays)."""
+        self.config.update(changes)
+        (self.dir / "config.json").write_text(json.dumps(self.config))
 
     @property
     def url(self):

@@ -72,6 +72,9 @@ def test_delivered_after_the_upstream_comes_back(make_pacs, upstream, tmp_path):
     assert status["pending"] == len(sent) and status["delivered"] == 0, status
     assert "refused" in status["last_error"].lower() or "connect" in status["last_error"].lower(), status
     assert status["oldest_pending_seconds"] is not None
+    text = wait_for(lambda: (t := requests.get(f"{pacs.url}/metrics").text)
+                    and metric(t, "pacs_forward_queue_depth", destination="central") == len(sent) and t)
+    assert metric(text, "pacs_forward_oldest_pending_seconds", destination="central") is not None
 
     # It comes back: all delivered within seconds, as stored.
     upstream.start()
@@ -85,6 +88,14 @@ def test_delivered_after_the_upstream_comes_back(make_pacs, upstream, tmp_path):
         assert dataset_bytes(got[str(ds.SOPInstanceUID)]) == dataset_bytes(stored), ds.PatientName
     text = requests.get(f"{pacs.url}/metrics").text
     assert f'pacs_forward_sent_total{{destination="central",outcome="delivered"}} {len(sent)}' in text
+    # The audit trail: per study, how many went where (names of patients are not in it).
+    events = requests.get(f"{pacs.url}/api/v1/admin/audit", params={"action": "forward"}).json()["events"]
+    by_study = {}
+    for e in events:
+        assert e["who"] == "central" and e["via"] == "forward" and "Forward" not in str(e)
+        by_study[e["study_uid"]] = by_study.get(e["study_uid"], 0) + int(e["detail"].split()[0])
+    assert by_study == {str(by_dimse[0].StudyInstanceUID): 3, str(by_stow[0].StudyInstanceUID): 2,
+                        str(by_upload.StudyInstanceUID): 1}
 
 
 def test_kill_9_during_delivery_loses_nothing(make_pacs, upstream):
@@ -124,3 +135,63 @@ def test_two_processes_share_one_outbox(make_pacs, backend, upstream):
     sent = [requests.get(f"{p.url}/metrics").text for p in (a, b)]
     total = sum(metric(t, "pacs_forward_sent_total", destination="central", outcome="delivered") or 0 for t in sent)
     assert total == len(series), sent
+
+
+def test_a_refused_class_fails_alone_and_is_retried(make_pacs, tmp_path):
+    """An archive that refuses one SOP class: those jobs fail with the reason, the others
+    are delivered; once the archive takes the class, a retry delivers them."""
+    require_orthanc()
+    strict = Orthanc(UnknownSopClassAccepted=False)
+    try:
+        strict.start()
+        pacs = make_pacs(forwarding_env(strict))
+        ct = ct_series(n=3, size=32, patient_name="Forward^Known")
+
+        def private(ds):
+            ds.SOPClassUID = "1.2.826.0.1.3680043.8.498.1.4242"
+            ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        odd = ct_series(n=2, size=32, patient_name="Forward^Unknown", extra=private)
+        assert pacs.stow(ct + odd).status_code == 200
+        wait_for(lambda: (s := outbox(pacs))["delivered"] == 3 and s["failed"] == 2, timeout=30)
+        failed = requests.get(f"{pacs.url}/api/v1/admin/forward/central/failed").json()["failed"]
+        assert sorted(f["sop_instance_uid"] for f in failed) == sorted(str(d.SOPInstanceUID) for d in odd)
+        assert all("1.2.826.0.1.3680043.8.498.1.4242" in f["last_error"] for f in failed), failed
+        assert set(strict.instances()) == {str(d.SOPInstanceUID) for d in ct}
+
+        # The archive is reconfigured to take the class; a retry sends the two.
+        strict.stop()
+        strict.reconfigure(UnknownSopClassAccepted=True)
+        strict.start()
+        r = requests.post(f"{pacs.url}/api/v1/admin/forward/central/retry")
+        assert r.status_code == 200 and r.json()["queued"] == 2, r.text
+        wait_for(lambda: outbox(pacs)["delivered"] == 5, timeout=30)
+        assert set(strict.instances()) == {str(d.SOPInstanceUID) for d in ct + odd}
+        assert requests.post(f"{pacs.url}/api/v1/admin/forward/nowhere/retry").status_code == 404
+    finally:
+        strict.cleanup()
+
+
+def test_studies_queued_on_demand(make_pacs, upstream):
+    """No rule: nothing goes by itself; an admin queues a study, and again after delivery."""
+    upstream.start()
+    env = forwarding_env(upstream)
+    env.pop("PACS_FORWARD__RULES")
+    pacs = make_pacs(env)
+    study = ct_series(n=3, size=32)
+    assert pacs.stow(study).status_code == 200
+    time.sleep(1)
+    assert outbox(pacs)["pending"] == 0 and upstream.instances() == {}
+    url = f"{pacs.url}/api/v1/admin/forward/central"
+    r = requests.post(url, json={"studies": [str(study[0].StudyInstanceUID)]})
+    assert r.status_code == 202 and r.json()["queued"] == 3, r.text
+    wait_for(lambda: outbox(pacs)["delivered"] == 3, timeout=30)
+    assert set(upstream.instances()) == {str(d.SOPInstanceUID) for d in study}
+    # Again: sent again (the archive keeps one copy).
+    r = requests.post(url, json={"studies": [str(study[0].StudyInstanceUID)]})
+    assert r.status_code == 202 and r.json()["queued"] == 3
+    wait_for(lambda: (s := outbox(pacs))["pending"] == 0 and s["delivered"] == 3, timeout=30)
+    # Refusals.
+    assert requests.post(url, json={"studies": ["1.2.3.999"]}).status_code == 404
+    assert requests.post(url, json={"studies": ["not a uid"]}).status_code == 400
+    assert requests.post(url, json={"study": "1.2.3"}).status_code == 400
+    assert requests.post(f"{pacs.url}/api/v1/admin/forward/nowhere", json={"studies": ["1.2.3"]}).status_code == 404
