@@ -259,7 +259,7 @@ impl Worker {
         if let Err(e) = self
             .ctx
             .index()
-            .forward_release(job.id, &self.owner, at, why)
+            .forward_later(job.id, &self.owner, at, why, false)
             .await
         {
             tracing::warn!(error = %e, "forwarding job not released; its lease will expire");
@@ -274,7 +274,7 @@ impl Worker {
         if let Err(e) = self
             .ctx
             .index()
-            .forward_retry(job.id, &self.owner, at, why)
+            .forward_later(job.id, &self.owner, at, why, true)
             .await
         {
             tracing::warn!(error = %e, "forwarding retry not recorded; its lease will expire");

@@ -114,44 +114,26 @@ impl Index {
         Ok(())
     }
 
-    /// Try again at `not_before` (ms since the epoch); `error` says what went wrong.
-    pub async fn forward_retry(
+    /// Give a job back, to be claimed again at `not_before` (ms since the epoch); `error`
+    /// says what went wrong. `attempted`: whether it counts as an attempt (it does not
+    /// when the destination could not be reached and nothing was sent).
+    pub async fn forward_later(
         &self,
         id: i64,
         owner: &str,
         not_before: i64,
         error: &str,
+        attempted: bool,
     ) -> Result<(), IndexError> {
         sqlx::query(
-            "UPDATE forward_jobs SET attempts = attempts + 1, not_before = $3, last_error = $4, \
+            "UPDATE forward_jobs SET attempts = attempts + $5, not_before = $3, last_error = $4, \
              lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
         )
         .bind(id)
         .bind(owner)
         .bind(not_before)
         .bind(error)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Give a job back untried (the destination is unreachable: nothing was attempted
-    /// for this instance), to be claimed again at `not_before`.
-    pub async fn forward_release(
-        &self,
-        id: i64,
-        owner: &str,
-        not_before: i64,
-        error: &str,
-    ) -> Result<(), IndexError> {
-        sqlx::query(
-            "UPDATE forward_jobs SET not_before = $3, last_error = $4, lease_owner = NULL, \
-             lease_until = NULL WHERE id = $1 AND lease_owner = $2",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(not_before)
-        .bind(error)
+        .bind(i64::from(attempted))
         .execute(&self.pool)
         .await?;
         Ok(())

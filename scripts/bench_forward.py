@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Forwarding throughput over DIMSE, pacs-lite against Orthanc, in one run on one machine.
+
+pacs-lite (embedded defaults, one `[[forward.destinations]]`, no rule) and an Orthanc
+(Debian `orthanc`) each hold the same study; each then sends it to an Orthanc receiver of
+its own: pacs-lite through `POST /api/v1/admin/forward/{destination}` (timed until its
+outbox reports every instance delivered), Orthanc through `POST /modalities/{id}/store`
+(synchronous: timed until it answers). Cases: 64x64 CT and 512x512 CT. Prints instances/s,
+MB/s and the ratio; asserts nothing.
+
+Usage: scripts/bench_forward.py [--quick] [--binary PATH]
+"""
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests" / "interop"))
+import bench_stow as stow  # noqa: E402
+from orthanc import Orthanc  # noqa: E402
+
+
+class Gateway(stow.Server):
+    """pacs-lite with one forwarding destination and no rule (studies are queued on demand)."""
+
+    def __init__(self, receiver, binary=None):
+        super().__init__(binary=binary)
+        self.env["PACS_FORWARD__DESTINATIONS"] = (
+            f'[{{name="central",kind="dimse",ae="{receiver.aet}",host="127.0.0.1",port={receiver.dicom_port}}}]')
+
+    def outbox(self):
+        r = requests.get(f"http://{self.host}:{self.port}/api/v1/admin/forward")
+        return r.json()["destinations"][0]
+
+
+def load_pacs(server, instances):
+    for i in range(0, len(instances), 20):
+        r = requests.post(f"http://{server.host}:{server.port}/dicom-web/studies", data=stow.multipart(instances[i:i + 20]),
+                          headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={stow.BOUNDARY}'})
+        r.raise_for_status()
+
+
+def time_pacs(gateway, study, n):
+    t0 = time.perf_counter()
+    r = requests.post(f"http://{gateway.host}:{gateway.port}/api/v1/admin/forward/central", json={"studies": [study]})
+    r.raise_for_status()
+    while gateway.outbox()["delivered"] < n:
+        time.sleep(0.02)
+    return time.perf_counter() - t0
+
+
+def time_orthanc(source, receiver, n):
+    ids = requests.get(f"{source.url}/instances").json()
+    assert len(ids) == n, len(ids)
+    t0 = time.perf_counter()
+    r = requests.post(f"{source.url}/modalities/receiver/store", json={"Resources": ids, "Synchronous": True})
+    r.raise_for_status()
+    return time.perf_counter() - t0
+
+
+def case(label, size, n, binary):
+    factory = stow.Factory(size, 60 + size % 50, per_series=n, per_study=n)
+    instances = [factory.next() for _ in range(n)]
+    total = sum(map(len, instances))
+    study = re.search(re.escape(stow.UID_PREFIX).encode() + rb"2\d+", instances[0]).group().decode()
+    to_pacs, to_orthanc = Orthanc(aet="RECV1"), Orthanc(aet="RECV2")
+    gateway = source = None
+    try:
+        to_pacs.start()
+        to_orthanc.start()
+        gateway = Gateway(to_pacs, binary).start()
+        load_pacs(gateway, instances)
+        source = Orthanc(aet="SOURCE", DicomModalities={"receiver": ["RECV2", "127.0.0.1", to_orthanc.dicom_port]})
+        source.start()
+        for raw in instances:
+            requests.post(f"{source.url}/instances", data=raw).raise_for_status()
+        t_pacs = time_pacs(gateway, study, n)
+        t_orthanc = time_orthanc(source, to_orthanc, n)
+        assert len(requests.get(f"{to_pacs.url}/instances").json()) == n
+        rate = lambda t: f"{n / t:7.0f} inst/s {total / t / 1e6:6.1f} MB/s"  # noqa: E731
+        print(f"{label:24} pacs-lite {rate(t_pacs)}   Orthanc {rate(t_orthanc)}   ratio {t_orthanc / t_pacs:5.2f}")
+    finally:
+        for o in (to_pacs, to_orthanc, source):
+            if o:
+                o.cleanup()
+        if gateway:
+            gateway.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--binary", help="the pacs-lite binary (default: target/release/pacs-lite)")
+    args = ap.parse_args()
+    print("Forwarding a study over DIMSE to an Orthanc receiver, 1 association each")
+    try:
+        case("64x64 CT", 64, 200 if args.quick else 1000, args.binary)
+        case("512x512 CT", 512, 50 if args.quick else 200, args.binary)
+    finally:
+        stow.remove_leftovers()
+
+
+if __name__ == "__main__":
+    main()
