@@ -88,7 +88,7 @@ def stow_all(server, instances, per_request=10):
 
 def load_study(servers, n, run):
     """One series of `n` 512x512 CT instances stored in every server: its study UID, its bytes."""
-    factory = stow.Factory(512, run, per_series=n, per_study=n)
+    factory = stow.Factory(512, run, per_series=n + 1, per_study=n + 1)  # numbering starts at 1
     instances = [factory.next() for _ in range(n)]
     for server in servers:
         stow_all(server, instances)

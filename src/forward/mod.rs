@@ -33,7 +33,7 @@ use crate::model::clock::now_millis;
 use crate::model::AeTitle;
 
 /// How often an idle worker looks for new jobs.
-const POLL: Duration = Duration::from_millis(500);
+const POLL: Duration = Duration::from_millis(100);
 /// How often the backlog gauges are brought up to date.
 const GAUGE_EVERY: Duration = Duration::from_secs(2);
 
@@ -103,22 +103,9 @@ impl Worker {
 
     /// Send one claimed batch; the pause before the next claim.
     async fn deliver(&mut self, jobs: Vec<ForwardJob>) -> Duration {
-        let mut batch = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            match self
-                .ctx
-                .index()
-                .locate_instance(&job.sop_instance_uid)
-                .await
-            {
-                Ok(Some(loc)) => batch.push((job, loc)),
-                Ok(None) => self.fail(&job, "the instance is no longer stored").await,
-                Err(e) => self.retry(&job, &format!("index: {e}")).await,
-            }
-        }
-        if batch.is_empty() {
+        let Some(batch) = self.locate(jobs).await else {
             return Duration::ZERO;
-        }
+        };
         let instances: Vec<InstanceLocation> = batch.iter().map(|(_, l)| l.clone()).collect();
         let proposals = push::proposals(&instances);
         let peer =
@@ -129,7 +116,7 @@ impl Worker {
         self.outages = 0;
         let mut broken: Option<String> = None;
         let mut renewed = std::time::Instant::now();
-        let mut delivered = Vec::new();
+        let mut delivered: Vec<&ForwardJob> = Vec::new();
         for (job, loc) in &batch {
             if let Some(why) = &broken {
                 self.release(job, why, 0).await;
@@ -145,19 +132,58 @@ impl Worker {
                 broken = Some(format!("the association broke: {why}"));
             }
             if matches!(pushed, Pushed::Stored | Pushed::Warning(_)) {
-                match delivered
-                    .iter_mut()
-                    .find(|(study, _)| *study == &job.study_uid)
-                {
-                    Some((_, n)) => *n += 1,
-                    None => delivered.push((&job.study_uid, 1)),
-                }
+                delivered.push(job);
             }
             self.settle(job, loc, pushed).await;
         }
         peer.release().await;
-        self.audit(&delivered);
+        self.delivered(&delivered).await;
         Duration::ZERO
+    }
+
+    /// The claimed jobs with their instances, in claim order; jobs whose instance is gone
+    /// fail. `None`: nothing to send.
+    async fn locate(&self, jobs: Vec<ForwardJob>) -> Option<Vec<(ForwardJob, InstanceLocation)>> {
+        let uids: Vec<&crate::model::Uid> = jobs.iter().map(|j| &j.sop_instance_uid).collect();
+        let mut found = match self.ctx.index().locate_instances(&uids).await {
+            Ok(found) => found,
+            Err(e) => {
+                for job in &jobs {
+                    self.retry(job, &format!("index: {e}")).await;
+                }
+                return None;
+            }
+        };
+        let mut batch = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match found
+                .iter()
+                .position(|l| l.sop_instance_uid == job.sop_instance_uid)
+            {
+                Some(i) => batch.push((job, found.swap_remove(i))),
+                None => self.fail(&job, "the instance is no longer stored").await,
+            }
+        }
+        (!batch.is_empty()).then_some(batch)
+    }
+
+    /// Record a batch's deliveries (one statement) and audit them per study.
+    async fn delivered(&self, jobs: &[&ForwardJob]) {
+        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        if let Err(e) = self.ctx.index().forward_delivered(&ids, &self.owner).await {
+            tracing::error!(destination = %self.dest.name, error = %e, "deliveries not recorded; they will be sent again");
+        }
+        let mut per_study: Vec<(&crate::model::Uid, usize)> = Vec::new();
+        for job in jobs {
+            match per_study
+                .iter_mut()
+                .find(|(study, _)| *study == &job.study_uid)
+            {
+                Some((_, n)) => *n += 1,
+                None => per_study.push((&job.study_uid, 1)),
+            }
+        }
+        self.audit(&per_study);
     }
 
     /// The audit trail: per study, how many instances went to this destination.
@@ -191,14 +217,7 @@ impl Worker {
                     .bytes
                     .with_label_values(&[&self.dest.name])
                     .inc_by(loc.size);
-                if let Err(e) = self
-                    .ctx
-                    .index()
-                    .forward_delivered(job.id, &self.owner)
-                    .await
-                {
-                    tracing::error!(destination = %self.dest.name, error = %e, "delivery not recorded; it will be sent again");
-                }
+                // Recorded with the rest of the batch (`delivered`).
             }
             Pushed::Refused(s) if permanent(s) => {
                 self.fail(job, &format!("refused by the peer with status {s}"))

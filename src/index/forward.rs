@@ -99,18 +99,24 @@ impl Index {
         Ok(())
     }
 
-    /// The peer has the instance (and, with commitment, confirmed it).
-    pub async fn forward_delivered(&self, id: i64, owner: &str) -> Result<(), IndexError> {
-        sqlx::query(
-            "UPDATE forward_jobs SET state = 'delivered', delivered_at = $3, attempts = attempts + 1, \
-             last_error = NULL, lease_owner = NULL, lease_until = NULL \
-             WHERE id = $1 AND lease_owner = $2",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(now_millis())
-        .execute(&self.pool)
-        .await?;
+    /// The peer has these instances (and, with commitment, confirmed them): recorded in
+    /// one statement per batch (a crash before it means they are sent again, which an
+    /// upstream keeping one copy per SOP Instance UID absorbs).
+    pub async fn forward_delivered(&self, ids: &[i64], owner: &str) -> Result<(), IndexError> {
+        for chunk in ids.chunks(500) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "UPDATE forward_jobs SET state = 'delivered', delivered_at = $2, \
+                 attempts = attempts + 1, last_error = NULL, lease_owner = NULL, lease_until = NULL \
+                 WHERE lease_owner = $1 AND id IN ({})",
+                list.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(owner).bind(now_millis());
+            for id in chunk {
+                q = q.bind(id);
+            }
+            q.execute(&self.pool).await?;
+        }
         Ok(())
     }
 

@@ -77,6 +77,27 @@ impl Index {
             .await?)
     }
 
+    /// Several instances by SOP Instance UID, in one query; those not stored are missing.
+    pub async fn locate_instances(
+        &self,
+        uids: &[&Uid],
+    ) -> Result<Vec<InstanceLocation>, IndexError> {
+        let mut out = Vec::with_capacity(uids.len());
+        for chunk in uids.chunks(500) {
+            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "{LOCATE}{FROM} WHERE i.sop_instance_uid IN ({})",
+                list.join(", ")
+            );
+            let mut q = sqlx::query_as(&sql);
+            for uid in chunk {
+                q = q.bind(*uid);
+            }
+            out.extend(q.fetch_all(&self.pool).await?);
+        }
+        Ok(out)
+    }
+
     /// The precomputed metadata of the instances in scope, with each one's SHA-256
     /// (which makes a strong validator for the whole answer).
     pub async fn metadata(&self, scope: &Scope) -> Result<Vec<(String, Sha256)>, IndexError> {
