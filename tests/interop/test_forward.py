@@ -27,7 +27,11 @@ def upstream():
 def forwarding_env(upstream, **dest):
     fields = {"name": "central", "kind": "dimse", "ae": upstream.aet, "host": "127.0.0.1",
               "port": upstream.dicom_port, "retry_initial_secs": 1, "retry_max_secs": 2, **dest}
-    toml = ",".join(f'{k}={v}' if isinstance(v, int) else f'{k}="{v}"' for k, v in fields.items())
+    def value(v):
+        if isinstance(v, bool):
+            return str(v).lower()
+        return str(v) if isinstance(v, int) else f'"{v}"'
+    toml = ",".join(f"{k}={value(v)}" for k, v in fields.items())
     return {"PACS_FORWARD__DESTINATIONS": f"[{{{toml}}}]", "PACS_FORWARD__RULES": '[{destination="central"}]'}
 
 
@@ -195,3 +199,38 @@ def test_studies_queued_on_demand(make_pacs, upstream):
     assert requests.post(url, json={"studies": ["not a uid"]}).status_code == 400
     assert requests.post(url, json={"study": "1.2.3"}).status_code == 400
     assert requests.post(f"{pacs.url}/api/v1/admin/forward/nowhere", json={"studies": ["1.2.3"]}).status_code == 404
+
+
+def test_forwarding_over_tls(make_pacs, tmp_path):
+    """A destination reached over DICOM TLS with our client certificate (dcmtk's storescp
+    with +tls, which requires one): delivered, as stored."""
+    import subprocess
+    from dimsetools import dcmtk, free_port, wait_for_port
+    from tlstools import Pki
+    if require_dcmtk():
+        pytest.skip("dcmtk is not installed")
+    pki = Pki(tmp_path / "pki")
+    received = tmp_path / "received"
+    received.mkdir()
+    port = free_port()
+    scp = subprocess.Popen([dcmtk("storescp"), "+tls", pki.key("server"), pki.pem("server"), "+cf", pki.pem("ca"),
+                            "+B", "-od", str(received), "-aet", "ARCHIVE", "+xa", str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+
+        class Peer:
+            aet, dicom_port = "ARCHIVE", port
+        pacs = make_pacs(forwarding_env(Peer, tls=True, ca_file=pki.pem("ca"), cert_file=pki.pem("client"),
+                                        key_file=pki.key("client")))
+        series = ct_series(n=4, size=32, patient_name="Forward^Tls")
+        assert pacs.stow(series).status_code == 200
+        wait_for(lambda: outbox(pacs)["delivered"] == 4, timeout=30)
+        got = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f.read_bytes()
+               for f in received.iterdir()}
+        assert set(got) == {str(ds.SOPInstanceUID) for ds in series}
+        for ds in series:
+            assert dataset_bytes(got[str(ds.SOPInstanceUID)]) == dataset_bytes(pacs.object_bytes(str(ds.SOPInstanceUID)))
+    finally:
+        scp.terminate()
+        scp.wait(10)
