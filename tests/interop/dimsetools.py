@@ -57,10 +57,13 @@ def dataset_bytes(raw: bytes) -> bytes:
 class StoreSCP:
     """dcmtk's storescp as a C-MOVE destination: bit-preserving, accepting every syntax."""
 
-    def __init__(self, folder: Path, ae="STORESCP"):
+    def __init__(self, folder: Path, ae="STORESCP", tls=None):
+        """`tls`: (key, certificate, CA) PEM paths: DICOM TLS, requiring the caller's
+        certificate to chain to the CA (storescp's default)."""
         self.ae, self.port, self.folder = ae, free_port(), folder
         folder.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([dcmtk("storescp"), "+B", "-od", str(folder), "-aet", ae, "+xa",
+        secure = ["+tls", tls[0], tls[1], "+cf", tls[2]] if tls else []
+        self.proc = subprocess.Popen([dcmtk("storescp"), *secure, "+B", "-od", str(folder), "-aet", ae, "+xa",
                                       str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_for_port(self.port)
 

@@ -6,7 +6,6 @@ TLS port, TLS on the plain port, no client certificate, an unknown CA, an expire
 certificate, a calling AE not allowed), each with the server serving afterwards."""
 
 import ssl
-import subprocess
 from pathlib import Path
 
 import pydicom
@@ -19,7 +18,7 @@ from pynetdicom.sop_class import (CTImageStorage, StudyRootQueryRetrieveInformat
                                   StudyRootQueryRetrieveInformationModelMove, Verification)
 
 from dicomgen import ct_series, to_bytes
-from dimsetools import dataset_bytes, dcmtk, free_port, require_dcmtk, run, wait_for_port
+from dimsetools import StoreSCP, dataset_bytes, free_port, require_dcmtk, run
 from test_ops import metric
 from tlstools import Pki
 
@@ -93,13 +92,9 @@ def test_pynetdicom_get_and_move_over_tls(make_pacs, pki, tmp_path):
     """C-GET back on a TLS association; C-MOVE over TLS to a storescp that speaks TLS and
     requires our client certificate (outgoing TLS)."""
     received = tmp_path / "received"
-    received.mkdir()
-    port = free_port()
-    scp = subprocess.Popen([dcmtk("storescp"), "+tls", pki.key("server2"), pki.pem("server2"), "+cf", pki.pem("ca"),
-                            "+B", "-od", str(received), "-aet", "TLSSCP", "+xa", str(port)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    scp = StoreSCP(received, ae="TLSSCP", tls=(pki.key("server2"), pki.pem("server2"), pki.pem("ca")))
+    port = scp.port
     try:
-        wait_for_port(port)
         dest = (f'[{{ae="TLSSCP",host="127.0.0.1",port={port},tls=true,ca_file="{pki.pem("ca")}",'
                 f'cert_file="{pki.pem("client")}",key_file="{pki.key("client")}"}},'
                 f'{{ae="ROGUE",host="127.0.0.1",port={port},tls=true,ca_file="{pki.pem("rogue-ca")}"}}]')
@@ -151,8 +146,7 @@ def test_pynetdicom_get_and_move_over_tls(make_pacs, pki, tmp_path):
         assert "over TLS failed" in pacs.server_log() and "UnknownIssuer" in pacs.server_log()
         assert echo(pacs, pki).returncode == 0
     finally:
-        scp.terminate()
-        scp.wait(10)
+        scp.stop()
 
 
 def test_pynetdicom_store_and_find_over_tls(make_pacs, pki):

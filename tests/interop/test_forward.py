@@ -4,6 +4,7 @@ the outbox, are reported pending with the connection error, and reach the archiv
 byte (the data set; the file meta group is the receiver's) once it is back."""
 
 import time
+from types import SimpleNamespace
 
 import pydicom
 import pytest
@@ -204,24 +205,16 @@ def test_studies_queued_on_demand(make_pacs, upstream):
 def test_forwarding_over_tls(make_pacs, tmp_path):
     """A destination reached over DICOM TLS with our client certificate (dcmtk's storescp
     with +tls, which requires one): delivered, as stored."""
-    import subprocess
-    from dimsetools import dcmtk, free_port, wait_for_port
+    from dimsetools import StoreSCP
     from tlstools import Pki
     if require_dcmtk():
         pytest.skip("dcmtk is not installed")
     pki = Pki(tmp_path / "pki")
     received = tmp_path / "received"
-    received.mkdir()
-    port = free_port()
-    scp = subprocess.Popen([dcmtk("storescp"), "+tls", pki.key("server"), pki.pem("server"), "+cf", pki.pem("ca"),
-                            "+B", "-od", str(received), "-aet", "ARCHIVE", "+xa", str(port)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scp = StoreSCP(received, ae="ARCHIVE", tls=(pki.key("server"), pki.pem("server"), pki.pem("ca")))
     try:
-        wait_for_port(port)
-
-        class Peer:
-            aet, dicom_port = "ARCHIVE", port
-        pacs = make_pacs(forwarding_env(Peer, tls=True, ca_file=pki.pem("ca"), cert_file=pki.pem("client"),
+        peer = SimpleNamespace(aet=scp.ae, dicom_port=scp.port)
+        pacs = make_pacs(forwarding_env(peer, tls=True, ca_file=pki.pem("ca"), cert_file=pki.pem("client"),
                                         key_file=pki.key("client")))
         series = ct_series(n=4, size=32, patient_name="Forward^Tls")
         assert pacs.stow(series).status_code == 200
@@ -232,5 +225,4 @@ def test_forwarding_over_tls(make_pacs, tmp_path):
         for ds in series:
             assert dataset_bytes(got[str(ds.SOPInstanceUID)]) == dataset_bytes(pacs.object_bytes(str(ds.SOPInstanceUID)))
     finally:
-        scp.terminate()
-        scp.wait(10)
+        scp.stop()

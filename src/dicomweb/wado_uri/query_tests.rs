@@ -1,3 +1,6 @@
+//! Unit tests of the WADO-URI query parser (`query.rs`): parameters, content types,
+//! transfer syntaxes and the 400/406 refusals that name their parameter.
+
 use super::*;
 
 const UIDS: &str = "requestType=WADO&studyUID=1.2.3&seriesUID=1.2.3.4&objectUID=1.2.3.4.5";
