@@ -16,6 +16,7 @@
 
 pub mod attributes;
 pub mod capture;
+pub mod deidentify;
 pub mod frames;
 pub mod header;
 pub mod json;
