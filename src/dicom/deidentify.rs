@@ -404,3 +404,5 @@ fn code_item(value: &str, meaning: &str) -> InMemDicomObject {
     ])
 }
 
+#[cfg(test)]
+mod tests;
