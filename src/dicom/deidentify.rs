@@ -39,6 +39,8 @@
 //! - **File meta.** Media Storage SOP Instance UID becomes the new SOP Instance UID; the
 //!   source, sending and receiving AE titles are treated as Station AE Title (removed, or
 //!   pseudonyms with the device option); private meta information is removed.
+//! - **Unreadable elements.** An element left as UN whose tag the dictionary does not know,
+//!   or knows as a sequence, is removed: it may hide a sequence whose items we cannot clean.
 //! - **Everything else** — standard attributes the table does not list — is kept, as the
 //!   profile intends; sequences among them have their items cleaned.
 //!
@@ -54,12 +56,13 @@ mod values;
 
 use std::fmt;
 
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use dicom_core::header::Header;
 use dicom_core::value::{DataSetSequence, PrimitiveValue, Value};
 use dicom_core::{DataElement, Length, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::mem::InMemElement;
-use dicom_object::{FileDicomObject, InMemDicomObject};
+use dicom_object::{FileDicomObject, InMemDicomObject, StandardDataDictionary};
 
 use super::nesting::MAX_NESTING;
 use super::text::text;
@@ -205,7 +208,12 @@ fn clean_data_set(
     for tag in tags {
         let Some(elem) = obj.get(tag) else { continue };
         let is_seq = matches!(elem.value(), Value::Sequence(_));
-        match act(tag, is_seq, p) {
+        let act = if is_opaque(elem) {
+            Act::Remove
+        } else {
+            act(tag, is_seq, p)
+        };
+        match act {
             Act::Keep if is_seq => clean_items(obj, tag, p, depth)?,
             Act::Keep => {}
             Act::Remove => {
@@ -222,6 +230,16 @@ fn clean_data_set(
         }
     }
     Ok(())
+}
+
+/// An element whose value we cannot see into: VR UN for a tag the dictionary does not
+/// know, or knows as a sequence. It may hold a sequence encoded as bytes, whose items —
+/// names, IDs, UIDs — we could not clean, so it goes.
+fn is_opaque(elem: &InMemElement) -> bool {
+    elem.vr() == VR::UN
+        && StandardDataDictionary
+            .by_tag(elem.tag())
+            .is_none_or(|entry| entry.vr().relaxed() == VR::SQ)
 }
 
 /// Clean the items of the sequence `tag` (rebuilt with an undefined length, as its

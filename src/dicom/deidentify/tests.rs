@@ -524,3 +524,25 @@ fn the_key_is_not_printed() {
     let shown = format!("{:?}", profile(false, false));
     assert!(!shown.contains("forwarding key") && shown.contains("redacted"));
 }
+
+#[test]
+fn elements_we_cannot_read_are_removed() {
+    let p = profile(false, false);
+    let unknown = Tag(0x0018, 0xFFF0);
+    assert!(StandardDataDictionary.by_tag(unknown).is_none());
+    let bytes = |s: &str| PrimitiveValue::U8(s.as_bytes().to_vec().into());
+    let mut obj = ct();
+    obj.put(el(unknown, VR::UN, bytes("Doe^Jane")));
+    obj.put(el(
+        tags::REFERENCED_SERIES_SEQUENCE,
+        VR::UN,
+        bytes("opaque items"),
+    ));
+    obj.put(el(tags::DEVICE_UID, VR::UN, bytes(FRAME)));
+    deidentify(&mut obj, &p).unwrap();
+    assert!(obj.get(unknown).is_none());
+    assert!(obj.get(tags::REFERENCED_SERIES_SEQUENCE).is_none());
+    let device = obj.get(tags::DEVICE_UID).unwrap();
+    assert_eq!(device.vr(), VR::UI);
+    assert_eq!(get(&obj, tags::DEVICE_UID), Some(map_uid(&p, FRAME)));
+}
