@@ -234,16 +234,12 @@ fn the_file_meta_follows_the_data_set() {
     let p = profile(false, false);
     let obj = run(&p);
     let meta = obj.meta();
-    assert_eq!(trim(&meta.media_storage_sop_instance_uid), map_uid(&p, SOP));
+    let sop = get(&obj, tags::SOP_INSTANCE_UID).unwrap();
+    assert_eq!(sop, map_uid(&p, SOP));
+    assert_eq!(meta.media_storage_sop_instance_uid(), sop);
     assert_eq!(meta.media_storage_sop_instance_uid.len() % 2, 0);
-    assert_eq!(
-        trim(&meta.media_storage_sop_class_uid),
-        uids::CT_IMAGE_STORAGE
-    );
-    assert_eq!(
-        trim(&obj.meta().transfer_syntax),
-        uids::EXPLICIT_VR_LITTLE_ENDIAN
-    );
+    assert_eq!(meta.media_storage_sop_class_uid(), uids::CT_IMAGE_STORAGE);
+    assert_eq!(meta.transfer_syntax(), uids::EXPLICIT_VR_LITTLE_ENDIAN);
     assert_eq!(obj.meta().source_application_entity_title, None);
 }
 
