@@ -51,6 +51,9 @@
 //! and its code sequence (113100, plus 113106 and 113109 for the options), and
 //! Longitudinal Temporal Information Modified.
 
+mod rows_a;
+mod rows_b;
+mod rules;
 mod table;
 mod values;
 
@@ -166,7 +169,7 @@ fn act(tag: Tag, is_seq: bool, p: &Profile) -> Act {
         tags::PATIENT_NAME => return Act::PatientName,
         _ => {}
     }
-    let Some(rule) = table::rule(tag) else {
+    let Some(rule) = rules::rule(tag) else {
         return Act::Keep;
     };
     if p.retain_dates && rule.dates == Retain::Keep {
