@@ -98,13 +98,15 @@ impl AccessControl for AeRules {
 }
 
 /// SCP/SCU role selection: a requester may be the SCP of storage SOP classes (to receive
-/// C-GET sub-operations); other proposals get the default roles.
+/// C-GET sub-operations) and of storage commitment (to report on instances we forwarded to
+/// it); other proposals get the default roles.
 struct Roles;
 
 impl Negotiation for Roles {
     fn negotiate_roles(&self, sop_class_uid: &str, scu: bool, scp: bool) -> Option<RequestorRoles> {
         let storage = storage_sop_classes().iter().any(|c| c == sop_class_uid);
-        storage.then_some(RequestorRoles { scu, scp })
+        let commitment = sop_class_uid == commit::STORAGE_COMMITMENT;
+        (storage || commitment).then_some(RequestorRoles { scu, scp })
     }
 }
 

@@ -55,6 +55,7 @@ pub struct Command {
     pub requested_sop_instance: Option<String>,
     pub move_destination: Option<String>,
     pub action_type: Option<u16>,
+    pub event_type: Option<u16>,
     pub status: Option<Status>,
     pub has_data_set: bool,
 }
@@ -83,6 +84,7 @@ pub fn decode(bytes: &[u8]) -> Result<Command, CommandError> {
         requested_sop_instance: text(&obj, tags::REQUESTED_SOP_INSTANCE_UID),
         move_destination: text(&obj, tags::MOVE_DESTINATION),
         action_type: uint(&obj, tags::ACTION_TYPE_ID),
+        event_type: uint(&obj, tags::EVENT_TYPE_ID),
         status: uint(&obj, tags::STATUS).map(Status),
         has_data_set: uint(&obj, tags::COMMAND_DATA_SET_TYPE).is_some_and(|t| t != NO_DATA_SET),
     })
@@ -173,6 +175,9 @@ impl<'a> Response<'a> {
         if let Some(action) = rq.action_type {
             elements.push(us(tags::ACTION_TYPE_ID, action));
         }
+        if let Some(event) = rq.event_type {
+            elements.push(us(tags::EVENT_TYPE_ID, event));
+        }
         if let Some(c) = self.counts {
             // Remaining is only meaningful in pending responses (and after a cancel).
             if self.status.is_pending() || self.status == Status::CANCEL {
@@ -238,6 +243,23 @@ pub fn event_report_request(
         us(tags::COMMAND_DATA_SET_TYPE, DATA_SET),
         ui(tags::AFFECTED_SOP_INSTANCE_UID, sop_instance),
         us(tags::EVENT_TYPE_ID, event_type),
+    ])
+}
+
+/// An N-ACTION-RQ with action information following.
+pub fn action_request(
+    message_id: u16,
+    sop_class: &str,
+    sop_instance: &str,
+    action_type: u16,
+) -> Vec<u8> {
+    encode(vec![
+        ui(tags::REQUESTED_SOP_CLASS_UID, sop_class),
+        us(tags::COMMAND_FIELD, field::N_ACTION_RQ),
+        us(tags::MESSAGE_ID, message_id),
+        us(tags::COMMAND_DATA_SET_TYPE, DATA_SET),
+        ui(tags::REQUESTED_SOP_INSTANCE_UID, sop_instance),
+        us(tags::ACTION_TYPE_ID, action_type),
     ])
 }
 

@@ -120,6 +120,29 @@ async fn verify_one(svc: &Context, class: &str, instance: &str) -> Option<Status
     }
 }
 
+/// An item of a Referenced SOP Sequence or, with a failure reason, a Failed SOP Sequence.
+pub(super) fn item(class: &str, instance: &str, reason: Option<Status>) -> InMemDicomObject {
+    let mut o = InMemDicomObject::new_empty();
+    o.put(DataElement::new(
+        tags::REFERENCED_SOP_CLASS_UID,
+        VR::UI,
+        PrimitiveValue::from(class),
+    ));
+    o.put(DataElement::new(
+        tags::REFERENCED_SOP_INSTANCE_UID,
+        VR::UI,
+        PrimitiveValue::from(instance),
+    ));
+    if let Some(r) = reason {
+        o.put(DataElement::new(
+            tags::FAILURE_REASON,
+            VR::US,
+            PrimitiveValue::from(r.0),
+        ));
+    }
+    o
+}
+
 /// The N-EVENT-REPORT event information: Event Type ID and encoded data set.
 fn event_information(
     request: &Request,
@@ -127,27 +150,6 @@ fn event_information(
     ae_title: &AeTitle,
     ts: &str,
 ) -> Option<(u16, Vec<u8>)> {
-    let item = |class: &str, instance: &str, reason: Option<Status>| {
-        let mut o = InMemDicomObject::new_empty();
-        o.put(DataElement::new(
-            tags::REFERENCED_SOP_CLASS_UID,
-            VR::UI,
-            PrimitiveValue::from(class),
-        ));
-        o.put(DataElement::new(
-            tags::REFERENCED_SOP_INSTANCE_UID,
-            VR::UI,
-            PrimitiveValue::from(instance),
-        ));
-        if let Some(r) = reason {
-            o.put(DataElement::new(
-                tags::FAILURE_REASON,
-                VR::US,
-                PrimitiveValue::from(r.0),
-            ));
-        }
-        o
-    };
     let committed: Vec<_> = results
         .iter()
         .filter(|r| r.2.is_none())

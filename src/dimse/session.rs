@@ -19,7 +19,7 @@ use super::retrieve::{self, Retrieve};
 use super::status::Status;
 use super::store::Incoming;
 use super::transport::Connection;
-use super::{commit, echo, find, PresentationContext};
+use super::{commit, commit_scu, echo, find, PresentationContext};
 use crate::context::Context;
 use crate::index::admin::AuditEvent;
 use crate::model::{AeTitle, TransferSyntax};
@@ -241,7 +241,11 @@ impl Session {
                 });
                 Ok(())
             }
-            field::C_FIND_RQ | field::C_MOVE_RQ | field::C_GET_RQ | field::N_ACTION_RQ => {
+            field::C_FIND_RQ
+            | field::C_MOVE_RQ
+            | field::C_GET_RQ
+            | field::N_ACTION_RQ
+            | field::N_EVENT_REPORT_RQ => {
                 if command.has_data_set {
                     self.in_flight = Some(InFlight::Small {
                         request: command,
@@ -359,6 +363,12 @@ impl Session {
         }
         match request.field {
             field::N_ACTION_RQ => self.commitment(request, context, data).await,
+            field::N_EVENT_REPORT_RQ => {
+                let ts = self.transfer_syntax(context);
+                let status = commit_scu::on_report(&self.ctx, &request, &data, ts.as_str()).await;
+                let rsp = command::response(&request, field::N_EVENT_REPORT_RSP, status);
+                self.reply(context, rsp).await
+            }
             field::C_FIND_RQ => {
                 self.find(request, context, data);
                 Ok(())

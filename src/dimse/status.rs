@@ -28,6 +28,8 @@ impl Status {
     pub const MISSING_ATTRIBUTE_VALUE: Status = Status(0x0121);
     pub const SOP_CLASS_NOT_SUPPORTED: Status = Status(0x0122);
     pub const NO_SUCH_ACTION: Status = Status(0x0123);
+    /// An N-EVENT-REPORT of an event type the SOP class does not have.
+    pub const NO_SUCH_EVENT_TYPE: Status = Status(0x0113);
     pub const UNRECOGNIZED_OPERATION: Status = Status(0x0211);
     /// Refused: out of resources.
     pub const OUT_OF_RESOURCES: Status = Status(0xA700);
