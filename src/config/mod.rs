@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 mod forward;
 mod listeners;
 
-pub use forward::{DestinationKind, ForwardConfig, ForwardDestination, ForwardRule, Source};
+pub use forward::{
+    Deidentify, DeidentifyOption, DeidentifyProfile, DestinationKind, ForwardConfig,
+    ForwardDestination, ForwardRule, Source,
+};
 pub use listeners::{Destination, DimseConfig, DimseTlsConfig, HttpConfig, TlsFiles};
 
 /// The whole configuration of one pacs-lite process.

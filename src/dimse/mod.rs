@@ -14,6 +14,7 @@
 mod association;
 pub mod command;
 pub mod commit;
+pub mod commit_scu;
 mod echo;
 pub mod find;
 mod link;
@@ -26,7 +27,7 @@ pub mod store;
 mod transport;
 
 pub use association::{serve, storage_sop_classes, transfer_syntaxes, Listeners, SERVICE_CLASSES};
-pub use link::{Assembler, MAX_COMMAND};
+pub use link::{Assembler, DataSet, MAX_COMMAND};
 pub use scu::{connect, Peer, Proposal};
 pub use status::Status;
 

@@ -74,17 +74,7 @@ pub async fn c_store(
     loc: &InstanceLocation,
     originator: Option<(&str, u16)>,
 ) -> Pushed {
-    let for_class = || {
-        contexts
-            .iter()
-            .filter(|c| c.abstract_syntax == loc.sop_class_uid.as_str())
-    };
-    let context = for_class()
-        .find(|c| c.transfer_syntax == loc.transfer_syntax)
-        .or_else(|| for_class().find(|c| can_transcode(&loc.transfer_syntax, &c.transfer_syntax)));
-    let Some(context) = context else {
-        tracing::info!(sop = %loc.sop_instance_uid, class = %loc.sop_class_uid,
-            ts = %loc.transfer_syntax, "no accepted presentation context for a C-STORE");
+    let Some(context) = context_for(contexts, loc) else {
         return Pushed::NoContext;
     };
     let data = match data_set(store, loc, &context.transfer_syntax).await {
@@ -94,22 +84,56 @@ pub async fn c_store(
             return Pushed::Unreadable(e);
         }
     };
+    let uids = (loc.sop_class_uid.as_str(), loc.sop_instance_uid.as_str());
+    send(writer, context, uids, data, originator).await
+}
+
+/// The accepted presentation context an instance goes in: its stored transfer syntax, or
+/// one it can be transcoded to; `None` when the peer accepted neither.
+pub fn context_for<'a>(
+    contexts: &'a [PresentationContext],
+    loc: &InstanceLocation,
+) -> Option<&'a PresentationContext> {
+    let for_class = || {
+        contexts
+            .iter()
+            .filter(|c| c.abstract_syntax == loc.sop_class_uid.as_str())
+    };
+    let context = for_class()
+        .find(|c| c.transfer_syntax == loc.transfer_syntax)
+        .or_else(|| for_class().find(|c| can_transcode(&loc.transfer_syntax, &c.transfer_syntax)));
+    if context.is_none() {
+        tracing::info!(sop = %loc.sop_instance_uid, class = %loc.sop_class_uid,
+            ts = %loc.transfer_syntax, "no accepted presentation context for a C-STORE");
+    }
+    context
+}
+
+/// Send `data`, the data set of SOP instance `uids` (class, instance), with C-STORE in
+/// `context`, and wait for the answer.
+pub async fn send(
+    writer: &Writer,
+    context: &PresentationContext,
+    uids: (&str, &str),
+    data: DataSet,
+    originator: Option<(&str, u16)>,
+) -> Pushed {
     let id = writer.next_message_id();
-    let (class, instance) = (loc.sop_class_uid.as_str(), loc.sop_instance_uid.as_str());
+    let (class, instance) = uids;
     let rq = command::store_request(id, class, instance, originator);
     match writer.request(context.id, id, &rq, Some(data)).await {
         Ok(rsp) if rsp.field == field::C_STORE_RSP => match rsp.status {
             Some(s) if s.is_success() => Pushed::Stored,
             Some(s) if s.is_warning() => Pushed::Warning(s),
             Some(s) => {
-                tracing::info!(sop = %loc.sop_instance_uid, status = %s, "C-STORE refused");
+                tracing::info!(sop = instance, status = %s, "C-STORE refused");
                 Pushed::Refused(s)
             }
             None => Pushed::Broken("a C-STORE response without a status".into()),
         },
         Ok(_) => Pushed::Broken("an unexpected response to a C-STORE".into()),
         Err(e) => {
-            tracing::info!(sop = %loc.sop_instance_uid, error = %e, "C-STORE failed");
+            tracing::info!(sop = instance, error = %e, "C-STORE failed");
             Pushed::Broken(e.to_string())
         }
     }
@@ -117,7 +141,7 @@ pub async fn c_store(
 
 /// The data set of a stored instance in transfer syntax `ts`: streamed from the store when
 /// that is how it is stored, transcoded in memory otherwise.
-async fn data_set(
+pub async fn data_set(
     store: &Store,
     loc: &InstanceLocation,
     ts: &TransferSyntax,

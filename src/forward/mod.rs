@@ -1,20 +1,32 @@
-//! Store-and-forward delivery: one worker per `[[forward.destinations]]` entry claims due
-//! jobs from the outbox (`index::forward`, written with each instance's row), opens one
-//! association per batch (`dimse::scu`), sends each instance with C-STORE as stored or
-//! transcoded (`dimse::push`), and records each outcome before the next claim:
+//! Store-and-forward delivery. Each `[[forward.destinations]]` entry gets
+//! `max_associations` workers; each claims due jobs from the outbox (`index::forward`,
+//! written with each instance's row), sends the batch over one association (`dimse.rs`,
+//! C-STORE through `dimse::push`) or in STOW-RS requests (`web.rs`), and records each
+//! instance's outcome before the next claim:
 //!
-//! - stored (or stored with a warning): delivered;
-//! - refused with a status that will not change (0xA9xx, 0xCxxx, SOP class not supported,
-//!   no acceptable presentation context): failed, with the peer's reason;
-//! - anything else (out of resources, a broken association, an unreadable object): tried
-//!   again later, after a wait that doubles per attempt up to a cap, with jitter.
+//! - stored (with a warning or not, and confirmed when the destination asks for storage
+//!   commitment): delivered;
+//! - refused in a way that will not change (DIMSE 0xA9xx, 0xCxxx, SOP class not supported,
+//!   no acceptable presentation context; HTTP 4xx other than 401, 403, 404, 408 and 429):
+//!   failed, with the peer's reason;
+//! - anything else (out of resources, a broken association, a 5xx, an unreadable object):
+//!   tried again later, after a wait that doubles per attempt up to a cap, with jitter —
+//!   until `max_attempts`, when set.
 //!
-//! A destination that cannot be reached gives its batch back untried and pauses for the
-//! same growing wait (a circuit breaker), without holding up the other destinations. Jobs
-//! are claimed under a lease (`forward.lease_secs`), renewed while a batch is being sent:
-//! another process on the same database never takes them while it runs, and takes them
-//! over when it expires. Delivery is at least once toward an
-//! upstream that stores an instance once per SOP Instance UID.
+//! A destination that cannot be reached (or refuses our credentials) gives its batch back
+//! untried and its worker pauses for the same growing wait (a circuit breaker), without
+//! holding up the other destinations. Jobs are claimed under a lease (`forward.lease_secs`),
+//! renewed while a batch is being sent: another process on the same database never takes
+//! them while it runs, and takes them over when it expires. Delivery is at least once
+//! toward an upstream that stores an instance once per SOP Instance UID.
+//!
+//! Rules may de-identify what a destination receives (`payload.rs`); the stored object
+//! never changes.
+
+mod dimse;
+mod payload;
+mod throttle;
+mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,44 +34,103 @@ use std::time::Duration;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ForwardDestination;
+use crate::config::{DestinationKind, ForwardDestination};
 use crate::context::Context;
-use crate::dimse::push::{self, Pushed};
 use crate::dimse::Status;
 use crate::index::admin::AuditEvent;
 use crate::index::forward::ForwardJob;
 use crate::index::read::InstanceLocation;
 use crate::model::clock::now_millis;
-use crate::model::AeTitle;
+
+pub use payload::Payload;
+pub use throttle::Throttle;
 
 /// How often an idle worker looks for new jobs.
 const POLL: Duration = Duration::from_millis(100);
 /// How often the backlog gauges are brought up to date.
 const GAUGE_EVERY: Duration = Duration::from_secs(2);
 
-/// Start a worker per destination; they stop when `cancel` is.
+/// A claimed job with the instance it sends.
+pub(crate) type Batch = [(ForwardJob, InstanceLocation)];
+
+/// How one instance's sending ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The destination has it.
+    Delivered,
+    /// The destination has it and was asked to commit it under `transaction`, where it is
+    /// known as `sent_uid`: delivered once the peer's report confirms it.
+    Committing {
+        transaction: String,
+        sent_uid: String,
+    },
+    /// Refused in a way that will not change.
+    Failed(String),
+    /// Worth another attempt later; counts as an attempt.
+    Retry(String),
+    /// Not sent (the association broke before its turn): given back without counting.
+    Untried(String),
+}
+
+/// What sending a batch came to.
+pub(crate) enum Sent {
+    /// One outcome per job, in the batch's order.
+    Each(Vec<Outcome>),
+    /// Nothing was sent: the destination cannot be reached or refuses us.
+    Unreachable(String),
+}
+
+/// Start the workers of every destination; they stop when `cancel` is.
 pub fn spawn(ctx: &Arc<Context>, cancel: &CancellationToken) {
     let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4());
     for dest in &ctx.config.forward.destinations {
-        let worker = Worker {
-            ctx: ctx.clone(),
-            calling: dest
-                .calling_ae
-                .clone()
-                .unwrap_or_else(|| ctx.config.dimse.ae_title.clone()),
-            dest: dest.clone(),
-            owner: owner.clone(),
-            lease_ms: ctx.config.forward.lease_secs.max(1) as i64 * 1000,
-            outages: 0,
-        };
-        tokio::spawn(worker.run(cancel.clone()));
+        let payload = Payload::new(ctx, dest);
+        for _ in 0..dest.max_associations {
+            let link = match dest.kind {
+                DestinationKind::Dimse => {
+                    dimse::Link::new(ctx, dest, payload.clone()).map(Link::Dimse)
+                }
+                DestinationKind::Dicomweb => web::Link::new(dest, payload.clone()).map(Link::Web),
+            };
+            let link = match link {
+                Ok(link) => link,
+                Err(e) => {
+                    tracing::error!(destination = %dest.name, error = %e, "forwarding destination unusable");
+                    break;
+                }
+            };
+            let worker = Worker {
+                ctx: ctx.clone(),
+                dest: dest.clone(),
+                link,
+                owner: owner.clone(),
+                lease_ms: ctx.config.forward.lease_secs.max(1) as i64 * 1000,
+                outages: 0,
+            };
+            tokio::spawn(worker.run(cancel.clone()));
+        }
+    }
+}
+
+/// How a destination is reached.
+enum Link {
+    Dimse(dimse::Link),
+    Web(web::Link),
+}
+
+impl Link {
+    async fn send(&self, batch: &Batch) -> Sent {
+        match self {
+            Link::Dimse(l) => l.send(batch).await,
+            Link::Web(l) => l.send(batch).await,
+        }
     }
 }
 
 struct Worker {
     ctx: Arc<Context>,
     dest: ForwardDestination,
-    calling: AeTitle,
+    link: Link,
     owner: String,
     /// How long a claim lasts unrenewed; claims are renewed when half of it has passed.
     lease_ms: i64,
@@ -69,7 +140,7 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self, cancel: CancellationToken) {
-        tracing::info!(destination = %self.dest.name, ae = %self.dest.ae, "forwarding worker started");
+        tracing::info!(destination = %self.dest.name, address = %self.dest.address(), "forwarding worker started");
         let mut gauged = std::time::Instant::now() - GAUGE_EVERY;
         loop {
             let claimed = self
@@ -91,6 +162,7 @@ impl Worker {
                 }
             };
             if gauged.elapsed() >= GAUGE_EVERY {
+                self.expire_commitments().await;
                 self.gauge().await;
                 gauged = std::time::Instant::now();
             }
@@ -101,43 +173,59 @@ impl Worker {
         }
     }
 
-    /// Send one claimed batch; the pause before the next claim.
+    /// Send one claimed batch, keeping its leases while it goes; the pause before the
+    /// next claim.
     async fn deliver(&mut self, jobs: Vec<ForwardJob>) -> Duration {
         let Some(batch) = self.locate(jobs).await else {
             return Duration::ZERO;
         };
-        let instances: Vec<InstanceLocation> = batch.iter().map(|(_, l)| l.clone()).collect();
-        let proposals = push::proposals(&instances);
-        let peer =
-            match crate::dimse::connect(&self.dest.peer(), &self.calling, &proposals, &[]).await {
-                Ok(peer) => peer,
-                Err(e) => return self.outage(&batch, &e).await,
-            };
+        let sent = {
+            let sending = self.link.send(&batch);
+            tokio::pin!(sending);
+            let every = Duration::from_millis((self.lease_ms / 2).max(1) as u64);
+            let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tokio::select! {
+                    sent = &mut sending => break sent,
+                    _ = renew.tick() => self.renew().await,
+                }
+            }
+        };
+        let outcomes = match sent {
+            Sent::Unreachable(why) => return self.outage(&batch, &why).await,
+            Sent::Each(outcomes) => outcomes,
+        };
         self.outages = 0;
-        let mut broken: Option<String> = None;
-        let mut renewed = std::time::Instant::now();
         let mut delivered: Vec<&ForwardJob> = Vec::new();
-        for (job, loc) in &batch {
-            if let Some(why) = &broken {
-                self.release(job, why, 0).await;
-                continue;
+        let mut committing: Vec<(i64, String)> = Vec::new();
+        let mut transaction = String::new();
+        for ((job, loc), outcome) in batch.iter().zip(outcomes) {
+            self.count(loc, &outcome);
+            match outcome {
+                Outcome::Delivered => delivered.push(job),
+                Outcome::Committing {
+                    transaction: t,
+                    sent_uid,
+                } => {
+                    transaction = t;
+                    committing.push((job.id, sent_uid));
+                }
+                Outcome::Failed(why) => self.fail(job, &why).await,
+                Outcome::Retry(why) => self.retry(job, &why).await,
+                Outcome::Untried(why) => self.release(job, &why, 0).await,
             }
-            if renewed.elapsed().as_millis() as i64 > self.lease_ms / 2 {
-                self.renew().await;
-                renewed = std::time::Instant::now();
-            }
-            let pushed =
-                push::c_store(&peer.writer, &peer.contexts, self.ctx.store(), loc, None).await;
-            if let Pushed::Broken(why) = &pushed {
-                broken = Some(format!("the association broke: {why}"));
-            }
-            if matches!(pushed, Pushed::Stored | Pushed::Warning(_)) {
-                delivered.push(job);
-            }
-            self.settle(job, loc, pushed).await;
         }
-        peer.release().await;
         self.delivered(&delivered).await;
+        if !committing.is_empty() {
+            let deadline = now_millis() + self.dest.commitment_timeout_secs.max(1) as i64 * 1000;
+            let index = self.ctx.index();
+            if let Err(e) = index
+                .forward_committing(&committing, &self.owner, &transaction, deadline)
+                .await
+            {
+                tracing::error!(destination = %self.dest.name, error = %e, "commitment requests not recorded; the instances will be sent again");
+            }
+        }
         Duration::ZERO
     }
 
@@ -169,6 +257,9 @@ impl Worker {
 
     /// Record a batch's deliveries (one statement) and audit them per study.
     async fn delivered(&self, jobs: &[&ForwardJob]) {
+        if jobs.is_empty() {
+            return;
+        }
         let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
         if let Err(e) = self.ctx.index().forward_delivered(&ids, &self.owner).await {
             tracing::error!(destination = %self.dest.name, error = %e, "deliveries not recorded; they will be sent again");
@@ -188,57 +279,37 @@ impl Worker {
 
     /// The audit trail: per study, how many instances went to this destination.
     fn audit(&self, delivered: &[(&crate::model::Uid, usize)]) {
-        let address = format!("{}:{}", self.dest.host, self.dest.port);
+        let address = self.dest.address();
         for (study, n) in delivered {
             let event =
                 AuditEvent::new(&self.dest.name, "forward", Some(address.clone()), "forward")
                     .study(study.as_str())
-                    .detail(format!("{n} instance(s) delivered to {}", self.dest.ae));
+                    .detail(format!("{n} instance(s) delivered to {address}"));
             self.ctx.index().audit(event);
         }
     }
 
-    /// Record how one C-STORE ended.
-    async fn settle(&self, job: &ForwardJob, loc: &InstanceLocation, pushed: Pushed) {
-        let m = self.ctx.metrics();
-        let outcome = match &pushed {
-            Pushed::Stored | Pushed::Warning(_) => "delivered",
-            Pushed::Refused(s) if permanent(*s) => "failed",
-            Pushed::NoContext => "failed",
-            _ => "retry",
+    /// The metrics of one instance's outcome.
+    fn count(&self, loc: &InstanceLocation, outcome: &Outcome) {
+        let m = &self.ctx.metrics().forward;
+        let label = match outcome {
+            Outcome::Delivered => "delivered",
+            Outcome::Committing { .. } => "stored",
+            Outcome::Failed(_) => "failed",
+            Outcome::Retry(_) => "retry",
+            Outcome::Untried(_) => return,
         };
-        m.forward
-            .sent
-            .with_label_values(&[&self.dest.name, outcome])
-            .inc();
-        match pushed {
-            Pushed::Stored | Pushed::Warning(_) => {
-                m.forward
-                    .bytes
-                    .with_label_values(&[&self.dest.name])
-                    .inc_by(loc.size);
-                // Recorded with the rest of the batch (`delivered`).
-            }
-            Pushed::Refused(s) if permanent(s) => {
-                self.fail(job, &format!("refused by the peer with status {s}"))
-                    .await
-            }
-            Pushed::NoContext => {
-                let why = format!(
-                    "the peer accepts SOP class {} in neither {} nor an uncompressed transfer syntax",
-                    loc.sop_class_uid, loc.transfer_syntax
-                );
-                self.fail(job, &why).await
-            }
-            Pushed::Refused(s) => self.retry(job, &format!("status {s}")).await,
-            Pushed::Unreadable(e) => self.retry(job, &format!("reading the object: {e}")).await,
-            Pushed::Broken(e) => self.retry(job, &e).await,
+        m.sent.with_label_values(&[&self.dest.name, label]).inc();
+        if matches!(outcome, Outcome::Delivered | Outcome::Committing { .. }) {
+            m.bytes
+                .with_label_values(&[&self.dest.name])
+                .inc_by(loc.size);
         }
     }
 
     /// The destination could not be reached: the batch goes back untried, and the worker
     /// pauses for longer each time.
-    async fn outage(&mut self, batch: &[(ForwardJob, InstanceLocation)], why: &str) -> Duration {
+    async fn outage(&mut self, batch: &Batch, why: &str) -> Duration {
         self.outages = self.outages.saturating_add(1);
         let wait = backoff(&self.dest, self.outages - 1);
         tracing::warn!(destination = %self.dest.name, pending = batch.len(), retry_in = ?wait, error = why,
@@ -260,6 +331,26 @@ impl Worker {
         f.queue_depth.with_label_values(&name).set(pending);
         let age = oldest.map_or(0, |t| (now_millis() - t).max(0) / 1000);
         f.oldest_pending_seconds.with_label_values(&name).set(age);
+    }
+
+    /// Instances whose storage commitment report is overdue go again.
+    async fn expire_commitments(&self) {
+        if !self.dest.commitment {
+            return;
+        }
+        match self
+            .ctx
+            .index()
+            .forward_commitment_expired(&self.dest.name)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(destination = %self.dest.name, instances = n,
+                "no storage commitment report in time; the instances go again"),
+            Err(e) => {
+                tracing::warn!(destination = %self.dest.name, error = %e, "overdue commitments not checked")
+            }
+        }
     }
 
     /// Keep the claims of a batch that takes long (a thin link).
@@ -286,6 +377,13 @@ impl Worker {
     }
 
     async fn retry(&self, job: &ForwardJob, why: &str) {
+        let attempts = job.attempts.saturating_add(1);
+        if let Some(max) = self.dest.max_attempts {
+            if attempts >= i64::from(max) {
+                let why = format!("gave up after {attempts} attempts; the last: {why}");
+                return self.fail(job, &why).await;
+            }
+        }
         let wait = backoff(&self.dest, job.attempts.clamp(0, 30) as u32);
         let at = now_millis() + wait.as_millis() as i64;
         tracing::info!(destination = %self.dest.name, study = %job.study_uid, retry_in = ?wait, error = why,
@@ -315,8 +413,9 @@ impl Worker {
 }
 
 /// A refusal the peer will repeat: the data set does not match the SOP class (0xA9xx),
-/// cannot be understood (0xCxxx), or the SOP class is not supported (0x0122).
-fn permanent(s: Status) -> bool {
+/// cannot be understood (0xCxxx), or the SOP class is not supported (0x0122). Both DIMSE
+/// statuses and STOW-RS failure reasons use these codes.
+pub(crate) fn permanent(s: Status) -> bool {
     let code = s.0;
     (0xA900..=0xA9FF).contains(&code) || (0xC000..=0xCFFF).contains(&code) || code == 0x0122
 }

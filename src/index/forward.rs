@@ -33,6 +33,8 @@ pub struct OutboxStatus {
     pub pending: i64,
     /// Pending jobs under a live lease: being sent now.
     pub in_flight: i64,
+    /// Stored by the peer, waiting for its storage commitment report.
+    pub awaiting_commitment: i64,
     pub delivered: i64,
     pub failed: i64,
     /// When the oldest pending job was created (ms since the epoch).
@@ -48,6 +50,13 @@ type StateCount = (String, String, i64, i64, Option<i64>, Option<i64>);
 const DUE: &str = "SELECT id FROM forward_jobs WHERE destination = $3 AND state = 'pending' \
      AND not_before <= $4 AND (lease_until IS NULL OR lease_until < $4) \
      ORDER BY study_uid, id LIMIT $5";
+
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
 
 impl Index {
     /// Claim up to `limit` due jobs of `destination` for `owner` for `lease_ms`, in study
@@ -118,6 +127,92 @@ impl Index {
             q.execute(&self.pool).await?;
         }
         Ok(())
+    }
+
+    /// The peer has stored these jobs' instances (`(id, UID as sent)`) and was asked to
+    /// commit them under `transaction`: they wait for its report until `deadline` (ms
+    /// since the epoch), then go again.
+    pub async fn forward_committing(
+        &self,
+        jobs: &[(i64, String)],
+        owner: &str,
+        transaction: &str,
+        deadline: i64,
+    ) -> Result<(), IndexError> {
+        let mut tx = self.pool.begin().await?;
+        for (id, sent) in jobs {
+            sqlx::query(
+                "UPDATE forward_jobs SET state = 'committing', commit_txn = $3, sent_uid = $4, \
+                 attempts = attempts + 1, last_error = NULL, lease_owner = NULL, lease_until = $5 \
+                 WHERE id = $1 AND lease_owner = $2",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(transaction)
+            .bind(sent)
+            .bind(deadline)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A storage commitment report: the `committed` instances (by UID as sent) of
+    /// `transaction` are delivered; the `failed` ones (with why) go again. How many jobs
+    /// it answered.
+    pub async fn forward_commitment(
+        &self,
+        transaction: &str,
+        committed: &[String],
+        failed: &[(String, String)],
+    ) -> Result<u64, IndexError> {
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        let mut matched = 0;
+        for uid in committed {
+            let done = sqlx::query(
+                "UPDATE forward_jobs SET state = 'delivered', delivered_at = $3, lease_until = NULL \
+                 WHERE commit_txn = $1 AND sent_uid = $2 AND state = 'committing'",
+            )
+            .bind(transaction)
+            .bind(uid)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            matched += done.rows_affected();
+        }
+        for (uid, why) in failed {
+            let done = sqlx::query(
+                "UPDATE forward_jobs SET state = 'pending', not_before = $3, last_error = $4, \
+                 lease_until = NULL WHERE commit_txn = $1 AND sent_uid = $2 AND state = 'committing'",
+            )
+            .bind(transaction)
+            .bind(uid)
+            .bind(now)
+            .bind(why)
+            .execute(&mut *tx)
+            .await?;
+            matched += done.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(matched)
+    }
+
+    /// Jobs of `destination` whose commitment report did not come in time go again; how
+    /// many.
+    pub async fn forward_commitment_expired(&self, destination: &str) -> Result<u64, IndexError> {
+        let now = now_millis();
+        let done = sqlx::query(
+            "UPDATE forward_jobs SET state = 'pending', not_before = $2, lease_until = NULL, \
+             last_error = 'no storage commitment report in time; sent again' \
+             WHERE destination = $1 AND state = 'committing' AND lease_until < $2",
+        )
+        .bind(destination)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Give a job back, to be claimed again at `not_before` (ms since the epoch); `error`
@@ -192,11 +287,15 @@ impl Index {
                 "pending" => {
                     s.pending = count;
                     s.in_flight = leased;
-                    s.oldest_pending_at = oldest;
+                    s.oldest_pending_at = earliest(s.oldest_pending_at, oldest);
                 }
                 "delivered" => {
                     s.delivered = count;
                     s.last_delivered_at = last;
+                }
+                "committing" => {
+                    s.awaiting_commitment = count;
+                    s.oldest_pending_at = earliest(s.oldest_pending_at, oldest);
                 }
                 _ => s.failed = count,
             }
@@ -272,7 +371,7 @@ impl Index {
     ) -> Result<(i64, Option<i64>), IndexError> {
         Ok(sqlx::query_as(
             "SELECT COUNT(*), MIN(created_at) FROM forward_jobs \
-             WHERE destination = $1 AND state = 'pending'",
+             WHERE destination = $1 AND state IN ('pending', 'committing')",
         )
         .bind(destination)
         .fetch_one(&self.pool)

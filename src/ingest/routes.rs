@@ -88,6 +88,8 @@ mod tests {
             calling_ae: None,
             source: None,
             sop_class: None,
+            deidentify: None,
+            deidentify_options: Vec::new(),
         }
     }
 

@@ -26,12 +26,23 @@ pub fn can_transcode(from: &TransferSyntax, to: &TransferSyntax) -> bool {
 /// The whole object in transfer syntax `to`, as Part-10 bytes.
 pub fn transcode_file(path: &Path, to: &TransferSyntax) -> Result<Vec<u8>, RenderError> {
     let mut obj = crate::dicom::open_file(path).map_err(RenderError::Read)?;
-    obj.transcode(to.entry())
-        .map_err(|e| RenderError::Decode(e.to_string()))?;
+    transcode(&mut obj, to)?;
     let mut out = Vec::new();
     obj.write_all(&mut out)
         .map_err(|e| RenderError::Encode(e.to_string()))?;
     Ok(out)
+}
+
+/// An object in memory changed to transfer syntax `to` (nothing to do when it is in it).
+pub fn transcode(
+    obj: &mut crate::dicom::DicomFile,
+    to: &TransferSyntax,
+) -> Result<(), RenderError> {
+    if obj.meta().transfer_syntax() == to.as_str() {
+        return Ok(());
+    }
+    obj.transcode(to.entry())
+        .map_err(|e| RenderError::Decode(e.to_string()))
 }
 
 /// Frames (0-based) decoded to native little-endian samples.

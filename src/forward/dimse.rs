@@ -1,0 +1,135 @@
+//! A DIMSE destination: each batch goes over one association, one C-STORE after the other,
+//! each instance in its stored transfer syntax when the peer accepted it, otherwise in an
+//! uncompressed one (`dimse::push`).
+
+use std::sync::Arc;
+
+use super::{Batch, Outcome, Payload, Sent};
+use crate::config::{Destination, ForwardDestination};
+use crate::context::Context;
+use crate::dimse::commit_scu;
+use crate::dimse::push::{self, Pushed};
+use crate::index::read::InstanceLocation;
+use crate::model::AeTitle;
+
+pub struct Link {
+    peer: Destination,
+    calling: AeTitle,
+    payload: Payload,
+    /// Ask the peer to commit what it stored.
+    commitment: bool,
+}
+
+impl Link {
+    pub fn new(
+        ctx: &Arc<Context>,
+        dest: &ForwardDestination,
+        payload: Payload,
+    ) -> Result<Self, String> {
+        Ok(Link {
+            peer: dest
+                .peer()
+                .ok_or("a dimse destination needs ae, host and port")?,
+            calling: dest
+                .calling_ae
+                .clone()
+                .unwrap_or_else(|| ctx.config.dimse.ae_title.clone()),
+            payload,
+            commitment: dest.commitment,
+        })
+    }
+
+    pub async fn send(&self, batch: &Batch) -> Sent {
+        let instances: Vec<InstanceLocation> = batch.iter().map(|(_, l)| l.clone()).collect();
+        let mut proposals = push::proposals(&instances);
+        if self.commitment {
+            proposals.truncate(127);
+            proposals.push(commit_scu::proposal());
+        }
+        let peer = match crate::dimse::connect(&self.peer, &self.calling, &proposals, &[]).await {
+            Ok(peer) => peer,
+            Err(e) => return Sent::Unreachable(e),
+        };
+        let mut broken: Option<String> = None;
+        // With commitment: the instances the peer stored (index in the batch, UID as sent).
+        let mut sent: Vec<(usize, String)> = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (_, loc) in batch {
+            if let Some(why) = &broken {
+                outcomes.push(Outcome::Untried(why.clone()));
+                continue;
+            }
+            let Some(context) = push::context_for(&peer.contexts, loc) else {
+                outcomes.push(Outcome::Failed(format!(
+                    "the peer accepts SOP class {} in neither {} nor an uncompressed transfer syntax",
+                    loc.sop_class_uid, loc.transfer_syntax
+                )));
+                continue;
+            };
+            let (data, instance) = match self.payload.data_set(loc, &context.transfer_syntax).await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    outcomes.push(Outcome::Retry(format!("reading the object: {e}")));
+                    continue;
+                }
+            };
+            let uids = (loc.sop_class_uid.as_str(), instance.as_str());
+            let pushed = push::send(&peer.writer, context, uids, data, None).await;
+            if let Pushed::Broken(why) = &pushed {
+                broken = Some(format!("the association broke: {why}"));
+            }
+            let stored = matches!(pushed, Pushed::Stored | Pushed::Warning(_));
+            if stored && self.commitment {
+                sent.push((outcomes.len(), instance));
+            }
+            outcomes.push(outcome(pushed));
+        }
+        if self.commitment && !sent.is_empty() {
+            self.commit(&peer, batch, &sent, &mut outcomes).await;
+        }
+        peer.release().await;
+        Sent::Each(outcomes)
+    }
+
+    /// Ask the peer to commit the instances it stored (`sent`: index in the batch, UID as
+    /// sent): they then wait for its report; when it will not take the request, they go
+    /// again later.
+    async fn commit(
+        &self,
+        peer: &crate::dimse::Peer,
+        batch: &Batch,
+        sent: &[(usize, String)],
+        outcomes: &mut [Outcome],
+    ) {
+        let transaction = format!("2.25.{}", uuid::Uuid::new_v4().as_u128());
+        let references: Vec<(&str, &str)> = sent
+            .iter()
+            .map(|(i, uid)| (batch[*i].1.sop_class_uid.as_str(), uid.as_str()))
+            .collect();
+        let asked =
+            commit_scu::request(&peer.writer, &peer.contexts, &transaction, &references).await;
+        for (i, uid) in sent {
+            outcomes[*i] = match &asked {
+                Ok(()) => Outcome::Committing {
+                    transaction: transaction.clone(),
+                    sent_uid: uid.clone(),
+                },
+                Err(why) => Outcome::Retry(why.clone()),
+            };
+        }
+    }
+}
+
+fn outcome(pushed: Pushed) -> Outcome {
+    match pushed {
+        Pushed::Stored | Pushed::Warning(_) => Outcome::Delivered,
+        Pushed::Refused(s) if super::permanent(s) => {
+            Outcome::Failed(format!("refused by the peer with status {s}"))
+        }
+        Pushed::Refused(s) => Outcome::Retry(format!("status {s}")),
+        Pushed::NoContext => Outcome::Failed("no accepted presentation context".into()),
+        Pushed::Unreadable(e) => Outcome::Retry(format!("reading the object: {e}")),
+        Pushed::Broken(e) => Outcome::Retry(e),
+    }
+}
