@@ -16,6 +16,7 @@ import requests
 from pacs import free_port
 
 BINARY = "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
 def require_orthanc():
@@ -30,7 +31,10 @@ def require_orthanc():
 
 
 class Orthanc:
-    def __init__(self, aet="ORTHANC", **extra):
+    """`users` ({name: password}) turns HTTP authentication on (the helper logs in as the
+    first); `dicomweb` loads the DICOMweb plugin (STOW-RS at `dicomweb_url`)."""
+
+    def __init__(self, aet="ORTHANC", users=None, dicomweb=False, **extra):
         self.dir = Path(tempfile.mkdtemp(prefix="orthanc-test-"))
         self.aet, self.port, self.dicom_port = aet, free_port(), free_port()
         config = {
@@ -39,6 +43,13 @@ class Orthanc:
             "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": True,
             "StorageCompression": False, "Plugins": [], **extra,
         }
+        self.http = requests.Session()
+        self.http.trust_env = False
+        if users:
+            config.update(AuthenticationEnabled=True, RegisteredUsers=users)
+            self.http.auth = next(iter(users.items()))
+        if dicomweb:
+            config.update(Plugins=[DICOMWEB_PLUGIN], DicomWeb={"Enable": True, "Root": "/dicom-web/"})
         self.config = config
         (self.dir / "config.json").write_text(json.dumps(config))
         self.proc = None
@@ -52,13 +63,17 @@ class Orthanc:
     def url(self):
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def dicomweb_url(self):
+        return f"{self.url}/dicom-web"
+
     def start(self) -> "Orthanc":
         self.proc = subprocess.Popen([BINARY, str(self.dir / "config.json")], stdout=subprocess.DEVNULL,
                                      stderr=open(self.dir / "log.txt", "ab"))
         deadline = time.time() + 30
         while time.time() < deadline:
             try:
-                if requests.get(f"{self.url}/system", timeout=1).ok:
+                if self.http.get(f"{self.url}/system", timeout=1).ok:
                     return self
             except requests.RequestException:
                 time.sleep(0.1)
@@ -76,7 +91,7 @@ class Orthanc:
     def instances(self) -> dict[str, bytes]:
         """SOP Instance UID -> the file Orthanc stored."""
         out = {}
-        for oid in requests.get(f"{self.url}/instances").json():
-            tags = requests.get(f"{self.url}/instances/{oid}/simplified-tags").json()
-            out[tags["SOPInstanceUID"]] = requests.get(f"{self.url}/instances/{oid}/file").content
+        for oid in self.http.get(f"{self.url}/instances").json():
+            tags = self.http.get(f"{self.url}/instances/{oid}/simplified-tags").json()
+            out[tags["SOPInstanceUID"]] = self.http.get(f"{self.url}/instances/{oid}/file").content
         return out
