@@ -9,7 +9,11 @@ outbox reports every instance delivered), Orthanc through `POST /modalities/{id}
 (synchronous: timed until it answers). Cases: 64x64 CT and 512x512 CT. Prints instances/s,
 MB/s and the ratio; asserts nothing.
 
-Usage: scripts/bench_forward.py [--quick] [--binary PATH]
+`--latency-ms N` puts a proxy (tests/interop/flakyproxy.py, latency only) between each
+sender and its receiver, adding N ms each way, the same for both; the line then also
+gives the associations each sender opened (connections the proxy accepted).
+
+Usage: scripts/bench_forward.py [--quick] [--binary PATH] [--latency-ms N]
 """
 
 import argparse
@@ -26,6 +30,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests" / "interop"))
 import bench_stow as stow  # noqa: E402
 from bench_dimse import dcmtk  # noqa: E402
+from flakyproxy import FlakyProxy  # noqa: E402
 from orthanc import Orthanc  # noqa: E402
 
 
@@ -61,10 +66,10 @@ def stow_free_port():
 class Gateway(stow.Server):
     """pacs-lite with one forwarding destination and no rule (studies are queued on demand)."""
 
-    def __init__(self, receiver, binary=None):
+    def __init__(self, aet, port, binary=None):
         super().__init__(binary=binary)
         self.env["PACS_FORWARD__DESTINATIONS"] = (
-            f'[{{name="central",kind="dimse",ae="{receiver.aet}",host="127.0.0.1",port={receiver.dicom_port}}}]')
+            f'[{{name="central",kind="dimse",ae="{aet}",host="127.0.0.1",port={port}}}]')
 
     def outbox(self):
         r = requests.get(f"http://{self.host}:{self.port}/api/v1/admin/forward")
@@ -96,28 +101,35 @@ def time_orthanc(source, receiver, n):
     return time.perf_counter() - t0
 
 
-def case(label, size, n, binary):
+def case(label, size, n, binary, latency_ms):
     factory = stow.Factory(size, 60 + size % 50, per_series=n + 1, per_study=n + 1)  # numbering starts at 1
     instances = [factory.next() for _ in range(n)]
     total = sum(map(len, instances))
     study = re.search(re.escape(stow.UID_PREFIX).encode() + rb"2\d+", instances[0]).group().decode()
     to_pacs, to_orthanc = Receiver("RECV1"), Receiver("RECV2")
+    links = [FlakyProxy("127.0.0.1", r.dicom_port, latency_ms=latency_ms).start()
+             for r in (to_pacs, to_orthanc)] if latency_ms else []
+    pacs_port, orthanc_port = [link.port for link in links] or [to_pacs.dicom_port, to_orthanc.dicom_port]
     gateway = source = None
     try:
-        gateway = Gateway(to_pacs, binary).start()
+        gateway = Gateway(to_pacs.aet, pacs_port, binary).start()
         load_pacs(gateway, instances)
-        source = Orthanc(aet="SOURCE", DicomModalities={"receiver": ["RECV2", "127.0.0.1", to_orthanc.dicom_port]})
+        source = Orthanc(aet="SOURCE", DicomModalities={"receiver": [to_orthanc.aet, "127.0.0.1", orthanc_port]})
         source.start()
         for raw in instances:
             requests.post(f"{source.url}/instances", data=raw).raise_for_status()
         t_pacs = time_pacs(gateway, study, n)
         t_orthanc = time_orthanc(source, to_orthanc, n)
         assert to_pacs.count() == n and to_orthanc.count() == n, (to_pacs.count(), to_orthanc.count())
-        rate = lambda t: f"{n / t:7.0f} inst/s {total / t / 1e6:6.1f} MB/s"  # noqa: E731
-        print(f"{label:24} pacs-lite {rate(t_pacs)}   Orthanc {rate(t_orthanc)}   ratio {t_orthanc / t_pacs:5.2f}")
+        rate = lambda t: f"{n / t:7.1f} inst/s {total / t / 1e6:6.1f} MB/s"  # noqa: E731
+        assocs = [f" ({link.accepted} assoc.)" for link in links] or ["", ""]
+        print(f"{label:12} pacs-lite {rate(t_pacs)}{assocs[0]}   Orthanc {rate(t_orthanc)}{assocs[1]}   "
+              f"ratio {t_orthanc / t_pacs:5.2f}")
     finally:
-        for o in (to_pacs, to_orthanc, source):
-            if o:
+        for o in (*links, to_pacs, to_orthanc, source):
+            if isinstance(o, FlakyProxy):
+                o.stop()
+            elif o:
                 o.cleanup()
         if gateway:
             gateway.stop()
@@ -127,11 +139,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--binary", help="the pacs-lite binary (default: target/release/pacs-lite)")
+    ap.add_argument("--latency-ms", type=float, default=0,
+                    help="one-way latency added between each sender and its receiver (default 0: no proxy)")
     args = ap.parse_args()
-    print("Forwarding a study over DIMSE to a storescp receiver, 1 association at a time")
+    link = f", {args.latency_ms:g} ms each way" if args.latency_ms else ""
+    print(f"Forwarding a study over DIMSE to a storescp receiver, 1 association at a time{link}")
     try:
-        case("64x64 CT", 64, 200 if args.quick else 1000, args.binary)
-        case("512x512 CT", 512, 50 if args.quick else 200, args.binary)
+        case("64x64 CT", 64, 200 if args.quick else 1000, args.binary, args.latency_ms)
+        case("512x512 CT", 512, 50 if args.quick else 200, args.binary, args.latency_ms)
     finally:
         stow.remove_leftovers()
 
