@@ -26,7 +26,7 @@ LAYERS = [
     # storage and index
     "storage", "index",
     # services
-    "ingest", "auth", "render", "verify",
+    "ingest", "auth", "render", "verify", "retention",
     "context",
     # protocol adapters
     "dicomweb", "radiology", "uploads", "admin", "dimse", "forward", "viewer", "import", "sync",

@@ -224,6 +224,10 @@ impl App {
         });
         tokio::spawn(sweep_uploads(self.ctx.clone(), cancel.clone()));
         crate::forward::spawn(&self.ctx, &cancel);
+        if self.ctx.config.retention.is_on() {
+            let (ingest, config) = (self.ctx.ingest.clone(), self.ctx.config.retention.clone());
+            tokio::spawn(crate::retention::run(ingest, config, cancel.clone()));
+        }
         let tls = self.http_tls.map(|t| t.config);
         let served = crate::http::serve(self.http, tls, self.ctx.clone(), cancel)
             .await

@@ -103,6 +103,7 @@ pub mod metrics;
 pub mod model;
 pub mod radiology;
 pub mod render;
+pub mod retention;
 pub mod storage;
 pub mod sync;
 pub mod tls;

@@ -54,6 +54,16 @@ enum Command {
     },
     /// Create or upgrade the index schema, then exit.
     Migrate,
+    /// Local cache mode: delete the studies `[retention]` lets go (delivered everywhere
+    /// their forwarding rules send them, and unused or over `max_bytes`).
+    Retention {
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Upload every image in a queue folder (offline upload API), deleting each local copy
     /// only after the server acknowledged it; safe to kill and restart at any point.
     Sync {
@@ -152,6 +162,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::ApiKey { name, role } => Ok(api_key(&name, &role)),
         Command::Migrate => migrate(config).await,
+        Command::Retention { dry_run, json } => retention(config, dry_run, json).await,
         Command::Import { paths, parallel } => import(config, paths, parallel).await,
         Command::Verify {
             reindex,
@@ -233,6 +244,42 @@ async fn migrate(config: Config) -> anyhow::Result<ExitCode> {
     let ingest = open_backends(&config).await?;
     let (studies, series, instances) = ingest.index().counts().await?;
     println!("index schema is current: {studies} studies, {series} series, {instances} instances");
+    ingest.index().close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn retention(config: Config, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
+    if !config.retention.is_on() {
+        eprintln!("retention: off (set retention.delete_after_forwarded or retention.max_bytes)");
+        return Ok(ExitCode::from(2));
+    }
+    let ingest = open_backends(&config).await?;
+    let plan = pacs_lite::retention::plan(&ingest, &config.retention).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        for (study, reason) in &plan.studies {
+            let idle_days =
+                (pacs_lite::model::clock::now_millis() - study.last_used_at) as f64 / 86_400_000.0;
+            println!(
+                "{} {} instance(s) {:.1} MB, unused {idle_days:.1} days ({reason:?})",
+                study.study_uid,
+                study.instances,
+                study.bytes as f64 / 1e6
+            );
+        }
+    }
+    let verb = if dry_run { "would delete" } else { "deletes" };
+    eprintln!(
+        "retention {verb} {} studies: stored {:.1} MB -> {:.1} MB",
+        plan.studies.len(),
+        plan.stored_bytes as f64 / 1e6,
+        plan.bytes_after as f64 / 1e6
+    );
+    if !dry_run {
+        let freed = pacs_lite::retention::apply(&ingest, &plan).await?;
+        eprintln!("retention: {:.1} MB freed", freed as f64 / 1e6);
+    }
     ingest.index().close().await;
     Ok(ExitCode::SUCCESS)
 }

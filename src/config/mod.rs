@@ -13,12 +13,14 @@ use serde::{Deserialize, Serialize};
 
 mod forward;
 mod listeners;
+mod retention;
 
 pub use forward::{
     Deidentify, DeidentifyOption, DeidentifyProfile, DestinationKind, ForwardConfig,
     ForwardDestination, ForwardRule, Source,
 };
 pub use listeners::{Destination, DimseConfig, DimseTlsConfig, HttpConfig, TlsFiles};
+pub use retention::RetentionConfig;
 
 /// The whole configuration of one pacs-lite process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,6 +37,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub uploads: UploadsConfig,
     pub forward: ForwardConfig,
+    pub retention: RetentionConfig,
     pub log: LogConfig,
 }
 
@@ -259,6 +262,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             uploads: UploadsConfig::default(),
             forward: ForwardConfig::default(),
+            retention: RetentionConfig::default(),
             log: LogConfig::default(),
         }
     }

@@ -10,14 +10,18 @@ use crate::context::Context;
 use crate::dimse::commit_scu;
 use crate::dimse::push::{self, Pushed};
 use crate::index::read::InstanceLocation;
+use crate::model::clock::now_millis;
 use crate::model::AeTitle;
 
 pub struct Link {
     peer: Destination,
     calling: AeTitle,
     payload: Payload,
-    /// Ask the peer to commit what it stored.
-    commitment: bool,
+    /// Ask the peer to commit what it stored, and wait this long for its report.
+    commitment: Option<std::time::Duration>,
+    ctx: Arc<Context>,
+    /// Who holds the claims (the commitment state is recorded under them).
+    owner: String,
 }
 
 impl Link {
@@ -25,6 +29,7 @@ impl Link {
         ctx: &Arc<Context>,
         dest: &ForwardDestination,
         payload: Payload,
+        owner: &str,
     ) -> Result<Self, String> {
         Ok(Link {
             peer: dest
@@ -35,14 +40,18 @@ impl Link {
                 .clone()
                 .unwrap_or_else(|| ctx.config.dimse.ae_title.clone()),
             payload,
-            commitment: dest.commitment,
+            commitment: dest
+                .commitment
+                .then(|| std::time::Duration::from_secs(dest.commitment_timeout_secs.max(1))),
+            ctx: ctx.clone(),
+            owner: owner.to_owned(),
         })
     }
 
     pub async fn send(&self, batch: &Batch) -> Sent {
         let instances: Vec<InstanceLocation> = batch.iter().map(|(_, l)| l.clone()).collect();
         let mut proposals = push::proposals(&instances);
-        if self.commitment {
+        if self.commitment.is_some() {
             proposals.truncate(127);
             proposals.push(commit_scu::proposal());
         }
@@ -80,12 +89,12 @@ impl Link {
                 broken = Some(format!("the association broke: {why}"));
             }
             let stored = matches!(pushed, Pushed::Stored | Pushed::Warning(_));
-            if stored && self.commitment {
+            if stored && self.commitment.is_some() {
                 sent.push((outcomes.len(), instance));
             }
             outcomes.push(outcome(pushed));
         }
-        if self.commitment && !sent.is_empty() {
+        if self.commitment.is_some() && !sent.is_empty() {
             self.commit(&peer, batch, &sent, &mut outcomes).await;
         }
         peer.release().await;
@@ -93,8 +102,8 @@ impl Link {
     }
 
     /// Ask the peer to commit the instances it stored (`sent`: index in the batch, UID as
-    /// sent): they then wait for its report; when it will not take the request, they go
-    /// again later.
+    /// sent). They are recorded as awaiting its report first — the report may come before
+    /// the request is answered — and put back when the peer will not take the request.
     async fn commit(
         &self,
         peer: &crate::dimse::Peer,
@@ -103,18 +112,38 @@ impl Link {
         outcomes: &mut [Outcome],
     ) {
         let transaction = format!("2.25.{}", uuid::Uuid::new_v4().as_u128());
-        let references: Vec<(&str, &str)> = sent
+        let wait = self.commitment.unwrap_or_default().as_millis() as i64;
+        let jobs: Vec<(i64, String)> = sent
             .iter()
-            .map(|(i, uid)| (batch[*i].1.sop_class_uid.as_str(), uid.as_str()))
+            .map(|(i, uid)| (batch[*i].0.id, uid.clone()))
             .collect();
-        let asked =
-            commit_scu::request(&peer.writer, &peer.contexts, &transaction, &references).await;
-        for (i, uid) in sent {
+        let index = self.ctx.index();
+        let recorded = index
+            .forward_committing(&jobs, &self.owner, &transaction, now_millis() + wait)
+            .await;
+        let asked = match recorded {
+            Ok(()) => {
+                let references: Vec<(&str, &str)> = sent
+                    .iter()
+                    .map(|(i, uid)| (batch[*i].1.sop_class_uid.as_str(), uid.as_str()))
+                    .collect();
+                commit_scu::request(&peer.writer, &peer.contexts, &transaction, &references).await
+            }
+            Err(e) => Err(format!("recording the commitment request: {e}")),
+        };
+        if let Err(why) = &asked {
+            let ids: Vec<i64> = jobs.iter().map(|j| j.0).collect();
+            if let Err(e) = index
+                .forward_commit_undo(&ids, &self.owner, &transaction)
+                .await
+            {
+                tracing::warn!(error = %e, "commitment request not undone; its deadline will send them again");
+            }
+            tracing::info!(error = %why, "storage commitment not requested");
+        }
+        for (i, _) in sent {
             outcomes[*i] = match &asked {
-                Ok(()) => Outcome::Committing {
-                    transaction: transaction.clone(),
-                    sent_uid: uid.clone(),
-                },
+                Ok(()) => Outcome::Committing,
                 Err(why) => Outcome::Retry(why.clone()),
             };
         }

@@ -58,12 +58,9 @@ pub(crate) type Batch = [(ForwardJob, InstanceLocation)];
 pub(crate) enum Outcome {
     /// The destination has it.
     Delivered,
-    /// The destination has it and was asked to commit it under `transaction`, where it is
-    /// known as `sent_uid`: delivered once the peer's report confirms it.
-    Committing {
-        transaction: String,
-        sent_uid: String,
-    },
+    /// The destination has it and was asked to commit it (recorded by the link): delivered
+    /// once the peer's report confirms it.
+    Committing,
     /// Refused in a way that will not change.
     Failed(String),
     /// Worth another attempt later; counts as an attempt.
@@ -88,7 +85,7 @@ pub fn spawn(ctx: &Arc<Context>, cancel: &CancellationToken) {
         for _ in 0..dest.max_associations {
             let link = match dest.kind {
                 DestinationKind::Dimse => {
-                    dimse::Link::new(ctx, dest, payload.clone()).map(Link::Dimse)
+                    dimse::Link::new(ctx, dest, payload.clone(), &owner).map(Link::Dimse)
                 }
                 DestinationKind::Dicomweb => web::Link::new(dest, payload.clone()).map(Link::Web),
             };
@@ -197,35 +194,17 @@ impl Worker {
         };
         self.outages = 0;
         let mut delivered: Vec<&ForwardJob> = Vec::new();
-        let mut committing: Vec<(i64, String)> = Vec::new();
-        let mut transaction = String::new();
         for ((job, loc), outcome) in batch.iter().zip(outcomes) {
             self.count(loc, &outcome);
             match outcome {
                 Outcome::Delivered => delivered.push(job),
-                Outcome::Committing {
-                    transaction: t,
-                    sent_uid,
-                } => {
-                    transaction = t;
-                    committing.push((job.id, sent_uid));
-                }
+                Outcome::Committing => {}
                 Outcome::Failed(why) => self.fail(job, &why).await,
                 Outcome::Retry(why) => self.retry(job, &why).await,
                 Outcome::Untried(why) => self.release(job, &why, 0).await,
             }
         }
         self.delivered(&delivered).await;
-        if !committing.is_empty() {
-            let deadline = now_millis() + self.dest.commitment_timeout_secs.max(1) as i64 * 1000;
-            let index = self.ctx.index();
-            if let Err(e) = index
-                .forward_committing(&committing, &self.owner, &transaction, deadline)
-                .await
-            {
-                tracing::error!(destination = %self.dest.name, error = %e, "commitment requests not recorded; the instances will be sent again");
-            }
-        }
         Duration::ZERO
     }
 
@@ -294,13 +273,13 @@ impl Worker {
         let m = &self.ctx.metrics().forward;
         let label = match outcome {
             Outcome::Delivered => "delivered",
-            Outcome::Committing { .. } => "stored",
+            Outcome::Committing => "stored",
             Outcome::Failed(_) => "failed",
             Outcome::Retry(_) => "retry",
             Outcome::Untried(_) => return,
         };
         m.sent.with_label_values(&[&self.dest.name, label]).inc();
-        if matches!(outcome, Outcome::Delivered | Outcome::Committing { .. }) {
+        if matches!(outcome, Outcome::Delivered | Outcome::Committing) {
             m.bytes
                 .with_label_values(&[&self.dest.name])
                 .inc_by(loc.size);

@@ -237,11 +237,11 @@ impl Index {
     }
 }
 
-type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
+pub(super) type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
 
 /// Delete one instance row and its forwarding jobs, count it out of its series and record
 /// the change; its study's key, or `None` when another transaction deleted it first.
-async fn delete_instance(
+pub(super) async fn delete_instance(
     tx: &mut Tx<'_>,
     loc: &InstanceLocation,
     now: i64,
@@ -280,7 +280,11 @@ async fn delete_instance(
 
 /// After deletes in a study: drop its empty series, and the study itself when nothing is
 /// left, else bring its counts and sets up to date.
-async fn settle_study(tx: &mut Tx<'_>, study_pk: i64, now: i64) -> Result<(), IndexError> {
+pub(super) async fn settle_study(
+    tx: &mut Tx<'_>,
+    study_pk: i64,
+    now: i64,
+) -> Result<(), IndexError> {
     sqlx::query("DELETE FROM series WHERE study_pk = $1 AND num_instances <= 0")
         .bind(study_pk)
         .execute(&mut **tx)

@@ -129,9 +129,10 @@ impl Index {
         Ok(())
     }
 
-    /// The peer has stored these jobs' instances (`(id, UID as sent)`) and was asked to
-    /// commit them under `transaction`: they wait for its report until `deadline` (ms
-    /// since the epoch), then go again.
+    /// The peer has stored these jobs' instances (`(id, UID as sent)`) and is about to be
+    /// asked to commit them under `transaction` (recorded first, so that a report arriving
+    /// at once finds them): they wait for its report until `deadline` (ms since the
+    /// epoch), then go again. `owner` keeps its claim until the request is answered.
     pub async fn forward_committing(
         &self,
         jobs: &[(i64, String)],
@@ -143,7 +144,7 @@ impl Index {
         for (id, sent) in jobs {
             sqlx::query(
                 "UPDATE forward_jobs SET state = 'committing', commit_txn = $3, sent_uid = $4, \
-                 attempts = attempts + 1, last_error = NULL, lease_owner = NULL, lease_until = $5 \
+                 attempts = attempts + 1, last_error = NULL, lease_until = $5 \
                  WHERE id = $1 AND lease_owner = $2",
             )
             .bind(id)
@@ -155,6 +156,29 @@ impl Index {
             .await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// The peer did not take the commitment request: the jobs are `owner`'s pending ones
+    /// again (their outcome is recorded next, as for any failed attempt).
+    pub async fn forward_commit_undo(
+        &self,
+        ids: &[i64],
+        owner: &str,
+        transaction: &str,
+    ) -> Result<(), IndexError> {
+        for id in ids {
+            sqlx::query(
+                "UPDATE forward_jobs SET state = 'pending', commit_txn = NULL, \
+                 attempts = attempts - 1 WHERE id = $1 AND lease_owner = $2 AND commit_txn = $3 \
+                 AND state = 'committing'",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(transaction)
+            .execute(&self.pool)
+            .await?;
+        }
         Ok(())
     }
 
@@ -172,8 +196,8 @@ impl Index {
         let mut matched = 0;
         for uid in committed {
             let done = sqlx::query(
-                "UPDATE forward_jobs SET state = 'delivered', delivered_at = $3, lease_until = NULL \
-                 WHERE commit_txn = $1 AND sent_uid = $2 AND state = 'committing'",
+                "UPDATE forward_jobs SET state = 'delivered', delivered_at = $3, lease_until = NULL, \
+                 lease_owner = NULL WHERE commit_txn = $1 AND sent_uid = $2 AND state = 'committing'",
             )
             .bind(transaction)
             .bind(uid)
@@ -185,7 +209,8 @@ impl Index {
         for (uid, why) in failed {
             let done = sqlx::query(
                 "UPDATE forward_jobs SET state = 'pending', not_before = $3, last_error = $4, \
-                 lease_until = NULL WHERE commit_txn = $1 AND sent_uid = $2 AND state = 'committing'",
+                 lease_until = NULL, lease_owner = NULL \
+                 WHERE commit_txn = $1 AND sent_uid = $2 AND state = 'committing'",
             )
             .bind(transaction)
             .bind(uid)
@@ -205,7 +230,7 @@ impl Index {
         let now = now_millis();
         let done = sqlx::query(
             "UPDATE forward_jobs SET state = 'pending', not_before = $2, lease_until = NULL, \
-             last_error = 'no storage commitment report in time; sent again' \
+             lease_owner = NULL, last_error = 'no storage commitment report in time; sent again' \
              WHERE destination = $1 AND state = 'committing' AND lease_until < $2",
         )
         .bind(destination)

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod query;
 pub mod read;
 mod records;
+pub mod retention;
 mod sqlite_writer;
 mod types;
 pub mod uploads;
@@ -218,6 +219,8 @@ impl Index {
     }
 
     pub async fn close(&self) {
+        // Audit events queued by this process are written before the pool goes.
+        self.flush_audit().await;
         self.pool.close().await;
     }
 }

@@ -1,7 +1,7 @@
 """Forwarding with storage commitment (PS3.4 Annex J) to Debian's Orthanc: an instance is
 delivered only when Orthanc's N-EVENT-REPORT (on a new association to our listener)
-confirms it; without a report it is never counted delivered, and it is sent again after
-`commitment_timeout_secs`."""
+confirms it; without a report it is never counted delivered (and is sent again after
+`commitment_timeout_secs`)."""
 
 import time
 
@@ -15,7 +15,7 @@ from test_forward_web import dimse, env_for
 def test_delivered_only_once_the_peer_commits(make_pacs):
     require_orthanc()
     up = Orthanc()
-    pacs = make_pacs(env_for([dimse("central", up, commitment=True, commitment_timeout_secs=2)],
+    pacs = make_pacs(env_for([dimse("central", up, commitment=True, commitment_timeout_secs=10)],
                              [{"destination": "central"}]))
     up.reconfigure(DicomModalities={"gateway": [pacs.ae_title, "127.0.0.1", free_port()]})
     try:
@@ -39,5 +39,8 @@ def test_delivered_only_once_the_peer_commits(make_pacs):
         wait_for(lambda: outbox(pacs)["delivered"] == 3, timeout=60)
         s = outbox(pacs)
         assert s["awaiting_commitment"] == 0 and s["pending"] == 0, s
+    except AssertionError:
+        print((pacs.dir / "server.log").read_text()[-6000:])
+        raise
     finally:
         up.cleanup()

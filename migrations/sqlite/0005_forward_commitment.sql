@@ -6,9 +6,3 @@ ALTER TABLE forward_jobs ADD COLUMN commit_txn TEXT;
 ALTER TABLE forward_jobs ADD COLUMN sent_uid TEXT;
 CREATE INDEX forward_jobs_commit ON forward_jobs (commit_txn);
 
--- Retention: when a study was last read (WADO, C-GET/C-MOVE, viewer), recorded at most
--- once a minute per study.
-CREATE TABLE study_reads (
-    study_uid     TEXT    PRIMARY KEY,
-    last_read_at  BIGINT NOT NULL
-);
