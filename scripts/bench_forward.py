@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Forwarding throughput over DIMSE, pacs-lite against Orthanc, in one run on one machine.
 
-pacs-lite (embedded defaults, one `[[forward.destinations]]`, no rule) and an Orthanc
-(Debian `orthanc`) each hold the same study; each then sends it to a dcmtk `storescp` of its
-own (a receiver that keeps up: an Orthanc receiver commits each instance to its index and
-holds both senders to ~20 instances/s): pacs-lite through `POST /api/v1/admin/forward/{destination}` (timed until its
+pacs-lite (embedded defaults, one `[[forward.destinations]]` with `max_associations`
+from `--associations`, no rule) and an Orthanc (Debian `orthanc`) each hold the same study;
+each then sends it to a dcmtk `storescp --fork` of its own, writing to /dev/shm when there
+is one (a receiver that keeps up: an Orthanc receiver commits each instance to its index
+and holds both senders to ~20 instances/s; a disk-backed storescp makes the figures depend
+on the receiver's page cache writeback): pacs-lite through `POST /api/v1/admin/forward/{destination}` (timed until its
 outbox reports every instance delivered), Orthanc through `POST /modalities/{id}/store`
 (synchronous: timed until it answers). Cases: 64x64 CT and 512x512 CT. Prints instances/s,
 MB/s and the ratio; asserts nothing.
@@ -13,7 +15,7 @@ MB/s and the ratio; asserts nothing.
 sender and its receiver, adding N ms each way, the same for both; the line then also
 gives the associations each sender opened (connections the proxy accepted).
 
-Usage: scripts/bench_forward.py [--quick] [--binary PATH] [--latency-ms N]
+Usage: scripts/bench_forward.py [--quick] [--binary PATH] [--associations N] [--latency-ms N] [--repeat N]
 """
 
 import argparse
@@ -40,9 +42,11 @@ class Receiver:
     def __init__(self, aet):
         import subprocess
         import tempfile
-        self.aet, self.dir = aet, Path(tempfile.mkdtemp(prefix="bench-recv-"))
+        # In memory when the machine has a tmpfs: the receivers' disk is not what is measured.
+        shm = Path("/dev/shm")
+        self.aet, self.dir = aet, Path(tempfile.mkdtemp(prefix="bench-recv-", dir=shm if shm.is_dir() else None))
         self.dicom_port = stow_free_port()
-        self.proc = subprocess.Popen([dcmtk("storescp"), "-od", str(self.dir), "-aet", aet, "+xa",
+        self.proc = subprocess.Popen([dcmtk("storescp"), "-od", str(self.dir), "-aet", aet, "+xa", "--fork", "--max-pdu", "131072",
                                       str(self.dicom_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
 
@@ -66,10 +70,11 @@ def stow_free_port():
 class Gateway(stow.Server):
     """pacs-lite with one forwarding destination and no rule (studies are queued on demand)."""
 
-    def __init__(self, aet, port, binary=None):
+    def __init__(self, aet, port, binary=None, associations=1):
         super().__init__(binary=binary)
         self.env["PACS_FORWARD__DESTINATIONS"] = (
-            f'[{{name="central",kind="dimse",ae="{aet}",host="127.0.0.1",port={port}}}]')
+            f'[{{name="central",kind="dimse",ae="{aet}",host="127.0.0.1",port={port},'
+            f'max_associations={associations}}}]')
 
     def outbox(self):
         r = requests.get(f"http://{self.host}:{self.port}/api/v1/admin/forward")
@@ -101,7 +106,7 @@ def time_orthanc(source, receiver, n):
     return time.perf_counter() - t0
 
 
-def case(label, size, n, binary, latency_ms):
+def case(label, size, n, binary, latency_ms, associations):
     factory = stow.Factory(size, 60 + size % 50, per_series=n + 1, per_study=n + 1)  # numbering starts at 1
     instances = [factory.next() for _ in range(n)]
     total = sum(map(len, instances))
@@ -112,7 +117,7 @@ def case(label, size, n, binary, latency_ms):
     pacs_port, orthanc_port = [link.port for link in links] or [to_pacs.dicom_port, to_orthanc.dicom_port]
     gateway = source = None
     try:
-        gateway = Gateway(to_pacs.aet, pacs_port, binary).start()
+        gateway = Gateway(to_pacs.aet, pacs_port, binary, associations).start()
         load_pacs(gateway, instances)
         source = Orthanc(aet="SOURCE", DicomModalities={"receiver": [to_orthanc.aet, "127.0.0.1", orthanc_port]})
         source.start()
@@ -139,14 +144,19 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--binary", help="the pacs-lite binary (default: target/release/pacs-lite)")
+    ap.add_argument("--associations", type=int, default=4,
+                    help="pacs-lite's max_associations (default 4; Orthanc sends on one)")
     ap.add_argument("--latency-ms", type=float, default=0,
                     help="one-way latency added between each sender and its receiver (default 0: no proxy)")
+    ap.add_argument("--repeat", type=int, default=1, help="run each case this many times")
     args = ap.parse_args()
     link = f", {args.latency_ms:g} ms each way" if args.latency_ms else ""
-    print(f"Forwarding a study over DIMSE to a storescp receiver, 1 association at a time{link}")
+    print(f"Forwarding a study over DIMSE to a storescp --fork receiver each: pacs-lite on up to "
+          f"{args.associations} associations, Orthanc on one{link}")
     try:
-        case("64x64 CT", 64, 200 if args.quick else 1000, args.binary, args.latency_ms)
-        case("512x512 CT", 512, 50 if args.quick else 200, args.binary, args.latency_ms)
+        for _ in range(args.repeat):
+            case("64x64 CT", 64, 200 if args.quick else 1000, args.binary, args.latency_ms, args.associations)
+            case("512x512 CT", 512, 50 if args.quick else 400, args.binary, args.latency_ms, args.associations)
     finally:
         stow.remove_leftovers()
 

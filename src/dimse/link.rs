@@ -24,6 +24,8 @@ use dicom_ul::pdu::Pdu;
 
 /// The largest PDU this server accepts (announced during negotiation).
 pub const MAX_PDU: u32 = 1 << 20;
+/// About how many bytes of PDUs go out in one write while a data set streams.
+const WRITE_BATCH: usize = 256 * 1024;
 
 /// How long to wait for the response to a request we sent.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -148,19 +150,6 @@ fn push_values(out: &mut Vec<u8>, context: u8, command: bool, data: &[u8], max: 
     }
 }
 
-async fn write_value(
-    w: &mut WriteHalf,
-    context: u8,
-    command: bool,
-    last: bool,
-    data: &[u8],
-) -> std::io::Result<()> {
-    let mut pdu = Vec::with_capacity(12 + data.len());
-    pdu.extend_from_slice(&pdata_header(context, command, last, data.len()));
-    pdu.extend_from_slice(data);
-    w.write_all(&pdu).await
-}
-
 impl Writer {
     /// Whether the association can still carry messages.
     pub fn is_open(&self) -> bool {
@@ -218,11 +207,13 @@ impl Writer {
             }
             Some(DataSet::Stream(stream)) => Some(stream),
         };
-        w.write_all(&out).await?;
         let Some(mut stream) = stream else {
+            w.write_all(&out).await?;
             return Ok(());
         };
-        // Keep at least one byte back, so the last fragment is never empty.
+        // Fragments gather behind the command and go out in writes of about WRITE_BATCH
+        // bytes, several PDUs each (a peer's small maximum PDU does not mean small writes).
+        // At least one byte is kept back, so the last fragment is never empty.
         let mut buf = BytesMut::new();
         let mut failed = None;
         while let Some(chunk) = stream.next().await {
@@ -235,7 +226,12 @@ impl Writer {
             }
             while buf.len() > max {
                 let fragment = buf.split_to(max);
-                write_value(w, context, false, false, &fragment).await?;
+                out.extend_from_slice(&pdata_header(context, false, false, fragment.len()));
+                out.extend_from_slice(&fragment);
+                if out.len() >= WRITE_BATCH {
+                    w.write_all(&out).await?;
+                    out.clear();
+                }
             }
         }
         if let Some(e) = failed {
@@ -243,7 +239,9 @@ impl Writer {
             self.open.store(false, Ordering::Release);
             return Err(LinkError::Source(e));
         }
-        write_value(w, context, false, true, &buf).await?;
+        out.extend_from_slice(&pdata_header(context, false, true, buf.len()));
+        out.extend_from_slice(&buf);
+        w.write_all(&out).await?;
         Ok(())
     }
 

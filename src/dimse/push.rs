@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::BytesMut;
 use futures::StreamExt;
 
 use super::command::{self, field};
@@ -139,6 +140,9 @@ pub async fn send(
     }
 }
 
+/// Objects up to this size are read whole, in one go; larger ones are streamed.
+const WHOLE: u64 = 256 * 1024;
+
 /// The data set of a stored instance in transfer syntax `ts`: streamed from the store when
 /// that is how it is stored, transcoded in memory otherwise.
 pub async fn data_set(
@@ -147,19 +151,41 @@ pub async fn data_set(
     ts: &TransferSyntax,
 ) -> Result<DataSet, String> {
     let key = &loc.object_key;
-    if *ts == loc.transfer_syntax {
-        let head_len = loc.size.min(64 * 1024);
-        let head = store
-            .read_range(key, 0..head_len)
+    if *ts == loc.transfer_syntax && loc.size <= WHOLE {
+        // Small: one read, and the data set is a slice of it.
+        let whole = store
+            .read_range(key, 0..loc.size)
             .await
             .map_err(|e| e.to_string())?;
-        let layout = crate::dicom::frames::layout(&mut std::io::Cursor::new(&head[..]), head_len)
+        let layout = crate::dicom::frames::layout(&mut std::io::Cursor::new(&whole[..]), loc.size)
             .map_err(|e| e.to_string())?;
-        let stream = store
-            .stream(key, Some(layout.dataset_start..loc.size))
+        return Ok(DataSet::Bytes(
+            whole[layout.dataset_start as usize..].to_vec(),
+        ));
+    }
+    if *ts == loc.transfer_syntax {
+        // One read of the object: its first bytes say where the data set starts, the rest
+        // follows as it comes.
+        let mut stream = store
+            .stream(key, None)
             .await
             .map_err(|e| e.to_string())?
-            .map(|r| r.map_err(|e| e.to_string()))
+            .map(|r| r.map_err(|e| e.to_string()));
+        let head_len = loc.size.min(64 * 1024) as usize;
+        let mut head = BytesMut::new();
+        while head.len() < head_len {
+            match stream.next().await {
+                Some(chunk) => head.extend_from_slice(&chunk?),
+                None => break,
+            }
+        }
+        let layout =
+            crate::dicom::frames::layout(&mut std::io::Cursor::new(&head[..]), head.len() as u64)
+                .map_err(|e| e.to_string())?;
+        let start = (layout.dataset_start as usize).min(head.len());
+        let first = head.split_off(start).freeze();
+        let stream = futures::stream::once(async move { Ok(first) })
+            .chain(stream)
             .boxed();
         return Ok(DataSet::Stream(stream));
     }

@@ -163,9 +163,11 @@ impl Worker {
                 self.gauge().await;
                 gauged = std::time::Instant::now();
             }
+            let idle = pause == POLL;
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
+                _ = self.ctx.index().outbox_changed(), if idle => {}
             }
         }
     }

@@ -364,6 +364,7 @@ impl Index {
         .bind(now_millis())
         .execute(&self.pool)
         .await?;
+        self.outbox.notify_waiters();
         Ok(done.rows_affected())
     }
 
@@ -386,6 +387,7 @@ impl Index {
         .bind(study)
         .execute(&self.pool)
         .await?;
+        self.outbox.notify_waiters();
         Ok(done.rows_affected())
     }
 

@@ -86,6 +86,8 @@ pub struct Index {
     writer: mpsc::Sender<writer::Job>,
     audit: admin::AuditQueue,
     relaxed: bool,
+    /// Signalled when forwarding jobs become due (stored with an instance, or queued).
+    outbox: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Index {
@@ -150,6 +152,7 @@ impl Index {
             writer,
             audit,
             relaxed,
+            outbox: Default::default(),
         })
     }
 
@@ -171,12 +174,22 @@ impl Index {
 
     /// Insert one instance with its study and series, committed before this returns.
     pub async fn insert(&self, record: InstanceRecord) -> Result<InsertOutcome, IndexError> {
+        let forwarded = !record.forward_to.is_empty();
         let (reply, answer) = oneshot::channel();
         self.writer
             .send(writer::Job { record, reply })
             .await
             .map_err(|_| IndexError::WriterGone)?;
-        answer.await.map_err(|_| IndexError::WriterGone)?
+        let outcome = answer.await.map_err(|_| IndexError::WriterGone)?;
+        if forwarded {
+            self.outbox.notify_waiters();
+        }
+        outcome
+    }
+
+    /// Resolves when forwarding jobs may have become due (a wake-up, not a promise).
+    pub async fn outbox_changed(&self) {
+        self.outbox.notified().await
     }
 
     /// [`Index::insert`] from a blocking thread: the row is queued for the writer now, its
