@@ -89,6 +89,37 @@ def test_dicomweb_destination_after_an_outage(make_pacs, web_upstream):
     assert wrong["failed"] == 0 and wrong["pending"] == len(sent) and wrong["delivered"] == 0, wrong
 
 
+def test_dicomweb_over_https_with_a_token(make_pacs, tmp_path):
+    """An HTTPS DICOMweb destination that wants a bearer token: another pacs-lite with API
+    keys (Debian's Orthanc 1.10 crashes on HTTPS requests here, so it cannot be this
+    upstream). With `ca_file` naming the CA that signed its certificate and the uploader's
+    key, delivered byte for byte; without `ca_file` (the Mozilla roots) or with a viewer's
+    key, the batch waits with the reason and nothing is failed."""
+    import authtools
+    from tlstools import Pki
+    pki = Pki(tmp_path / "pki")
+    cert, key = pki.pair("server")
+    up = make_pacs(authtools.env(PACS_HTTP__TLS__CERT_FILE=cert, PACS_HTTP__TLS__KEY_FILE=key))
+    assert up.url.startswith("https://")
+    url = f"{up.url}/dicom-web"
+    dest = lambda name, **more: {"name": name, "kind": "dicomweb", "url": url, **more}  # noqa: E731
+    pacs = make_pacs(env_for(
+        [dest("trusted", token=authtools.KEYS["uploader"], ca_file=pki.pem("ca")),
+         dest("untrusted", token=authtools.KEYS["uploader"]),
+         dest("reader", token=authtools.KEYS["viewer"], ca_file=pki.pem("ca"))],
+        [{"destination": "trusted"}, {"destination": "untrusted"}, {"destination": "reader"}]))
+    series = ct_series(n=3, size=32)
+    assert pacs.stow(series).status_code == 200
+    wait_for(lambda: outbox(pacs, "trusted")["delivered"] == 3, timeout=30)
+    for ds in series:
+        uid = str(ds.SOPInstanceUID)
+        assert dataset_bytes(up.object_bytes(uid)) == dataset_bytes(pacs.object_bytes(uid))
+    s = wait_for(lambda: (s := outbox(pacs, "untrusted"))["last_error"] and s)
+    assert s["delivered"] == 0 and s["failed"] == 0 and "certificate" in s["last_error"].lower(), s
+    s = wait_for(lambda: (s := outbox(pacs, "reader"))["last_error"] and s)
+    assert s["delivered"] == 0 and s["failed"] == 0 and "403" in s["last_error"], s
+
+
 @pytest.mark.parametrize("kind", ["dicomweb", "dimse"])
 def test_deidentified_on_the_way_out(make_pacs, kind):
     """With `deidentify = "basic"` the upstream gets no patient identity, new UIDs that keep
@@ -152,9 +183,11 @@ def test_deidentify_needs_a_key(make_pacs):
 class Unavailable(http.server.BaseHTTPRequestHandler):
     """A DICOMweb service that is always out of order."""
     posts = 0
+    authorization = None
 
     def do_POST(self):
         type(self).posts += 1
+        type(self).authorization = self.headers.get("Authorization")
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.send_response(503)
         self.send_header("Content-Type", "text/plain")
@@ -171,7 +204,8 @@ def test_max_attempts_then_failed_with_the_last_error(make_pacs):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
-        pacs = make_pacs(env_for([{"name": "flaky", "kind": "dicomweb", "url": url, "max_attempts": 2}],
+        pacs = make_pacs(env_for([{"name": "flaky", "kind": "dicomweb", "url": url, "max_attempts": 2,
+                                   "token": "t0ken"}],
                                  [{"destination": "flaky"}]))
         series = ct_series(n=2, size=32)
         assert pacs.stow(series).status_code == 200
@@ -179,8 +213,9 @@ def test_max_attempts_then_failed_with_the_last_error(make_pacs):
         failed = requests.get(f"{pacs.url}/api/v1/admin/forward/flaky/failed").json()["failed"]
         assert all(f["attempts"] == 2 and "gave up after 2 attempts" in f["last_error"]
                    and "503" in f["last_error"] and "down for maintenance" in f["last_error"] for f in failed), failed
-        # Two attempts each, in one request or two (as the claims found them).
+        # Two attempts each, in one request or two (as the claims found them), with the token.
         assert 2 <= Unavailable.posts <= 4
+        assert Unavailable.authorization == "Bearer t0ken"
     finally:
         server.shutdown()
 
