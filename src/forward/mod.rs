@@ -140,15 +140,11 @@ impl Worker {
         tracing::info!(destination = %self.dest.name, address = %self.dest.address(), "forwarding worker started");
         let mut gauged = std::time::Instant::now() - GAUGE_EVERY;
         loop {
+            let limit = self.claim_size().await;
             let claimed = self
                 .ctx
                 .index()
-                .claim_forward_jobs(
-                    &self.dest.name,
-                    &self.owner,
-                    self.dest.batch as i64,
-                    self.lease_ms,
-                )
+                .claim_forward_jobs(&self.dest.name, &self.owner, limit, self.lease_ms)
                 .await;
             let pause = match claimed {
                 Ok(jobs) if jobs.is_empty() => POLL,
@@ -169,6 +165,23 @@ impl Worker {
                 _ = tokio::time::sleep(pause) => {}
                 _ = self.ctx.index().outbox_changed(), if idle => {}
             }
+        }
+    }
+
+    /// How many jobs to claim: `batch`, or with several associations and fewer jobs due
+    /// than they could take, an even share (so that a small study still spreads over them:
+    /// on a thin link each association's round trips are what limit it).
+    async fn claim_size(&self) -> i64 {
+        let batch = self.dest.batch.max(1) as i64;
+        let workers = self.dest.max_associations.max(1) as i64;
+        if workers == 1 {
+            return batch;
+        }
+        match self.ctx.index().due_forward_jobs(&self.dest.name).await {
+            // Enough for every association: whole batches; fewer: an even share each.
+            Ok(due) if due >= batch * workers => batch,
+            Ok(due) => ((due + workers - 1) / workers).max(1),
+            Err(_) => batch,
         }
     }
 

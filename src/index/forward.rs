@@ -89,6 +89,18 @@ impl Index {
         Ok(jobs)
     }
 
+    /// How many of `destination`'s jobs are due and unclaimed now.
+    pub async fn due_forward_jobs(&self, destination: &str) -> Result<i64, IndexError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM forward_jobs WHERE destination = $1 AND state = 'pending' \
+             AND not_before <= $2 AND (lease_until IS NULL OR lease_until < $2)",
+        )
+        .bind(destination)
+        .bind(now_millis())
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Extend the leases `owner` holds on `destination`'s pending jobs to `lease_ms` from now.
     pub async fn renew_forward_leases(
         &self,
