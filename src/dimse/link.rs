@@ -7,7 +7,7 @@
 //! of two messages never interleave. A data set may be a stream (an object read from the
 //! store): it is cut into P-DATA values as it arrives, within the peer's maximum PDU length.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -150,6 +150,77 @@ fn push_values(out: &mut Vec<u8>, context: u8, command: bool, data: &[u8], max: 
     }
 }
 
+/// Bytes waiting to be written together: PDU headers and slices of data chunks.
+#[derive(Default)]
+struct Gather {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl Gather {
+    fn push(&mut self, b: Bytes) {
+        self.len += b.len();
+        self.parts.push(b);
+    }
+
+    /// Move the first `n` bytes of `pending` here, splitting a chunk where needed.
+    fn take(&mut self, pending: &mut VecDeque<Bytes>, mut n: usize) {
+        while n > 0 {
+            let Some(front) = pending.front_mut() else {
+                return;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                if let Some(whole) = pending.pop_front() {
+                    self.push(whole);
+                }
+            } else {
+                let part = front.split_to(n);
+                self.push(part);
+                n = 0;
+            }
+        }
+    }
+
+    /// Write everything gathered: in vectored writes where the link takes them, else
+    /// copied into one buffer (TLS, which would make a record of each slice).
+    async fn write(&mut self, w: &mut WriteHalf) -> std::io::Result<()> {
+        if !w.is_write_vectored() {
+            let mut all = Vec::with_capacity(self.len);
+            for p in self.parts.drain(..) {
+                all.extend_from_slice(&p);
+            }
+            self.len = 0;
+            return w.write_all(&all).await;
+        }
+        let mut at = 0;
+        while at < self.parts.len() {
+            let slices: Vec<std::io::IoSlice<'_>> = self.parts[at..]
+                .iter()
+                .take(256)
+                .map(|p| std::io::IoSlice::new(p))
+                .collect();
+            let mut n = w.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 && at < self.parts.len() {
+                let first = &mut self.parts[at];
+                if first.len() <= n {
+                    n -= first.len();
+                    at += 1;
+                } else {
+                    first.advance(n);
+                    n = 0;
+                }
+            }
+        }
+        self.parts.clear();
+        self.len = 0;
+        Ok(())
+    }
+}
+
 impl Writer {
     /// Whether the association can still carry messages.
     pub fn is_open(&self) -> bool {
@@ -212,25 +283,33 @@ impl Writer {
             return Ok(());
         };
         // Fragments gather behind the command and go out in writes of about WRITE_BATCH
-        // bytes, several PDUs each (a peer's small maximum PDU does not mean small writes).
-        // At least one byte is kept back, so the last fragment is never empty.
-        let mut buf = BytesMut::new();
+        // bytes, several PDUs each (a peer's small maximum PDU does not mean small writes),
+        // as slices of the chunks read: no copy of the data on our side. At least one byte
+        // is kept back, so the last fragment is never empty.
+        let mut gather = Gather::default();
+        gather.push(Bytes::from(out));
+        let mut pending: VecDeque<Bytes> = VecDeque::new();
+        let mut pending_len = 0;
         let mut failed = None;
         while let Some(chunk) = stream.next().await {
             match chunk {
-                Ok(c) => buf.extend_from_slice(&c),
+                Ok(c) => {
+                    pending_len += c.len();
+                    pending.push_back(c);
+                }
                 Err(e) => {
                     failed = Some(e);
                     break;
                 }
             }
-            while buf.len() > max {
-                let fragment = buf.split_to(max);
-                out.extend_from_slice(&pdata_header(context, false, false, fragment.len()));
-                out.extend_from_slice(&fragment);
-                if out.len() >= WRITE_BATCH {
-                    w.write_all(&out).await?;
-                    out.clear();
+            while pending_len > max {
+                gather.push(Bytes::copy_from_slice(&pdata_header(
+                    context, false, false, max,
+                )));
+                gather.take(&mut pending, max);
+                pending_len -= max;
+                if gather.len >= WRITE_BATCH {
+                    gather.write(w).await?;
                 }
             }
         }
@@ -239,9 +318,14 @@ impl Writer {
             self.open.store(false, Ordering::Release);
             return Err(LinkError::Source(e));
         }
-        out.extend_from_slice(&pdata_header(context, false, true, buf.len()));
-        out.extend_from_slice(&buf);
-        w.write_all(&out).await?;
+        gather.push(Bytes::copy_from_slice(&pdata_header(
+            context,
+            false,
+            true,
+            pending_len,
+        )));
+        gather.take(&mut pending, pending_len);
+        gather.write(w).await?;
         Ok(())
     }
 
