@@ -29,7 +29,7 @@ LAYERS = [
     "ingest", "auth", "render", "verify", "retention",
     "context",
     # protocol adapters
-    "dicomweb", "radiology", "uploads", "admin", "dimse", "forward", "viewer", "import", "sync",
+    "dicomweb", "radiology", "uploads", "admin", "dimse", "hl7", "forward", "viewer", "import", "sync",
     # the HTTP face, assembly, the crate root and the command
     "http", "app", "lib", "main",
 ]

@@ -95,6 +95,7 @@ pub mod dicom;
 pub mod dicomweb;
 pub mod dimse;
 pub mod forward;
+pub mod hl7;
 pub mod http;
 pub mod import;
 pub mod index;
