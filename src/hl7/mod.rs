@@ -5,6 +5,7 @@
 
 pub mod ack;
 pub mod mllp;
+pub mod orders;
 pub mod text;
 
 pub use ack::{ack, AckCode, Refusal};
