@@ -36,9 +36,11 @@ def ohif_missing() -> str | None:
 
 
 def orthanc_missing() -> str | None:
-    if Path("/usr/sbin/Orthanc").exists():
-        return None
-    return "Orthanc is not installed (Debian: apt-get install orthanc)"
+    if not Path("/usr/sbin/Orthanc").exists():
+        return "Orthanc is not installed (Debian: apt-get install orthanc orthanc-dicomweb)"
+    if not Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so").exists():
+        return "Orthanc's DICOMweb plugin is not installed (Debian: apt-get install orthanc-dicomweb)"
+    return None
 
 
 def postgres_s3_missing() -> str | None:
