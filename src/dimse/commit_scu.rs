@@ -160,15 +160,41 @@ pub async fn on_report(ctx: &Context, rq: &Command, data: &[u8], ts: &str) -> St
         .forward_commitment(&report.transaction_uid, &report.committed, &failed)
         .await
     {
-        Ok(matched) => {
+        Ok((delivered, again)) => {
             tracing::info!(transaction = %report.transaction_uid, committed = report.committed.len(),
-                failed = failed.len(), matched, "storage commitment report received");
+                failed = failed.len(), delivered = delivered.len(), again, "storage commitment report received");
+            record_deliveries(ctx, &delivered);
             Status::SUCCESS
         }
         Err(e) => {
             tracing::error!(error = %e, "storage commitment report not recorded");
             Status::PROCESSING_FAILURE
         }
+    }
+}
+
+/// Instances the report confirmed, (destination, study) each: counted as delivered, and
+/// in the audit trail per destination and study (as the forwarding worker does for
+/// deliveries without commitment).
+fn record_deliveries(ctx: &Context, delivered: &[(String, crate::model::Uid)]) {
+    let mut groups: Vec<(&str, &crate::model::Uid, usize)> = Vec::new();
+    for (destination, study) in delivered {
+        match groups
+            .iter_mut()
+            .find(|(d, s, _)| d == destination && *s == study)
+        {
+            Some(g) => g.2 += 1,
+            None => groups.push((destination, study, 1)),
+        }
+    }
+    let sent = &ctx.metrics().forward.sent;
+    for (destination, study, n) in groups {
+        sent.with_label_values(&[destination, "delivered"])
+            .inc_by(n as u64);
+        let event = crate::index::admin::AuditEvent::new(destination, "forward", None, "forward")
+            .study(study.as_str())
+            .detail(format!("{n} instance(s) delivered and committed"));
+        ctx.index().audit(event);
     }
 }
 

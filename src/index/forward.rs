@@ -195,29 +195,31 @@ impl Index {
     }
 
     /// A storage commitment report: the `committed` instances (by UID as sent) of
-    /// `transaction` are delivered; the `failed` ones (with why) go again. How many jobs
-    /// it answered.
+    /// `transaction` are delivered — returned as (destination, study) — and the `failed`
+    /// ones (with why) go again, counted.
     pub async fn forward_commitment(
         &self,
         transaction: &str,
         committed: &[String],
         failed: &[(String, String)],
-    ) -> Result<u64, IndexError> {
+    ) -> Result<(Vec<(String, Uid)>, u64), IndexError> {
         let now = now_millis();
         let mut tx = self.pool.begin().await?;
-        let mut matched = 0;
+        let mut delivered = Vec::new();
         for uid in committed {
-            let done = sqlx::query(
+            let done: Option<(String, Uid)> = sqlx::query_as(
                 "UPDATE forward_jobs SET state = 'delivered', delivered_at = $3, lease_until = NULL, \
-                 lease_owner = NULL WHERE commit_txn = $1 AND sent_uid = $2 AND state = 'committing'",
+                 lease_owner = NULL WHERE commit_txn = $1 AND sent_uid = $2 AND state = 'committing' \
+                 RETURNING destination, study_uid",
             )
             .bind(transaction)
             .bind(uid)
             .bind(now)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-            matched += done.rows_affected();
+            delivered.extend(done);
         }
+        let mut again = 0;
         for (uid, why) in failed {
             let done = sqlx::query(
                 "UPDATE forward_jobs SET state = 'pending', not_before = $3, last_error = $4, \
@@ -230,10 +232,10 @@ impl Index {
             .bind(why)
             .execute(&mut *tx)
             .await?;
-            matched += done.rows_affected();
+            again += done.rows_affected();
         }
         tx.commit().await?;
-        Ok(matched)
+        Ok((delivered, again))
     }
 
     /// Jobs of `destination` whose commitment report did not come in time go again; how

@@ -5,11 +5,14 @@ confirms it; without a report it is never counted delivered (and is sent again a
 
 import time
 
+import requests
+
 from dicomgen import ct_series
 from orthanc import Orthanc, require_orthanc
 from pacs import free_port
 from test_forward import outbox, wait_for
 from test_forward_web import dimse, env_for
+from test_ops import metric
 
 
 def test_delivered_only_once_the_peer_commits(make_pacs):
@@ -39,6 +42,13 @@ def test_delivered_only_once_the_peer_commits(make_pacs):
         wait_for(lambda: outbox(pacs)["delivered"] == 3, timeout=60)
         s = outbox(pacs)
         assert s["awaiting_commitment"] == 0 and s["pending"] == 0, s
+        # Counted and audited when confirmed (sent, they counted as "stored").
+        text = requests.get(f"{pacs.url}/metrics").text
+        assert metric(text, "pacs_forward_sent_total", destination="central", outcome="delivered") == 3
+        assert metric(text, "pacs_forward_sent_total", destination="central", outcome="stored") >= 3
+        events = requests.get(f"{pacs.url}/api/v1/admin/audit", params={"action": "forward"}).json()["events"]
+        assert sum(int(e["detail"].split()[0]) for e in events) == 3, events
+        assert all(e["who"] == "central" and "committed" in e["detail"] for e in events), events
     except AssertionError:
         print((pacs.dir / "server.log").read_text()[-6000:])
         raise
