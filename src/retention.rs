@@ -86,11 +86,7 @@ pub async fn apply(ingest: &Ingest, plan: &Plan) -> Result<u64, IndexError> {
         if deleted.is_empty() {
             continue;
         }
-        for (sop, key) in &deleted {
-            if let Err(e) = ingest.store().delete(key).await {
-                tracing::warn!(sop = %sop, error = %e, "object left after delete; verify will sweep it");
-            }
-        }
+        ingest.store().delete_deleted(&deleted).await;
         freed += study.bytes.max(0) as u64;
         let why = match reason {
             Reason::Unused => {

@@ -25,11 +25,7 @@ pub async fn delete(State(ctx): State<Arc<Context>>, r: Resource) -> Result<Resp
     if deleted.is_empty() {
         return Err(ApiError::NotFound("nothing stored there".into()));
     }
-    for (sop, key) in &deleted {
-        if let Err(e) = ctx.store().delete(key).await {
-            tracing::warn!(sop = %sop, error = %e, "object left after delete; verify will sweep it");
-        }
-    }
+    ctx.store().delete_deleted(&deleted).await;
     tracing::info!(study = %scope.study, instances = deleted.len(), "deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

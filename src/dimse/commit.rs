@@ -43,15 +43,7 @@ pub fn accept(rq: &Command, data: &[u8], ts: &str) -> Result<Request, Status> {
     if rq.action_type != Some(1) {
         return Err(Status::NO_SUCH_ACTION);
     }
-    crate::dicom::check_data_set(data, ts).map_err(|e| {
-        tracing::info!(error = %e, "action information refused");
-        Status::PROCESSING_FAILURE
-    })?;
-    let ts = TransferSyntaxRegistry
-        .get(ts)
-        .ok_or(Status::PROCESSING_FAILURE)?;
-    let obj =
-        InMemDicomObject::read_dataset_with_ts(data, ts).map_err(|_| Status::PROCESSING_FAILURE)?;
+    let obj = read_information(data, ts, "action information")?;
     let transaction_uid = text(&obj, tags::TRANSACTION_UID)
         .filter(|u| Uid::parse(u).is_ok())
         .ok_or(Status::MISSING_ATTRIBUTE)?;
@@ -73,6 +65,23 @@ pub fn accept(rq: &Command, data: &[u8], ts: &str) -> Result<Request, Status> {
         transaction_uid,
         references,
     })
+}
+
+/// The data set of an N-ACTION or N-EVENT-REPORT (`what` it is, for the log), checked
+/// and read in its transfer syntax; 0x0110 when it cannot be.
+pub(super) fn read_information(
+    data: &[u8],
+    ts: &str,
+    what: &str,
+) -> Result<InMemDicomObject, Status> {
+    crate::dicom::check_data_set(data, ts).map_err(|e| {
+        tracing::info!(error = %e, "{what} refused");
+        Status::PROCESSING_FAILURE
+    })?;
+    let ts = TransferSyntaxRegistry
+        .get(ts)
+        .ok_or(Status::PROCESSING_FAILURE)?;
+    InMemDicomObject::read_dataset_with_ts(data, ts).map_err(|_| Status::PROCESSING_FAILURE)
 }
 
 /// One referenced instance: its class, its UID, and the failure reason (PS3.4 J.3.2.1.1.2)

@@ -12,7 +12,7 @@ use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
 use super::command::{self, field, Command};
-use super::commit::{item, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE};
+use super::commit::{item, read_information, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE};
 use super::link::{DataSet, Writer};
 use super::scu::Proposal;
 use super::status::Status;
@@ -101,15 +101,7 @@ pub fn read_report(rq: &Command, data: &[u8], ts: &str) -> Result<Report, Status
     if !matches!(rq.event_type, Some(1 | 2)) {
         return Err(Status::NO_SUCH_EVENT_TYPE);
     }
-    crate::dicom::check_data_set(data, ts).map_err(|e| {
-        tracing::info!(error = %e, "event information refused");
-        Status::PROCESSING_FAILURE
-    })?;
-    let ts = TransferSyntaxRegistry
-        .get(ts)
-        .ok_or(Status::PROCESSING_FAILURE)?;
-    let obj =
-        InMemDicomObject::read_dataset_with_ts(data, ts).map_err(|_| Status::PROCESSING_FAILURE)?;
+    let obj = read_information(data, ts, "event information")?;
     let transaction_uid = text(&obj, tags::TRANSACTION_UID).ok_or(Status::MISSING_ATTRIBUTE)?;
     let sequence = |tag| {
         obj.get(tag)

@@ -140,12 +140,16 @@ impl Worker {
         tracing::info!(destination = %self.dest.name, address = %self.dest.address(), "forwarding worker started");
         let mut gauged = std::time::Instant::now() - GAUGE_EVERY;
         loop {
-            let limit = self.claim_size().await;
-            let claimed = self
-                .ctx
-                .index()
-                .claim_forward_jobs(&self.dest.name, &self.owner, limit, self.lease_ms)
-                .await;
+            let claimed = match self.claim_size().await {
+                // Nothing due: no claim to make.
+                0 => Ok(Vec::new()),
+                limit => {
+                    let index = self.ctx.index();
+                    index
+                        .claim_forward_jobs(&self.dest.name, &self.owner, limit, self.lease_ms)
+                        .await
+                }
+            };
             let pause = match claimed {
                 Ok(jobs) if jobs.is_empty() => POLL,
                 Ok(jobs) => self.deliver(jobs).await,
@@ -170,7 +174,8 @@ impl Worker {
 
     /// How many jobs to claim: `batch`, or with several associations and fewer jobs due
     /// than they could take, an even share (so that a small study still spreads over them:
-    /// on a thin link each association's round trips are what limit it).
+    /// on a thin link each association's round trips are what limit it); 0 when nothing is
+    /// due (the count then stands in for the claim).
     async fn claim_size(&self) -> i64 {
         let batch = self.dest.batch.max(1) as i64;
         let workers = self.dest.max_associations.max(1) as i64;
@@ -180,7 +185,7 @@ impl Worker {
         match self.ctx.index().due_forward_jobs(&self.dest.name).await {
             // Enough for every association: whole batches; fewer: an even share each.
             Ok(due) if due >= batch * workers => batch,
-            Ok(due) => ((due + workers - 1) / workers).max(1),
+            Ok(due) => (due + workers - 1) / workers,
             Err(_) => batch,
         }
     }

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::{Batch, Outcome, Payload, Sent};
 use crate::config::ForwardDestination;
-use crate::dimse::Status;
+use crate::dimse::{causes, Status};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the service may stay silent (while we send, or before it answers).
@@ -174,10 +174,14 @@ impl Link {
         let rsp = match rq.send().await {
             Ok(rsp) => rsp,
             Err(e) if e.is_connect() => {
-                return Posted::Unreachable(format!("cannot reach {}: {}", self.studies, chain(&e)))
+                return Posted::Unreachable(format!(
+                    "cannot reach {}: {}",
+                    self.studies,
+                    causes(&e)
+                ))
             }
             Err(e) => {
-                let why = format!("STOW-RS to {} failed: {}", self.studies, chain(&e));
+                let why = format!("STOW-RS to {} failed: {}", self.studies, causes(&e));
                 return Posted::Each(vec![Outcome::Retry(why); part.len()]);
             }
         };
@@ -249,18 +253,6 @@ fn items<'a>(json: &'a Value, tag: &str) -> &'a [Value] {
 
 fn text<'a>(item: &'a Value, tag: &str) -> Option<&'a str> {
     item.get(tag)?.get("Value")?.get(0)?.as_str()
-}
-
-/// An error with its causes (reqwest's own message alone says little).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -1,3 +1,6 @@
+//! Tests of `orders.rs`: ORM^O01, OMI^O23, ADT^A08 and ADT^A40 as senders write them, and
+//! the refusals, each with the field it names.
+
 use super::*;
 use crate::hl7::AckCode;
 

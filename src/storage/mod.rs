@@ -225,6 +225,16 @@ impl Store {
         Ok(())
     }
 
+    /// Delete the objects of instances whose rows are gone (SOP Instance UID, key); one that
+    /// cannot be is logged and left for `verify` to sweep as an orphan.
+    pub async fn delete_deleted(&self, deleted: &[(crate::model::Uid, ObjectKey)]) {
+        for (sop, key) in deleted {
+            if let Err(e) = self.delete(key).await {
+                tracing::warn!(sop = %sop, error = %e, "object left after delete; verify will sweep it");
+            }
+        }
+    }
+
     pub async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         // A tombstone first: the journal's replay must not bring the object back.
         let tombstone = match &self.journal {
