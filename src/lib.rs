@@ -111,3 +111,4 @@ pub mod tls;
 pub mod uploads;
 pub mod verify;
 pub mod viewer;
+pub mod worklist;

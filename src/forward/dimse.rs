@@ -111,7 +111,7 @@ impl Link {
         sent: &[(usize, String)],
         outcomes: &mut [Outcome],
     ) {
-        let transaction = format!("2.25.{}", uuid::Uuid::new_v4().as_u128());
+        let transaction = crate::model::Uid::generate().to_string();
         let wait = self.commitment.unwrap_or_default().as_millis() as i64;
         let jobs: Vec<(i64, String)> = sent
             .iter()

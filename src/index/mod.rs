@@ -11,6 +11,8 @@
 
 pub mod admin;
 pub mod forward;
+pub mod mpps;
+pub mod orders;
 pub mod query;
 pub mod read;
 mod records;
@@ -18,6 +20,7 @@ pub mod retention;
 mod sqlite_writer;
 mod types;
 pub mod uploads;
+pub mod worklist;
 mod writer;
 
 use std::str::FromStr;

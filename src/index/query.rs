@@ -124,7 +124,7 @@ fn like_literal(s: &str) -> String {
 }
 
 /// A DICOM wildcard pattern as a LIKE pattern.
-fn like_pattern(p: &str) -> String {
+pub(super) fn like_pattern(p: &str) -> String {
     like_literal(p).replace('*', "%").replace('?', "_")
 }
 

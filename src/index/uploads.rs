@@ -1,4 +1,4 @@
-//! Offline uploads and radiology orders in the index: everything the upload flow needs to
+//! Offline uploads in the index: everything the upload flow needs to
 //! survive restarts and to be shared by several gateway processes.
 
 use super::{Index, IndexError};
@@ -64,32 +64,6 @@ pub struct Chunk {
     pub start: i64,
     pub length: i64,
     pub object_key: ObjectKey,
-}
-
-/// A radiology order as registered by the hospital system.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
-pub struct Order {
-    pub order_id: OrderId,
-    pub accession_number: Option<String>,
-    pub patient_id: Option<String>,
-    pub patient_name: Option<String>,
-    pub patient_birth_date: Option<String>,
-    pub patient_sex: Option<String>,
-}
-
-/// A study as listed for an order.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
-pub struct StudySummary {
-    pub study_id: i64,
-    pub study_instance_uid: Uid,
-    pub study_date: Option<String>,
-    pub study_description: Option<String>,
-    pub accession_number: Option<String>,
-    pub modalities: String,
-    pub number_of_series: i64,
-    pub number_of_instances: i64,
-    /// How the study belongs to the order: "upload" or "accession_number".
-    pub linked_by: String,
 }
 
 const UPLOAD_COLS: &str = "image_uuid, order_id, filename, file_size, mime_type, checksum, study_uid, \
@@ -271,58 +245,5 @@ impl Index {
                 .fetch_one(&self.pool)
                 .await?,
         )
-    }
-
-    /// Register or update an order; true when it is new.
-    pub async fn put_order(&self, o: &Order) -> Result<bool, IndexError> {
-        let now = now_millis();
-        let existed = self.order(&o.order_id).await?.is_some();
-        sqlx::query(
-            "INSERT INTO radiology_orders (order_id, accession_number, patient_id, patient_name, \
-             patient_birth_date, patient_sex, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$7) \
-             ON CONFLICT (order_id) DO UPDATE SET accession_number = excluded.accession_number, \
-             patient_id = excluded.patient_id, patient_name = excluded.patient_name, \
-             patient_birth_date = excluded.patient_birth_date, patient_sex = excluded.patient_sex, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(&o.order_id)
-        .bind(&o.accession_number)
-        .bind(&o.patient_id)
-        .bind(&o.patient_name)
-        .bind(&o.patient_birth_date)
-        .bind(&o.patient_sex)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(!existed)
-    }
-
-    pub async fn order(&self, order_id: &OrderId) -> Result<Option<Order>, IndexError> {
-        Ok(sqlx::query_as(
-            "SELECT order_id, accession_number, patient_id, patient_name, patient_birth_date, patient_sex \
-             FROM radiology_orders WHERE order_id = $1",
-        )
-        .bind(order_id)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    /// The order's studies: linked by an offline upload, or stored (C-STORE, STOW-RS) with
-    /// the order's accession number.
-    pub async fn order_studies(&self, order: &Order) -> Result<Vec<StudySummary>, IndexError> {
-        let accession = order.accession_number.clone().unwrap_or_default();
-        Ok(sqlx::query_as(
-            "SELECT st.id AS study_id, st.study_uid AS study_instance_uid, st.study_date, \
-             st.study_description, st.accession_number, st.modalities, \
-             st.num_series AS number_of_series, st.num_instances AS number_of_instances, \
-             CASE WHEN so.order_id IS NULL THEN 'accession_number' ELSE 'upload' END AS linked_by \
-             FROM studies st LEFT JOIN study_orders so ON so.study_uid = st.study_uid AND so.order_id = $1 \
-             WHERE so.order_id IS NOT NULL OR ($2 <> '' AND st.accession_number = $2) \
-             ORDER BY st.study_date, st.id",
-        )
-        .bind(&order.order_id)
-        .bind(&accession)
-        .fetch_all(&self.pool)
-        .await?)
     }
 }

@@ -20,7 +20,7 @@ mod uid;
 pub use ae::{AeTitle, AeTitleError};
 pub use date::{DicomDate, Temporal, TemporalError, TemporalKind, TemporalRange};
 pub use key::{KeyError, ObjectKey, UPLOADS_PREFIX};
-pub use order::{OrderId, OrderIdError};
+pub use order::{OrderId, OrderIdError, OrderStatus};
 pub use origin::{Origin, OriginKind};
 pub use role::Role;
 pub use sha256::{Sha256, Sha256Error};

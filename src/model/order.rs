@@ -55,6 +55,47 @@ impl From<OrderId> for String {
     }
 }
 
+/// Where an order is in its workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Waiting for the modality: its steps are on the worklist.
+    Scheduled,
+    /// A modality started it (MPPS IN PROGRESS).
+    InProgress,
+    /// Performed (MPPS COMPLETED).
+    Completed,
+    /// Cancelled or stopped (HL7 CA/DC, MPPS DISCONTINUED).
+    Discontinued,
+}
+
+impl OrderStatus {
+    pub const ALL: [OrderStatus; 4] = [
+        OrderStatus::Scheduled,
+        OrderStatus::InProgress,
+        OrderStatus::Completed,
+        OrderStatus::Discontinued,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Scheduled => "scheduled",
+            OrderStatus::InProgress => "in_progress",
+            OrderStatus::Completed => "completed",
+            OrderStatus::Discontinued => "discontinued",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OrderStatus> {
+        OrderStatus::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Completed and discontinued orders are done: nothing moves them on.
+    pub fn is_final(self) -> bool {
+        matches!(self, OrderStatus::Completed | OrderStatus::Discontinued)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +107,14 @@ mod tests {
         assert!(OrderId::parse("a/b").is_err());
         assert!(OrderId::parse("a b").is_err());
         assert!(OrderId::parse(&"1".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in OrderStatus::ALL {
+            assert_eq!(OrderStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(OrderStatus::parse("cancelled"), None);
+        assert!(OrderStatus::Completed.is_final() && !OrderStatus::InProgress.is_final());
     }
 }

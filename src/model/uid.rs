@@ -46,6 +46,11 @@ impl Uid {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A new UID under the `2.25` root (PS3.5 B.2): a random UUID as a decimal integer.
+    pub fn generate() -> Self {
+        Uid(format!("2.25.{}", uuid::Uuid::new_v4().as_u128()))
+    }
 }
 
 impl fmt::Display for Uid {

@@ -44,7 +44,12 @@ pub fn router() -> Router<Arc<Context>> {
     r = both(r, "/studies/{id}/images", get(images::study_images));
     r = both(r, "/images/{id}/url", get(images::image_url));
     r = both(r, "/images/{id}/file", get(images::image_file));
-    r = both(r, "/orders/{id}", put(orders::put_order));
+    r = both(r, "/orders", get(orders::list_orders));
+    r = both(
+        r,
+        "/orders/{id}",
+        put(orders::put_order).get(orders::get_order),
+    );
     r = both(r, "/orders/{id}/studies", get(orders::order_studies));
     r
 }

@@ -9,7 +9,8 @@ use axum::http::StatusCode;
 use tokio::io::AsyncReadExt;
 
 use crate::dicom::capture::{self, Capture, CaptureError};
-use crate::index::uploads::{Order, Upload};
+use crate::index::orders::Order;
+use crate::index::uploads::Upload;
 use crate::ingest::Ingest;
 use crate::radiology::error::RestError;
 use crate::storage::{Spool, SpooledFile, StorageError};
