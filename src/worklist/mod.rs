@@ -43,6 +43,23 @@ fn text(field: &str, v: Option<&str>, max: usize) -> Result<(), Invalid> {
     }
 }
 
+/// `YYYYMMDD` naming a day of the calendar.
+pub fn is_calendar_date(d: &str) -> bool {
+    let n = |r: std::ops::Range<usize>| d.get(r).and_then(|v| v.parse::<u32>().ok());
+    let (Some(y), Some(m), Some(day)) = (n(0..4), n(4..6), n(6..8)) else {
+        return false;
+    };
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    d.len() == 8 && (1..=days).contains(&day)
+}
+
 /// `YYYY-MM-DDTHH:MM`.
 pub fn is_local_minute(s: &str) -> bool {
     let b = s.as_bytes();
@@ -54,7 +71,7 @@ pub fn is_local_minute(s: &str) -> bool {
         && digits(8..10)
         && digits(11..13)
         && digits(14..16)
-        && DicomDate::date(&s[..10].replace('-', "")).is_ok()
+        && is_calendar_date(&s[..10].replace('-', ""))
         && s[11..13] < *"24"
         && s[14..16] < *"60"
 }
@@ -116,7 +133,9 @@ pub fn check(order: &Order) -> Result<(), Invalid> {
         .as_deref()
         .filter(|d| !d.is_empty())
     {
-        DicomDate::date(d).map_err(|_| invalid("patient_birth_date", "YYYYMMDD"))?;
+        if DicomDate::date(d).is_err() || !is_calendar_date(d) {
+            return Err(invalid("patient_birth_date", "YYYYMMDD"));
+        }
     }
     if let Some(s) = order.patient_sex.as_deref().filter(|s| !s.is_empty()) {
         if !["M", "F", "O"].contains(&s) {
