@@ -94,6 +94,7 @@ pub struct App {
     http_tls: Option<ServerTls>,
     dimse: Option<TcpListener>,
     dimse_tls: Option<(TcpListener, ServerTls)>,
+    hl7: Option<TcpListener>,
 }
 
 impl App {
@@ -125,6 +126,10 @@ impl App {
             Some((listen, tls)) => Some((bind(listen).await?, tls)),
             None => None,
         };
+        let hl7 = match config.hl7.listen {
+            Some(listen) => Some(bind(listen).await?),
+            None => None,
+        };
         // Bound first: a second process on a live data directory fails here instead of
         // re-indexing the live one's objects in flight.
         recover(&ingest).await?;
@@ -134,6 +139,7 @@ impl App {
             http_tls,
             dimse,
             dimse_tls,
+            hl7,
         };
         app.announce();
         Ok(app)
@@ -191,6 +197,11 @@ impl App {
             .and_then(|(l, _)| l.local_addr().ok())
     }
 
+    /// The HL7 (MLLP) listener's address, when there is one.
+    pub fn hl7_addr(&self) -> Option<SocketAddr> {
+        self.hl7.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serve until `shutdown` resolves; then stop accepting everywhere, let work in progress
     /// finish within its deadline, and close the index.
     pub async fn run(
@@ -222,6 +233,9 @@ impl App {
             let (ctx, stop) = (self.ctx.clone(), cancel.clone().cancelled_owned());
             tokio::spawn(async move { crate::dimse::serve(listeners, ctx, stop).await })
         });
+        if let Some(listener) = self.hl7 {
+            tokio::spawn(crate::hl7::serve(listener, self.ctx.clone(), cancel.clone()));
+        }
         tokio::spawn(sweep_uploads(self.ctx.clone(), cancel.clone()));
         crate::forward::spawn(&self.ctx, &cancel);
         if self.ctx.config.retention.is_on() {

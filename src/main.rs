@@ -197,6 +197,9 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             app.ae_title()
         );
     }
+    if let Some(addr) = app.hl7_addr() {
+        println!("pacs-lite HL7 listening on {addr} (MLLP)");
+    }
     app.run(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub tls_handshakes_refused: IntCounterVec,
     pub tls_reloads: IntCounterVec,
     pub forward: ForwardMetrics,
+    pub hl7_messages: IntCounterVec,
+    pub worklist: IntCounterVec,
 }
 
 /// Store-and-forward, by destination.
@@ -154,6 +156,16 @@ fn build() -> Metrics {
             &["service", "method", "status"],
         ),
         uploads_pending: gauge("uploads_pending", "Offline uploads waiting for their bytes."),
+        hl7_messages: counter(
+            "hl7_messages_total",
+            "HL7 v2 messages received over MLLP, by result (accepted, duplicate, refused).",
+            &["result"],
+        ),
+        worklist: counter(
+            "worklist_requests_total",
+            "Modality Worklist queries and MPPS requests, by operation and DIMSE status class.",
+            &["operation", "status"],
+        ),
         registry,
     }
 }

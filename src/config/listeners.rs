@@ -59,9 +59,59 @@ pub struct DimseConfig {
     /// At shutdown (and at an association's release), how long operations in progress
     /// may take to finish before they are stopped.
     pub drain_secs: u64,
+    /// The Modality Worklist SCP.
+    pub worklist: WorklistConfig,
     /// Where C-MOVE sends instances and where storage commitment results go when the
     /// requesting association has closed: the AE titles this server may connect to.
     pub destinations: Vec<Destination>,
+}
+
+/// The Modality Worklist SCP's answers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorklistConfig {
+    /// Answer a calling AE with the steps scheduled on its own station (its AE title) only,
+    /// whatever ScheduledStationAETitle it asks for.
+    pub only_own_station: bool,
+}
+
+/// HL7 v2 orders in over MLLP: off unless `listen` is set. HL7 has no authentication of
+/// its own, so only the peers listed (loopback when none are) may connect.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Hl7Config {
+    #[serde(with = "optional_addr")]
+    pub listen: Option<SocketAddr>,
+    /// IP addresses allowed to connect; empty: loopback only.
+    pub allowed_peers: Vec<std::net::IpAddr>,
+    pub max_connections: usize,
+    /// A connection that completes no message in this long is closed.
+    pub idle_timeout_secs: u64,
+    /// The largest message taken; a longer frame closes the connection.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Hl7Config {
+    fn default() -> Self {
+        Hl7Config {
+            listen: None,
+            allowed_peers: Vec::new(),
+            max_connections: 32,
+            idle_timeout_secs: 60,
+            max_message_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Hl7Config {
+    /// May `peer` connect?
+    pub fn allows(&self, peer: std::net::IpAddr) -> bool {
+        if self.allowed_peers.is_empty() {
+            peer.is_loopback()
+        } else {
+            self.allowed_peers.contains(&peer)
+        }
+    }
 }
 
 /// The DICOM TLS listener: its address (2762 is the registered port), certificate and key,
@@ -136,6 +186,7 @@ impl Default for DimseConfig {
             allowed_calling_aes: Vec::new(),
             max_associations: 32,
             drain_secs: 20,
+            worklist: WorklistConfig::default(),
             destinations: Vec::new(),
         }
     }

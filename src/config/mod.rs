@@ -19,7 +19,9 @@ pub use forward::{
     Deidentify, DeidentifyOption, DeidentifyProfile, DestinationKind, ForwardConfig,
     ForwardDestination, ForwardRule, Source,
 };
-pub use listeners::{Destination, DimseConfig, DimseTlsConfig, HttpConfig, TlsFiles};
+pub use listeners::{
+    Destination, DimseConfig, DimseTlsConfig, Hl7Config, HttpConfig, TlsFiles, WorklistConfig,
+};
 pub use retention::RetentionConfig;
 
 /// The whole configuration of one pacs-lite process.
@@ -34,6 +36,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub viewer: ViewerConfig,
     pub dimse: DimseConfig,
+    pub hl7: Hl7Config,
     pub auth: AuthConfig,
     pub uploads: UploadsConfig,
     pub forward: ForwardConfig,
@@ -259,6 +262,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             viewer: ViewerConfig::default(),
             dimse: DimseConfig::default(),
+            hl7: Hl7Config::default(),
             auth: AuthConfig::default(),
             uploads: UploadsConfig::default(),
             forward: ForwardConfig::default(),

@@ -75,8 +75,10 @@ fn meaning(code: u16) -> &'static str {
         201 => "Unsupported event code",
         202 => "Unsupported processing id",
         203 => "Unsupported version id",
+        204 => "Unknown key identifier",
         205 => "Duplicate key identifier",
         206 => "Application record locked",
+        207 => "Application internal error",
         _ => "Application internal error",
     }
 }

@@ -159,6 +159,13 @@ class Pacs:
             if not m:
                 raise RuntimeError(f"no DIMSE TLS listener: {line!r}\n{self.server_log()}")
             self.dimse_tls_port, self.ae_title = int(m.group(1)), m.group(2)
+        self.hl7_port = None
+        if self.env.get("PACS_HL7__LISTEN"):
+            line = self.proc.stdout.readline().decode()
+            m = re.search(r"HL7 listening on [\d.]+:(\d+)", line)
+            if not m:
+                raise RuntimeError(f"no HL7 listener: {line!r}\n{self.server_log()}")
+            self.hl7_port = int(m.group(1))
         return self
 
     def server_log(self) -> str:
