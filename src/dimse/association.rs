@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 
 use super::link::MAX_PDU;
 use super::transport::Connection;
-use super::{commit, find, retrieve};
+use super::{commit, find, retrieve, worklist};
 use crate::config::DimseConfig;
 use crate::context::Context;
 use crate::dicom::is_storage_class;
@@ -25,7 +25,7 @@ use crate::model::AeTitle;
 
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 
-/// The SOP classes of the Query/Retrieve and Storage Commitment services.
+/// The SOP classes of the Query/Retrieve, Storage Commitment and worklist services.
 pub const SERVICE_CLASSES: &[&str] = &[
     VERIFICATION,
     find::STUDY_ROOT_FIND,
@@ -35,6 +35,7 @@ pub const SERVICE_CLASSES: &[&str] = &[
     retrieve::STUDY_ROOT_GET,
     retrieve::PATIENT_ROOT_GET,
     commit::STORAGE_COMMITMENT,
+    worklist::MODALITY_WORKLIST_FIND,
 ];
 /// Every storage SOP class of the standard, from dicom-rs' SOP class dictionary.
 ///

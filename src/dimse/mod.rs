@@ -25,6 +25,7 @@ mod session;
 pub mod status;
 pub mod store;
 mod transport;
+pub mod worklist;
 
 pub use association::{serve, storage_sop_classes, transfer_syntaxes, Listeners, SERVICE_CLASSES};
 pub use link::{Assembler, DataSet, MAX_COMMAND};

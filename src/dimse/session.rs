@@ -19,7 +19,7 @@ use super::retrieve::{self, Retrieve};
 use super::status::Status;
 use super::store::Incoming;
 use super::transport::Connection;
-use super::{commit, commit_scu, echo, find, PresentationContext};
+use super::{commit, commit_scu, echo, find, worklist, PresentationContext};
 use crate::context::Context;
 use crate::index::admin::AuditEvent;
 use crate::model::{AeTitle, TransferSyntax};
@@ -350,7 +350,11 @@ impl Session {
             .map(|c| c.abstract_syntax.clone())
             .unwrap_or_default();
         let expected: &[&str] = match request.field {
-            field::C_FIND_RQ => &[find::STUDY_ROOT_FIND, find::PATIENT_ROOT_FIND],
+            field::C_FIND_RQ => &[
+                find::STUDY_ROOT_FIND,
+                find::PATIENT_ROOT_FIND,
+                worklist::MODALITY_WORKLIST_FIND,
+            ],
             field::C_MOVE_RQ => &[retrieve::STUDY_ROOT_MOVE, retrieve::PATIENT_ROOT_MOVE],
             field::C_GET_RQ => &[retrieve::STUDY_ROOT_GET, retrieve::PATIENT_ROOT_GET],
             _ => &[commit::STORAGE_COMMITMENT],
@@ -370,7 +374,8 @@ impl Session {
                 self.reply(context, rsp).await
             }
             field::C_FIND_RQ => {
-                self.find(request, context, data);
+                let worklist = abstract_syntax == worklist::MODALITY_WORKLIST_FIND;
+                self.find(request, context, data, worklist);
                 Ok(())
             }
             _ => {
@@ -409,24 +414,27 @@ impl Session {
     }
 
     /// C-FIND: pending answers from a task of its own, cancellable.
-    fn find(&mut self, request: Command, context: u8, identifier: Vec<u8>) {
+    fn find(&mut self, request: Command, context: u8, identifier: Vec<u8>, worklist: bool) {
         let event = AuditEvent::new(
             self.calling.as_str(),
             "dimse",
             Some(self.peer.clone()),
             "query",
         );
-        self.ctx.index().audit(event.detail("C-FIND"));
+        let what = if worklist { "C-FIND worklist" } else { "C-FIND" };
+        self.ctx.index().audit(event.detail(what));
         let (ctx, writer) = (self.ctx.clone(), self.writer.clone());
         let ts = self.transfer_syntax(context);
         let message_id = request.message_id;
         let cancel = self.cancellable(message_id);
+        let calling = worklist.then(|| self.calling.clone());
         self.tasks.spawn(async move {
             let query = Query {
                 request: &request,
                 context,
                 ts: &ts,
                 identifier: &identifier,
+                worklist_of: calling.as_ref(),
             };
             find_replies(&ctx, &writer, query, cancel).await;
             message_id
@@ -471,12 +479,25 @@ struct Query<'a> {
     context: u8,
     ts: &'a TransferSyntax,
     identifier: &'a [u8],
+    /// A Modality Worklist query, from this calling AE.
+    worklist_of: Option<&'a AeTitle>,
 }
 
 /// Pending responses with identifiers, then the final status (Cancel when cancelled).
 async fn find_replies(ctx: &Context, writer: &Writer, q: Query<'_>, cancel: CancellationToken) {
     let ae = &ctx.config.dimse.ae_title;
-    let status = match find::find(ctx.index(), q.identifier, q.ts, ae).await {
+    let found = match q.worklist_of {
+        Some(calling) => {
+            let config = &ctx.config.dimse.worklist;
+            let found = worklist::find(ctx.index(), q.identifier, q.ts, calling, config).await;
+            let class = found.as_ref().err().map_or("success", |s| s.class());
+            let counter = &crate::metrics::get().worklist;
+            counter.with_label_values(&["find", class]).inc();
+            found
+        }
+        None => find::find(ctx.index(), q.identifier, q.ts, ae).await,
+    };
+    let status = match found {
         Ok(matches) => {
             let mut status = Status::SUCCESS;
             for identifier in matches {

@@ -56,6 +56,21 @@ impl Status {
         self.0 & 0xF000 == 0xB000 || matches!(self.0, 0x0001 | 0x0107 | 0x0116)
     }
 
+    /// The status's class, for metrics: success, warning, pending, cancel or failure.
+    pub fn class(self) -> &'static str {
+        if self.is_success() {
+            "success"
+        } else if self.is_warning() {
+            "warning"
+        } else if self.is_pending() {
+            "pending"
+        } else if self == Status::CANCEL {
+            "cancel"
+        } else {
+            "failure"
+        }
+    }
+
     /// Pending (0xFF00, 0xFF01).
     pub fn is_pending(self) -> bool {
         self.0 & 0xFF00 == 0xFF00
