@@ -234,7 +234,11 @@ impl App {
             tokio::spawn(async move { crate::dimse::serve(listeners, ctx, stop).await })
         });
         if let Some(listener) = self.hl7 {
-            tokio::spawn(crate::hl7::serve(listener, self.ctx.clone(), cancel.clone()));
+            tokio::spawn(crate::hl7::serve(
+                listener,
+                self.ctx.clone(),
+                cancel.clone(),
+            ));
         }
         tokio::spawn(sweep_uploads(self.ctx.clone(), cancel.clone()));
         crate::forward::spawn(&self.ctx, &cancel);

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 
 use super::link::MAX_PDU;
 use super::transport::Connection;
-use super::{commit, find, retrieve, worklist};
+use super::{commit, find, mpps, retrieve, worklist};
 use crate::config::DimseConfig;
 use crate::context::Context;
 use crate::dicom::is_storage_class;
@@ -36,6 +36,7 @@ pub const SERVICE_CLASSES: &[&str] = &[
     retrieve::PATIENT_ROOT_GET,
     commit::STORAGE_COMMITMENT,
     worklist::MODALITY_WORKLIST_FIND,
+    mpps::MPPS,
 ];
 /// Every storage SOP class of the standard, from dicom-rs' SOP class dictionary.
 ///

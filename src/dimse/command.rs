@@ -24,8 +24,12 @@ pub mod field {
     pub const C_ECHO_RSP: u16 = 0x8030;
     pub const N_EVENT_REPORT_RQ: u16 = 0x0100;
     pub const N_EVENT_REPORT_RSP: u16 = 0x8100;
+    pub const N_SET_RQ: u16 = 0x0120;
+    pub const N_SET_RSP: u16 = 0x8120;
     pub const N_ACTION_RQ: u16 = 0x0130;
     pub const N_ACTION_RSP: u16 = 0x8130;
+    pub const N_CREATE_RQ: u16 = 0x0140;
+    pub const N_CREATE_RSP: u16 = 0x8140;
     pub const C_CANCEL_RQ: u16 = 0x0FFF;
 
     /// Whether a command field is a response (high bit set).
@@ -123,6 +127,7 @@ pub struct Response<'a> {
     status: Status,
     data_set: bool,
     counts: Option<Counts>,
+    comment: Option<(String, Option<u16>)>,
 }
 
 impl<'a> Response<'a> {
@@ -133,12 +138,20 @@ impl<'a> Response<'a> {
             status,
             data_set: false,
             counts: None,
+            comment: None,
         }
     }
 
     /// A data set (identifier, event information) follows.
     pub fn with_data_set(mut self) -> Self {
         self.data_set = true;
+        self
+    }
+
+    /// Error Comment (at most 64 characters are sent) and Error ID of a failure.
+    pub fn with_comment(mut self, comment: &str, error_id: Option<u16>) -> Self {
+        let comment: String = comment.chars().take(64).collect();
+        self.comment = Some((comment, error_id));
         self
     }
 
@@ -186,6 +199,13 @@ impl<'a> Response<'a> {
             elements.push(us(tags::NUMBER_OF_COMPLETED_SUBOPERATIONS, c.completed));
             elements.push(us(tags::NUMBER_OF_FAILED_SUBOPERATIONS, c.failed));
             elements.push(us(tags::NUMBER_OF_WARNING_SUBOPERATIONS, c.warning));
+        }
+        if let Some((comment, id)) = self.comment {
+            let text = PrimitiveValue::from(comment.as_str());
+            elements.push(DataElement::new(tags::ERROR_COMMENT, VR::LO, text));
+            if let Some(id) = id {
+                elements.push(us(tags::ERROR_ID, id));
+            }
         }
         encode(elements)
     }

@@ -18,6 +18,7 @@ pub mod commit_scu;
 mod echo;
 pub mod find;
 mod link;
+pub mod mpps;
 pub mod push;
 pub mod retrieve;
 mod scu;

@@ -19,7 +19,7 @@ use super::retrieve::{self, Retrieve};
 use super::status::Status;
 use super::store::Incoming;
 use super::transport::Connection;
-use super::{commit, commit_scu, echo, find, worklist, PresentationContext};
+use super::{commit, commit_scu, echo, find, mpps, worklist, PresentationContext};
 use crate::context::Context;
 use crate::index::admin::AuditEvent;
 use crate::model::{AeTitle, TransferSyntax};
@@ -245,7 +245,9 @@ impl Session {
             | field::C_MOVE_RQ
             | field::C_GET_RQ
             | field::N_ACTION_RQ
-            | field::N_EVENT_REPORT_RQ => {
+            | field::N_EVENT_REPORT_RQ
+            | field::N_CREATE_RQ
+            | field::N_SET_RQ => {
                 if command.has_data_set {
                     self.in_flight = Some(InFlight::Small {
                         request: command,
@@ -357,6 +359,7 @@ impl Session {
             ],
             field::C_MOVE_RQ => &[retrieve::STUDY_ROOT_MOVE, retrieve::PATIENT_ROOT_MOVE],
             field::C_GET_RQ => &[retrieve::STUDY_ROOT_GET, retrieve::PATIENT_ROOT_GET],
+            field::N_CREATE_RQ | field::N_SET_RQ => &[mpps::MPPS],
             _ => &[commit::STORAGE_COMMITMENT],
         };
         if !expected.contains(&abstract_syntax.as_str()) {
@@ -367,6 +370,17 @@ impl Session {
         }
         match request.field {
             field::N_ACTION_RQ => self.commitment(request, context, data).await,
+            field::N_CREATE_RQ => {
+                let ts = self.transfer_syntax(context);
+                let index = self.ctx.index();
+                let rsp = mpps::create(index, &request, &data, &ts, &self.calling).await;
+                self.reply(context, rsp).await
+            }
+            field::N_SET_RQ => {
+                let ts = self.transfer_syntax(context);
+                let rsp = mpps::set(self.ctx.index(), &request, &data, &ts).await;
+                self.reply(context, rsp).await
+            }
             field::N_EVENT_REPORT_RQ => {
                 let ts = self.transfer_syntax(context);
                 let status = commit_scu::on_report(&self.ctx, &request, &data, ts.as_str()).await;
@@ -421,7 +435,11 @@ impl Session {
             Some(self.peer.clone()),
             "query",
         );
-        let what = if worklist { "C-FIND worklist" } else { "C-FIND" };
+        let what = if worklist {
+            "C-FIND worklist"
+        } else {
+            "C-FIND"
+        };
         self.ctx.index().audit(event.detail(what));
         let (ctx, writer) = (self.ctx.clone(), self.writer.clone());
         let ts = self.transfer_syntax(context);

@@ -20,7 +20,11 @@ impl Status {
     /// coercion of data elements). C-MOVE, C-GET: sub-operations complete, one or more
     /// failed.
     pub const WARNING: Status = Status(0xB000);
+    /// N-CREATE, N-SET: an attribute's value is not allowed (MPPS: a status out of turn).
+    pub const INVALID_ATTRIBUTE_VALUE: Status = Status(0x0106);
     pub const PROCESSING_FAILURE: Status = Status(0x0110);
+    /// N-CREATE: an instance with this SOP Instance UID exists.
+    pub const DUPLICATE_SOP_INSTANCE: Status = Status(0x0111);
     pub const NO_SUCH_OBJECT_INSTANCE: Status = Status(0x0112);
     pub const NO_SUCH_SOP_CLASS: Status = Status(0x0118);
     pub const CLASS_INSTANCE_CONFLICT: Status = Status(0x0119);

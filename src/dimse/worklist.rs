@@ -133,11 +133,15 @@ pub fn parse(
         if tag == tags::SCHEDULED_PROCEDURE_STEP_SEQUENCE {
             step_keys = Some(step_item(elem, &mut query)?);
         } else if let Some(key) = top_key(tag) {
-            query.filters.push((key, matcher(tag, vr, &value_of(elem))?));
+            query
+                .filters
+                .push((key, matcher(tag, vr, &value_of(elem))?));
         }
     }
     if config.only_own_station {
-        query.filters.retain(|(k, _)| *k != WorklistKey::StationAeTitle);
+        query
+            .filters
+            .retain(|(k, _)| *k != WorklistKey::StationAeTitle);
         let own = Matcher::Exact(calling.as_str().to_owned());
         query.filters.push((WorklistKey::StationAeTitle, own));
     }

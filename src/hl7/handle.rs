@@ -63,7 +63,10 @@ async fn take(index: &Index, msg: &Message, bytes: &[u8]) -> Result<(String, Ver
     };
     let accepted = ack(Some(msg), None, &control_id(), &timestamp());
     let unknown = |a: &Applied| matches!(a, Applied::Status(false));
-    match index.take_hl7(&key, &change, &accepted, |a| !unknown(a)).await {
+    match index
+        .take_hl7(&key, &change, &accepted, |a| !unknown(a))
+        .await
+    {
         Ok(Taken::Duplicate(first)) => {
             tracing::info!(control_id = %key.control_id, "HL7 message taken before; its ACK again");
             Ok((first, Verdict::Duplicate))
@@ -74,7 +77,10 @@ async fn take(index: &Index, msg: &Message, bytes: &[u8]) -> Result<(String, Ver
         Ok(Taken::Applied(_)) => Ok((accepted, Verdict::Accepted)),
         Err(e) => {
             tracing::error!(error = %e, "HL7 message not applied");
-            Err(Refusal::error(207, "the index is unavailable; send the message again"))
+            Err(Refusal::error(
+                207,
+                "the index is unavailable; send the message again",
+            ))
         }
     }
 }
@@ -111,7 +117,9 @@ fn order(o: orders::Order) -> Order {
     let steps = o
         .steps
         .into_iter()
-        .filter(|s| s.id.is_some() || s.modality.is_some() || s.station_ae.is_some() || s.start.is_some())
+        .filter(|s| {
+            s.id.is_some() || s.modality.is_some() || s.station_ae.is_some() || s.start.is_some()
+        })
         .map(|s| Step {
             id: s.id.unwrap_or_default(),
             modality: s.modality,

@@ -47,7 +47,7 @@ pub enum Refusal {
     #[error("Performed Procedure Step Status {0:?} is not allowed here")]
     InvalidStatus(String),
     /// 0x0110: the step is COMPLETED or DISCONTINUED and may no longer be updated.
-    #[error("Performed Procedure Step Object may no longer be updated: it is {}", .0.as_str())]
+    #[error("the step is {} and may no longer be updated", .0.as_str())]
     Final(PpsStatus),
     /// 0x0111: N-CREATE of a step that exists.
     #[error("a Performed Procedure Step with this SOP Instance UID exists")]

@@ -123,12 +123,17 @@ def items(answers) -> set:
     return {(a.AccessionNumber, step_of(a).ScheduledProcedureStepID) for a in answers}
 
 
+def values(ds, keys) -> dict:
+    """{keyword: value as text}; "<absent>" for an attribute the data set does not have."""
+    return {k: "" if k in ds and ds[k].value is None else str(ds[k].value) if k in ds else "<absent>"
+            for k in keys}
+
+
 def check_full_answer(a, order, step_index=0):
     """A worklist answer to `full_query` holds the order's values for its step `step_index`."""
     step = order["scheduled_procedure_steps"][step_index]
     assert a.SpecificCharacterSet == "ISO_IR 192"
-    got = {k: str(a[k].value) for k in TOP_KEYS}
-    assert got == {
+    assert values(a, TOP_KEYS) == {k: v or "" for k, v in {
         "PatientName": order["patient_name"],
         "PatientID": order["patient_id"],
         "IssuerOfPatientID": order["issuer_of_patient_id"],
@@ -139,10 +144,10 @@ def check_full_answer(a, order, step_index=0):
         "RequestedProcedureID": order["requested_procedure_id"],
         "RequestedProcedureDescription": order["requested_procedure_description"],
         "ReferringPhysicianName": order["referring_physician"],
-    }
+    }.items()}
     s = step_of(a)
     date, time = step["start"].split("T")
-    assert {k: str(s[k].value) for k in STEP_KEYS} == {
+    assert values(s, STEP_KEYS) == {k: v or "" for k, v in {
         "ScheduledStationAETitle": step["station_ae"],
         "ScheduledProcedureStepStartDate": date.replace("-", ""),
         "ScheduledProcedureStepStartTime": time.replace(":", "") + "00",
@@ -150,7 +155,7 @@ def check_full_answer(a, order, step_index=0):
         "ScheduledProcedureStepDescription": step["description"],
         "ScheduledProcedureStepID": step["id"],
         "ScheduledProcedureStepStatus": "SCHEDULED",
-    }
+    }.items()}
 
 
 @pytest.fixture
