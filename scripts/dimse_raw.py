@@ -64,6 +64,7 @@ class Association:
         user = _item(0x50, _item(0x51, struct.pack(">I", 1 << 20)) + _item(0x52, b"1.2.826.0.1.3680043.9.9999.1"))
         body = (struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode() + bytes(32)
                 + _item(0x10, b"1.2.840.10008.3.1.1.1") + pc + user)
+        self.abstract = abstract
         self.s = socket.create_connection((host, port))
         self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.s.sendall(struct.pack(">BBI", 0x01, 0, len(body)) + body)
@@ -128,7 +129,7 @@ class Association:
     def find(self, identifier: Dataset):
         """Run a C-FIND; returns (final status, number of matches)."""
         rq = Dataset()
-        rq.AffectedSOPClassUID = STUDY_ROOT_FIND
+        rq.AffectedSOPClassUID = self.abstract
         rq.CommandField = 0x0020
         rq.MessageID = 1
         rq.Priority = 0

@@ -14,7 +14,9 @@ ALTER TABLE radiology_orders ADD COLUMN status TEXT NOT NULL DEFAULT 'scheduled'
 ALTER TABLE radiology_orders ADD COLUMN source TEXT NOT NULL DEFAULT 'rest';
 CREATE INDEX radiology_orders_patient ON radiology_orders (patient_id);
 CREATE INDEX radiology_orders_study ON radiology_orders (study_uid);
-CREATE INDEX radiology_orders_status ON radiology_orders (status, updated_at);
+-- No index leads with status: with one, SQLite's planner would start worklist queries from
+-- the few statuses instead of the steps' date, modality or station.
+CREATE INDEX radiology_orders_updated ON radiology_orders (updated_at);
 
 -- The scheduled procedure steps of an order: one worklist item each.
 CREATE TABLE order_steps (
@@ -29,6 +31,7 @@ CREATE TABLE order_steps (
     PRIMARY KEY (order_id, step_id)
 );
 CREATE INDEX order_steps_start ON order_steps (start_date, modality);
+CREATE INDEX order_steps_modality ON order_steps (modality, start_date);
 CREATE INDEX order_steps_station ON order_steps (station_ae, start_date);
 
 -- HL7 v2 messages applied, by sender (MSH-3^MSH-4) and control id (MSH-10): a duplicate

@@ -258,6 +258,32 @@ impl Writer {
         result
     }
 
+    /// Send several messages with their in-memory data sets (C-FIND's pending answers) in
+    /// one write: each still in P-DATA PDUs of its own, but one system call and one wake-up
+    /// of the peer for all of them.
+    pub async fn messages(
+        &self,
+        context: u8,
+        messages: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), LinkError> {
+        let max = self.max_fragment;
+        let mut out = Vec::new();
+        for (command, data) in messages {
+            push_values(&mut out, context, true, command, max);
+            push_values(&mut out, context, false, data, max);
+        }
+        let mut guard = self.half.lock().await;
+        if !self.is_open() {
+            return Err(LinkError::Closed);
+        }
+        let w = guard.as_mut().ok_or(LinkError::Closed)?;
+        let result = w.write_all(&out).await.map_err(LinkError::from);
+        if result.is_err() {
+            self.open.store(false, Ordering::Release);
+        }
+        result
+    }
+
     async fn write_message(
         &self,
         w: &mut WriteHalf,

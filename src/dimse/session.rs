@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::command::{self, field, Command};
-use super::link::{Assembler, DataSet, LinkError, Writer};
+use super::link::{Assembler, LinkError, Writer};
 use super::retrieve::{self, Retrieve};
 use super::status::Status;
 use super::store::Incoming;
@@ -491,6 +491,9 @@ impl Session {
     }
 }
 
+/// About how many bytes of C-FIND answers are written at once.
+const FIND_BATCH: usize = 64 * 1024;
+
 /// A C-FIND request with its identifier.
 struct Query<'a> {
     request: &'a Command,
@@ -517,21 +520,29 @@ async fn find_replies(ctx: &Context, writer: &Writer, q: Query<'_>, cancel: Canc
     };
     let status = match found {
         Ok(matches) => {
+            // Pending answers go out in writes of about FIND_BATCH bytes; a C-CANCEL is
+            // looked at between them.
+            let pending =
+                command::response_with_data(q.request, field::C_FIND_RSP, Status::PENDING);
             let mut status = Status::SUCCESS;
-            for identifier in matches {
+            let mut batch = Vec::new();
+            let mut batch_len = 0;
+            let mut matches = matches.into_iter().peekable();
+            while let Some(identifier) = matches.next() {
+                batch_len += identifier.len() + pending.len();
+                batch.push((pending.clone(), identifier));
+                if batch_len < FIND_BATCH && matches.peek().is_some() {
+                    continue;
+                }
                 if cancel.is_cancelled() {
                     status = Status::CANCEL;
                     break;
                 }
-                let pending =
-                    command::response_with_data(q.request, field::C_FIND_RSP, Status::PENDING);
-                if writer
-                    .message(q.context, &pending, Some(DataSet::Bytes(identifier)))
-                    .await
-                    .is_err()
-                {
+                if writer.messages(q.context, &batch).await.is_err() {
                     return;
                 }
+                batch.clear();
+                batch_len = 0;
             }
             status
         }

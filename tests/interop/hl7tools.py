@@ -66,16 +66,20 @@ def message(*segments: str) -> str:
 def orm(control_id, control, order_id, *, patient_id="4711", issuer="HOSP", name="Müller^Hans",
         birth_date="19700215", sex="M", accession="ACC-1", procedure_id="RP-1", step_id="SPS-1", modality="CT",
         start="202612071030", description="CT Head", referring="123^Ref^Rita", study_uid=None,
-        charset=UTF8, app="RIS", facility="HOSP") -> str:
+        charset=UTF8, app="RIS", facility="HOSP", tq1=False) -> str:
     """An ORM^O01 as IHE RAD-4 has it: ORC-1 the control, ORC-2 the placer order number
     (with a namespace component), OBR-4.2 the description, OBR-18 accession, OBR-19
     requested procedure, OBR-20 step, OBR-24 modality, OBR-27.4 the start; ZDS-1 the
-    Study Instance UID when given."""
+    Study Instance UID when given. `tq1`: the start in TQ1-7 instead (OBR-27 left empty)."""
     obr = segment("OBR", {1: "1", 2: f"{order_id}^RIS", 3: f"F-{order_id}^PACS", 4: f"PROC^{description}^L",
-                          18: accession, 19: procedure_id, 20: step_id, 24: modality, 27: f"^^^{start}"})
+                          18: accession, 19: procedure_id, 20: step_id, 24: modality,
+                          27: "" if tq1 else f"^^^{start}"})
     segs = [msh(control_id, "ORM^O01^ORM_O01", charset, app, facility),
             pid(patient_id, issuer, name, birth_date, sex), pv1(referring),
-            segment("ORC", {1: control, 2: f"{order_id}^RIS", 3: f"F-{order_id}^PACS", 5: "SC"}), obr]
+            segment("ORC", {1: control, 2: f"{order_id}^RIS", 3: f"F-{order_id}^PACS", 5: "SC"})]
+    if tq1:
+        segs.append(segment("TQ1", {1: "1", 7: start}))
+    segs.append(obr)
     if study_uid:
         segs.append(f"ZDS|{study_uid}^100^Application^DICOM")
     return message(*segs)
@@ -116,8 +120,9 @@ def to_bytes(msg) -> bytes:
     if isinstance(msg, bytes):
         return msg
     fields = msg.split("\r", 1)[0].split("|")
-    # fields[0] is "MSH", fields[1] MSH-2: MSH-n is fields[n - 1].
-    return msg.encode(encoding(fields[17] if msg.startswith("MSH") and len(fields) > 17 else ""))
+    # fields[0] is "MSH", fields[1] MSH-2: MSH-n is fields[n - 1]. No MSH-18: UTF-8 (ASCII stays ASCII).
+    charset = fields[17] if msg.startswith("MSH") and len(fields) > 17 else ""
+    return msg.encode(encoding(charset) if charset else "utf-8")
 
 
 def mllp_send(port: int, messages, timeout=60) -> list[bytes]:
@@ -205,6 +210,11 @@ class Connection:
         """Send one framed message; the ACK frame back."""
         self.sock.sendall(SB + to_bytes(msg) + EB + CR)
         return self.read_frame()
+
+    def send_together(self, messages) -> list[bytes]:
+        """Send several framed messages in one write (not waiting for ACKs); an ACK frame for each."""
+        self.sock.sendall(b"".join(SB + to_bytes(m) + EB + CR for m in messages))
+        return [self.read_frame() for _ in messages]
 
     def read_frame(self) -> bytes:
         while EB + CR not in self.buffer:

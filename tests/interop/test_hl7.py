@@ -6,6 +6,7 @@ applied twice; malformed and unsupported messages refused with an ERR while the 
 keeps serving; connections sending garbage or stalling mid-frame closed after the idle
 timeout; and the same order from HL7 as from the REST API, down to the worklist."""
 
+import threading
 import time
 
 import pytest
@@ -102,6 +103,16 @@ def test_orm_new_change_and_cancel(pacs):
     check_ack(frame, "MSG-CA", "AA")
     assert get_order(pacs, "ORD-H1")["status"] == "discontinued"
     assert mwl_find(pacs, full_query(AccessionNumber="ACC-2")) == []
+
+
+def test_orm_start_from_tq1(pacs):
+    """An ORM whose start is in TQ1-7 (OBR-27 empty) schedules its step then."""
+    [frame] = mllp_send(pacs.hl7_port, [orm("M-TQ1", "NW", "ORD-TQ1", start="202612091545", tq1=True)])
+    check_ack(frame, "M-TQ1", "AA")
+    o = check_order(pacs, "ORD-TQ1", dict(ORM_ORDER, scheduled_procedure_steps=[
+        {"id": "SPS-1", "modality": "CT", "start": "2026-12-09T15:45", "description": "CT Head"}]))
+    [answer] = mwl_find(pacs, full_query({"ScheduledProcedureStepStartDate": "20261209"}))
+    check_full_answer(answer, o)
 
 
 @pytest.mark.parametrize("control", ["SC", "XO"])
@@ -247,7 +258,7 @@ def test_character_sets(pacs, charset):
 
 
 def test_a_duplicate_is_acknowledged_again_and_not_applied_twice(pacs):
-    """The same MSH-10 from the same sender gets the same ACK and changes nothing; another sender's is new."""
+    """The same MSH-10 from the same MSH-3/MSH-4 gets the same ACK and changes nothing; another sender's is new."""
     nw = orm("M-DUP", "NW", "ORD-DUP", accession="ACC-DUP")
     [first] = mllp_send(pacs.hl7_port, [nw])
     check_ack(first, "M-DUP", "AA")
@@ -273,11 +284,15 @@ def test_a_duplicate_is_acknowledged_again_and_not_applied_twice(pacs):
     [other] = mllp_send(pacs.hl7_port, [orm("M-DUP", "NW", "ORD-DUP2", accession="ACC-DUP2", app="OTHER-RIS")])
     check_ack(other, "M-DUP", "AA")
     assert get_order(pacs, "ORD-DUP2")["accession_number"] == "ACC-DUP2"
+    # And from another sending facility.
+    [other] = mllp_send(pacs.hl7_port, [orm("M-DUP", "NW", "ORD-DUP3", accession="ACC-DUP3", facility="OTHER-HOSP")])
+    check_ack(other, "M-DUP", "AA")
+    assert get_order(pacs, "ORD-DUP3")["accession_number"] == "ACC-DUP3"
 
 
 def test_malformed_messages_are_refused_and_the_listener_keeps_serving(pacs):
     """Malformed and unsupported messages get AE/AR with an ERR saying why, change nothing, and the connection goes on."""
-    no_msh = "PID|1||4711^^^HOSP^MR||Müller^Hans\rORC|NW|ORD-NOMSH^RIS\rOBR|1|ORD-NOMSH^RIS||PROC^CT^L\r"
+    no_msh = "PID|1||4711^^^HOSP^MR||Muller^Hans\rORC|NW|ORD-NOMSH^RIS\rOBR|1|ORD-NOMSH^RIS||PROC^CT^L\r"
     no_id = orm("M-NOID", "NW", "ORD-NOID", accession="ACC-NOID").replace("ORD-NOID^RIS", "")
     messages = [
         orm("M-OK1", "NW", "ORD-OK1", accession="ACC-OK1"),
@@ -310,15 +325,26 @@ def test_malformed_messages_are_refused_and_the_listener_keeps_serving(pacs):
         assert absent(pacs, order_id), order_id
     assert items(mwl_find(pacs, full_query())) == {("ACC-OK1", "SPS-1"), ("ACC-OK2", "SPS-1")}
 
-    # Another connection is served too.
+    # A refused change leaves the order as it was.
+    before = get_order(pacs, "ORD-OK1")
+    [frame] = mllp_send(pacs.hl7_port, [orm("M-XO-BAD", "XO", "ORD-OK1", accession="ACC-CHANGED",
+                                            birth_date="1970-02-15")])
+    refused(frame, "M-XO-BAD", 102)
+    assert get_order(pacs, "ORD-OK1") == before
+
+    # Another connection is served too, with messages sent back to back: one ACK each, in order.
     c = Connection(pacs.hl7_port)
-    check_ack(c.send(orm("M-OK3", "NW", "ORD-OK3")), "M-OK3", "AA")
+    frames = c.send_together([orm("M-OK3", "NW", "ORD-OK3"), orm("M-ZZ2", "ZZ", "ORD-ZZ2"), orm("M-OK4", "NW", "ORD-OK4")])
     c.close()
-    assert get_order(pacs, "ORD-OK3")["status"] == "scheduled"
+    check_ack(frames[0], "M-OK3", "AA")
+    refused(frames[1], "M-ZZ2", 103)
+    check_ack(frames[2], "M-OK4", "AA")
+    assert [get_order(pacs, i)["status"] for i in ("ORD-OK3", "ORD-OK4")] == ["scheduled", "scheduled"]
+    assert absent(pacs, "ORD-ZZ2")
 
 
 def test_garbage_and_stalled_connections_are_closed(make_pacs):
-    """A connection sending unframed garbage and one stalled mid-frame are closed after the idle timeout; others are served."""
+    """Connections sending unframed garbage, stalled mid-frame or trickling a frame are closed after the timeout; others are served."""
     pacs = make_pacs({**HL7, "PACS_HL7__IDLE_TIMEOUT_SECS": "2"})
     garbage = Connection(pacs.hl7_port)
     garbage.sock.sendall(b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n" + bytes(range(32, 127)) * 50)
@@ -326,6 +352,20 @@ def test_garbage_and_stalled_connections_are_closed(make_pacs):
     stalled = Connection(pacs.hl7_port)
     stalled.sock.sendall(SB + to_bytes(orm("M-STALL", "NW", "ORD-STALL"))[:80])
     start = time.time()
+    # A slow sender: a byte a second into a frame that never ends.
+    trickle = Connection(pacs.hl7_port)
+    trickle.sock.sendall(SB + b"MSH|^~\\&|RIS|HOSP|")
+    stop = threading.Event()
+
+    def drip():
+        while not stop.wait(1):
+            try:
+                trickle.sock.sendall(b"x")
+            except OSError:
+                return
+
+    dripping = threading.Thread(target=drip, daemon=True)
+    dripping.start()
 
     live = Connection(pacs.hl7_port)
     check_ack(live.send(orm("M-LIVE", "NW", "ORD-LIVE")), "M-LIVE", "AA")
@@ -334,8 +374,13 @@ def test_garbage_and_stalled_connections_are_closed(make_pacs):
 
     assert garbage.closed_within(10), "the garbage connection is still open 10 s later"
     assert stalled.closed_within(10 - (time.time() - start)), "the stalled connection is still open 10 s later"
-    garbage.close()
-    stalled.close()
+    try:
+        assert trickle.closed_within(10 - (time.time() - start)), "the trickling connection is still open 10 s later"
+    finally:
+        stop.set()
+        dripping.join()
+    for c in (garbage, stalled, trickle):
+        c.close()
     assert absent(pacs, "ORD-STALL")
 
     # The listener still serves new connections.

@@ -419,7 +419,8 @@ def test_only_own_station(make_pacs):
     assert items(mwl_find(pacs, full_query(), ae_title="MR1")) == {("ACC-OWN", "2")}
     assert mwl_find(pacs, full_query(), ae_title="XR9") == []
     # Asking for another station's steps does not get around it.
-    assert mwl_find(pacs, full_query({"ScheduledStationAETitle": "MR1"}), ae_title="CT1") == []
+    answers = mwl_find(pacs, full_query({"ScheduledStationAETitle": "MR1"}), ae_title="CT1")
+    assert [(a.AccessionNumber, step_of(a).ScheduledStationAETitle) for a in answers] == []
 
 
 def test_without_only_own_station_every_station_sees_everything(pacs):
