@@ -139,9 +139,7 @@ pub fn parse(
         }
     }
     if config.only_own_station {
-        query
-            .filters
-            .retain(|(k, _)| *k != WorklistKey::StationAeTitle);
+        // Its own steps only: a query for another station's gets none.
         let own = Matcher::Exact(calling.as_str().to_owned());
         query.filters.push((WorklistKey::StationAeTitle, own));
     }

@@ -105,6 +105,8 @@ pub enum OrderChange {
 pub enum Applied {
     /// The order as stored now, and whether it is new.
     Put { created: bool, order: Box<Order> },
+    /// Written, not read back (HL7: the ACK needs neither).
+    Written,
     /// A status change; false when there is no such order (nothing changed).
     Status(bool),
     /// How many orders a patient update or merge changed.
@@ -216,7 +218,8 @@ async fn put(
     given: Given,
     source: &str,
 ) -> Result<Applied, sqlx::Error> {
-    let created = read_order(tx, &o.order_id).await?.is_none();
+    let read_back = source != "hl7";
+    let created = read_back && read_order(tx, &o.order_id).await?.is_none();
     let now = now_millis();
     sqlx::query(
         "INSERT INTO radiology_orders (order_id, accession_number, patient_id, issuer_of_patient_id, \
@@ -365,24 +368,10 @@ impl Index {
         accept: impl FnOnce(&Applied) -> bool,
     ) -> Result<Taken, IndexError> {
         let mut tx = self.pool.begin().await?;
-        let earlier: Option<String> = sqlx::query_scalar(
-            "SELECT ack FROM hl7_messages WHERE sender = $1 AND control_id = $2",
-        )
-        .bind(&key.sender)
-        .bind(&key.control_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(ack) = earlier {
-            return Ok(Taken::Duplicate(ack));
-        }
-        let applied = apply(&mut tx, change, "hl7").await?;
-        if !accept(&applied) {
-            tx.rollback().await?;
-            return Ok(Taken::Applied(applied));
-        }
-        sqlx::query(
+        // The message's row first: a duplicate is found by the insert that records it.
+        let recorded = sqlx::query(
             "INSERT INTO hl7_messages (sender, control_id, sha256, ack, received_at) \
-             VALUES ($1,$2,$3,$4,$5)",
+             VALUES ($1,$2,$3,$4,$5) ON CONFLICT (sender, control_id) DO NOTHING",
         )
         .bind(&key.sender)
         .bind(&key.control_id)
@@ -391,7 +380,23 @@ impl Index {
         .bind(now_millis())
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        if recorded.rows_affected() == 0 {
+            tx.rollback().await?;
+            let first: String = sqlx::query_scalar(
+                "SELECT ack FROM hl7_messages WHERE sender = $1 AND control_id = $2",
+            )
+            .bind(&key.sender)
+            .bind(&key.control_id)
+            .fetch_one(&self.pool)
+            .await?;
+            return Ok(Taken::Duplicate(first));
+        }
+        let applied = apply(&mut tx, change, "hl7").await?;
+        if accept(&applied) {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
         Ok(Taken::Applied(applied))
     }
 

@@ -68,15 +68,16 @@ fn given(v: Option<String>) -> Option<String> {
 impl OrderBody {
     /// The order, and whether it sets the status.
     fn into_order(self, order_id: OrderId) -> Result<(Order, bool), RestError> {
-        let status = match given(self.status) {
-            Some(s) => Some(OrderStatus::parse(&s).ok_or_else(|| {
-                bad("status must be scheduled, in_progress, completed or discontinued")
-            })?),
-            None => None,
-        };
+        let status =
+            match given(self.status) {
+                Some(s) => Some(OrderStatus::parse(&s).ok_or_else(|| {
+                    bad("status: scheduled, in_progress, completed or discontinued")
+                })?),
+                None => None,
+            };
         let study_instance_uid = match given(self.study_instance_uid) {
             Some(u) => {
-                Some(Uid::parse(&u).map_err(|e| bad(format!("study_instance_uid {u:?}: {e}")))?)
+                Some(Uid::parse(&u).map_err(|e| bad(format!("study_instance_uid: {u:?}: {e}")))?)
             }
             None => None,
         };

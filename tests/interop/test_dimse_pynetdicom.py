@@ -298,9 +298,9 @@ def test_association_cut_mid_transfer_leaves_nothing(pacs, how):
 
 
 def test_unsupported_sop_class_is_refused_per_context(pacs):
-    # Modality Worklist is not offered: that presentation context is refused (abstract syntax
-    # not supported) while the rest of the association works.
-    worklist = "1.2.840.10008.5.1.4.31"
+    # Unified Procedure Step (Push) is not offered: that presentation context is refused
+    # (abstract syntax not supported) while the rest of the association works.
+    worklist = "1.2.840.10008.5.1.4.34.6.1"
     ae = AE(ae_title="PYNETDICOM")
     ae.add_requested_context(worklist)
     ae.add_requested_context(Verification)

@@ -167,8 +167,10 @@ def test_omi_with_two_ipc_gives_two_steps(pacs):
         ORM_ORDER, accession_number="ACC-OMI", requested_procedure_id="RP-OMI",
         requested_procedure_description="CT and MR",
         scheduled_procedure_steps=[
-            {"id": "SPS-CT", "modality": "CT", "station_ae": "CT1", "start": "2026-12-07T10:30", "description": "CT and MR"},
-            {"id": "SPS-MR", "modality": "MR", "station_ae": "MR1", "start": "2026-12-07T10:30", "description": "CT and MR"},
+            {"id": "SPS-CT", "modality": "CT", "station_ae": "CT1", "start": "2026-12-07T10:30",
+             "description": "CT and MR"},
+            {"id": "SPS-MR", "modality": "MR", "station_ae": "MR1", "start": "2026-12-07T10:30",
+             "description": "CT and MR"},
         ]))
     assert o["study_instance_uid"] == uid
 
@@ -230,7 +232,8 @@ def test_adt_a40_moves_the_orders_of_the_prior_patient(pacs):
     check_ack(frame, "M-NW", "AA")
     rest = {k: v for k, v in ORM_ORDER.items() if k != "status"}
     for order_id, patient, status in [("ORD-M2", "P-OLD", "completed"), ("ORD-M3", "P-KEEP", "scheduled")]:
-        r = put_order(pacs, order_id, dict(rest, patient_id=patient, status=status, accession_number="ACC-" + order_id[-2:]))
+        r = put_order(pacs, order_id,
+                      dict(rest, patient_id=patient, status=status, accession_number="ACC-" + order_id[-2:]))
         assert r.status_code == 201, r.text
 
     [frame] = mllp_send(pacs.hl7_port, [adt_a40("M-A40", "P-NEW", "P-OLD")])
@@ -291,7 +294,7 @@ def test_a_duplicate_is_acknowledged_again_and_not_applied_twice(pacs):
 
 
 def test_malformed_messages_are_refused_and_the_listener_keeps_serving(pacs):
-    """Malformed and unsupported messages get AE/AR with an ERR saying why, change nothing, and the connection goes on."""
+    """Malformed and unsupported messages get AE/AR with an ERR saying why, change nothing; the listener goes on."""
     no_msh = "PID|1||4711^^^HOSP^MR||Muller^Hans\rORC|NW|ORD-NOMSH^RIS\rOBR|1|ORD-NOMSH^RIS||PROC^CT^L\r"
     no_id = orm("M-NOID", "NW", "ORD-NOID", accession="ACC-NOID").replace("ORD-NOID^RIS", "")
     messages = [
@@ -334,7 +337,8 @@ def test_malformed_messages_are_refused_and_the_listener_keeps_serving(pacs):
 
     # Another connection is served too, with messages sent back to back: one ACK each, in order.
     c = Connection(pacs.hl7_port)
-    frames = c.send_together([orm("M-OK3", "NW", "ORD-OK3"), orm("M-ZZ2", "ZZ", "ORD-ZZ2"), orm("M-OK4", "NW", "ORD-OK4")])
+    frames = c.send_together([orm("M-OK3", "NW", "ORD-OK3"), orm("M-ZZ2", "ZZ", "ORD-ZZ2"),
+                              orm("M-OK4", "NW", "ORD-OK4")])
     c.close()
     check_ack(frames[0], "M-OK3", "AA")
     refused(frames[1], "M-ZZ2", 103)
@@ -344,7 +348,7 @@ def test_malformed_messages_are_refused_and_the_listener_keeps_serving(pacs):
 
 
 def test_garbage_and_stalled_connections_are_closed(make_pacs):
-    """Connections sending unframed garbage, stalled mid-frame or trickling a frame are closed after the timeout; others are served."""
+    """Connections sending unframed garbage, stalled or trickling mid-frame close after the timeout; others go on."""
     pacs = make_pacs({**HL7, "PACS_HL7__IDLE_TIMEOUT_SECS": "2"})
     garbage = Connection(pacs.hl7_port)
     garbage.sock.sendall(b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n" + bytes(range(32, 127)) * 50)

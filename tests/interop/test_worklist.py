@@ -168,7 +168,8 @@ def worklist(pacs):
         "A": create(pacs, "ORD-A", accession_number="ACC-A", patient_id="P-A", requested_procedure_id="RP-A",
                     scheduled_procedure_steps=[
                         {"modality": "CT", "station_ae": "CT1", "start": "2026-12-07T10:30", "description": "CT Head"},
-                        {"modality": "MR", "station_ae": "MR1", "start": "2026-12-08T09:00", "description": "MR Head"}]),
+                        {"modality": "MR", "station_ae": "MR1", "start": "2026-12-08T09:00",
+                         "description": "MR Head"}]),
         "B": create(pacs, "ORD-B", accession_number="ACC-B", patient_id="P-B", patient_name="Muster^Max",
                     requested_procedure_id="RP-B", scheduled_procedure_steps=[
                         {"id": "SPS-B", "modality": "CT", "station_ae": "CT2", "start": "2026-12-08T14:00",
@@ -268,7 +269,8 @@ def test_list_orders_by_status_date_and_modality(pacs):
     step = lambda modality, start: {"modality": modality, "station_ae": "ST1", "start": start, "description": "x"}
     stored = {
         "L1": create(pacs, "L1", scheduled_procedure_steps=[step("CT", "2026-12-07T08:00")]),
-        "L2": create(pacs, "L2", scheduled_procedure_steps=[step("MR", "2026-12-07T09:00"), step("CT", "2026-12-08T09:00")]),
+        "L2": create(pacs, "L2", scheduled_procedure_steps=[step("MR", "2026-12-07T09:00"),
+                                                            step("CT", "2026-12-08T09:00")]),
         "L3": create(pacs, "L3", status="completed", scheduled_procedure_steps=[step("CT", "2026-12-08T10:00")]),
         "L4": create(pacs, "L4", status="discontinued", scheduled_procedure_steps=[step("US", "2026-12-09T10:00")]),
     }
@@ -552,7 +554,7 @@ def test_mpps_discontinued_discontinues_the_order(pacs):
 
 
 def test_mpps_refusals(pacs):
-    """N-CREATE not IN PROGRESS: 0x0106; the same SOP instance again: 0x0111; N-SET of an unknown one: 0x0112; after COMPLETED: 0x0110."""
+    """N-CREATE not IN PROGRESS 0x0106, a SOP instance again 0x0111; N-SET unknown 0x0112, after COMPLETED 0x0110."""
     o = create(pacs, "ORD-REF")
     assoc = associate(pacs, MPPS, ae_title="CT1")
     refused = generate_uid()
@@ -589,8 +591,8 @@ def test_order_to_worklist_to_mpps_to_linked_study(pacs):
     create(pacs, "ORD-FLOW", accession_number="ACC-FLOW", patient_id="P-FLOW")
 
     # The modality (CT1) reads its worklist.
-    [item] = mwl_find(pacs, full_query({"ScheduledStationAETitle": "CT1", "ScheduledProcedureStepStartDate": "20261207"}),
-                      ae_title="CT1")
+    query = full_query({"ScheduledStationAETitle": "CT1", "ScheduledProcedureStepStartDate": "20261207"})
+    [item] = mwl_find(pacs, query, ae_title="CT1")
     order = get_order(pacs, "ORD-FLOW")
     check_full_answer(item, order)
     study_uid = item.StudyInstanceUID
