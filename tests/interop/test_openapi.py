@@ -24,7 +24,7 @@ def test_openapi_document(pacs):
     # Every route of the REST API is described (and nothing that does not exist).
     routes = {f"{API}/offline-images/upload-metadata/", f"{API}/offline-images/upload-binary/",
               f"{API}/offline-images/acknowledge/", f"{API}/offline-images/{{image_uuid}}/",
-              f"{API}/orders/{{id}}", f"{API}/orders/{{id}}/studies/", f"{API}/studies/{{id}}/viewer-url/",
+              f"{API}/orders", f"{API}/orders/{{id}}", f"{API}/orders/{{id}}/studies/", f"{API}/studies/{{id}}/viewer-url/",
               f"{API}/studies/{{id}}/images/", f"{API}/images/{{id}}/url/", f"{API}/images/{{id}}/file",
               "/api/v1/openapi.json", "/healthz", "/readyz"}
     assert set(doc["paths"]) == routes
@@ -58,6 +58,16 @@ def test_openapi_document(pacs):
     check(requests.post(f"{pacs.url}{API}/offline-images/acknowledge/", json={"image_uuid": m["image_uuid"]}),
           f"{API}/offline-images/acknowledge/", "post", 200)
     check(requests.get(f"{pacs.url}{API}/orders/ORD-OA/studies/"), f"{API}/orders/{{id}}/studies/", "get", 200)
+    full = {"accession_number": "ACC-OB", "patient_id": "P-OB", "patient_name": "Doe^Jane", "requested_procedure_id": "RP-OB",
+            "referring_physician": "House^Greg", "scheduled_procedure_steps": [
+                {"modality": "CT", "station_ae": "CT1", "start": "2026-12-07T10:30", "description": "CT head"}]}
+    check(requests.put(f"{pacs.url}{API}/orders/ORD-OB", json=full), f"{API}/orders/{{id}}", "put", 201)
+    check(requests.put(f"{pacs.url}{API}/orders/ORD-OB", json=full), f"{API}/orders/{{id}}", "put", 200)
+    check(requests.put(f"{pacs.url}{API}/orders/ORD-OB", json=dict(full, status="done")), f"{API}/orders/{{id}}", "put", 400)
+    check(requests.get(f"{pacs.url}{API}/orders/ORD-OB"), f"{API}/orders/{{id}}", "get", 200)
+    check(requests.get(f"{pacs.url}{API}/orders/NONE"), f"{API}/orders/{{id}}", "get", 404)
+    check(requests.get(f"{pacs.url}{API}/orders?date=2026-12-07&modality=CT"), f"{API}/orders", "get", 200)
+    check(requests.get(f"{pacs.url}{API}/orders?status=done"), f"{API}/orders", "get", 400)
     study = str(ds.StudyInstanceUID)
     check(requests.get(f"{pacs.url}{API}/studies/{study}/viewer-url/"), f"{API}/studies/{{id}}/viewer-url/", "get", 200)
     images = requests.get(f"{pacs.url}{API}/studies/{study}/images/")
