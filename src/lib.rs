@@ -10,14 +10,14 @@
 //! fails the build otherwise; its list is this one, bottom first).
 //!
 //! ```text
-//! main.rs      the command: serve | import | verify | migrate | sync | api-key
+//! main.rs      the command: serve | import | verify | migrate | sync | api-key | retention
 //! app          assembly: back ends, context, listeners, background work, shutdown
 //! http         router, middleware (authorization, metrics, CORS), /metrics, /readyz
 //! ── protocol adapters: parse into domain types, call the context, render the answer
-//! sync, import, viewer, forward, dimse, admin, uploads, radiology, dicomweb
+//! sync, import, viewer, forward, hl7, dimse, admin, uploads, radiology, dicomweb
 //! ── services
 //! context      the handle every adapter gets: config, ingest (index, store), auth
-//! verify, render, auth, ingest
+//! worklist, retention, verify, render, auth, ingest
 //! ── storage and index
 //! index, storage
 //! ── foundations
@@ -47,9 +47,12 @@
 //!   [`ingest::Outcome`] — the only source of ingest metrics and store audit events.
 //!   [`auth`]: principals, API keys, JWTs, study tokens, signed URLs. [`render`]: rendered
 //!   images, thumbnails, transcoding. [`verify`]: re-hashing, orphans, start-up recovery.
+//!   [`retention`]: local cache mode. [`worklist`]: the rules for writing orders (shared
+//!   by REST and HL7) and the MPPS state machine.
 //! - [`context`]: the [`context::Context`] every adapter holds.
 //! - Adapters: [`dicomweb`] (STOW-RS, QIDO-RS, WADO-RS, WADO-URI, the change feed), [`dimse`]
-//!   (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, storage commitment), [`uploads`] (the
+//!   (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, storage commitment, Modality Worklist, MPPS),
+//!   [`hl7`] (orders in over MLLP), [`forward`] (store-and-forward), [`uploads`] (the
 //!   offline upload flow), [`radiology`] (the hospital app's REST API), [`admin`]
 //!   (deletes, the audit trail), [`viewer`] (OHIF same-origin), [`import`] and the
 //!   [`sync`] client. Each maps the ingest outcome to its protocol in one file:
