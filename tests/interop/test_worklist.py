@@ -529,8 +529,10 @@ def test_mpps_in_progress_then_completed_moves_the_order(pacs):
     assert n_create(assoc, mpps_create(o), sop) == 0x0000
     assert get_order(pacs, "ORD-MPPS")["status"] == "in_progress"
     assert performed(pacs, "ORD-MPPS") == [(sop, "IN PROGRESS", "CT1", [])]
-    # In progress: off the (scheduled) worklist.
+    # In progress: off the (scheduled) worklist, on it for a query asking for STARTED steps.
     assert mwl_find(pacs, full_query(AccessionNumber="ACC-1")) == []
+    started = mwl_find(pacs, full_query({"ScheduledProcedureStepStatus": "STARTED"}, AccessionNumber="ACC-1"))
+    assert [step_of(a).ScheduledProcedureStepStatus for a in started] == ["STARTED"]
 
     assert n_set(assoc, mpps_set("COMPLETED", [(series, [generate_uid(), generate_uid()])]), sop) == 0x0000
     assoc.release()
