@@ -16,7 +16,7 @@ use super::status::Status;
 use super::PresentationContext;
 use crate::index::read::InstanceLocation;
 use crate::model::TransferSyntax;
-use crate::render::transcode::{can_transcode, transcode_file};
+use crate::render::transcode::{can_transcode, preference, transcode_file};
 use crate::storage::Store;
 
 /// How one C-STORE ended.
@@ -102,7 +102,11 @@ pub fn context_for<'a>(
     };
     let context = for_class()
         .find(|c| c.transfer_syntax == loc.transfer_syntax)
-        .or_else(|| for_class().find(|c| can_transcode(&loc.transfer_syntax, &c.transfer_syntax)));
+        .or_else(|| {
+            for_class()
+                .filter(|c| can_transcode(&loc.transfer_syntax, &c.transfer_syntax))
+                .min_by_key(|c| preference(&c.transfer_syntax))
+        });
     if context.is_none() {
         tracing::info!(sop = %loc.sop_instance_uid, class = %loc.sop_class_uid,
             ts = %loc.transfer_syntax, "no accepted presentation context for a C-STORE");

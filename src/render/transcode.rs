@@ -12,15 +12,36 @@ use dicom_pixeldata::{PixelDecoder, Transcode};
 use super::RenderError;
 use crate::model::TransferSyntax;
 
-/// Transfer syntaxes this server produces on request (from any syntax it can decode).
+/// Deflated Explicit VR Little Endian.
+pub const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
+/// JPEG-LS Lossless Image Compression.
+pub const JPEG_LS_LOSSLESS: &str = "1.2.840.10008.1.2.4.80";
+/// JPEG Baseline (Process 1): lossy, 8-bit; sent only to a client that asks for it.
+pub const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
+
+/// Transfer syntaxes this server produces on request (from any syntax it can decode), in
+/// the order it prefers them: lossless first.
 pub const TARGETS: &[&str] = &[
     TransferSyntax::EXPLICIT_VR_LE,
     TransferSyntax::IMPLICIT_VR_LE,
+    DEFLATED,
+    JPEG_LS_LOSSLESS,
+    JPEG_BASELINE,
 ];
 
-/// Whether objects stored in `from` can be sent in `to`.
+/// Whether objects stored in `from` can be sent in `to` (the pixel data of a particular
+/// object may still not fit the target's codec: 16-bit samples in JPEG Baseline, say).
 pub fn can_transcode(from: &TransferSyntax, to: &TransferSyntax) -> bool {
-    from == to || (from.is_decodable() && to.is_native_le())
+    from == to || (from.is_decodable() && TARGETS.contains(&to.as_str()))
+}
+
+/// How much `to` is preferred as a target (lower first): the lossless ones in
+/// [`TARGETS`]' order, the lossy last.
+pub fn preference(to: &TransferSyntax) -> usize {
+    TARGETS
+        .iter()
+        .position(|t| *t == to.as_str())
+        .unwrap_or(TARGETS.len())
 }
 
 /// The whole object in transfer syntax `to`, as Part-10 bytes.
@@ -41,8 +62,28 @@ pub fn transcode(
     if obj.meta().transfer_syntax() == to.as_str() {
         return Ok(());
     }
+    fits(obj, to)?;
     obj.transcode(to.entry())
         .map_err(|e| RenderError::Decode(e.to_string()))
+}
+
+/// Whether the object's pixel data can be written in `to` without losing what the target
+/// promises: JPEG-LS here for single-sample images (dicom-rs' encoder does not keep
+/// colour images exact: every decoder, dcmtk's included, reads other pixels back), JPEG
+/// Baseline for 8-bit samples.
+fn fits(obj: &crate::dicom::DicomFile, to: &TransferSyntax) -> Result<(), RenderError> {
+    let int = |tag| obj.element(tag).ok().and_then(|e| e.to_int::<u16>().ok());
+    use dicom_dictionary_std::tags;
+    let refused = match to.as_str() {
+        JPEG_LS_LOSSLESS if int(tags::SAMPLES_PER_PIXEL).unwrap_or(1) != 1 => {
+            "JPEG-LS is produced for single-sample (grayscale) images only"
+        }
+        JPEG_BASELINE if int(tags::BITS_ALLOCATED) != Some(8) => {
+            "JPEG Baseline holds 8-bit samples only"
+        }
+        _ => return Ok(()),
+    };
+    Err(RenderError::Encode(refused.to_owned()))
 }
 
 /// Frames (0-based) decoded to native little-endian samples.
@@ -78,6 +119,12 @@ mod tests {
         assert!(can_transcode(&ts("1.2.840.10008.1.2.4.90"), &explicit));
         let jpeg = ts("1.2.840.10008.1.2.4.50");
         assert!(can_transcode(&jpeg, &jpeg));
-        assert!(!can_transcode(&explicit, &jpeg));
+        assert!(can_transcode(&explicit, &jpeg));
+        let (jls, j2k) = (ts(JPEG_LS_LOSSLESS), ts("1.2.840.10008.1.2.4.90"));
+        assert!(can_transcode(&explicit, &jls) && can_transcode(&jls, &explicit));
+        assert!(can_transcode(&j2k, &jls) && !can_transcode(&explicit, &j2k));
+        assert!(can_transcode(&jls, &ts(DEFLATED)));
+        assert!(preference(&explicit) < preference(&jls));
+        assert!(preference(&jls) < preference(&jpeg));
     }
 }

@@ -248,7 +248,7 @@ def test_transcoding_to_explicit_little_endian(pacs, name):
 
 def test_impossible_transfer_syntax_is_406(pacs):
     url = store_raw(pacs, sample_bytes("CT_small.dcm"))
-    r = requests.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80'})
+    r = requests.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.90'})
     assert r.status_code == 406 and "cannot be sent" in r.json()["message"]
 
 

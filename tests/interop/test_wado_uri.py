@@ -103,7 +103,7 @@ def test_dicom_transcoded_to_explicit_little_endian(pacs, name):
                                                transferSyntax=IMPLICIT_LE).content))
     assert implicit.file_meta.TransferSyntaxUID == IMPLICIT_LE
     # A syntax this server does not produce from the stored one.
-    r = wado(pacs, ds, contentType="application/dicom", transferSyntax="1.2.840.10008.1.2.4.80")
+    r = wado(pacs, ds, contentType="application/dicom", transferSyntax="1.2.840.10008.1.2.4.90")
     assert r.status_code == 406 and "cannot be sent" in r.json()["message"]
 
 
