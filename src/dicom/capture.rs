@@ -148,6 +148,8 @@ fn base_object(c: &Capture) -> InMemDicomObject {
     put(tags::SERIES_NUMBER, VR::IS, "1");
     put(tags::INSTANCE_NUMBER, VR::IS, "1");
     put(tags::PATIENT_ORIENTATION, VR::CS, "");
+    // General Series, Type 2C: the photo does not say which side; empty is "unknown".
+    put(tags::LATERALITY, VR::CS, "");
     o.put(DataElement::new(
         tags::BITS_ALLOCATED,
         VR::US,

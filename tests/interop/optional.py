@@ -24,6 +24,12 @@ def dcmtk_missing() -> str | None:
     return "dcmtk is not installed (Debian: apt-get install dcmtk)"
 
 
+def dciodvfy_missing() -> str | None:
+    if shutil.which("dciodvfy"):
+        return None
+    return "dciodvfy is not installed (Debian: apt-get install dicom3tools)"
+
+
 def ohif_missing() -> str | None:
     missing = []
     if not (VIEWER / "index.html").exists():
@@ -78,6 +84,8 @@ def summary() -> list[str]:
         line("OHIF end-to-end test", ohif_missing(),
              "PACS_TEST_REQUIRE_OHIF" if os.environ.get("PACS_TEST_REQUIRE_OHIF") else None),
         line("dcmtk DIMSE tests", dcmtk_missing(),
+             "PACS_TEST_REQUIRE_DCMTK" if os.environ.get("PACS_TEST_REQUIRE_DCMTK") else None),
+        line("dciodvfy checks of the objects we write", dciodvfy_missing(),
              "PACS_TEST_REQUIRE_DCMTK" if os.environ.get("PACS_TEST_REQUIRE_DCMTK") else None),
         line("Orthanc as the forwarding upstream", orthanc_missing(),
              "PACS_TEST_REQUIRE_ORTHANC" if os.environ.get("PACS_TEST_REQUIRE_ORTHANC") else None),

@@ -9,7 +9,6 @@ receives them decoded, pixel for pixel."""
 
 import io
 import shutil
-import subprocess
 
 import numpy as np
 import pydicom
@@ -17,6 +16,7 @@ import pytest
 import requests
 from pydicom.data import get_testdata_file
 
+import dciodvfy
 from dicomgen import ct_series, sample, sample_bytes, to_bytes
 from dimsetools import require_dcmtk, run
 from test_dimse_retrieve import by_sop, store
@@ -31,18 +31,6 @@ JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 JPEG_2000 = "1.2.840.10008.1.2.4.90"
 
 DCMTK = [m for m in [require_dcmtk()] if m]
-
-
-def dciodvfy_errors(path) -> list[str]:
-    """dciodvfy's error lines for a file (dicom3tools); the test is skipped without it."""
-    tool = shutil.which("dciodvfy")
-    if tool is None:
-        import os
-        if os.environ.get("PACS_TEST_REQUIRE_DCMTK"):
-            raise RuntimeError("dciodvfy (Debian dicom3tools) is required")
-        pytest.skip("dciodvfy is not installed (Debian dicom3tools)")
-    r = subprocess.run([tool, "-new", str(path)], capture_output=True, text=True)
-    return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
 
 
 def retrieve(url, ts) -> tuple[int, bytes]:
@@ -84,7 +72,7 @@ def test_wado_rs_jpeg_ls_and_deflated_keep_every_pixel(pacs, tmp_path, source):
     (tmp_path / "original.dcm").write_bytes(raw)
     # What we write adds no error to those of the object as received (test data is not
     # always complete: the generated CT lacks Laterality, say).
-    inherited = set(dciodvfy_errors(tmp_path / "original.dcm"))
+    inherited = set(dciodvfy.errors(tmp_path / "original.dcm"))
     for ts in (JPEG_LS, DEFLATED, IMPLICIT):
         status, body = retrieve(url, ts)
         assert status == 200, (ts, body[:300])
@@ -100,7 +88,7 @@ def test_wado_rs_jpeg_ls_and_deflated_keep_every_pixel(pacs, tmp_path, source):
             r = run("dcmconv", "+te", path, inflated)
             assert r.returncode == 0, r.stderr
             path = inflated
-        assert set(dciodvfy_errors(path)) - inherited == set(), ts
+        assert set(dciodvfy.errors(path)) - inherited == set(), ts
     if not DCMTK:
         decoded = tmp_path / "dcmdjpls.dcm"
         r = run("dcmdjpls", tmp_path / f"{JPEG_LS}.dcm", decoded)
@@ -125,7 +113,7 @@ def test_jpeg_baseline_only_by_name_and_marked_lossy(pacs, tmp_path):
     path = tmp_path / "baseline.dcm"
     path.write_bytes(body)
     (tmp_path / "original.dcm").write_bytes(sample_bytes("SC_rgb_rle.dcm"))
-    assert set(dciodvfy_errors(path)) - set(dciodvfy_errors(tmp_path / "original.dcm")) == set()
+    assert set(dciodvfy.errors(path)) - set(dciodvfy.errors(tmp_path / "original.dcm")) == set()
     status, body = retrieve(store_raw(pacs, to_bytes(ct_series(n=1, size=32)[0])), JPEG_BASELINE)
     assert status == 406, body[:200]
 

@@ -14,6 +14,7 @@ import pytest
 import requests
 from PIL import Image
 
+import dciodvfy
 from dicomgen import ct_series, to_bytes
 
 API = "/api/v1/radiology"
@@ -224,7 +225,7 @@ def test_binary_cut_off_midway_and_resumed(pacs):
     assert pacs.object_bytes(str(ds.SOPInstanceUID)) == data
 
 
-def test_photos_become_secondary_capture(pacs):
+def test_photos_become_secondary_capture(pacs, tmp_path):
     assert requests.put(f"{pacs.url}{API}/orders/ORD-PHOTO", json={
         "accession_number": "ACC-PH", "patient_id": "PAT-9", "patient_name": "Fotó^Anna",
         "patient_birth_date": "19800102", "patient_sex": "F"}).status_code == 201
@@ -253,6 +254,9 @@ def test_photos_become_secondary_capture(pacs):
         ds = pydicom.dcmread(io.BytesIO(pacs.object_bytes(sop)))
         assert str(ds.PatientName) == "Fotó^Anna" and ds.PatientID == "PAT-9" and ds.AccessionNumber == "ACC-PH"
         assert (ds.Rows, ds.Columns) == (48, 64)
+        # An object this server made itself: a valid Secondary Capture Image IOD.
+        (tmp_path / "sc.dcm").write_bytes(pacs.object_bytes(sop))
+        assert dciodvfy.errors(tmp_path / "sc.dcm") == [], mime
         if mime == "image/jpeg":
             assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
             assert jpeg.getvalue() in ds.PixelData  # kept as it is
