@@ -1,5 +1,5 @@
 """OHIF, unmodified, in headless Chromium against the real server: the study list shows
-the stored studies, and a CT series, a multi-frame series and a JPEG-compressed series
+the stored studies, and a CT series, a multi-frame series, a JPEG-compressed and a JPEG-LS series
 render real pixels, with no failed request and no error notification."""
 
 import json
@@ -50,9 +50,10 @@ def test_ohif_lists_and_renders_studies(ohif_pacs, tmp_path):
     ct = ct_series(n=12, size=256, patient_name="Viewer^Computed", patient_id="OHIF-CT")
     client.store_instances(ct)
     dose, jpeg = sample("rtdose.dcm"), sample("SC_rgb_jpeg_dcmtk.dcm")
-    client.store_instances([dose, jpeg])
+    jpegls = sample("MR_small_jpeg_ls_lossless.dcm")  # stored JPEG-LS: OHIF decodes it itself
+    client.store_instances([dose, jpeg, jpegls])
     studies = {"ct": str(ct[0].StudyInstanceUID), "multiframe": str(dose.StudyInstanceUID),
-               "jpeg": str(jpeg.StudyInstanceUID)}
+               "jpeg": str(jpeg.StudyInstanceUID), "jpegls": str(jpegls.StudyInstanceUID)}
 
     report = run_ohif(pacs, tmp_path, list(studies.values()))
     assert "fatal" not in report, report

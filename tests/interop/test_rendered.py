@@ -60,7 +60,8 @@ def test_instance_rendered_with_window_and_png(pacs):
 
 @pytest.mark.parametrize("name,mode", [("SC_rgb_jpeg_dcmtk.dcm", "RGB"), ("JPEG2000.dcm", "L"),
                                        ("SC_rgb_rle_2frame.dcm", "RGB"), ("MR_small_bigendian.dcm", "L"),
-                                       ("image_dfl.dcm", "L")])
+                                       ("image_dfl.dcm", "L"), ("MR_small_jpeg_ls_lossless.dcm", "L"),
+                                       ("MR_small_jp2klossless.dcm", "L"), ("MR_small_RLE.dcm", "L")])
 def test_compressed_and_other_syntaxes_render(pacs, name, mode):
     ds = sample(name)
     url = store_raw(pacs, sample_bytes(name))
