@@ -26,7 +26,7 @@ LAYERS = [
     # storage and index
     "storage", "index",
     # services
-    "ingest", "auth", "render", "verify", "retention", "worklist",
+    "ingest", "auth", "render", "verify", "compress", "retention", "worklist",
     "context",
     # protocol adapters
     "dicomweb", "radiology", "uploads", "admin", "dimse", "hl7", "forward", "viewer", "import", "sync",

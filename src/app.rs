@@ -48,6 +48,8 @@ pub enum AppError {
     Config(String),
     #[error("start-up recovery: {0}")]
     Recovery(#[from] crate::verify::VerifyError),
+    #[error("start-up recovery of compression jobs: {0}")]
+    CompressRecovery(String),
 }
 
 /// The back ends every command needs: the object store, the index and ingest over them.
@@ -57,6 +59,7 @@ pub async fn open_backends(config: &Config) -> Result<Ingest, AppError> {
     let index =
         Index::open_with(&config.index_url(), config.index.max_connections, relaxed).await?;
     config.forward.check().map_err(AppError::Config)?;
+    config.compression.target().map_err(AppError::Config)?;
     let routes = crate::ingest::Routes::new(config.forward.rules.clone());
     Ok(Ingest::new(
         store,
@@ -133,6 +136,16 @@ impl App {
         // Bound first: a second process on a live data directory fails here instead of
         // re-indexing the live one's objects in flight.
         recover(&ingest).await?;
+        // What a compression job cut short by a crash left behind.
+        let leftovers = crate::compress::recover(&ingest, crate::model::clock::now_millis())
+            .await
+            .map_err(AppError::CompressRecovery)?;
+        if leftovers > 0 {
+            tracing::warn!(
+                leftovers,
+                "start-up recovery finished interrupted compression jobs"
+            );
+        }
         let app = App {
             ctx: Arc::new(Context::new(config, ingest, auth)),
             http,
@@ -241,6 +254,10 @@ impl App {
             ));
         }
         tokio::spawn(sweep_uploads(self.ctx.clone(), cancel.clone()));
+        if self.ctx.config.compression.syntax.is_some() {
+            let (ingest, config) = (self.ctx.ingest.clone(), self.ctx.config.compression.clone());
+            tokio::spawn(crate::compress::run(ingest, config, cancel.clone()));
+        }
         crate::forward::spawn(&self.ctx, &cancel);
         if self.ctx.config.retention.is_on() {
             let (ingest, config) = (self.ctx.ingest.clone(), self.ctx.config.retention.clone());

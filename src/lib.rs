@@ -17,7 +17,7 @@
 //! sync, import, viewer, forward, hl7, dimse, admin, uploads, radiology, dicomweb
 //! ── services
 //! context      the handle every adapter gets: config, ingest (index, store), auth
-//! worklist, retention, verify, render, auth, ingest
+//! worklist, retention, compress, verify, render, auth, ingest
 //! ── storage and index
 //! index, storage
 //! ── foundations
@@ -92,6 +92,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod compress;
 pub mod config;
 pub mod context;
 pub mod dicom;

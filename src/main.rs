@@ -54,6 +54,20 @@ enum Command {
     },
     /// Create or upgrade the index schema, then exit.
     Migrate,
+    /// Re-encode stored images losslessly (`[compression]`, JPEG-LS): those idle for
+    /// `compression.after`, or every image of one study; each is verified pixel for pixel
+    /// before it replaces the original. Prints the bytes saved.
+    Compress {
+        /// Only this study (whatever `compression.after` says).
+        #[arg(long)]
+        study: Option<String>,
+        /// Encode and verify, change nothing, print what would be saved.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print each instance's outcome and the totals as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Local cache mode: delete the studies `[retention]` lets go (delivered everywhere
     /// their forwarding rules send them, and unused or over `max_bytes`).
     Retention {
@@ -163,6 +177,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::ApiKey { name, role } => Ok(api_key(&name, &role)),
         Command::Migrate => migrate(config).await,
         Command::Retention { dry_run, json } => retention(config, dry_run, json).await,
+        Command::Compress {
+            study,
+            dry_run,
+            json,
+        } => compress(config, study, dry_run, json).await,
         Command::Import { paths, parallel } => import(config, paths, parallel).await,
         Command::Verify {
             reindex,
@@ -249,6 +268,66 @@ async fn migrate(config: Config) -> anyhow::Result<ExitCode> {
     println!("index schema is current: {studies} studies, {series} series, {instances} instances");
     ingest.index().close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn compress(
+    config: Config,
+    study: Option<String>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let study = match study.as_deref().map(pacs_lite::model::Uid::parse) {
+        Some(Ok(uid)) => Some(uid),
+        Some(Err(e)) => {
+            eprintln!("compress: --study: {e}");
+            return Ok(ExitCode::from(2));
+        }
+        None => None,
+    };
+    let ingest = open_backends(&config).await?;
+    let mut outcomes = Vec::new();
+    let summary = pacs_lite::compress::run_once(
+        &ingest,
+        &config.compression,
+        study.as_ref(),
+        dry_run,
+        |c, o| {
+            if json {
+                outcomes.push(serde_json::json!({ "sop_instance_uid": c.sop_instance_uid.as_str(), "outcome": o }));
+            } else {
+                println!("{} {o:?}", c.sop_instance_uid);
+            }
+        },
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    ingest.index().close().await;
+    if json {
+        let out =
+            serde_json::json!({ "dry_run": dry_run, "summary": summary, "instances": outcomes });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    let verb = if dry_run {
+        "would re-encode"
+    } else {
+        "re-encoded"
+    };
+    let saved = summary.bytes_before.saturating_sub(summary.bytes_after);
+    eprintln!(
+        "compress {verb} {} instance(s): {:.1} MB -> {:.1} MB, {:.1} MB saved ({:.2}x); {} skipped, {} failed (kept as they were)",
+        summary.done,
+        summary.bytes_before as f64 / 1e6,
+        summary.bytes_after as f64 / 1e6,
+        saved as f64 / 1e6,
+        summary.bytes_before as f64 / (summary.bytes_after.max(1)) as f64,
+        summary.skipped,
+        summary.failed
+    );
+    Ok(if summary.failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn retention(config: Config, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {

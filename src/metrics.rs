@@ -26,7 +26,18 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     pub forward: ForwardMetrics,
     pub hl7_messages: IntCounterVec,
+    pub compress: CompressMetrics,
     pub worklist: IntCounterVec,
+}
+
+/// Compression at rest.
+pub struct CompressMetrics {
+    /// Objects looked at, by result (done, skipped, failed, lost).
+    pub objects: IntCounterVec,
+    /// Bytes of the objects re-encoded, before and after.
+    pub bytes: IntCounterVec,
+    /// Instances not looked at yet.
+    pub backlog: IntGauge,
 }
 
 /// Store-and-forward, by destination.
@@ -35,6 +46,42 @@ pub struct ForwardMetrics {
     pub bytes: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub oldest_pending_seconds: IntGaugeVec,
+}
+
+fn compress_metrics(registry: &Registry) -> CompressMetrics {
+    let objects = IntCounterVec::new(
+        Opts::new(
+            "compress_objects_total",
+            "Objects the compression job looked at, by result (done, skipped, failed: the original kept, lost).",
+        ),
+        &["result"],
+    )
+    .expect("valid metric");
+    let bytes = IntCounterVec::new(
+        Opts::new(
+            "compress_bytes_total",
+            "Bytes of the objects re-encoded, before and after.",
+        ),
+        &["which"],
+    )
+    .expect("valid metric");
+    let backlog = IntGauge::new(
+        "compress_backlog",
+        "Uncompressed instances the compression job has not looked at yet.",
+    )
+    .expect("valid metric");
+    for c in [
+        Box::new(objects.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(bytes.clone()),
+        Box::new(backlog.clone()),
+    ] {
+        registry.register(c).expect("unique metric");
+    }
+    CompressMetrics {
+        objects,
+        bytes,
+        backlog,
+    }
 }
 
 fn forward_metrics(registry: &Registry) -> ForwardMetrics {
@@ -161,6 +208,7 @@ fn build() -> Metrics {
             "HL7 v2 messages received over MLLP, by result (accepted, duplicate, refused).",
             &["result"],
         ),
+        compress: compress_metrics(&registry),
         worklist: counter(
             "worklist_requests_total",
             "Modality Worklist queries and MPPS requests, by operation and DIMSE status class.",

@@ -11,10 +11,12 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod compression;
 mod forward;
 mod listeners;
 mod retention;
 
+pub use compression::CompressionConfig;
 pub use forward::{
     Deidentify, DeidentifyOption, DeidentifyProfile, DestinationKind, ForwardConfig,
     ForwardDestination, ForwardRule, Source,
@@ -41,6 +43,7 @@ pub struct Config {
     pub uploads: UploadsConfig,
     pub forward: ForwardConfig,
     pub retention: RetentionConfig,
+    pub compression: CompressionConfig,
     pub log: LogConfig,
 }
 
@@ -267,6 +270,7 @@ impl Default for Config {
             uploads: UploadsConfig::default(),
             forward: ForwardConfig::default(),
             retention: RetentionConfig::default(),
+            compression: CompressionConfig::default(),
             log: LogConfig::default(),
         }
     }

@@ -46,7 +46,7 @@ enum NumberOrText {
     Text(String),
 }
 
-fn duration_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+pub(super) fn duration_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     with_units(
         d,
         &[("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)],
@@ -54,7 +54,7 @@ fn duration_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Erro
     )
 }
 
-fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+pub(super) fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let units = [
         ("B", 1),
         ("KB", 1_000),

@@ -10,6 +10,7 @@
 //! after the transaction holding its row has committed.
 
 pub mod admin;
+pub mod compress;
 pub mod forward;
 pub mod mpps;
 pub mod orders;

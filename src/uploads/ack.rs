@@ -49,7 +49,10 @@ pub async fn acknowledge(
         .digest(&loc.object_key)
         .await
         .map_err(|e| verification_failed(format!("the object cannot be read: {e}")))?;
-    if sha != loc.sha256 || Some(sha) != u.sha256 {
+    // The stored object is intact, and it is (or was re-encoded losslessly from) the
+    // bytes this upload delivered.
+    let received = index.received_sha256(&sop).await?;
+    if sha != loc.sha256 || u.sha256.is_none() || u.sha256 != received {
         return Err(verification_failed(
             "the stored object does not match its recorded SHA-256".to_owned(),
         ));
@@ -62,7 +65,9 @@ pub async fn acknowledge(
         "study_instance_uid": loc.study_uid,
         "series_instance_uid": loc.series_uid,
         "sop_instance_uid": loc.sop_instance_uid,
-        "sha256": sha,
+        // As acknowledged before any re-encoding (compression at rest changes only what
+        // is stored, never what was received).
+        "sha256": received,
         "size": loc.size,
         "stored_at": u.stored_at.map(iso8601),
         "verified_at": iso8601(now_millis()),
