@@ -59,6 +59,30 @@ fn text_of(o: &InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
     o.get(tag)?.to_str().ok().map(|s| s.trim().to_owned())
 }
 
+/// Whether two elements hold the same value: sequences item by item and element by
+/// element (a sequence's length may be written defined or undefined), others by value.
+fn same_element(
+    a: Option<&dicom_object::mem::InMemElement>,
+    b: Option<&dicom_object::mem::InMemElement>,
+) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(x), Some(y)) => match (x.items(), y.items()) {
+            (Some(i), Some(j)) => {
+                i.len() == j.len() && i.iter().zip(j).all(|(p, q)| same_set(p, q))
+            }
+            (None, None) => x.vr() == y.vr() && x.value() == y.value(),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+fn same_set(a: &InMemDicomObject, b: &InMemDicomObject) -> bool {
+    use dicom_core::header::Header;
+    a.iter().count() == b.iter().count() && a.iter().all(|e| same_element(Some(e), b.get(e.tag())))
+}
+
 /// The attributes that differ between the original `a` and the re-encoded `b`, but for
 /// those of the encoding; NumberOfFrames may appear as 1 where it was absent (implied),
 /// LossyImageCompression as 00 (never 01).
@@ -69,7 +93,7 @@ fn changed(a: &InMemDicomObject, b: &InMemDicomObject) -> Vec<dicom_core::Tag> {
     all.dedup();
     all.into_iter()
         .filter(|t| !ENCODING.contains(t))
-        .filter(|&t| a.get(t) != b.get(t))
+        .filter(|&t| !same_element(a.get(t), b.get(t)))
         .filter(|&t| match t {
             tags::NUMBER_OF_FRAMES => a.get(t).is_some() || text_of(b, t).as_deref() != Some("1"),
             tags::LOSSY_IMAGE_COMPRESSION => {
