@@ -10,7 +10,7 @@
 //! fails the build otherwise; its list is this one, bottom first).
 //!
 //! ```text
-//! main.rs      the command: serve | import | verify | migrate | sync | api-key | retention
+//! main.rs      the command: serve | import | verify | migrate | sync | api-key | retention | compress
 //! app          assembly: back ends, context, listeners, background work, shutdown
 //! http         router, middleware (authorization, metrics, CORS), /metrics, /readyz
 //! ── protocol adapters: parse into domain types, call the context, render the answer
@@ -47,6 +47,7 @@
 //!   [`ingest::Outcome`] — the only source of ingest metrics and store audit events.
 //!   [`auth`]: principals, API keys, JWTs, study tokens, signed URLs. [`render`]: rendered
 //!   images, thumbnails, transcoding. [`verify`]: re-hashing, orphans, start-up recovery.
+//!   [`compress`]: lossless re-encoding at rest, verified pixel for pixel.
 //!   [`retention`]: local cache mode. [`worklist`]: the rules for writing orders (shared
 //!   by REST and HL7) and the MPPS state machine.
 //! - [`context`]: the [`context::Context`] every adapter holds.
