@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 import requests
 
+import dciodvfy
 from dicomgen import ct_series, sample, sample_bytes, to_bytes
 from dimsetools import dataset_bytes, require_dcmtk, run
 from test_transcode import parse_multipart
@@ -82,8 +83,11 @@ def check_exact(pacs, originals, tmp_path):
         got = pydicom.dcmread(io.BytesIO(explicit))
         assert np.array_equal(got.pixel_array, ds.pixel_array)
         assert got.PatientName == ds.PatientName and got.SOPInstanceUID == ds.SOPInstanceUID
+        (tmp_path / "stored.dcm").write_bytes(stored)
+        (tmp_path / "original.dcm").write_bytes(to_bytes(ds))
+        # The re-encoded object is as valid as the one received (dciodvfy adds no error).
+        assert set(dciodvfy.errors(tmp_path / "stored.dcm")) <= set(dciodvfy.errors(tmp_path / "original.dcm"))
         if not DCMTK:
-            (tmp_path / "stored.dcm").write_bytes(stored)
             r = run("dcmdjpls", tmp_path / "stored.dcm", tmp_path / "decoded.dcm")
             assert r.returncode == 0, r.stderr
             assert np.array_equal(pydicom.dcmread(tmp_path / "decoded.dcm").pixel_array, ds.pixel_array)
