@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pydicom
+import pytest
 import requests
 
 import dciodvfy
@@ -198,3 +199,11 @@ def test_kill_9_during_the_job_loses_nothing(make_pacs, tmp_path):
     r = pacs.cli("verify")
     assert r.returncode == 0 and "0 missing, 0 mismatched, 0 orphans" in r.stdout + r.stderr, r.stdout + r.stderr
     assert pacs.count("compress_intents") == 0
+
+
+def test_a_syntax_without_an_encoder_is_refused_at_start(make_pacs):
+    """compression.syntax = rle (dicom-rs cannot encode it): the server refuses to start and says why."""
+    pacs = make_pacs({"PACS_COMPRESSION__SYNTAX": "rle"}, start=False)
+    with pytest.raises(RuntimeError):
+        pacs.start()
+    assert "jpeg-ls-lossless only" in pacs.server_log()
