@@ -20,7 +20,7 @@ use crate::context::Context;
 use crate::dicom::frames::{decode_table, Frame};
 use crate::index::read::InstanceLocation;
 use crate::model::TransferSyntax;
-use crate::render::transcode::decode_frames;
+use crate::render::transcode::{decode_frames, encode_frames, JPEG_LS_LOSSLESS};
 
 const EXPLICIT_LE: &str = TransferSyntax::EXPLICIT_VR_LE;
 
@@ -61,6 +61,8 @@ struct FrameForm {
     multipart: bool,
     /// Decode the frames to native little-endian samples (instead of range reads).
     decode: bool,
+    /// Encode the frames in this syntax (JPEG-LS Lossless) from the decoded samples.
+    encode: Option<&'static str>,
 }
 
 /// Choose how to send frames stored in `stored_ts`. Frames go out as stored when the
@@ -97,6 +99,7 @@ fn negotiate(accept: &str, stored: &TransferSyntax, frames: usize) -> Result<Fra
                 part_type: as_stored.clone(),
                 multipart,
                 decode,
+                encode: None,
             })
         };
         let decode = || {
@@ -104,6 +107,7 @@ fn negotiate(accept: &str, stored: &TransferSyntax, frames: usize) -> Result<Fra
                 part_type: decoded.clone(),
                 multipart,
                 decode: true,
+                encode: None,
             })
         };
         match ty.as_str() {
@@ -121,13 +125,22 @@ fn negotiate(accept: &str, stored: &TransferSyntax, frames: usize) -> Result<Fra
             {
                 return stored(false);
             }
+            // JPEG-LS Lossless frames encoded from any decodable syntax (grayscale).
+            "image/jls" if decodable && matches!(ts, None | Some(JPEG_LS_LOSSLESS)) => {
+                return Ok(FrameForm {
+                    part_type: format!("image/jls; transfer-syntax={JPEG_LS_LOSSLESS}"),
+                    multipart,
+                    decode: true,
+                    encode: Some(JPEG_LS_LOSSLESS),
+                });
+            }
             _ => {}
         }
     }
     Err(ApiError::NotAcceptable(format!(
         "the frames are stored as {own_type} (transfer syntax {stored_ts}); ask for \
          multipart/related; type=\"{own_type}\", transfer-syntax=*, or (when the data can be decoded) \
-         application/octet-stream in {EXPLICIT_LE}"
+         application/octet-stream in {EXPLICIT_LE} or image/jls (grayscale)"
     )))
 }
 
@@ -208,9 +221,19 @@ async fn frame_source(
         )));
     }
     let indexes: Vec<u32> = numbers.iter().map(|n| *n as u32 - 1).collect();
-    let decoded = with_object_file(app, loc, move |path| decode_frames(path, &indexes))
-        .await?
-        .map_err(|e| ApiError::NotAcceptable(format!("the frames cannot be decoded: {e}")))?;
+    let decoded = match form.encode {
+        Some(ts) => {
+            let to = TransferSyntax::parse(ts).map_err(|e| ApiError::Internal(e.to_string()))?;
+            with_object_file(app, loc, move |path| encode_frames(path, &indexes, &to))
+                .await?
+                .map_err(|e| {
+                    ApiError::NotAcceptable(format!("the frames cannot be encoded: {e}"))
+                })?
+        }
+        None => with_object_file(app, loc, move |path| decode_frames(path, &indexes))
+            .await?
+            .map_err(|e| ApiError::NotAcceptable(format!("the frames cannot be decoded: {e}")))?,
+    };
     Ok(Source::Decoded(
         decoded.into_iter().map(Bytes::from).collect(),
     ))

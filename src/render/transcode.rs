@@ -86,6 +86,32 @@ fn fits(obj: &crate::dicom::DicomFile, to: &TransferSyntax) -> Result<(), Render
     Err(RenderError::Encode(refused.to_owned()))
 }
 
+/// Frames (0-based) encoded in `to` (an encapsulated syntax with one fragment per frame):
+/// the object is transcoded in memory and the frames' fragments taken from it.
+pub fn encode_frames(
+    path: &Path,
+    frames: &[u32],
+    to: &TransferSyntax,
+) -> Result<Vec<Vec<u8>>, RenderError> {
+    let mut obj = crate::dicom::open_file(path).map_err(RenderError::Read)?;
+    transcode(&mut obj, to)?;
+    let pixels = obj
+        .element(dicom_dictionary_std::tags::PIXEL_DATA)
+        .map_err(|e| RenderError::Encode(e.to_string()))?;
+    let fragments = pixels
+        .fragments()
+        .ok_or_else(|| RenderError::Encode("no encapsulated pixel data".into()))?;
+    frames
+        .iter()
+        .map(|&f| {
+            fragments
+                .get(f as usize)
+                .map(|b| b.to_vec())
+                .ok_or(RenderError::NoFrame(f + 1))
+        })
+        .collect()
+}
+
 /// Frames (0-based) decoded to native little-endian samples.
 pub fn decode_frames(path: &Path, frames: &[u32]) -> Result<Vec<Vec<u8>>, RenderError> {
     let obj = crate::dicom::open_file(path).map_err(RenderError::Read)?;

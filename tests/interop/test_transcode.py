@@ -17,7 +17,7 @@ import requests
 from pydicom.data import get_testdata_file
 
 import dciodvfy
-from dicomgen import ct_series, sample, sample_bytes, to_bytes
+from dicomgen import ct_series, multiframe, sample, sample_bytes, to_bytes
 from dimsetools import require_dcmtk, run
 from test_dimse_retrieve import by_sop, store
 from test_wado import parse_multipart, store_raw
@@ -177,3 +177,21 @@ def test_storescu_compressed_kept_as_sent_and_getscu_uncompressed_gets_them_deco
     assert back.file_meta.TransferSyntaxUID in (EXPLICIT, IMPLICIT)
     assert np.array_equal(back.pixel_array, original.pixel_array)
     assert set(by_sop([f])) == {str(original.SOPInstanceUID)}
+
+
+def test_frames_in_jpeg_ls(pacs):
+    """WADO-RS frames of a native multi-frame image asked for as image/jls come JPEG-LS encoded, each exact."""
+    import jpeg_ls
+    ds = multiframe(frames=4, size=48)
+    url = store_raw(pacs, to_bytes(ds))
+    r = requests.get(f"{url}/frames/2,4", headers={"Accept": 'multipart/related; type="image/jls"'})
+    assert r.status_code == 200, r.text
+    parts = parse_multipart(r)
+    assert len(parts) == 2
+    for (headers, body), index in zip(parts, (1, 3)):
+        assert headers["Content-Type"] == f"image/jls; transfer-syntax={JPEG_LS}"
+        assert np.array_equal(jpeg_ls.decode(np.frombuffer(body, np.uint8)), ds.pixel_array[index])
+    # A colour image is not JPEG-LS encoded here (dicom-rs would not keep it exact).
+    url = store_raw(pacs, sample_bytes("SC_rgb_rle.dcm"))
+    r = requests.get(f"{url}/frames/1", headers={"Accept": 'multipart/related; type="image/jls"'})
+    assert r.status_code == 406, r.text
