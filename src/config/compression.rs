@@ -23,7 +23,8 @@ pub struct CompressionConfig {
     pub modalities: Vec<String>,
     /// Only these SOP classes (empty: any).
     pub sop_classes: Vec<String>,
-    /// Objects larger than this are left as they are (the job holds one in memory).
+    /// Objects larger than this are left as they are: the job holds one in memory, with
+    /// its decoded and re-encoded copies (default 64 MiB).
     #[serde(
         deserialize_with = "super::retention::bytes",
         skip_serializing_if = "Option::is_none"
@@ -65,6 +66,6 @@ impl CompressionConfig {
     }
 
     pub fn max_object_bytes(&self) -> u64 {
-        self.max_object_bytes.unwrap_or(512 << 20)
+        self.max_object_bytes.unwrap_or(64 << 20)
     }
 }
