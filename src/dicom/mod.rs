@@ -23,6 +23,7 @@ pub mod json;
 pub mod meta;
 mod nesting;
 pub mod open;
+pub mod rle;
 mod seekbuf;
 pub mod text;
 mod walker;

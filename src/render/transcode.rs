@@ -16,6 +16,8 @@ use crate::model::TransferSyntax;
 pub const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
 /// JPEG-LS Lossless Image Compression.
 pub const JPEG_LS_LOSSLESS: &str = "1.2.840.10008.1.2.4.80";
+/// RLE Lossless: encoded here (`dicom::rle`; dicom-rs only decodes it).
+pub const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 /// JPEG Baseline (Process 1): lossy, 8-bit; sent only to a client that asks for it.
 pub const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
 
@@ -26,6 +28,7 @@ pub const TARGETS: &[&str] = &[
     TransferSyntax::IMPLICIT_VR_LE,
     DEFLATED,
     JPEG_LS_LOSSLESS,
+    RLE_LOSSLESS,
     JPEG_BASELINE,
 ];
 
@@ -63,20 +66,74 @@ pub fn transcode(
         return Ok(());
     }
     fits(obj, to)?;
+    if to.as_str() == RLE_LOSSLESS {
+        return to_rle(obj);
+    }
     obj.transcode(to.entry())
         .map_err(|e| RenderError::Decode(e.to_string()))
 }
 
+/// Encode the pixel data in RLE Lossless (one fragment per frame), then decode it again
+/// with dicom-rs and check every sample came back: a layout this cannot keep exact is an
+/// error, never a wrong answer.
+fn to_rle(obj: &mut crate::dicom::DicomFile) -> Result<(), RenderError> {
+    use dicom_core::value::{PixelFragmentSequence, Value};
+    use dicom_core::{DataElement, VR};
+    use dicom_pixeldata::PlanarConfiguration;
+    let decoded = obj
+        .decode_pixel_data()
+        .map_err(|e| RenderError::Decode(e.to_string()))?;
+    let samples = decoded.samples_per_pixel() as usize;
+    if samples > 1 && decoded.planar_configuration() != PlanarConfiguration::Standard {
+        return Err(RenderError::Encode("RLE of planar colour data".into()));
+    }
+    let pixels = decoded.rows() as usize * decoded.columns() as usize;
+    let bytes = decoded.bits_allocated() as usize / 8;
+    let frame_len = pixels * samples * bytes;
+    let original = decoded.data().to_vec();
+    let frames = decoded.number_of_frames() as usize;
+    let fragments = (0..frames)
+        .map(|f| {
+            let frame = original.get(f * frame_len..(f + 1) * frame_len)?;
+            crate::dicom::rle::encode_frame(frame, pixels, samples, bytes)
+        })
+        .collect::<Option<Vec<Vec<u8>>>>()
+        .ok_or_else(|| RenderError::Encode("pixel data RLE cannot hold".into()))?;
+    drop(decoded);
+    let sequence = PixelFragmentSequence::new(Vec::<u32>::new(), fragments);
+    obj.put(DataElement::new(
+        dicom_dictionary_std::tags::PIXEL_DATA,
+        VR::OB,
+        Value::PixelSequence(sequence),
+    ));
+    obj.update_meta(|m| {
+        m.set_transfer_syntax(&dicom_transfer_syntax_registry::entries::RLE_LOSSLESS)
+    });
+    let back = obj
+        .decode_pixel_data()
+        .map_err(|e| RenderError::Encode(format!("the RLE data does not decode: {e}")))?;
+    if back.data() != original.as_slice() {
+        return Err(RenderError::Encode(
+            "the RLE data does not decode to the same samples".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Whether the object's pixel data can be written in `to` without losing what the target
 /// promises: JPEG-LS here for single-sample images (dicom-rs' encoder does not keep
-/// colour images exact: every decoder, dcmtk's included, reads other pixels back), JPEG
-/// Baseline for 8-bit samples.
+/// colour images exact: every decoder, dcmtk's included, reads other pixels back), RLE
+/// too (dicom-rs' decoder, which checks every RLE answer, reads colour segments back in
+/// another arrangement), JPEG Baseline for 8-bit samples.
 fn fits(obj: &crate::dicom::DicomFile, to: &TransferSyntax) -> Result<(), RenderError> {
     let int = |tag| obj.element(tag).ok().and_then(|e| e.to_int::<u16>().ok());
     use dicom_dictionary_std::tags;
     let refused = match to.as_str() {
         JPEG_LS_LOSSLESS if int(tags::SAMPLES_PER_PIXEL).unwrap_or(1) != 1 => {
             "JPEG-LS is produced for single-sample (grayscale) images only"
+        }
+        RLE_LOSSLESS if int(tags::SAMPLES_PER_PIXEL).unwrap_or(1) != 1 => {
+            "RLE is produced for single-sample (grayscale) images only"
         }
         JPEG_BASELINE if int(tags::BITS_ALLOCATED) != Some(8) => {
             "JPEG Baseline holds 8-bit samples only"
@@ -152,5 +209,7 @@ mod tests {
         assert!(can_transcode(&jls, &ts(DEFLATED)));
         assert!(preference(&explicit) < preference(&jls));
         assert!(preference(&jls) < preference(&jpeg));
+        assert!(can_transcode(&explicit, &ts(RLE_LOSSLESS)));
+        assert!(preference(&ts(RLE_LOSSLESS)) < preference(&jpeg));
     }
 }

@@ -28,6 +28,7 @@ IMPLICIT = "1.2.840.10008.1.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 JPEG_LS = "1.2.840.10008.1.2.4.80"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+RLE = "1.2.840.10008.1.2.5"
 JPEG_2000 = "1.2.840.10008.1.2.4.90"
 
 DCMTK = [m for m in [require_dcmtk()] if m]
@@ -58,7 +59,7 @@ def ct_16bit_signed(size=96, seed=3):
 
 @pytest.mark.parametrize("source", ["ct12", "ct16signed", "MR_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm"])
 def test_wado_rs_jpeg_ls_and_deflated_keep_every_pixel(pacs, tmp_path, source):
-    """JPEG-LS and Deflated answers decode (pydicom, dcmdjpls) to exactly the stored pixels and pass dciodvfy."""
+    """JPEG-LS, RLE and Deflated answers decode (pydicom, dcmdjpls, dcmdrle) to exactly the stored pixels; dciodvfy adds no error."""
     if source == "ct12":
         [ds] = ct_series(n=1, size=80, seed=5)
         raw = to_bytes(ds)
@@ -73,7 +74,7 @@ def test_wado_rs_jpeg_ls_and_deflated_keep_every_pixel(pacs, tmp_path, source):
     # What we write adds no error to those of the object as received (test data is not
     # always complete: the generated CT lacks Laterality, say).
     inherited = set(dciodvfy.errors(tmp_path / "original.dcm"))
-    for ts in (JPEG_LS, DEFLATED, IMPLICIT):
+    for ts in (JPEG_LS, DEFLATED, IMPLICIT, RLE):
         status, body = retrieve(url, ts)
         assert status == 200, (ts, body[:300])
         got = pydicom.dcmread(io.BytesIO(body))
@@ -90,10 +91,11 @@ def test_wado_rs_jpeg_ls_and_deflated_keep_every_pixel(pacs, tmp_path, source):
             path = inflated
         assert set(dciodvfy.errors(path)) - inherited == set(), ts
     if not DCMTK:
-        decoded = tmp_path / "dcmdjpls.dcm"
-        r = run("dcmdjpls", tmp_path / f"{JPEG_LS}.dcm", decoded)
-        assert r.returncode == 0, r.stderr
-        assert np.array_equal(pydicom.dcmread(decoded).pixel_array, expected)
+        for tool, ts in (("dcmdjpls", JPEG_LS), ("dcmdrle", RLE)):
+            decoded = tmp_path / f"{tool}.dcm"
+            r = run(tool, tmp_path / f"{ts}.dcm", decoded)
+            assert r.returncode == 0, r.stderr
+            assert np.array_equal(pydicom.dcmread(decoded).pixel_array, expected), tool
 
 
 def test_jpeg_baseline_only_by_name_and_marked_lossy(pacs, tmp_path):
@@ -195,3 +197,10 @@ def test_frames_in_jpeg_ls(pacs):
     url = store_raw(pacs, sample_bytes("SC_rgb_rle.dcm"))
     r = requests.get(f"{url}/frames/1", headers={"Accept": 'multipart/related; type="image/jls"'})
     assert r.status_code == 406, r.text
+
+
+def test_rle_of_a_colour_image_is_406(pacs):
+    """RLE is encoded here for grayscale images; a colour one is refused (406), not sent unchecked."""
+    url = store_raw(pacs, sample_bytes("SC_rgb_small_odd.dcm"))
+    status, body = retrieve(url, RLE)
+    assert status == 406 and "grayscale" in body.decode(), body[:300]
