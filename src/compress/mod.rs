@@ -159,7 +159,21 @@ async fn replace(ingest: &Ingest, c: &Candidate, bytes: Vec<u8>) -> Result<bool,
         .swap_compressed(&c.sop_instance_uid, &c.object_key, &new)
         .await
         .map_err(|x| e("swapping the index row")(&x))?;
-    // The object no longer used goes: the original once swapped, else the new one.
+    // The object no longer used goes: the original once swapped, else the new one —
+    // unless another process re-encoded the same instance to the same bytes (the same
+    // key) and swapped first: then the new key is the live object.
+    let live = if swapped {
+        None
+    } else {
+        index
+            .locate_instance(&c.sop_instance_uid)
+            .await
+            .map_err(|x| e("reading the index row")(&x))?
+            .map(|loc| loc.object_key)
+    };
+    if live.as_ref() == Some(&key) {
+        return Ok(false);
+    }
     let gone = if swapped { &c.object_key } else { &key };
     if let Err(err) = store.delete(gone).await {
         tracing::warn!(key = %gone, error = %err, "left for recovery to delete");
