@@ -9,9 +9,7 @@ use sha2::{Digest, Sha256};
 use super::ack::{ack, Refusal};
 use super::orders::{self, Control, Inbound};
 use super::text::{self, Charset};
-use crate::index::orders::{
-    Applied, MessageKey, Order, OrderChange, Patient as IndexPatient, Step, Taken,
-};
+use crate::index::orders::{Applied, MessageKey, Order, OrderChange, Step, Taken};
 use crate::index::Index;
 use crate::model::clock::{iso8601, now_millis};
 use crate::model::OrderStatus;
@@ -105,11 +103,8 @@ fn change(inbound: Inbound) -> Result<OrderChange, Refusal> {
                 crate::worklist::put_change(order, false)
             }
         },
-        Inbound::PatientUpdate(p) => OrderChange::Patient(patient(p)),
-        Inbound::Merge { patient: p, prior } => OrderChange::Merge {
-            prior,
-            patient: patient(p),
-        },
+        Inbound::PatientUpdate(p) => OrderChange::Patient(p),
+        Inbound::Merge { patient, prior } => OrderChange::Merge { prior, patient },
     })
 }
 
@@ -142,16 +137,6 @@ fn order(o: orders::Order) -> Order {
         study_instance_uid: o.study_uid,
         status: OrderStatus::Scheduled,
         scheduled_procedure_steps: steps,
-    }
-}
-
-fn patient(p: orders::Patient) -> IndexPatient {
-    IndexPatient {
-        id: p.id,
-        issuer: p.issuer,
-        name: p.name,
-        birth_date: p.birth_date,
-        sex: p.sex,
     }
 }
 

@@ -9,6 +9,7 @@
 use hl7kit::Message;
 
 use super::ack::Refusal;
+pub use crate::index::orders::Patient;
 use crate::model::{OrderId, Uid};
 
 /// What ORC-1 asks.
@@ -22,20 +23,6 @@ pub enum Control {
     Cancel,
     /// DC, OD: discontinued after something was.
     Discontinue,
-}
-
-/// The patient as PID has it, in DICOM's terms.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Patient {
-    /// PID-3.1 (the first repetition) and its assigning authority, PID-3.4.
-    pub id: String,
-    pub issuer: Option<String>,
-    /// PID-5 as a DICOM person name (family^given^middle^prefix^suffix).
-    pub name: Option<String>,
-    /// PID-7 as YYYYMMDD.
-    pub birth_date: Option<String>,
-    /// PID-8: M, F or O.
-    pub sex: Option<String>,
 }
 
 /// One scheduled procedure step.

@@ -77,7 +77,8 @@ pub struct Given {
     pub study_uid: bool,
 }
 
-/// The patient of an HL7 patient update or merge.
+/// A patient as an order message names it (HL7 PID), in DICOM's terms: the ID (and its
+/// issuer), the name as a DICOM person name, the birth date as YYYYMMDD, the sex M, F or O.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Patient {
     pub id: String,

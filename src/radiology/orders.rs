@@ -131,17 +131,21 @@ pub async fn put_order(
     Ok((status, Json(order)).into_response())
 }
 
+/// The order a path names, or the 400 / 404 that says why not.
+async fn find_order(ctx: &Context, raw: &str) -> Result<Order, RestError> {
+    let id = order_id(raw)?;
+    ctx.index()
+        .order(&id)
+        .await?
+        .ok_or_else(|| RestError::not_found(format!("no order {id}")))
+}
+
 /// `GET /api/v1/radiology/orders/{id}`
 pub async fn get_order(
     State(ctx): State<Arc<Context>>,
     Path(id): Path<String>,
 ) -> Result<Response, RestError> {
-    let id = order_id(&id)?;
-    let order = ctx
-        .index()
-        .order(&id)
-        .await?
-        .ok_or_else(|| RestError::not_found(format!("no order {id}")))?;
+    let order = find_order(&ctx, &id).await?;
     Ok(Json(order).into_response())
 }
 
@@ -199,14 +203,9 @@ pub async fn order_studies(
     State(ctx): State<Arc<Context>>,
     Path(id): Path<String>,
 ) -> Result<Response, RestError> {
-    let id = order_id(&id)?;
-    let order = ctx
-        .index()
-        .order(&id)
-        .await?
-        .ok_or_else(|| RestError::not_found(format!("no order {id}")))?;
+    let order = find_order(&ctx, &id).await?;
     let studies = ctx.index().order_studies(&order).await?;
-    let performed = ctx.index().order_mpps(&id).await?;
+    let performed = ctx.index().order_mpps(&order.order_id).await?;
     Ok(Json(json!({
         "order": order,
         "studies": studies,
