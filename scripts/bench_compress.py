@@ -7,11 +7,12 @@ Starts the release binary on a fresh data directory (SQLite + filesystem), store
 times WADO-RS retrieval of the whole study as stored (`transfer-syntax=*`, warm, median of
 `--repeat`), runs `pacs-lite compress --study` (the job: read, encode, decode again and
 compare every pixel, write durably, swap, delete) and prints its throughput in MB/s of
-input (one core: the job works one object at a time), the ratio, then the retrieval as
-stored (JPEG-LS) and transcoded to Explicit VR Little Endian. Writes
+input (`--workers` objects encoded at a time, 1 by default), the ratio, then the retrieval as
+stored (JPEG-LS) and transcoded to Explicit VR Little Endian. The job's CPU time (user +
+system, all its threads) is measured too: MB of input per CPU-second is its cost per core. Writes
 target/bench/compress.json. Asserts nothing.
 
-Usage: scripts/bench_compress.py [--count N] [--repeat N] [--binary PATH]
+Usage: scripts/bench_compress.py [--count N] [--repeat N] [--workers N] [--syntax S] [--binary PATH] [--perf FILE]
 """
 
 import argparse
@@ -65,6 +66,9 @@ def main():
     ap.add_argument("--count", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--binary")
+    ap.add_argument("--workers", type=int, default=1, help="objects encoded at a time (compress --workers)")
+    ap.add_argument("--syntax", default="jpeg-ls-lossless", help="compression.syntax: jpeg-ls-lossless or rle")
+    ap.add_argument("--perf", help="record the job with `perf record -g` into this file")
     args = ap.parse_args()
     series = ct512(args.count)
     study = str(series[0].StudyInstanceUID)
@@ -76,10 +80,16 @@ def main():
             r = requests.post(f"http://{server.host}:{server.port}/dicom-web/studies", data=body, headers={"Content-Type": ctype})
             assert r.status_code == 200, r.text
         before_t, before_size = retrieve(server, study, "*", args.repeat)
-        env = dict(server.env)
+        env = dict(server.env, PACS_COMPRESSION__SYNTAX=args.syntax)
         t0 = time.perf_counter()
-        out = subprocess.run([server.binary, "compress", "--study", study, "--json"], env=env, capture_output=True, text=True, check=True)
+        cmd = [server.binary, "compress", "--study", study, "--json", "--workers", str(args.workers)]
+        if args.perf:
+            cmd = ["perf", "record", "-q", "-g", "-o", args.perf, "--"] + cmd
+        cpu0 = os.times()
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         elapsed = time.perf_counter() - t0
+        cpu1 = os.times()
+        cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
         summary = json.loads(out.stdout)["summary"]
         after_t, after_size = retrieve(server, study, "*", args.repeat)
         explicit_t, explicit_size = retrieve(server, study, "1.2.840.10008.1.2.1", args.repeat)
@@ -87,13 +97,15 @@ def main():
         result = {
             "instances": summary["done"], "bytes_before": summary["bytes_before"], "bytes_after": summary["bytes_after"],
             "ratio": summary["bytes_before"] / summary["bytes_after"], "job_seconds": elapsed, "job_mb_per_s": mb_in / elapsed,
+            "syntax": args.syntax, "workers": args.workers, "job_cpu_seconds": cpu, "job_mb_per_cpu_s": mb_in / cpu,
             "retrieve_uncompressed_ms": before_t * 1000, "retrieve_uncompressed_mb_s": before_size / before_t / 1e6,
             "retrieve_as_stored_ms": after_t * 1000, "retrieve_transcoded_ms": explicit_t * 1000,
         }
-        print(f"CT512 x {summary['done']}: {mb_in:.1f} MB -> {summary['bytes_after'] / 1e6:.1f} MB, ratio {result['ratio']:.2f}x")
-        print(f"compression job: {elapsed:.2f} s, {result['job_mb_per_s']:.0f} MB/s of input (one object at a time; encode + decode + compare + durable write + swap)")
+        print(f"CT512 x {summary['done']}, {args.syntax}: {mb_in:.1f} MB -> {summary['bytes_after'] / 1e6:.1f} MB, ratio {result['ratio']:.2f}x")
+        print(f"compression job, {args.workers} worker(s): {elapsed:.2f} s, {result['job_mb_per_s']:.0f} MB/s of input "
+              f"(encode + decode + compare + durable write + swap); {cpu:.2f} s of CPU, {result['job_mb_per_cpu_s']:.0f} MB per CPU-second")
         print(f"WADO-RS study retrieve: uncompressed {before_t * 1000:.0f} ms ({before_size / before_t / 1e6:.0f} MB/s); "
-              f"JPEG-LS as stored {after_t * 1000:.0f} ms ({after_size / 1e6:.1f} MB); "
+              f"{args.syntax} as stored {after_t * 1000:.0f} ms ({after_size / 1e6:.1f} MB); "
               f"transcoded to Explicit VR LE {explicit_t * 1000:.0f} ms")
     finally:
         server.stop()

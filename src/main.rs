@@ -54,7 +54,7 @@ enum Command {
     },
     /// Create or upgrade the index schema, then exit.
     Migrate,
-    /// Re-encode stored images losslessly (`[compression]`, JPEG-LS): those idle for
+    /// Re-encode stored images losslessly (`[compression]`, JPEG-LS or RLE): those idle for
     /// `compression.after`, or every image of one study; each is verified pixel for pixel
     /// before it replaces the original. Prints the bytes saved.
     Compress {
@@ -67,6 +67,9 @@ enum Command {
         /// Print each instance's outcome and the totals as JSON.
         #[arg(long)]
         json: bool,
+        /// Encode this many objects at a time (default: `compression.workers`, 1).
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Local cache mode: delete the studies `[retention]` lets go (delivered everywhere
     /// their forwarding rules send them, and unused or over `max_bytes`).
@@ -181,7 +184,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             study,
             dry_run,
             json,
-        } => compress(config, study, dry_run, json).await,
+            workers,
+        } => {
+            let mut config = config;
+            if let Some(n) = workers {
+                config.compression.workers = n;
+            }
+            compress(config, study, dry_run, json).await
+        }
         Command::Import { paths, parallel } => import(config, paths, parallel).await,
         Command::Verify {
             reindex,

@@ -31,7 +31,7 @@ fn unsuitable(obj: &DicomFile) -> Option<String> {
         return Some("no pixel data".into());
     }
     if uint(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1) != 1 {
-        return Some("a colour image (JPEG-LS is used for grayscale only)".into());
+        return Some("a colour image (re-encoded here for grayscale only)".into());
     }
     if !matches!(uint(obj, tags::BITS_ALLOCATED), Some(8 | 16)) {
         return Some("samples of neither 8 nor 16 bits".into());

@@ -7,6 +7,7 @@
 //! good object, and [`recover`] deletes whatever a crash left over.
 
 pub mod encode;
+mod persist;
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CompressionConfig;
-use crate::index::compress::{Candidate, CompressState, Replacement};
+use crate::index::compress::{Candidate, Replacement};
 use crate::ingest::Ingest;
 use crate::model::clock::now_millis;
 use crate::model::{ObjectKey, Sha256, TransferSyntax, Uid};
@@ -75,114 +76,73 @@ fn ruled_in(config: &CompressionConfig, c: &Candidate) -> bool {
                 .any(|s| s == c.sop_class_uid.as_str()))
 }
 
-/// Re-encode one instance in `to` (in a dry run: only encode and verify).
-pub async fn compress_one(
+/// An instance re-encoded and proven exact, ready to be written.
+pub struct Encoded {
+    bytes: Vec<u8>,
+    new: Replacement,
+}
+
+/// Re-encode one instance in `to` and prove it exact (on a blocking thread), or the
+/// outcome that ends it here.
+async fn prepare(
     ingest: &Ingest,
     config: &CompressionConfig,
     to: &TransferSyntax,
     c: &Candidate,
-    dry_run: bool,
-) -> Outcome {
+) -> Result<Encoded, Outcome> {
     let skip = |reason: String| Outcome::Skipped { reason };
     if !ruled_in(config, c) {
-        return skip("not taken by compression.modalities / sop_classes".into());
-    }
-    if c.size > config.max_object_bytes() {
-        return skip(format!("larger than {} bytes", config.max_object_bytes()));
-    }
-    let target = to.clone();
-    let encoded = ingest
-        .store()
-        .with_local_file(&c.object_key, move |path| encode::encode(path, &target))
-        .await;
-    let bytes = match encoded {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(NotEncoded::Skip(reason))) => return skip(reason),
-        Ok(Err(NotEncoded::Fail(reason))) => return Outcome::Failed { reason },
-        Err(e) => {
-            return Outcome::Failed {
-                reason: format!("reading the object: {e}"),
-            }
-        }
-    };
-    let (before, after) = (c.size, bytes.len() as u64);
-    if after >= before {
-        return skip(format!(
-            "no smaller re-encoded ({after} bytes for {before})"
+        return Err(skip(
+            "not taken by compression.modalities / sop_classes".into(),
         ));
     }
-    if dry_run {
-        return Outcome::Done { before, after };
+    if c.size > config.max_object_bytes() {
+        return Err(skip(format!(
+            "larger than {} bytes",
+            config.max_object_bytes()
+        )));
     }
-    match replace(ingest, c, bytes).await {
-        Ok(true) => Outcome::Done { before, after },
-        Ok(false) => Outcome::Lost,
-        Err(reason) => Outcome::Failed { reason },
+    let (target, study, before) = (to.clone(), c.study_uid.clone(), c.size);
+    let encoded = ingest
+        .store()
+        .with_local_file(&c.object_key, move |path| {
+            let bytes = encode::encode(path, &target)?;
+            if bytes.len() as u64 >= before {
+                return Err(NotEncoded::Skip(format!(
+                    "no smaller re-encoded ({} bytes for {before})",
+                    bytes.len()
+                )));
+            }
+            replacement(&study, bytes).map_err(NotEncoded::Fail)
+        })
+        .await;
+    match encoded {
+        Ok(Ok(encoded)) => Ok(encoded),
+        Ok(Err(NotEncoded::Skip(reason))) => Err(skip(reason)),
+        Ok(Err(NotEncoded::Fail(reason))) => Err(Outcome::Failed { reason }),
+        Err(e) => Err(Outcome::Failed {
+            reason: format!("reading the object: {e}"),
+        }),
     }
 }
 
-/// Write the re-encoded object and swap the instance to it; false when the instance
-/// changed meanwhile (the new object is then deleted again).
-async fn replace(ingest: &Ingest, c: &Candidate, bytes: Vec<u8>) -> Result<bool, String> {
-    let (store, index) = (ingest.store(), ingest.index());
+/// The index row the re-encoded `bytes` call for.
+fn replacement(study: &Uid, bytes: Vec<u8>) -> Result<Encoded, String> {
     let sha256 = Sha256::of(&bytes);
-    let key = ObjectKey::new(&c.study_uid, &sha256);
-    let header = {
-        let len = bytes.len() as u64;
-        crate::dicom::parse_header(std::io::Cursor::new(&bytes[..]), len)
-            .map_err(|e| format!("the re-encoded object: {e}"))?
-    };
+    let len = bytes.len() as u64;
+    let header = crate::dicom::parse_header(std::io::Cursor::new(&bytes[..]), len)
+        .map_err(|e| format!("the re-encoded object: {e}"))?;
     let new = Replacement {
-        object_key: key.clone(),
+        object_key: ObjectKey::new(study, &sha256),
         sha256,
-        size: bytes.len() as u64,
+        size: len,
         transfer_syntax: header.transfer_syntax,
         part10_prefix: header.part10_prefix,
         frame_table: header.frame_table,
         attrs_json: header.attrs_json,
         metadata_json: header.metadata_json,
     };
-    let e = |what: &'static str| move |err: &dyn std::fmt::Display| format!("{what}: {err}");
-    index
-        .add_compress_intent(&key, &c.sop_instance_uid, &c.object_key)
-        .await
-        .map_err(|x| e("recording the intent")(&x))?;
-    let mut spool = crate::storage::Spool::create(store.spool_dir(), bytes.len() as u64 + 1)
-        .map_err(|x| e("spooling")(&x))?;
-    spool.write(&bytes).await.map_err(|x| e("spooling")(&x))?;
-    let spooled = spool.finish().await.map_err(|x| e("spooling")(&x))?;
-    store
-        .put(&key, spooled)
-        .await
-        .map_err(|x| e("writing the object")(&x))?;
-    let swapped = index
-        .swap_compressed(&c.sop_instance_uid, &c.object_key, &new)
-        .await
-        .map_err(|x| e("swapping the index row")(&x))?;
-    // The object no longer used goes: the original once swapped, else the new one —
-    // unless another process re-encoded the same instance to the same bytes (the same
-    // key) and swapped first: then the new key is the live object.
-    let live = if swapped {
-        None
-    } else {
-        index
-            .locate_instance(&c.sop_instance_uid)
-            .await
-            .map_err(|x| e("reading the index row")(&x))?
-            .map(|loc| loc.object_key)
-    };
-    if live.as_ref() == Some(&key) {
-        return Ok(false);
-    }
-    let gone = if swapped { &c.object_key } else { &key };
-    if let Err(err) = store.delete(gone).await {
-        tracing::warn!(key = %gone, error = %err, "left for recovery to delete");
-        return Ok(swapped);
-    }
-    if let Err(err) = index.drop_compress_intent(&key).await {
-        tracing::warn!(key = %key, error = %err, "compression intent left for recovery");
-    }
-    Ok(swapped)
+    Ok(Encoded { bytes, new })
 }
 
 /// Clean up after a crash: an intent still pending is an object that never became its
@@ -212,6 +172,10 @@ pub async fn recover(ingest: &Ingest, before: i64) -> Result<usize, String> {
 
 /// Compress candidates (all of one study, or those idle for `compression.after`) until
 /// none is left; `dry_run` changes nothing and reports what would be saved.
+///
+/// A pipeline: `compression.workers` objects are encoded and verified at a time on
+/// blocking threads while the ones before them are written and swapped, in groups of
+/// whatever is ready (one transaction per step for the group).
 pub async fn run_once(
     ingest: &Ingest,
     config: &CompressionConfig,
@@ -239,47 +203,66 @@ pub async fn run_once(
         if batch.is_empty() {
             return Ok(summary);
         }
-        for c in &batch {
-            let outcome = compress_one(ingest, config, &to, c, dry_run).await;
-            record(ingest, c, &outcome, dry_run).await;
-            summary.add(&outcome);
-            each(c, &outcome);
+        let n = batch.len();
+        let (producer, mut ready) = encode_all(ingest, config, &to, batch);
+        while let Some(first) = ready.recv().await {
+            let mut group = vec![first];
+            while group.len() < GROUP {
+                match ready.try_recv() {
+                    Ok(next) => group.push(next),
+                    Err(_) => break,
+                }
+            }
+            for (c, outcome) in persist::settle(ingest, group, dry_run).await {
+                summary.add(&outcome);
+                each(&c, &outcome);
+            }
         }
+        producer
+            .await
+            .map_err(|e| format!("the encoding task: {e}"))?;
         // A dry run changes no state: page on; otherwise the done ones are no candidates.
         if dry_run {
-            offset += batch.len();
+            offset += n;
         }
     }
 }
 
-async fn record(ingest: &Ingest, c: &Candidate, outcome: &Outcome, dry_run: bool) {
-    let metrics = &crate::metrics::get().compress;
-    let (state, label) = match outcome {
-        Outcome::Done { before, after } => {
-            metrics.bytes.with_label_values(&["before"]).inc_by(*before);
-            metrics.bytes.with_label_values(&["after"]).inc_by(*after);
-            (None, "done")
+/// At most this many instances are written and swapped together.
+const GROUP: usize = 16;
+
+type Prepared = (Candidate, Result<Encoded, Outcome>);
+
+/// Encode `batch`, `compression.workers` at a time, in order, into a channel that holds
+/// as many (memory stays bounded by twice the workers' objects).
+fn encode_all(
+    ingest: &Ingest,
+    config: &CompressionConfig,
+    to: &TransferSyntax,
+    batch: Vec<Candidate>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::Receiver<Prepared>,
+) {
+    use futures::StreamExt;
+    let workers = config.workers.max(1);
+    let (tx, rx) = tokio::sync::mpsc::channel(workers);
+    let (ingest, config, to) = (ingest.clone(), config.clone(), to.clone());
+    let producer = tokio::spawn(async move {
+        let (ingest, config, to) = (&ingest, &config, &to);
+        let mut encoded = futures::stream::iter(batch)
+            .map(|c| async move {
+                let r = prepare(ingest, config, to, &c).await;
+                (c, r)
+            })
+            .buffered(workers);
+        while let Some(item) = encoded.next().await {
+            if tx.send(item).await.is_err() {
+                break;
+            }
         }
-        Outcome::Skipped { .. } => (Some(CompressState::Skipped), "skipped"),
-        Outcome::Failed { reason } => {
-            tracing::warn!(sop = %c.sop_instance_uid, reason, "compression failed; the original is kept");
-            (Some(CompressState::Failed), "failed")
-        }
-        Outcome::Lost => (None, "lost"),
-    };
-    if dry_run {
-        return;
-    }
-    metrics.objects.with_label_values(&[label]).inc();
-    if let Some(state) = state {
-        if let Err(e) = ingest
-            .index()
-            .set_compress_state(&c.sop_instance_uid, state)
-            .await
-        {
-            tracing::warn!(error = %e, "compression state not recorded");
-        }
-    }
+    });
+    (producer, rx)
 }
 
 /// The background job: every `interval_secs`, compress what has been idle long enough.

@@ -4,14 +4,17 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The syntaxes objects can be re-encoded in here (dicom-rs has lossless encoders for
-/// these; JPEG 2000 and RLE it can only decode).
-pub const SYNTAXES: &[(&str, &str)] = &[("jpeg-ls-lossless", "1.2.840.10008.1.2.4.80")];
+/// The syntaxes objects can be re-encoded in here: JPEG-LS by CharLS (through dicom-rs),
+/// RLE by our own encoder (`dicom::rle`); JPEG 2000 dicom-rs can only decode.
+pub const SYNTAXES: &[(&str, &str)] = &[
+    ("jpeg-ls-lossless", "1.2.840.10008.1.2.4.80"),
+    ("rle", "1.2.840.10008.1.2.5"),
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompressionConfig {
-    /// `jpeg-ls-lossless`; none: off.
+    /// `jpeg-ls-lossless` or `rle`; none: off.
     pub syntax: Option<String>,
     /// Re-encode a study once nothing has been stored to it for this long (`0s`, `10m`, `1d`).
     #[serde(
@@ -32,6 +35,9 @@ pub struct CompressionConfig {
     pub max_object_bytes: Option<u64>,
     /// How often the server looks for studies to compress.
     pub interval_secs: u64,
+    /// How many objects are encoded and verified at a time, each on a core of its own
+    /// (default 1: the job leaves the other cores to ingest and retrieval).
+    pub workers: usize,
 }
 
 impl Default for CompressionConfig {
@@ -43,6 +49,7 @@ impl Default for CompressionConfig {
             sop_classes: Vec::new(),
             max_object_bytes: None,
             interval_secs: 30,
+            workers: 1,
         }
     }
 }
@@ -59,8 +66,8 @@ impl CompressionConfig {
             .map(|(_, uid)| Some(*uid))
             .ok_or_else(|| {
                 format!(
-                    "compression.syntax {name:?}: this server re-encodes in jpeg-ls-lossless only \
-                     (dicom-rs has no JPEG 2000 or RLE encoder)"
+                    "compression.syntax {name:?}: this server re-encodes in jpeg-ls-lossless or rle \
+                     only (dicom-rs has no JPEG 2000 encoder)"
                 )
             })
     }

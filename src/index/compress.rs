@@ -115,36 +115,26 @@ impl Index {
         Ok(sqlx::query_scalar(&sql).fetch_one(&self.pool).await?)
     }
 
-    pub async fn set_compress_state(
+    /// Record that each new key is about to be written as the re-encoded old key of its
+    /// instance: (new key, SOP Instance UID, old key), in one transaction.
+    pub async fn add_compress_intents(
         &self,
-        sop: &Uid,
-        state: CompressState,
+        intents: &[(&ObjectKey, &Uid, &ObjectKey)],
     ) -> Result<(), IndexError> {
-        sqlx::query("UPDATE instances SET compress_state = $1 WHERE sop_instance_uid = $2")
-            .bind(state.as_str())
+        let mut tx = self.pool.begin().await?;
+        for (key, sop, old_key) in intents {
+            sqlx::query(
+                "INSERT INTO compress_intents (object_key, sop_instance_uid, old_key, created_at) \
+                 VALUES ($1,$2,$3,$4) ON CONFLICT (object_key) DO NOTHING",
+            )
+            .bind(key.as_str())
             .bind(sop.as_str())
-            .execute(&self.pool)
+            .bind(old_key.as_str())
+            .bind(now_millis())
+            .execute(&mut *tx)
             .await?;
-        Ok(())
-    }
-
-    /// Record that `key` is about to be written as the re-encoded `old_key` of `sop`.
-    pub async fn add_compress_intent(
-        &self,
-        key: &ObjectKey,
-        sop: &Uid,
-        old_key: &ObjectKey,
-    ) -> Result<(), IndexError> {
-        sqlx::query(
-            "INSERT INTO compress_intents (object_key, sop_instance_uid, old_key, created_at) \
-             VALUES ($1,$2,$3,$4) ON CONFLICT (object_key) DO NOTHING",
-        )
-        .bind(key.as_str())
-        .bind(sop.as_str())
-        .bind(old_key.as_str())
-        .bind(now_millis())
-        .execute(&self.pool)
-        .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -172,60 +162,70 @@ impl Index {
     }
 
     pub async fn drop_compress_intent(&self, key: &ObjectKey) -> Result<(), IndexError> {
-        sqlx::query("DELETE FROM compress_intents WHERE object_key = $1")
-            .bind(key.as_str())
-            .execute(&self.pool)
-            .await?;
+        self.settle_compress(&[key], &[]).await
+    }
+
+    /// After a group of instances was handled: drop the intents whose left-over object is
+    /// gone, and record how the instances not re-encoded ended; one transaction.
+    pub async fn settle_compress(
+        &self,
+        intents: &[&ObjectKey],
+        states: &[(&Uid, CompressState)],
+    ) -> Result<(), IndexError> {
+        if intents.is_empty() && states.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for key in intents {
+            sqlx::query("DELETE FROM compress_intents WHERE object_key = $1")
+                .bind(key.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (sop, state) in states {
+            sqlx::query("UPDATE instances SET compress_state = $1 WHERE sop_instance_uid = $2")
+                .bind(state.as_str())
+                .bind(sop.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Move `sop`'s row from `old_key` to the re-encoded object, keeping the SHA-256 of the
-    /// bytes as received, and mark its intent swapped (the old object is to be deleted,
-    /// then the intent dropped); false when the row no longer points at `old_key` (deleted,
-    /// or re-encoded by another process meanwhile) or the intent was given up.
+    /// Move each instance's row from its old key to the re-encoded object, keeping the
+    /// SHA-256 of the bytes as received, and mark the intent swapped (the old object is to
+    /// be deleted, then the intent dropped); one transaction. An instance whose row no
+    /// longer points at the old key (deleted, or re-encoded by another process meanwhile),
+    /// or whose intent was given up, is not swapped (false).
     pub async fn swap_compressed(
         &self,
-        sop: &Uid,
-        old_key: &ObjectKey,
-        new: &Replacement,
-    ) -> Result<bool, IndexError> {
+        swaps: &[(&Uid, &ObjectKey, &Replacement)],
+    ) -> Result<Vec<bool>, IndexError> {
         let mut tx = self.pool.begin().await?;
-        // The intent must still be pending: recovery (another process starting) may have
-        // given it up and deleted the object.
-        let claimed = sqlx::query(
-            "UPDATE compress_intents SET state = 'swapped' WHERE object_key = $1 AND state = 'pending'",
-        )
-        .bind(new.object_key.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if claimed.rows_affected() != 1 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        let done = sqlx::query(
-            "UPDATE instances SET received_sha256 = COALESCE(received_sha256, sha256), \
-             object_key = $1, sha256 = $2, size = $3, transfer_syntax = $4, part10_prefix = $5, \
-             frame_table = $6, attrs_json = $7, metadata_json = $8, compress_state = 'done' \
-             WHERE sop_instance_uid = $9 AND object_key = $10",
-        )
-        .bind(new.object_key.as_str())
-        .bind(new.sha256.to_string())
-        .bind(new.size as i64)
-        .bind(new.transfer_syntax.as_str())
-        .bind(new.part10_prefix)
-        .bind(&new.frame_table)
-        .bind(&new.attrs_json)
-        .bind(&new.metadata_json)
-        .bind(sop.as_str())
-        .bind(old_key.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() != 1 {
-            tx.rollback().await?;
-            return Ok(false);
+        let mut out = Vec::with_capacity(swaps.len());
+        for (sop, old_key, new) in swaps {
+            // The intent is claimed first, which locks it: recovery (another process
+            // starting) may be giving it up and deleting the object.
+            let key = new.object_key.as_str();
+            let claimed = sqlx::query(
+                "UPDATE compress_intents SET state = 'swapped' WHERE object_key = $1 AND state = 'pending'",
+            )
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+            let swapped =
+                claimed.rows_affected() == 1 && swap_row(&mut tx, sop, old_key, new).await?;
+            if claimed.rows_affected() == 1 && !swapped {
+                sqlx::query("UPDATE compress_intents SET state = 'pending' WHERE object_key = $1")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            out.push(swapped);
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(out)
     }
 
     /// The SHA-256 of an instance's bytes as received (the stored one unless re-encoded).
@@ -238,4 +238,31 @@ impl Index {
         .await?;
         Ok(raw.and_then(|s| Sha256::parse_hex(&s).ok()))
     }
+}
+
+async fn swap_row(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    sop: &Uid,
+    old_key: &ObjectKey,
+    new: &Replacement,
+) -> Result<bool, IndexError> {
+    let done = sqlx::query(
+        "UPDATE instances SET received_sha256 = COALESCE(received_sha256, sha256), \
+         object_key = $1, sha256 = $2, size = $3, transfer_syntax = $4, part10_prefix = $5, \
+         frame_table = $6, attrs_json = $7, metadata_json = $8, compress_state = 'done' \
+         WHERE sop_instance_uid = $9 AND object_key = $10",
+    )
+    .bind(new.object_key.as_str())
+    .bind(new.sha256.to_string())
+    .bind(new.size as i64)
+    .bind(new.transfer_syntax.as_str())
+    .bind(new.part10_prefix)
+    .bind(&new.frame_table)
+    .bind(&new.attrs_json)
+    .bind(&new.metadata_json)
+    .bind(sop.as_str())
+    .bind(old_key.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }

@@ -25,6 +25,7 @@ from test_transcode import parse_multipart
 from test_uploads import ack, meta_for, post_binary, post_meta
 
 JPEG_LS = "1.2.840.10008.1.2.4.80"
+RLE = "1.2.840.10008.1.2.5"
 EXPLICIT = "1.2.840.10008.1.2.1"
 ON = {"PACS_COMPRESSION__SYNTAX": "jpeg-ls-lossless", "PACS_COMPRESSION__AFTER": "0s",
       "PACS_COMPRESSION__INTERVAL_SECS": "1"}
@@ -74,11 +75,11 @@ def wait_until(predicate, timeout=60):
     raise AssertionError("timed out")
 
 
-def check_exact(pacs, originals, tmp_path):
-    """Every instance is stored JPEG-LS and decodes, here and in dcmtk, to its original pixels."""
+def check_exact(pacs, originals, tmp_path, syntax=JPEG_LS):
+    """Every instance is stored in `syntax` and decodes, here and in dcmtk, to its original pixels."""
     for ds in originals:
         ts, stored = wado(pacs, ds, "*")
-        assert ts == JPEG_LS, ds.SOPInstanceUID
+        assert ts == syntax, ds.SOPInstanceUID
         ts, explicit = wado(pacs, ds, EXPLICIT)
         assert ts == EXPLICIT
         got = pydicom.dcmread(io.BytesIO(explicit))
@@ -89,7 +90,8 @@ def check_exact(pacs, originals, tmp_path):
         # The re-encoded object is as valid as the one received (dciodvfy adds no error).
         assert set(dciodvfy.errors(tmp_path / "stored.dcm")) <= set(dciodvfy.errors(tmp_path / "original.dcm"))
         if not DCMTK:
-            r = run("dcmdjpls", tmp_path / "stored.dcm", tmp_path / "decoded.dcm")
+            tool = "dcmdjpls" if syntax == JPEG_LS else "dcmdrle"
+            r = run(tool, tmp_path / "stored.dcm", tmp_path / "decoded.dcm")
             assert r.returncode == 0, r.stderr
             assert np.array_equal(pydicom.dcmread(tmp_path / "decoded.dcm").pixel_array, ds.pixel_array)
 
@@ -148,7 +150,7 @@ def test_the_upload_ack_holds_after_compression(make_pacs):
 
 
 def test_the_cli_dry_run_changes_nothing_and_study_compresses(make_pacs):
-    """compress --dry-run reports the saving and changes nothing; compress --study re-encodes that study only."""
+    """compress --dry-run reports the saving and changes nothing; compress --study (two workers) re-encodes that study only."""
     pacs = make_pacs()
     a = anatomy(3, 128, "CT", 12, False, seed=5)
     b = anatomy(2, 128, "CT", 12, False, seed=6)
@@ -156,7 +158,7 @@ def test_the_cli_dry_run_changes_nothing_and_study_compresses(make_pacs):
     r = pacs.cli("compress", "--dry-run")
     assert r.returncode == 0 and "would re-encode 5 instance(s)" in r.stderr, r.stderr
     assert all(wado(pacs, ds, "*")[0] == EXPLICIT for ds in a + b)
-    r = pacs.cli("compress", "--study", a[0].StudyInstanceUID)
+    r = pacs.cli("compress", "--study", a[0].StudyInstanceUID, "--workers", "2")
     assert r.returncode == 0 and "re-encoded 3 instance(s)" in r.stderr and "saved" in r.stderr, r.stderr
     assert [wado(pacs, ds, "*")[0] for ds in a + b] == [JPEG_LS] * 3 + [EXPLICIT] * 2
     assert pacs.cli("compress", "--study", "1.2.x").returncode == 2
@@ -181,8 +183,9 @@ def test_colour_and_non_images_are_skipped_and_kept(make_pacs):
 
 
 def test_kill_9_during_the_job_loses_nothing(make_pacs, tmp_path):
-    """kill -9 at random moments of compression: afterwards every instance is exact, verify clean, no orphan."""
-    pacs = make_pacs(ON, start=False)
+    """kill -9 at random moments of compression (two workers, groups in flight): afterwards every
+    instance is exact, verify clean, no orphan."""
+    pacs = make_pacs({**ON, "PACS_COMPRESSION__WORKERS": "2"}, start=False)
     pacs.env["PACS_COMPRESSION__INTERVAL_SECS"] = "3600"  # one round per start, right away
     pacs.start()
     series = anatomy(40, 256, "CT", 16, True, seed=7)
@@ -201,9 +204,23 @@ def test_kill_9_during_the_job_loses_nothing(make_pacs, tmp_path):
     assert pacs.count("compress_intents") == 0
 
 
+def test_rle_at_rest_keeps_every_pixel(make_pacs, tmp_path):
+    """compression.syntax = rle: 16-bit signed CT and 12-bit MR are stored RLE Lossless (our own
+    encoder), smaller, and decode in pydicom and dcmtk's dcmdrle to the original pixels."""
+    pacs = make_pacs({**ON, "PACS_COMPRESSION__SYNTAX": "rle"})
+    ct = anatomy(3, 256, "CT", 16, True, seed=11)
+    mr = anatomy(3, 192, "MR", 12, False, seed=12)
+    assert pacs.stow(ct + mr).status_code == 200
+    wait_until(lambda: compressed_count(pacs) >= 6)
+    check_exact(pacs, ct + mr, tmp_path, syntax=RLE)
+    assert sum(len(wado(pacs, ds, "*")[1]) for ds in ct + mr) < sum(len(to_bytes(ds)) for ds in ct + mr)
+    r = pacs.cli("verify")
+    assert r.returncode == 0 and "0 missing, 0 mismatched, 0 orphans" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
 def test_a_syntax_without_an_encoder_is_refused_at_start(make_pacs):
-    """compression.syntax = rle (dicom-rs cannot encode it): the server refuses to start and says why."""
-    pacs = make_pacs({"PACS_COMPRESSION__SYNTAX": "rle"}, start=False)
+    """compression.syntax = jpeg2000-lossless (dicom-rs cannot encode it): the server refuses to start and says why."""
+    pacs = make_pacs({"PACS_COMPRESSION__SYNTAX": "jpeg2000-lossless"}, start=False)
     with pytest.raises(RuntimeError):
         pacs.start()
-    assert "jpeg-ls-lossless only" in pacs.server_log()
+    assert "jpeg-ls-lossless or rle only" in pacs.server_log()
