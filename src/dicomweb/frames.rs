@@ -20,7 +20,9 @@ use crate::context::Context;
 use crate::dicom::frames::{decode_table, Frame};
 use crate::index::read::InstanceLocation;
 use crate::model::TransferSyntax;
-use crate::render::transcode::{decode_frames, encode_frames, JPEG_LS_LOSSLESS};
+use crate::render::transcode::{
+    decode_frames, encode_frames, JPEG_BASELINE, JPEG_LS_LOSSLESS, RLE_LOSSLESS,
+};
 
 const EXPLICIT_LE: &str = TransferSyntax::EXPLICIT_VR_LE;
 
@@ -61,7 +63,7 @@ struct FrameForm {
     multipart: bool,
     /// Decode the frames to native little-endian samples (instead of range reads).
     decode: bool,
-    /// Encode the frames in this syntax (JPEG-LS Lossless) from the decoded samples.
+    /// Encode the frames in this syntax (JPEG-LS, RLE, JPEG baseline) from the decoded samples.
     encode: Option<&'static str>,
 }
 
@@ -125,22 +127,34 @@ fn negotiate(accept: &str, stored: &TransferSyntax, frames: usize) -> Result<Fra
             {
                 return stored(false);
             }
-            // JPEG-LS Lossless frames encoded from any decodable syntax (grayscale).
-            "image/jls" if decodable && matches!(ts, None | Some(JPEG_LS_LOSSLESS)) => {
-                return Ok(FrameForm {
-                    part_type: format!("image/jls; transfer-syntax={JPEG_LS_LOSSLESS}"),
-                    multipart,
-                    decode: true,
-                    encode: Some(JPEG_LS_LOSSLESS),
-                });
-            }
             _ => {}
+        }
+        // Frames encoded from any decodable syntax: lossless (grayscale) by default, JPEG
+        // baseline only when that lossy syntax is named.
+        let encoded = match ty.as_str() {
+            "image/jls" if matches!(ts, None | Some(JPEG_LS_LOSSLESS)) => {
+                Some(("image/jls", JPEG_LS_LOSSLESS))
+            }
+            "image/dicom-rle" | "image/x-dicom-rle" if matches!(ts, None | Some(RLE_LOSSLESS)) => {
+                Some(("image/dicom-rle", RLE_LOSSLESS))
+            }
+            "image/jpeg" if ts == Some(JPEG_BASELINE) => Some(("image/jpeg", JPEG_BASELINE)),
+            _ => None,
+        };
+        if let (true, Some((media, to))) = (decodable, encoded) {
+            return Ok(FrameForm {
+                part_type: format!("{media}; transfer-syntax={to}"),
+                multipart,
+                decode: true,
+                encode: Some(to),
+            });
         }
     }
     Err(ApiError::NotAcceptable(format!(
         "the frames are stored as {own_type} (transfer syntax {stored_ts}); ask for \
          multipart/related; type=\"{own_type}\", transfer-syntax=*, or (when the data can be decoded) \
-         application/octet-stream in {EXPLICIT_LE} or image/jls (grayscale)"
+         application/octet-stream in {EXPLICIT_LE}, image/jls or image/dicom-rle (grayscale), or \
+         image/jpeg with transfer-syntax={JPEG_BASELINE} (8-bit, lossy)"
     )))
 }
 

@@ -199,6 +199,47 @@ def test_frames_in_jpeg_ls(pacs):
     assert r.status_code == 406, r.text
 
 
+def test_frames_in_rle_and_jpeg_baseline(pacs):
+    """WADO-RS frames of a native multi-frame image asked for as image/dicom-rle come RLE encoded,
+    each exact (decoded by pydicom); image/jpeg comes only when JPEG baseline is named (lossy,
+    8-bit data: close to the original), otherwise 406."""
+    from pydicom.encaps import encapsulate
+    ds = multiframe(frames=4, size=48)
+    url = store_raw(pacs, to_bytes(ds))
+    r = requests.get(f"{url}/frames/1,3", headers={"Accept": 'multipart/related; type="image/dicom-rle"'})
+    assert r.status_code == 200, r.text
+    for (headers, body), index in zip(parse_multipart(r), (0, 2)):
+        assert headers["Content-Type"] == f"image/dicom-rle; transfer-syntax={RLE}"
+        one = pydicom.Dataset()
+        one.file_meta = pydicom.dataset.FileMetaDataset()
+        one.file_meta.TransferSyntaxUID = RLE
+        for k in ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+                  "SamplesPerPixel", "PhotometricInterpretation"):
+            setattr(one, k, getattr(ds, k))
+        one.PixelData = encapsulate([body])
+        assert np.array_equal(one.pixel_array, ds.pixel_array[index])
+    # 8-bit frames in JPEG baseline, when asked for by name.
+    ds8 = multiframe(frames=2, size=48, seed=3)
+    ds8.SOPInstanceUID = ds8.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds8.BitsAllocated, ds8.BitsStored, ds8.HighBit = 8, 8, 7
+    smooth = (np.add.outer(np.arange(48), np.arange(48)) * 2).astype(np.uint8)
+    ds8.PixelData = np.stack([smooth, smooth[::-1]]).tobytes()
+    url8 = store_raw(pacs, to_bytes(ds8))
+    r = requests.get(f"{url8}/frames/2", headers={"Accept": 'multipart/related; type="image/jpeg"'})
+    assert r.status_code == 406, r.text
+    accept = f'multipart/related; type="image/jpeg"; transfer-syntax={JPEG_BASELINE}'
+    r = requests.get(f"{url8}/frames/2", headers={"Accept": accept})
+    assert r.status_code == 200, r.text
+    [(headers, body)] = parse_multipart(r)
+    assert headers["Content-Type"] == f"image/jpeg; transfer-syntax={JPEG_BASELINE}"
+    from PIL import Image
+    got = np.asarray(Image.open(io.BytesIO(body))).astype(int)
+    assert got.shape == (48, 48) and np.abs(got - smooth[::-1]).max() <= 8
+    # 16-bit data is not squeezed into JPEG baseline.
+    r = requests.get(f"{url}/frames/1", headers={"Accept": accept})
+    assert r.status_code == 406, r.text
+
+
 def test_rle_of_a_colour_image_is_406(pacs):
     """RLE is encoded here for grayscale images; a colour one is refused (406), not sent unchecked."""
     url = store_raw(pacs, sample_bytes("SC_rgb_small_odd.dcm"))
