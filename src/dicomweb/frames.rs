@@ -129,18 +129,7 @@ fn negotiate(accept: &str, stored: &TransferSyntax, frames: usize) -> Result<Fra
             }
             _ => {}
         }
-        // Frames encoded from any decodable syntax: lossless (grayscale) by default, JPEG
-        // baseline only when that lossy syntax is named.
-        let encoded = match ty.as_str() {
-            "image/jls" if matches!(ts, None | Some(JPEG_LS_LOSSLESS)) => {
-                Some(("image/jls", JPEG_LS_LOSSLESS))
-            }
-            "image/dicom-rle" | "image/x-dicom-rle" if matches!(ts, None | Some(RLE_LOSSLESS)) => {
-                Some(("image/dicom-rle", RLE_LOSSLESS))
-            }
-            "image/jpeg" if ts == Some(JPEG_BASELINE) => Some(("image/jpeg", JPEG_BASELINE)),
-            _ => None,
-        };
+        let encoded = encoded_as(&ty, ts);
         if let (true, Some((media, to))) = (decodable, encoded) {
             return Ok(FrameForm {
                 part_type: format!("{media}; transfer-syntax={to}"),
@@ -156,6 +145,21 @@ fn negotiate(accept: &str, stored: &TransferSyntax, frames: usize) -> Result<Fra
          application/octet-stream in {EXPLICIT_LE}, image/jls or image/dicom-rle (grayscale), or \
          image/jpeg with transfer-syntax={JPEG_BASELINE} (8-bit, lossy)"
     )))
+}
+
+/// The media type and transfer syntax frames of any decodable syntax are encoded in for
+/// `ty`: lossless (grayscale) by default, JPEG baseline only when that lossy syntax is named.
+fn encoded_as(ty: &str, ts: Option<&str>) -> Option<(&'static str, &'static str)> {
+    match ty {
+        "image/jls" if matches!(ts, None | Some(JPEG_LS_LOSSLESS)) => {
+            Some(("image/jls", JPEG_LS_LOSSLESS))
+        }
+        "image/dicom-rle" | "image/x-dicom-rle" if matches!(ts, None | Some(RLE_LOSSLESS)) => {
+            Some(("image/dicom-rle", RLE_LOSSLESS))
+        }
+        "image/jpeg" if ts == Some(JPEG_BASELINE) => Some(("image/jpeg", JPEG_BASELINE)),
+        _ => None,
+    }
 }
 
 /// Parse `1,3,5` into frame numbers (1-based), checking them against the instance.
