@@ -81,4 +81,10 @@ impl Context {
                 .boxed(),
         })
     }
+
+    /// The Part-10 bytes of a stored instance in one buffer (for small ones: one read).
+    pub async fn instance_whole(&self, loc: &InstanceLocation) -> Result<Bytes, StorageError> {
+        let head = crate::dicom::meta::missing_head(loc.part10_prefix).unwrap_or_default();
+        self.store().read_after(&loc.object_key, head).await
+    }
 }

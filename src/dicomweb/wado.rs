@@ -133,14 +133,30 @@ pub(super) fn target_for(
     })
 }
 
-/// One instance in transfer syntax `target`: its length and bytes (streamed from the
-/// store when no change is needed, transcoded in memory otherwise).
+/// Objects up to this size go out as stored read whole, in one go (and, when several are
+/// retrieved, read ahead of the one being sent); larger ones stream.
+const SMALL_OBJECT: u64 = 1 << 20;
+/// How many objects a retrieval reads ahead (small ones sent as stored only: memory stays
+/// under `READ_AHEAD` × `SMALL_OBJECT`).
+const READ_AHEAD: usize = 8;
+
+fn small_as_stored(loc: &InstanceLocation, target: &TransferSyntax) -> bool {
+    *target == loc.transfer_syntax && loc.size + loc.part10_prefix <= SMALL_OBJECT
+}
+
+/// One instance in transfer syntax `target`: its length and bytes (as stored: read whole
+/// when small, else streamed from the store; transcoded in memory otherwise).
 pub(super) async fn instance_bytes(
     app: &Context,
     loc: &InstanceLocation,
     target: &TransferSyntax,
 ) -> Result<(u64, ByteStream), ApiError> {
     if *target == loc.transfer_syntax {
+        if small_as_stored(loc, target) {
+            let bytes = app.instance_whole(loc).await?;
+            let len = bytes.len() as u64;
+            return Ok((len, stream::once(async move { Ok(bytes) }).boxed()));
+        }
         return Ok((loc.size + loc.part10_prefix, object_stream(app, loc).await?));
     }
     let target = target.clone();
@@ -204,24 +220,38 @@ async fn retrieve_scope(
             .expect("valid response"));
     }
     let mut first = Some((len, first));
+    // Small objects are read ahead, several at a time; large and transcoded ones are
+    // opened in turn, as the body reaches them.
     let parts = stream::iter(found.into_iter().zip(targets))
-        .then(move |(loc, target)| {
+        .map(move |(loc, target)| {
             let app = app.clone();
             let opened = first.take();
             async move {
-                let (len, body) = match opened {
-                    Some(ready) => (Some(ready.0), ready.1),
-                    None => match instance_bytes(&app, &loc, &target).await {
-                        Ok((len, body)) => (Some(len), body),
-                        Err(e) => {
-                            tracing::error!(sop = %loc.sop_instance_uid, error = %e, "instance unreadable during retrieval");
-                            (None, stream::once(async move { Err(std::io::Error::other(e.to_string())) }).boxed())
-                        }
-                    },
+                let ahead = match opened {
+                    Some(ready) => Some(Ok(ready)),
+                    None if small_as_stored(&loc, &target) => {
+                        Some(instance_bytes(&app, &loc, &target).await)
+                    }
+                    None => None,
                 };
-                let content_type = format!("application/dicom; transfer-syntax={target}");
-                multipart::part(multipart::part_header(&content_type, len, None), body)
+                (app, loc, target, ahead)
             }
+        })
+        .buffered(READ_AHEAD)
+        .then(|(app, loc, target, ahead)| async move {
+            let opened = match ahead {
+                Some(opened) => opened,
+                None => instance_bytes(&app, &loc, &target).await,
+            };
+            let (len, body) = match opened {
+                Ok((len, body)) => (Some(len), body),
+                Err(e) => {
+                    tracing::error!(sop = %loc.sop_instance_uid, error = %e, "instance unreadable during retrieval");
+                    (None, stream::once(async move { Err(std::io::Error::other(e.to_string())) }).boxed())
+                }
+            };
+            let content_type = format!("application/dicom; transfer-syntax={target}");
+            multipart::part(multipart::part_header(&content_type, len, None), body)
         })
         .flatten()
         .chain(multipart::closing());

@@ -53,6 +53,40 @@ impl Store {
             .boxed())
     }
 
+    /// The whole object read into memory after `head` (for small objects: one read, on
+    /// the filesystem one blocking call for open and read together).
+    pub async fn read_after(&self, key: &ObjectKey, head: Vec<u8>) -> Result<Bytes, StorageError> {
+        let Some(root) = &self.fs_root else {
+            let body = self
+                .op
+                .read(key.as_str())
+                .await
+                .map_err(|e| not_found(e, key))?;
+            let mut all = head;
+            all.reserve(body.len());
+            for chunk in body {
+                all.extend_from_slice(&chunk);
+            }
+            return Ok(Bytes::from(all));
+        };
+        let (path, name) = (root.join(key.as_str()), key.to_string());
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut file = std::fs::File::open(&path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => StorageError::NotFound(name),
+                _ => StorageError::io("opening object", &path, e),
+            })?;
+            let mut all = head;
+            let len = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+            all.reserve_exact(len);
+            file.read_to_end(&mut all)
+                .map_err(|e| StorageError::io("reading object", &path, e))?;
+            Ok(Bytes::from(all))
+        })
+        .await
+        .map_err(|e| StorageError::Internal(e.to_string()))?
+    }
+
     /// Read a byte range into memory (for frames and headers: small by construction).
     pub async fn read_range(
         &self,
