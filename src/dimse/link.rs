@@ -95,19 +95,89 @@ pub struct Reader {
     buf: BytesMut,
 }
 
+/// One presentation data value: its bytes are a slice of the PDU as read, not a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Value {
+    pub context: u8,
+    /// A command fragment (else a data set fragment).
+    pub command: bool,
+    pub last: bool,
+    pub data: Bytes,
+}
+
+/// What arrives on an association.
+#[derive(Debug)]
+pub enum Received {
+    /// A P-DATA-TF PDU's values.
+    Data(Vec<Value>),
+    /// Any other PDU (release, abort…), as dicom-ul reads it.
+    Other(Pdu),
+}
+
+/// The largest P-DATA-TF PDU read (a peer may send more than we announced; this bounds
+/// the memory one PDU takes).
+const MAX_PDATA: usize = 1 << 24;
+
+/// The values of a P-DATA-TF PDU's body (PS3.8 9.3.5: items of a 4-byte length, the
+/// presentation context ID, the message control header, then the fragment), sliced out of
+/// `body` without copying.
+pub fn parse_pdata(mut body: Bytes) -> Result<Vec<Value>, LinkError> {
+    let mut values = Vec::with_capacity(1);
+    while !body.is_empty() {
+        if body.len() < 6 {
+            return Err(LinkError::Pdu("P-DATA-TF item truncated".into()));
+        }
+        let len = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+        if len < 2 || len > body.len() - 4 {
+            return Err(LinkError::Pdu(format!(
+                "P-DATA-TF item length {len} does not fit its PDU"
+            )));
+        }
+        let (context, header) = (body[4], body[5]);
+        body.advance(6);
+        let data = body.split_to(len - 2);
+        values.push(Value {
+            context,
+            command: header & 1 != 0,
+            last: header & 2 != 0,
+            data,
+        });
+    }
+    Ok(values)
+}
+
 impl Reader {
-    /// The next PDU; `Err(Closed)` when the peer closed the connection.
-    pub async fn next(&mut self) -> Result<Pdu, LinkError> {
+    /// The next PDU; `Err(Closed)` when the peer closed the connection. P-DATA-TF PDUs
+    /// (nearly all traffic) are sliced here without copying their values; the others are
+    /// read by dicom-ul.
+    pub async fn next(&mut self) -> Result<Received, LinkError> {
         loop {
-            let mut cursor = std::io::Cursor::new(&self.buf[..]);
-            match dicom_ul::read_pdu(&mut cursor, MAX_PDU, false) {
-                Ok(Some(pdu)) => {
-                    let used = cursor.position() as usize;
-                    self.buf.advance(used);
-                    return Ok(pdu);
+            if self.buf.len() >= 6 && self.buf[0] == 0x04 {
+                let len = u32::from_be_bytes([self.buf[2], self.buf[3], self.buf[4], self.buf[5]]);
+                let total = 6 + len as usize;
+                if len as usize > MAX_PDATA {
+                    return Err(LinkError::Pdu(format!(
+                        "P-DATA-TF of {len} bytes (at most {MAX_PDATA})"
+                    )));
                 }
-                Ok(None) => {}
-                Err(e) => return Err(LinkError::Pdu(e.to_string())),
+                if self.buf.len() >= total {
+                    let mut pdu = self.buf.split_to(total).freeze();
+                    pdu.advance(6);
+                    return Ok(Received::Data(parse_pdata(pdu)?));
+                }
+                // Room for the whole PDU, so that it arrives in few reads.
+                self.buf.reserve(total - self.buf.len());
+            } else if !self.buf.is_empty() {
+                let mut cursor = std::io::Cursor::new(&self.buf[..]);
+                match dicom_ul::read_pdu(&mut cursor, MAX_PDU, false) {
+                    Ok(Some(pdu)) => {
+                        let used = cursor.position() as usize;
+                        self.buf.advance(used);
+                        return Ok(Received::Other(pdu));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(LinkError::Pdu(e.to_string())),
+                }
             }
             if self.half.read_buf(&mut self.buf).await? == 0 {
                 return Err(LinkError::Closed);
@@ -462,6 +532,30 @@ impl Assembler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pdata_values_are_sliced_and_checked() {
+        let mut pdu = Vec::new();
+        push_values(&mut pdu, 3, true, b"command", 64);
+        push_values(&mut pdu, 5, false, b"", 64);
+        let (a, b) = pdu.split_at(6 + 6 + 7);
+        let body = |p: &[u8]| Bytes::copy_from_slice(&p[6..]);
+        let v = parse_pdata(body(a)).unwrap();
+        assert_eq!((v[0].context, v[0].command, v[0].last), (3, true, true));
+        assert_eq!(&v[0].data[..], b"command");
+        let v = parse_pdata(body(b)).unwrap();
+        assert_eq!(
+            (v[0].context, v[0].command, v[0].last, v[0].data.len()),
+            (5, false, true, 0)
+        );
+        for bad in [
+            &a[6..10],
+            &[0, 0, 0, 1, 3, 0][..],
+            &[0, 0, 0, 9, 3, 0, 1][..],
+        ] {
+            assert!(parse_pdata(Bytes::copy_from_slice(bad)).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn pdata_headers() {

@@ -29,7 +29,7 @@ mod transport;
 pub mod worklist;
 
 pub use association::{serve, storage_sop_classes, transfer_syntaxes, Listeners, SERVICE_CLASSES};
-pub use link::{Assembler, DataSet, MAX_COMMAND};
+pub use link::{parse_pdata, Assembler, DataSet, Value, MAX_COMMAND};
 pub use scu::{connect, Peer, Proposal};
 pub use status::Status;
 

@@ -10,7 +10,7 @@ use dicom_ul::association::client::{AsyncClientAssociation, ClientAssociationOpt
 use dicom_ul::pdu::Pdu;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::link::{self, Assembler, Writer, MAX_PDU};
+use super::link::{self, Assembler, Received, Writer, MAX_PDU};
 use super::transport::Connection;
 use super::PresentationContext;
 use crate::config::Destination;
@@ -106,24 +106,24 @@ async fn read_responses(mut reader: link::Reader, w: Arc<Writer>) {
     let mut assembler = Assembler::default();
     loop {
         match reader.next().await {
-            Ok(Pdu::PData { data }) => {
-                for pdv in data {
-                    if pdv.value_type != dicom_ul::pdu::PDataValueType::Command {
+            Ok(Received::Data(values)) => {
+                for pdv in values {
+                    if !pdv.command {
                         continue;
                     }
-                    if let Some(Ok(command)) = assembler.command_fragment(&pdv.data, pdv.is_last) {
+                    if let Some(Ok(command)) = assembler.command_fragment(&pdv.data, pdv.last) {
                         if !w.deliver(command) {
                             tracing::debug!("unexpected message from a peer we called");
                         }
                     }
                 }
             }
-            Ok(Pdu::ReleaseRQ) => {
+            Ok(Received::Other(Pdu::ReleaseRQ)) => {
                 let _ = w.control(&Pdu::ReleaseRP).await;
                 break;
             }
-            Ok(Pdu::ReleaseRP) | Ok(Pdu::AbortRQ { .. }) | Err(_) => break,
-            Ok(other) => {
+            Ok(Received::Other(Pdu::ReleaseRP | Pdu::AbortRQ { .. })) | Err(_) => break,
+            Ok(Received::Other(other)) => {
                 tracing::warn!(pdu = %other.short_description(), "unexpected PDU from a peer we called");
                 break;
             }

@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use dicom_ul::association::server::AsyncServerAssociation;
 use dicom_ul::association::Association as _;
-use dicom_ul::pdu::{AbortRQSource, PDataValue, PDataValueType, Pdu};
+use dicom_ul::pdu::{AbortRQSource, Pdu};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::command::{self, field, Command};
-use super::link::{Assembler, LinkError, Writer};
+use super::link::{Assembler, LinkError, Received, Value, Writer};
 use super::retrieve::{self, Retrieve};
 use super::status::Status;
 use super::store::Incoming;
@@ -97,22 +97,20 @@ where
     };
     loop {
         let pdu = match reader.next().await {
-            Ok(pdu) => pdu,
+            Ok(Received::Data(values)) => match session.on_values(values).await {
+                Ok(()) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sending a response failed");
+                    break;
+                }
+            },
+            Ok(Received::Other(pdu)) => pdu,
             Err(e) => {
                 tracing::info!(error = %e, "association ended without release");
                 break;
             }
         };
         match pdu {
-            Pdu::PData { data } => {
-                for pdv in data {
-                    if let Err(e) = session.on_value(pdv).await {
-                        tracing::warn!(error = %e, "sending a response failed");
-                        session.shutdown().await;
-                        return;
-                    }
-                }
-            }
             Pdu::ReleaseRQ => {
                 // Operations still running finish first (their final responses precede
                 // the release); storage commitment reports go out on a new association.
@@ -187,23 +185,26 @@ impl Session {
         self.writer.message(context, &command, None).await
     }
 
-    async fn on_value(&mut self, pdv: PDataValue) -> Result<(), LinkError> {
-        match pdv.value_type {
-            PDataValueType::Command => {
-                match self.assembler.command_fragment(&pdv.data, pdv.is_last) {
-                    None => Ok(()),
-                    Some(Ok(command)) => {
-                        self.on_command(command, pdv.presentation_context_id).await
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "undecodable command");
-                        let unknown = Status::UNRECOGNIZED_OPERATION;
-                        let rsp = command::response(&Command::default(), 0x8000, unknown);
-                        self.reply(pdv.presentation_context_id, rsp).await
-                    }
-                }
+    async fn on_values(&mut self, values: Vec<Value>) -> Result<(), LinkError> {
+        for pdv in values {
+            self.on_value(pdv).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_value(&mut self, pdv: Value) -> Result<(), LinkError> {
+        if !pdv.command {
+            return self.on_data(pdv).await;
+        }
+        match self.assembler.command_fragment(&pdv.data, pdv.last) {
+            None => Ok(()),
+            Some(Ok(command)) => self.on_command(command, pdv.context).await,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "undecodable command");
+                let unknown = Status::UNRECOGNIZED_OPERATION;
+                let rsp = command::response(&Command::default(), 0x8000, unknown);
+                self.reply(pdv.context, rsp).await
             }
-            PDataValueType::Data => self.on_data(pdv).await,
         }
     }
 
@@ -274,7 +275,7 @@ impl Session {
 
     /// A data set fragment: stream it into the spool (C-STORE) or gather it; on the last
     /// one, carry out the operation.
-    async fn on_data(&mut self, pdv: PDataValue) -> Result<(), LinkError> {
+    async fn on_data(&mut self, pdv: Value) -> Result<(), LinkError> {
         match self.in_flight.as_mut() {
             None => return Ok(()),
             Some(InFlight::Store { incoming, .. }) => incoming.write(&pdv.data).await,
@@ -290,7 +291,7 @@ impl Session {
             }
             Some(InFlight::Response(_)) => {}
         }
-        if !pdv.is_last {
+        if !pdv.last {
             return Ok(());
         }
         match self.in_flight.take() {
