@@ -114,10 +114,6 @@ pub enum Received {
     Other(Pdu),
 }
 
-/// The largest P-DATA-TF PDU read (a peer may send more than we announced; this bounds
-/// the memory one PDU takes).
-const MAX_PDATA: usize = 1 << 24;
-
 /// The values of a P-DATA-TF PDU's body (PS3.8 9.3.5: items of a 4-byte length, the
 /// presentation context ID, the message control header, then the fragment), sliced out of
 /// `body` without copying.
@@ -155,9 +151,10 @@ impl Reader {
             if self.buf.len() >= 6 && self.buf[0] == 0x04 {
                 let len = u32::from_be_bytes([self.buf[2], self.buf[3], self.buf[4], self.buf[5]]);
                 let total = 6 + len as usize;
-                if len as usize > MAX_PDATA {
+                // No more than we announced (PS3.8 D.1): a longer one is not waited for.
+                if len > MAX_PDU {
                     return Err(LinkError::Pdu(format!(
-                        "P-DATA-TF of {len} bytes (at most {MAX_PDATA})"
+                        "P-DATA-TF of {len} bytes, over the maximum PDU length of {MAX_PDU}"
                     )));
                 }
                 if self.buf.len() >= total {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use dicom_ul::association::server::AsyncServerAssociation;
 use dicom_ul::association::Association as _;
-use dicom_ul::pdu::{AbortRQSource, Pdu};
+use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource, Pdu};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
@@ -105,6 +105,11 @@ where
                 }
             },
             Ok(Received::Other(pdu)) => pdu,
+            Err(LinkError::Pdu(e)) => {
+                tracing::warn!(error = %e, "invalid PDU; aborting");
+                abort(&writer, AbortRQServiceProviderReason::InvalidPduParameter).await;
+                break;
+            }
             Err(e) => {
                 tracing::info!(error = %e, "association ended without release");
                 break;
@@ -126,18 +131,18 @@ where
             }
             other => {
                 tracing::warn!(pdu = %other.short_description(), "unexpected PDU; aborting");
-                let _ = writer
-                    .control(&Pdu::AbortRQ {
-                        source: AbortRQSource::ServiceProvider(
-                            dicom_ul::pdu::AbortRQServiceProviderReason::UnexpectedPdu,
-                        ),
-                    })
-                    .await;
+                abort(&writer, AbortRQServiceProviderReason::UnexpectedPdu).await;
                 break;
             }
         }
     }
     session.shutdown().await;
+}
+
+/// Send an A-ABORT from the service provider (the association ends after it).
+async fn abort(writer: &Writer, reason: AbortRQServiceProviderReason) {
+    let source = AbortRQSource::ServiceProvider(reason);
+    let _ = writer.control(&Pdu::AbortRQ { source }).await;
 }
 
 impl Session {
