@@ -141,6 +141,31 @@ def vm_hwm_mb(pid):
     return None
 
 
+def stop_server(server, wait, read_log, is_bad):
+    """Stop a server of the run: record its peak RSS while it still lives, terminate it
+    (kill after `wait` seconds), and keep the first of its log lines that `is_bad`."""
+    if server in LIVE:
+        LIVE.remove(server)
+    if server.proc is None:
+        return
+    if server.proc.poll() is None:
+        rss = vm_hwm_mb(server.proc.pid)
+        if rss is not None:
+            RSS.append((server.name, server.workload, rss))
+    server.proc.terminate()
+    try:
+        server.proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+    try:
+        bad = [ln for ln in read_log().splitlines() if is_bad(ln)]
+    except OSError:
+        bad = []
+    if bad:
+        LOGS.append((server.name, server.workload, len(bad), bad[:3]))
+
+
 class PacsLite(stow.Server):
     """pacs-lite on a fresh data directory; HTTP and DICOM ports from its first two lines."""
     name = "pacs-lite"
@@ -179,27 +204,8 @@ class PacsLite(stow.Server):
         return self
 
     def stop(self):
-        if self in LIVE:
-            LIVE.remove(self)
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            rss = vm_hwm_mb(self.proc.pid)
-            if rss is not None:
-                RSS.append((self.name, self.workload, rss))
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        try:
-            bad = [ln for ln in self.stderr_path.read_text(errors="replace").splitlines()
-                   if re.search(r"\b(WARN|ERROR)\b", ln)]
-        except OSError:
-            bad = []
-        if bad:
-            LOGS.append((self.name, self.workload, len(bad), bad[:3]))
+        stop_server(self, 20, lambda: self.stderr_path.read_text(errors="replace"),
+                    lambda ln: re.search(r"\b(WARN|ERROR)\b", ln))
 
 
 class Orthanc(bench_read.Orthanc):
@@ -251,29 +257,10 @@ class Orthanc(bench_read.Orthanc):
         raise RuntimeError("Orthanc did not start: " + (self.dir / "log.txt").read_text(errors="replace")[-2000:])
 
     def stop(self):
-        if self in LIVE:
-            LIVE.remove(self)
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            rss = vm_hwm_mb(self.proc.pid)
-            if rss is not None:
-                RSS.append((self.name, self.workload, rss))
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        try:
-            # Orthanc's log lines start with their level (E1207 …); its warnings (W) include
-            # routine start-up messages, so only errors count.
-            bad = [ln for ln in (self.dir / "log.txt").read_text(errors="replace").splitlines()
-                   if re.match(r"E\d{4} ", ln)]
-        except OSError:
-            bad = []
-        if bad:
-            LOGS.append((self.name, self.workload, len(bad), bad[:3]))
+        # Orthanc's log lines start with their level (E1207 …); its warnings (W) include
+        # routine start-up messages, so only errors count.
+        stop_server(self, 30, lambda: (self.dir / "log.txt").read_text(errors="replace"),
+                    lambda ln: re.match(r"E\d{4} ", ln))
 
 
 def cleanup():

@@ -151,12 +151,12 @@ pub(super) async fn instance_bytes(
     loc: &InstanceLocation,
     target: &TransferSyntax,
 ) -> Result<(u64, ByteStream), ApiError> {
+    if small_as_stored(loc, target) {
+        let bytes = app.instance_whole(loc).await?;
+        let len = bytes.len() as u64;
+        return Ok((len, stream::once(async move { Ok(bytes) }).boxed()));
+    }
     if *target == loc.transfer_syntax {
-        if small_as_stored(loc, target) {
-            let bytes = app.instance_whole(loc).await?;
-            let len = bytes.len() as u64;
-            return Ok((len, stream::once(async move { Ok(bytes) }).boxed()));
-        }
         return Ok((loc.size + loc.part10_prefix, object_stream(app, loc).await?));
     }
     let target = target.clone();

@@ -72,10 +72,7 @@ impl Store {
         let (path, name) = (root.join(key.as_str()), key.to_string());
         tokio::task::spawn_blocking(move || {
             use std::io::Read;
-            let mut file = std::fs::File::open(&path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => StorageError::NotFound(name),
-                _ => StorageError::io("opening object", &path, e),
-            })?;
+            let mut file = open_object(&path, name)?;
             let mut all = head;
             let len = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
             all.reserve_exact(len);
@@ -240,19 +237,12 @@ async fn file_stream(
     range: Option<Range<u64>>,
 ) -> Result<BoxStream<'static, Result<Bytes, StorageError>>, StorageError> {
     use std::io::{Read, Seek, SeekFrom};
-    let opened = tokio::task::spawn_blocking({
-        let path = path.clone();
-        move || std::fs::File::open(&path)
+    let mut file = tokio::task::spawn_blocking({
+        let (path, key) = (path.clone(), key.to_string());
+        move || open_object(&path, key)
     })
     .await
-    .map_err(|e| StorageError::Internal(e.to_string()))?;
-    let mut file = match opened {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(StorageError::NotFound(key.to_string()))
-        }
-        Err(e) => return Err(StorageError::io("opening object", &path, e)),
-    };
+    .map_err(|e| StorageError::Internal(e.to_string()))??;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StorageError>>(4);
     tokio::task::spawn_blocking(move || {
         let (start, mut left) = match &range {
@@ -290,30 +280,21 @@ async fn file_stream(
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
 }
 
-/// `range` of the file at `path`; a file that ends first is an error. Blocking.
-fn read_at(path: &Path, name: String, range: Range<u64>) -> Result<Bytes, StorageError> {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => StorageError::NotFound(name),
+/// Open the object file at `path` (`NotFound` names the key). Blocking.
+fn open_object(path: &Path, key: String) -> Result<std::fs::File, StorageError> {
+    std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => StorageError::NotFound(key),
         _ => StorageError::io("opening object", path, e),
-    })?;
+    })
+}
+
+/// `range` of the file at `path`; a file that ends first is an error. Blocking.
+fn read_at(path: &Path, key: String, range: Range<u64>) -> Result<Bytes, StorageError> {
+    use std::os::unix::fs::FileExt;
+    let file = open_object(path, key)?;
     let mut buf = vec![0u8; range.end.saturating_sub(range.start) as usize];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], range.start + filled as u64) {
-            Ok(0) => {
-                let short = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
-                return Err(StorageError::io(
-                    "reading object (shorter than its index says)",
-                    path,
-                    short,
-                ));
-            }
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(StorageError::io("reading object", path, e)),
-        }
-    }
+    file.read_exact_at(&mut buf, range.start)
+        .map_err(|e| StorageError::io("reading object (shorter than its index says?)", path, e))?;
     Ok(Bytes::from(buf))
 }
 
