@@ -141,16 +141,9 @@ fn push_condition(sql: &mut Sql, level: Level, f: &Filter, fuzzy: bool) -> bool 
         (Kind::Name, Matcher::Exact(v)) if fuzzy => fuzzy_condition(sql, col, v),
         (Kind::Name, Matcher::Wildcard(v)) if fuzzy => fuzzy_condition(sql, col, v),
         (Kind::Name, Matcher::Exact(v)) => format!("{col} = {}", sql.text(&fold_name(v))),
-        (Kind::Name, Matcher::Wildcard(p)) => {
-            format!(
-                "{col} LIKE {} ESCAPE '!'",
-                sql.text(&like_pattern(&fold_name(p)))
-            )
-        }
+        (Kind::Name, Matcher::Wildcard(p)) => wildcard_condition(sql, col, &fold_name(p)),
         (Kind::Text, Matcher::Exact(v)) => format!("{col} = {}", sql.text(v)),
-        (Kind::Text, Matcher::Wildcard(p)) => {
-            format!("{col} LIKE {} ESCAPE '!'", sql.text(&like_pattern(p)))
-        }
+        (Kind::Text, Matcher::Wildcard(p)) => wildcard_condition(sql, col, p),
         (Kind::Text, Matcher::UidList(list)) => {
             let args: Vec<String> = list.iter().map(|u| sql.text(u.as_str())).collect();
             format!("{col} IN ({})", args.join(", "))
@@ -181,6 +174,36 @@ fn push_condition(sql: &mut Sql, level: Level, f: &Filter, fuzzy: bool) -> bool 
     sql.text.push_str(&cond);
     sql.text.push(')');
     true
+}
+
+/// A wildcard match; its literal prefix, if any, also as a range of the column, which an
+/// index walks whatever the pattern (PostgreSQL's generic plans cannot see a bound LIKE
+/// pattern's prefix). Both backends compare text bytewise, which for UTF-8 is code point
+/// order, so the range holds exactly the values starting with the prefix.
+fn wildcard_condition(sql: &mut Sql, col: &str, pattern: &str) -> String {
+    let like = format!("{col} LIKE {} ESCAPE '!'", sql.text(&like_pattern(pattern)));
+    let prefix = &pattern[..pattern.find(['*', '?']).unwrap_or(pattern.len())];
+    match prefix_end(prefix) {
+        Some(end) => {
+            let (from, to) = (sql.text(prefix), sql.text(&end));
+            format!("{col} >= {from} AND {col} < {to} AND {like}")
+        }
+        None => like,
+    }
+}
+
+/// The least string above every string that starts with `prefix`: its last character
+/// incremented. None for an empty prefix (or one ending in the last code point).
+fn prefix_end(prefix: &str) -> Option<String> {
+    let last = prefix.chars().next_back()?;
+    let next = match last as u32 + 1 {
+        0xD800 => '\u{E000}',
+        n => char::from_u32(n)?,
+    };
+    Some(format!(
+        "{}{next}",
+        &prefix[..prefix.len() - last.len_utf8()]
+    ))
 }
 
 /// A value in a backslash-separated set column.
@@ -223,6 +246,42 @@ fn fuzzy_condition(sql: &mut Sql, col: &str, value: &str) -> String {
         ));
     }
     all.join(" AND ")
+}
+
+/// The order of study results: that of the index a broad filter walks, so that a limit stops
+/// the walk (a month of StudyDate or a short name prefix may match a large share of the
+/// index; sorting all of it by insertion order for one page would grow with the index).
+/// Narrow look-ups (patient ID, accession number, study UID) and unfiltered lists keep
+/// insertion order. Every order ends in the row id, so paging is stable.
+fn study_order(filters: &[Filter], fuzzy: bool) -> &'static str {
+    let narrow = [
+        tags::PATIENT_ID,
+        tags::ACCESSION_NUMBER,
+        tags::STUDY_INSTANCE_UID,
+    ];
+    let on = |tag: Tag| {
+        filters
+            .iter()
+            .find(|f| !f.key.is_nested() && f.key.tag() == tag)
+    };
+    let exact = |f: &&Filter| matches!(f.matcher, Matcher::Exact(_) | Matcher::UidList(_));
+    if narrow.into_iter().any(|t| on(t).is_some_and(|f| exact(&f))) {
+        return " ORDER BY st.id";
+    }
+    if on(tags::STUDY_DATE)
+        .is_some_and(|f| matches!(f.matcher, Matcher::Range(_) | Matcher::Exact(_)))
+    {
+        return " ORDER BY st.study_date, st.study_time, st.id";
+    }
+    let name_prefix = |f: &Filter| match &f.matcher {
+        Matcher::Exact(_) => true,
+        Matcher::Wildcard(p) => !p.starts_with(['*', '?']),
+        _ => false,
+    };
+    if !fuzzy && on(tags::PATIENT_NAME).is_some_and(name_prefix) {
+        return " ORDER BY st.patient_name_key, st.id";
+    }
+    " ORDER BY st.id"
 }
 
 const STUDY_SELECT: &str = "SELECT st.study_uid, st.attrs_json AS study_json, st.modalities, \
@@ -269,7 +328,7 @@ impl Index {
             .filter(|f| !push_condition(&mut sql, q.level, f, q.fuzzy))
             .collect();
         sql.text.push_str(match q.level {
-            Level::Study => " ORDER BY st.id",
+            Level::Study => study_order(&q.filters, q.fuzzy),
             Level::Series => " ORDER BY st.id, se.series_number, se.id",
             Level::Instance => " ORDER BY se.id, i.instance_number, i.id",
         });
@@ -521,13 +580,14 @@ mod tests {
             false
         ));
         assert!(matches!(&sql.args[1], Arg::Text(p) if p == "mu%"));
+        assert!(matches!(&sql.args[3], Arg::Text(p) if p == "mv"));
         assert!(push_condition(
             &mut sql,
             Level::Study,
             &filter("Modality", "CT"),
             false
         ));
-        assert!(matches!(&sql.args[2], Arg::Text(p) if p == "%\\CT\\%"));
+        assert!(matches!(&sql.args[4], Arg::Text(p) if p == "%\\CT\\%"));
         assert!(!push_condition(
             &mut sql,
             Level::Study,
@@ -540,13 +600,48 @@ mod tests {
             &filter("SeriesDescription", "x_*"),
             false
         ));
-        assert!(matches!(&sql.args[3], Arg::Text(p) if p == "x!_%"));
+        assert!(matches!(&sql.args[5], Arg::Text(p) if p == "x!_%"));
         assert!(!push_condition(
             &mut sql,
             Level::Series,
             &filter("RequestAttributesSequence.RequestedProcedureID", "1"),
             false
         ));
+    }
+
+    #[test]
+    fn wildcard_prefixes_become_ranges() {
+        assert_eq!(prefix_end("name0").as_deref(), Some("name1"));
+        assert_eq!(prefix_end("müz").as_deref(), Some("mü{"));
+        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_end(""), None);
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
+        let mut sql = Sql::default();
+        let cond = wildcard_condition(&mut sql, "c", "ab?d*");
+        assert_eq!(cond, "c >= $2 AND c < $3 AND c LIKE $1 ESCAPE '!'");
+        assert!(matches!(&sql.args[1], Arg::Text(p) if p == "ab"));
+        assert!(matches!(&sql.args[2], Arg::Text(p) if p == "ac"));
+        let mut sql = Sql::default();
+        assert_eq!(
+            wildcard_condition(&mut sql, "c", "*x"),
+            "c LIKE $1 ESCAPE '!'"
+        );
+    }
+
+    #[test]
+    fn broad_study_filters_order_by_their_index() {
+        let order = |fs: &[(&str, &str)]| {
+            let fs: Vec<Filter> = fs.iter().map(|(k, v)| filter(k, v)).collect();
+            study_order(&fs, false)
+        };
+        assert!(order(&[("StudyDate", "20240101-20240131")]).contains("study_date"));
+        assert!(order(&[("PatientName", "D*")]).contains("patient_name_key"));
+        assert_eq!(order(&[("PatientName", "*D")]), " ORDER BY st.id");
+        assert_eq!(
+            order(&[("PatientID", "P1"), ("StudyDate", "20240101")]),
+            " ORDER BY st.id"
+        );
+        assert_eq!(order(&[]), " ORDER BY st.id");
     }
 
     #[test]
