@@ -25,6 +25,7 @@ pub mod worklist;
 mod writer;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -83,11 +84,19 @@ pub enum InsertOutcome {
     Existing(StoredInstance),
 }
 
+/// Where instance rows are written: PostgreSQL's writer task, or SQLite's connection,
+/// written by the storing threads themselves ([`sqlite_writer`]).
+#[derive(Clone)]
+enum Writer {
+    Task(mpsc::Sender<writer::Job>),
+    Sqlite(Arc<sqlite_writer::Writer>),
+}
+
 #[derive(Clone)]
 pub struct Index {
     pool: AnyPool,
     backend: Backend,
-    writer: mpsc::Sender<writer::Job>,
+    writer: Writer,
     audit: admin::AuditQueue,
     relaxed: bool,
     /// Signalled when forwarding jobs become due (stored with an instance, or queued).
@@ -144,10 +153,11 @@ impl Index {
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
         let (writer, relaxed) = match sqlite_file(&url) {
-            Some(path) if backend == Backend::Sqlite => {
-                (sqlite_writer::spawn(path, relaxed)?, relaxed)
-            }
-            _ => (writer::spawn(pool.clone(), backend), false),
+            Some(path) if backend == Backend::Sqlite => (
+                Writer::Sqlite(Arc::new(sqlite_writer::open(path, relaxed)?)),
+                relaxed,
+            ),
+            _ => (Writer::Task(writer::spawn(pool.clone(), backend)), false),
         };
         let audit = admin::spawn_audit_writer(pool.clone());
         Ok(Index {
@@ -179,12 +189,21 @@ impl Index {
     /// Insert one instance with its study and series, committed before this returns.
     pub async fn insert(&self, record: InstanceRecord) -> Result<InsertOutcome, IndexError> {
         let forwarded = !record.forward_to.is_empty();
-        let (reply, answer) = oneshot::channel();
-        self.writer
-            .send(writer::Job { record, reply })
-            .await
-            .map_err(|_| IndexError::WriterGone)?;
-        let outcome = answer.await.map_err(|_| IndexError::WriterGone)?;
+        let outcome = match &self.writer {
+            Writer::Task(tx) => {
+                let (reply, answer) = oneshot::channel();
+                tx.send(writer::Job { record, reply })
+                    .await
+                    .map_err(|_| IndexError::WriterGone)?;
+                answer.await.map_err(|_| IndexError::WriterGone)?
+            }
+            Writer::Sqlite(w) => {
+                let w = w.clone();
+                tokio::task::spawn_blocking(move || w.write(record))
+                    .await
+                    .map_err(|_| IndexError::WriterGone)?
+            }
+        };
         if forwarded {
             self.outbox.notify_waiters();
         }
@@ -196,16 +215,26 @@ impl Index {
         self.outbox.notified().await
     }
 
-    /// [`Index::insert`] from a blocking thread: the row is queued for the writer now, its
-    /// outcome comes through the receiver.
+    /// [`Index::insert`] from a blocking thread: its outcome comes through the receiver.
+    /// On SQLite the row is written (and committed) by this thread before this returns;
+    /// on PostgreSQL it is queued for the writer task.
     pub fn submit_blocking(
         &self,
         record: InstanceRecord,
     ) -> Result<oneshot::Receiver<Result<InsertOutcome, IndexError>>, IndexError> {
         let (reply, answer) = oneshot::channel();
-        self.writer
-            .blocking_send(writer::Job { record, reply })
-            .map_err(|_| IndexError::WriterGone)?;
+        match &self.writer {
+            Writer::Task(tx) => tx
+                .blocking_send(writer::Job { record, reply })
+                .map_err(|_| IndexError::WriterGone)?,
+            Writer::Sqlite(w) => {
+                let forwarded = !record.forward_to.is_empty();
+                let _ = reply.send(w.write(record));
+                if forwarded {
+                    self.outbox.notify_waiters();
+                }
+            }
+        }
         Ok(answer)
     }
 
