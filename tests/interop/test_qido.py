@@ -120,6 +120,32 @@ def test_limit_offset_are_stable(pacs, archive):
     assert set(uids(pages[0])).isdisjoint(uids(pages[1]))
 
 
+def test_broad_filters_page_in_their_index_order(pacs, archive):
+    """A StudyDate range pages by date and a name prefix by name (so that a limit stops the
+    index walk at any index size), each stable across pages."""
+    client, study, _ = archive
+    extra = {}
+    for name, date in [("Zeta^A", "20240301"), ("Zed^B", "20240101"), ("Zaa^C", "20240201")]:
+        uid = generate_uid()
+        client.store_instances(ct_series(n=1, patient_name=name, study_uid=uid, study_date=date, seed=9))
+        extra[name] = uid
+
+    def paged(params, size=2):
+        out, offset = [], 0
+        while True:
+            page = client.search_for_studies(search_filters=params, limit=size, offset=offset)
+            out += [r["0020000D"]["Value"][0] for r in page]
+            if len(page) < size:
+                return out
+            offset += size
+
+    by_date = [extra["Zed^B"], study["A"], extra["Zaa^C"], extra["Zeta^A"], study["D"]]
+    assert paged({"StudyDate": "20240101-20240331"}) == by_date
+    assert paged({"PatientName": "Z*"}) == [extra["Zaa^C"], extra["Zed^B"], extra["Zeta^A"]]
+    # An exact patient ID keeps insertion order, whatever else is asked.
+    assert paged({"PatientID": "P-A", "StudyDate": "20240101-"}, 1) == [study["A"]]
+
+
 def test_series_level(pacs, archive):
     client, study, data = archive
     found = client.search_for_series(study["A"])
