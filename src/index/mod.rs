@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod compress;
+mod conditions;
 pub mod forward;
 pub mod mpps;
 pub mod orders;

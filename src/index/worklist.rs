@@ -2,8 +2,8 @@
 //! with the matching of PS3.4 K.6.1.2 (single value, wildcards, date and time ranges,
 //! person names folded for case and accents as for C-FIND).
 
+use super::conditions::like_pattern;
 use super::orders::{order_row, step_row, Order, Step};
-use super::query::like_pattern;
 use super::{Index, IndexError};
 use crate::dicom::fold_name;
 use crate::model::query::Matcher;

@@ -1,6 +1,6 @@
 //! The index writer: one task that commits concurrent inserts in one transaction. This one
-//! serves PostgreSQL; SQLite has its own thread ([`super::sqlite_writer`]) with the same
-//! batching and the same statements.
+//! serves PostgreSQL; on SQLite the storing threads write themselves
+//! ([`super::sqlite_writer`]), with the same batching and the same statements.
 //!
 //! Jobs queue on a channel; the task takes all that are waiting (up to a cap), writes them
 //! in one transaction with a savepoint per instance, commits, and only then answers each

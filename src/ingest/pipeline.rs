@@ -5,8 +5,9 @@
 //! object.
 //!
 //! One blocking task parses, checks and — on the filesystem — makes the object durable and
-//! hands its row to the index writer (one thread hop less before the commit); S3 uploads go
-//! on asynchronously afterwards and their row is written when the upload has completed.
+//! writes its row: on SQLite it commits the row itself (no thread hop before the answer),
+//! on PostgreSQL it hands the row to the writer task. S3 uploads go on asynchronously
+//! afterwards and their row is written when the upload has completed.
 
 use tokio::sync::oneshot;
 
