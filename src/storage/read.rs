@@ -70,6 +70,9 @@ impl Store {
             return Ok(Bytes::from(all));
         };
         let (path, name) = (root.join(key.as_str()), key.to_string());
+        if let Some(all) = cached_whole(&path, &head) {
+            return Ok(Bytes::from(all));
+        }
         tokio::task::spawn_blocking(move || {
             use std::io::Read;
             let mut file = open_object(&path, name)?;
@@ -91,8 +94,12 @@ impl Store {
         range: Range<u64>,
     ) -> Result<Bytes, StorageError> {
         if let Some(root) = &self.fs_root {
-            // One blocking call for open and read (not one per file operation).
+            // Cached: here. Else one blocking call for open and read (not one per file
+            // operation).
             let (path, name) = (root.join(key.as_str()), key.to_string());
+            if let Some(bytes) = cached_range(&path, &range) {
+                return Ok(Bytes::from(bytes));
+            }
             return tokio::task::spawn_blocking(move || read_at(&path, name, range))
                 .await
                 .map_err(|e| StorageError::Internal(e.to_string()))?;
@@ -288,6 +295,53 @@ fn open_object(path: &Path, key: String) -> Result<std::fs::File, StorageError> 
     })
 }
 
+/// The file at `path` opened only if every directory on the way is in the dentry cache
+/// (`openat2` with `RESOLVE_CACHED`): never waits for the disk. None otherwise (or on a
+/// kernel without it, or on any error: the blocking path then reads, and reports).
+fn open_cached(path: &Path) -> Option<rustix::fd::OwnedFd> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags, CWD};
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+    openat2(CWD, path, flags, Mode::empty(), ResolveFlags::CACHED).ok()
+}
+
+/// Fill `buf` from `offset` with what the page cache holds (`preadv2` with `RWF_NOWAIT`):
+/// false as soon as a read would wait for the disk, or the file ends first.
+fn read_nowait(fd: &rustix::fd::OwnedFd, buf: &mut [u8], mut offset: u64) -> bool {
+    use rustix::io::{preadv2, ReadWriteFlags};
+    let mut at = 0;
+    while at < buf.len() {
+        let mut slices = [std::io::IoSliceMut::new(&mut buf[at..])];
+        match preadv2(fd, &mut slices, offset, ReadWriteFlags::NOWAIT) {
+            Ok(n) if n > 0 => {
+                at += n;
+                offset += n as u64;
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// A small object's bytes after `head`, read here when the kernel has them cached (see
+/// [`open_cached`], [`read_nowait`]): a retrieval of a cached object then costs no thread
+/// hand-off, whose two wake-ups (0.1–0.2 ms each on a virtual machine) were most of a
+/// small object's answer time. Never blocks; None sends the read to the blocking pool.
+fn cached_whole(path: &Path, head: &[u8]) -> Option<Vec<u8>> {
+    let fd = open_cached(path)?;
+    let len = usize::try_from(rustix::fs::fstat(&fd).ok()?.st_size).ok()?;
+    let mut all = Vec::with_capacity(head.len() + len);
+    all.extend_from_slice(head);
+    all.resize(head.len() + len, 0);
+    read_nowait(&fd, &mut all[head.len()..], 0).then_some(all)
+}
+
+/// `range` of the file at `path` when the kernel has it cached (as [`cached_whole`]).
+fn cached_range(path: &Path, range: &Range<u64>) -> Option<Vec<u8>> {
+    let fd = open_cached(path)?;
+    let mut buf = vec![0u8; usize::try_from(range.end.checked_sub(range.start)?).ok()?];
+    read_nowait(&fd, &mut buf, range.start).then_some(buf)
+}
+
 /// `range` of the file at `path`; a file that ends first is an error. Blocking.
 fn read_at(path: &Path, key: String, range: Range<u64>) -> Result<Bytes, StorageError> {
     use std::os::unix::fs::FileExt;
@@ -362,4 +416,30 @@ fn modified_millis(meta: &std::fs::Metadata) -> i64 {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(i64::MAX, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file just written is in the page cache: read here, whole or in part; what the
+    /// kernel cannot give at once (a missing file, a range past the end) is left to the
+    /// blocking path, which reports it.
+    #[test]
+    fn cached_reads_never_guess() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("object.dcm");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let whole = cached_whole(&path, b"head").expect("a file just written is cached");
+        assert_eq!(&whole[..4], b"head");
+        assert_eq!(&whole[4..], &data[..]);
+        assert_eq!(
+            cached_range(&path, &(1000..1010)).unwrap(),
+            &data[1000..1010]
+        );
+        assert_eq!(cached_range(&path, &(10..10)).unwrap(), Vec::<u8>::new());
+        assert!(cached_range(&path, &(299_990..300_010)).is_none());
+        assert!(cached_whole(&dir.path().join("missing.dcm"), b"").is_none());
+    }
 }
