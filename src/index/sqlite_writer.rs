@@ -522,6 +522,45 @@ mod tests {
         assert_eq!(index.counts().await.unwrap(), (1, 2, 2));
     }
 
+    /// Threads storing at once share the writing: every row is committed once and each
+    /// thread gets its own row's outcome (a duplicate among them included).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_take_turns_and_get_their_own_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let url = format!("sqlite://{}", path.display());
+        let index = Index::open_with(&url, 2, true).await.unwrap();
+        let writer = Arc::new(open(path.to_str().unwrap(), true).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    (0..40)
+                        .map(|i| {
+                            let (st, se) = (format!("1.{t}"), format!("1.{t}.1"));
+                            // Thread 7 sends thread 0's instances again.
+                            let sop = format!("1.{}.1.{i}", if t == 7 { 0 } else { t });
+                            writer.write(record(&st, &se, &sop, "CT")).unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let outcomes: Vec<Vec<InsertOutcome>> =
+            threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let inserted = |o: &Vec<InsertOutcome>| {
+            o.iter()
+                .filter(|x| matches!(x, InsertOutcome::Inserted))
+                .count()
+        };
+        for o in &outcomes[1..7] {
+            assert_eq!(inserted(o), 40);
+        }
+        // Of thread 0's instances and thread 7's copies, each stored exactly once.
+        assert_eq!(inserted(&outcomes[0]) + inserted(&outcomes[7]), 40);
+        assert_eq!(index.counts().await.unwrap().2, 7 * 40);
+    }
+
     /// The checkpoint thread copies committed pages into the database file on its own (the
     /// writer's automatic checkpoint is far off), so the WAL does not grow without end.
     #[tokio::test]
