@@ -246,13 +246,6 @@ pub(super) fn study_order(filters: &[Filter], fuzzy: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::query::AttributeKey;
-
-    fn filter(k: &str, v: &str) -> Filter {
-        let key = AttributeKey::parse(k).unwrap();
-        let matcher = Matcher::parse(&key, v).unwrap();
-        Filter { key, matcher }
-    }
 
     #[test]
     fn conditions_for_columns() {
@@ -260,14 +253,14 @@ mod tests {
         assert!(push_condition(
             &mut sql,
             Level::Study,
-            &filter("PatientID", "P_1%"),
+            &Filter::of("PatientID", "P_1%"),
             false
         ));
         assert!(sql.text.contains("st.patient_id = $1"));
         assert!(push_condition(
             &mut sql,
             Level::Study,
-            &filter("PatientName", "Mü*"),
+            &Filter::of("PatientName", "Mü*"),
             false
         ));
         assert!(matches!(&sql.args[1], Arg::Text(p) if p == "mu%"));
@@ -275,27 +268,27 @@ mod tests {
         assert!(push_condition(
             &mut sql,
             Level::Study,
-            &filter("Modality", "CT"),
+            &Filter::of("Modality", "CT"),
             false
         ));
         assert!(matches!(&sql.args[4], Arg::Text(p) if p == "%\\CT\\%"));
         assert!(!push_condition(
             &mut sql,
             Level::Study,
-            &filter("SeriesDescription", "x"),
+            &Filter::of("SeriesDescription", "x"),
             false
         ));
         assert!(push_condition(
             &mut sql,
             Level::Series,
-            &filter("SeriesDescription", "x_*"),
+            &Filter::of("SeriesDescription", "x_*"),
             false
         ));
         assert!(matches!(&sql.args[5], Arg::Text(p) if p == "x!_%"));
         assert!(!push_condition(
             &mut sql,
             Level::Series,
-            &filter("RequestAttributesSequence.RequestedProcedureID", "1"),
+            &Filter::of("RequestAttributesSequence.RequestedProcedureID", "1"),
             false
         ));
     }
@@ -320,7 +313,7 @@ mod tests {
     #[test]
     fn broad_study_filters_order_by_their_index() {
         let order = |fs: &[(&str, &str)]| {
-            let fs: Vec<Filter> = fs.iter().map(|(k, v)| filter(k, v)).collect();
+            let fs: Vec<Filter> = fs.iter().map(|(k, v)| Filter::of(k, v)).collect();
             study_order(&fs, false)
         };
         assert!(order(&[("StudyDate", "20240101-20240131")]).contains("study_date"));

@@ -320,13 +320,6 @@ fn collect_values(elem: &Json, rest: &[Tag], out: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::query::AttributeKey;
-
-    fn filter(k: &str, v: &str) -> Filter {
-        let key = AttributeKey::parse(k).unwrap();
-        let matcher = Matcher::parse(&key, v).unwrap();
-        Filter { key, matcher }
-    }
 
     #[test]
     fn in_memory_matching_follows_sequences_and_names() {
@@ -343,21 +336,29 @@ mod tests {
             context: Map::new(),
         };
         assert!(filter_matches(
-            &filter("RequestAttributesSequence.RequestedProcedureID", "RP7"),
+            &Filter::of("RequestAttributesSequence.RequestedProcedureID", "RP7"),
             &hit,
             false
         ));
         assert!(!filter_matches(
-            &filter("RequestAttributesSequence.RequestedProcedureID", "RP8"),
+            &Filter::of("RequestAttributesSequence.RequestedProcedureID", "RP8"),
             &hit,
             false
         ));
         assert!(filter_matches(
-            &filter("PatientName", "muller*"),
+            &Filter::of("PatientName", "muller*"),
             &hit,
             false
         ));
-        assert!(filter_matches(&filter("PatientName", "jos"), &hit, true));
-        assert!(!filter_matches(&filter("PatientName", "jos"), &hit, false));
+        assert!(filter_matches(
+            &Filter::of("PatientName", "jos"),
+            &hit,
+            true
+        ));
+        assert!(!filter_matches(
+            &Filter::of("PatientName", "jos"),
+            &hit,
+            false
+        ));
     }
 }

@@ -202,6 +202,16 @@ pub struct Filter {
 }
 
 #[cfg(test)]
+impl Filter {
+    /// A filter from a key (keyword, tag or path) and a query value, as a request has them.
+    pub fn of(key: &str, value: &str) -> Filter {
+        let key = AttributeKey::parse(key).unwrap();
+        let matcher = Matcher::parse(&key, value).unwrap();
+        Filter { key, matcher }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use dicom_dictionary_std::tags;
