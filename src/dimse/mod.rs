@@ -30,7 +30,7 @@ pub mod worklist;
 
 pub use association::{serve, storage_sop_classes, transfer_syntaxes, Listeners, SERVICE_CLASSES};
 pub use link::{parse_pdata, Assembler, DataSet, Value, MAX_COMMAND};
-pub use scu::{connect, Peer, Proposal};
+pub use scu::{connect, ConnectError, Peer, Proposal};
 pub use status::Status;
 
 use crate::model::TransferSyntax;

@@ -31,6 +31,25 @@ pub struct Peer {
     reader: tokio::task::JoinHandle<()>,
 }
 
+/// Why no association was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// The peer answered but accepted none of the proposed presentation contexts: it takes
+    /// none of these SOP classes (in these transfer syntaxes), and asking again will not
+    /// change that.
+    NoContext(String),
+    /// Anything else: unreachable, rejected, timed out, TLS.
+    Failed(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::NoContext(why) | ConnectError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Open an association to `dest`, over TLS when it says so. `scp_roles` lists the SOP
 /// classes for which we ask to be the SCP (SCP/SCU role selection, PS3.7 D.3.3.4).
 pub async fn connect(
@@ -38,7 +57,7 @@ pub async fn connect(
     calling_ae: &AeTitle,
     proposals: &[Proposal],
     scp_roles: &[&str],
-) -> Result<Peer, String> {
+) -> Result<Peer, ConnectError> {
     let mut options = ClientAssociationOptions::new()
         .calling_ae_title(calling_ae.to_string())
         .called_ae_title(dest.ae.to_string())
@@ -53,46 +72,60 @@ pub async fn connect(
         options = options.with_role_selection(class.to_string(), false, true);
     }
     let address = (dest.host.as_str(), dest.port);
-    let failed = |e: &dyn std::error::Error| {
-        format!(
+    let failed = |e: dicom_ul::association::Error| {
+        let why = format!(
             "association with {} at {}:{}{} failed: {}",
             dest.ae,
             dest.host,
             dest.port,
             if dest.tls { " over TLS" } else { "" },
-            super::causes(e)
-        )
+            super::causes(&e)
+        );
+        match e {
+            dicom_ul::association::Error::NoAcceptedPresentationContexts { .. } => {
+                ConnectError::NoContext(why)
+            }
+            _ => ConnectError::Failed(why),
+        }
     };
-    let late = || format!("no association with {} within {CONNECT_TIMEOUT:?}", dest.ae);
+    let late = || {
+        ConnectError::Failed(format!(
+            "no association with {} within {CONNECT_TIMEOUT:?}",
+            dest.ae
+        ))
+    };
     if dest.tls {
-        let config = crate::tls::client(dest).map_err(|e| e.to_string())?;
+        let config = crate::tls::client(dest).map_err(|e| ConnectError::Failed(e.to_string()))?;
         let options = options.tls_config(config).server_name(&dest.host);
         let association =
             tokio::time::timeout(CONNECT_TIMEOUT, options.establish_tls_async(address))
                 .await
                 .map_err(|_| late())?
-                .map_err(|e| failed(&e))?;
+                .map_err(failed)?;
         finish(association, dest)
     } else {
         let association = tokio::time::timeout(CONNECT_TIMEOUT, options.establish_async(address))
             .await
             .map_err(|_| late())?
-            .map_err(|e| failed(&e))?;
+            .map_err(failed)?;
         finish(association, dest)
     }
 }
 
 /// The negotiated association as a link, with a task reading the peer's responses.
-fn finish<S>(association: AsyncClientAssociation<S>, dest: &Destination) -> Result<Peer, String>
+fn finish<S>(
+    association: AsyncClientAssociation<S>,
+    dest: &Destination,
+) -> Result<Peer, ConnectError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     AsyncClientAssociation<S>: Connection,
 {
     let contexts = PresentationContext::accepted(association.presentation_contexts(), |_| true);
     let peer_max = association.acceptor_max_pdu_length();
-    let (reader, writer) = association
-        .into_link(peer_max)
-        .map_err(|e| format!("cannot use the connection to {}: {e}", dest.ae))?;
+    let (reader, writer) = association.into_link(peer_max).map_err(|e| {
+        ConnectError::Failed(format!("cannot use the connection to {}: {e}", dest.ae))
+    })?;
     let reader = tokio::spawn(read_responses(reader, writer.clone()));
     Ok(Peer {
         writer,

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use super::{Batch, Outcome, Payload, Sent};
 use crate::config::{Destination, ForwardDestination};
 use crate::context::Context;
-use crate::dimse::commit_scu;
 use crate::dimse::push::{self, Pushed};
+use crate::dimse::{commit_scu, ConnectError};
 use crate::index::read::InstanceLocation;
 use crate::model::clock::now_millis;
 use crate::model::AeTitle;
@@ -57,7 +57,12 @@ impl Link {
         }
         let peer = match crate::dimse::connect(&self.peer, &self.calling, &proposals, &[]).await {
             Ok(peer) => peer,
-            Err(e) => return Sent::Unreachable(e),
+            // The peer takes none of the batch's classes: each instance is refused as it
+            // would be on an association that carried others.
+            Err(ConnectError::NoContext(_)) => {
+                return Sent::Each(instances.iter().map(not_accepted).collect());
+            }
+            Err(ConnectError::Failed(why)) => return Sent::Unreachable(why),
         };
         let mut broken: Option<String> = None;
         // With commitment: the instances the peer stored (index in the batch, UID as sent).
@@ -69,10 +74,7 @@ impl Link {
                 continue;
             }
             let Some(context) = push::context_for(&peer.contexts, loc) else {
-                outcomes.push(Outcome::Failed(format!(
-                    "the peer accepts SOP class {} in neither {} nor an uncompressed transfer syntax",
-                    loc.sop_class_uid, loc.transfer_syntax
-                )));
+                outcomes.push(not_accepted(loc));
                 continue;
             };
             let (data, instance) = match self.payload.data_set(loc, &context.transfer_syntax).await
@@ -148,6 +150,14 @@ impl Link {
             };
         }
     }
+}
+
+/// An instance whose class the peer did not accept in any transfer syntax we offered.
+fn not_accepted(loc: &InstanceLocation) -> Outcome {
+    Outcome::Failed(format!(
+        "the peer accepts SOP class {} in neither {} nor an uncompressed transfer syntax",
+        loc.sop_class_uid, loc.transfer_syntax
+    ))
 }
 
 fn outcome(pushed: Pushed) -> Outcome {

@@ -7,6 +7,26 @@ import optional
 from pacs import Backend, Pacs, S3Server
 
 
+# Servers of the test running now, so that a failure's report can show their logs.
+_running: list[Pacs] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report ends with the last lines of each of its servers' logs: a
+    failure seen only in CI can then be read from CI's output."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for n, p in enumerate(_running):
+        try:
+            lines = (p.dir / "server.log").read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        report.sections.append((f"pacs-lite server {n} log (last 80 lines)", "\n".join(lines[-80:])))
+
+
 def pytest_report_header(config):
     """One line per optional part of the suite, before the tests: runs, or why not."""
     return optional.summary()
@@ -41,10 +61,12 @@ def make_pacs(backend):
     def make(extra_env=None, start=True):
         p = Pacs(backend, extra_env)
         servers.append(p)
+        _running.append(p)
         return p.start() if start else p
 
     yield make
     for p in servers:
+        _running.remove(p)
         p.cleanup()
 
 

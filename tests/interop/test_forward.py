@@ -144,7 +144,9 @@ def test_two_processes_share_one_outbox(make_pacs, backend, upstream):
 
 def test_a_refused_class_fails_alone_and_is_retried(make_pacs, tmp_path):
     """An archive that refuses one SOP class: those jobs fail with the reason, the others
-    are delivered; once the archive takes the class, a retry delivers them."""
+    are delivered; once the archive takes the class, a retry delivers them. A batch of
+    refused classes alone (the archive then accepts no presentation context at all, so
+    there is no association) fails the same way, and is not taken for an outage."""
     require_orthanc()
     strict = Orthanc(UnknownSopClassAccepted=False)
     try:
@@ -156,7 +158,10 @@ def test_a_refused_class_fails_alone_and_is_retried(make_pacs, tmp_path):
             ds.SOPClassUID = "1.2.826.0.1.3680043.8.498.1.4242"
             ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
         odd = ct_series(n=2, size=32, patient_name="Forward^Unknown", extra=private)
-        assert pacs.stow(ct + odd).status_code == 200
+        assert pacs.stow(odd).status_code == 200
+        wait_for(lambda: outbox(pacs)["failed"] == 2, timeout=30)
+        assert outbox(pacs)["pending"] == 0
+        assert pacs.stow(ct).status_code == 200
         wait_for(lambda: (s := outbox(pacs))["delivered"] == 3 and s["failed"] == 2, timeout=30)
         failed = requests.get(f"{pacs.url}/api/v1/admin/forward/central/failed").json()["failed"]
         assert sorted(f["sop_instance_uid"] for f in failed) == sorted(str(d.SOPInstanceUID) for d in odd)
