@@ -19,6 +19,7 @@ pub mod query;
 pub mod read;
 mod records;
 pub mod retention;
+mod sqlite_reader;
 mod sqlite_writer;
 mod types;
 pub mod uploads;
@@ -100,6 +101,8 @@ pub struct Index {
     writer: Writer,
     audit: admin::AuditQueue,
     relaxed: bool,
+    /// SQLite only: the lookups of every retrieval, answered on the calling thread.
+    readers: Option<Arc<sqlite_reader::Readers>>,
     /// Signalled when forwarding jobs become due (stored with an instance, or queued).
     outbox: std::sync::Arc<tokio::sync::Notify>,
 }
@@ -153,6 +156,9 @@ impl Index {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
+        let readers = sqlite_file(&url)
+            .filter(|_| backend == Backend::Sqlite)
+            .map(|path| Arc::new(sqlite_reader::Readers::new(path)));
         let (writer, relaxed) = match sqlite_file(&url) {
             Some(path) if backend == Backend::Sqlite => (
                 Writer::Sqlite(Arc::new(sqlite_writer::open(path, relaxed)?)),
@@ -167,6 +173,7 @@ impl Index {
             writer,
             audit,
             relaxed,
+            readers,
             outbox: Default::default(),
         })
     }

@@ -1,6 +1,9 @@
 //! Reading what WADO-RS serves: the instances of a study, series or instance with where
 //! their bytes are, their precomputed metadata and frame tables.
 
+use rusqlite::types::Type;
+
+use super::sqlite_reader::text;
 use super::{Index, IndexError};
 use crate::model::{ObjectKey, Sha256, TransferSyntax, Uid};
 
@@ -53,11 +56,52 @@ const LOCATE: &str = "SELECT st.study_uid, se.series_uid, i.sop_instance_uid, i.
      i.transfer_syntax, i.object_key, i.size, i.part10_prefix, i.sha256, i.number_of_frames, i.frame_table";
 const ORDER: &str = " ORDER BY se.series_number, se.id, i.instance_number, i.id";
 
+impl InstanceLocation {
+    /// A row of [`LOCATE`] read by a plain SQLite connection.
+    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceLocation> {
+        let count = |i: usize| -> rusqlite::Result<u64> {
+            u64::try_from(row.get::<_, i64>(i)?)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, Type::Integer, e.into()))
+        };
+        Ok(InstanceLocation {
+            study_uid: text(row, 0)?,
+            series_uid: text(row, 1)?,
+            sop_instance_uid: text(row, 2)?,
+            sop_class_uid: text(row, 3)?,
+            transfer_syntax: text(row, 4)?,
+            object_key: text(row, 5)?,
+            size: count(6)?,
+            part10_prefix: count(7)?,
+            sha256: text(row, 8)?,
+            number_of_frames: row.get(9)?,
+            frame_table: row.get(10)?,
+        })
+    }
+}
+
 impl Index {
+    /// `sql` with `args` on SQLite's calling-thread readers: `None` when there are none
+    /// or they could not answer at once (the pool then does).
+    fn read_here<R>(
+        &self,
+        sql: &str,
+        args: &[&str],
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+    ) -> Option<Vec<R>> {
+        self.readers.as_ref()?.read(|c| {
+            let mut statement = c.prepare_cached(sql)?;
+            let rows = statement.query_map(rusqlite::params_from_iter(args), row)?;
+            rows.collect()
+        })
+    }
+
     /// The instances in scope, in series and instance order.
     pub async fn locate(&self, scope: &Scope) -> Result<Vec<InstanceLocation>, IndexError> {
         let (filter, args) = scope.where_clause();
         let sql = format!("{LOCATE}{FROM}{filter}{ORDER}");
+        if let Some(found) = self.read_here(&sql, &args, InstanceLocation::from_sqlite) {
+            return Ok(found);
+        }
         let mut q = sqlx::query_as(&sql);
         for a in args {
             q = q.bind(a);
@@ -103,6 +147,9 @@ impl Index {
     pub async fn metadata(&self, scope: &Scope) -> Result<Vec<(String, Sha256)>, IndexError> {
         let (filter, args) = scope.where_clause();
         let sql = format!("SELECT i.metadata_json, i.sha256{FROM}{filter}{ORDER}");
+        if let Some(found) = self.read_here(&sql, &args, |r| Ok((r.get(0)?, text(r, 1)?))) {
+            return Ok(found);
+        }
         let mut q = sqlx::query_as(&sql);
         for a in args {
             q = q.bind(a);

@@ -424,7 +424,7 @@ fn one_row<T>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::index::{Index, SeriesAttributes, StudyAttributes};
     use crate::model::{Origin, OriginKind};
@@ -433,7 +433,12 @@ mod tests {
         Uid::parse(s).unwrap()
     }
 
-    fn record(study: &str, series: &str, sop: &str, modality: &str) -> InstanceRecord {
+    pub(in crate::index) fn record(
+        study: &str,
+        series: &str,
+        sop: &str,
+        modality: &str,
+    ) -> InstanceRecord {
         let digest = crate::model::Sha256::of(sop.as_bytes());
         InstanceRecord {
             study: StudyAttributes {
