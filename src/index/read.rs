@@ -267,3 +267,61 @@ impl Index {
         .await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The index's lookups give on this thread what the pool gives.
+    #[tokio::test]
+    async fn lookups_answer_as_the_pool_does() {
+        use crate::index::sqlite_writer::tests::record;
+        use crate::model::Uid;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("index.sqlite").display());
+        let index = crate::index::Index::open(&url, 2).await.unwrap();
+        for (series, sop) in [
+            ("1.1.2", "1.1.2.1"),
+            ("1.1.1", "1.1.1.1"),
+            ("1.1.1", "1.1.1.2"),
+        ] {
+            index
+                .insert(record("1.1", series, sop, "CT"))
+                .await
+                .unwrap();
+        }
+        let pooled = crate::index::Index {
+            readers: None,
+            ..index.clone()
+        };
+        let readers = index.readers.clone().unwrap();
+        let scope = |series: Option<&str>, instance: Option<&str>| Scope {
+            study: Uid::parse("1.1").unwrap(),
+            series: series.map(|s| Uid::parse(s).unwrap()),
+            instance: instance.map(|s| Uid::parse(s).unwrap()),
+        };
+        let scopes = [
+            scope(None, None),
+            scope(Some("1.1.1"), None),
+            scope(Some("1.1.1"), Some("1.1.1.2")),
+            scope(Some("1.1.1"), Some("1.9")),
+        ];
+        let mut found = Vec::new();
+        for s in &scopes {
+            let here = index.locate(s).await.unwrap();
+            // Answered here: the connection went back to the idle list.
+            assert_eq!(readers.idle_count(), 1);
+            assert_eq!(
+                format!("{here:?}"),
+                format!("{:?}", pooled.locate(s).await.unwrap())
+            );
+            let meta = index.metadata(s).await.unwrap();
+            assert_eq!(
+                format!("{meta:?}"),
+                format!("{:?}", pooled.metadata(s).await.unwrap())
+            );
+            found.push(here.len());
+        }
+        assert_eq!(found, [3, 2, 1, 0]);
+    }
+}
