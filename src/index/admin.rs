@@ -112,24 +112,61 @@ pub(super) fn spawn_audit_writer(pool: sqlx::AnyPool) -> AuditQueue {
     AuditQueue { tx, unwritten }
 }
 
+/// Audit rows go in statements of these many rows (largest first): few round trips to the
+/// database per batch, and few distinct statements to prepare.
+const AUDIT_ROWS: [usize; 4] = [64, 16, 4, 1];
+
 async fn insert_audit(pool: &sqlx::AnyPool, events: &[AuditEvent]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    for e in events {
-        sqlx::query(
-            "INSERT INTO audit_events (at, who, via, address, action, study_uid, detail) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7)",
-        )
-        .bind(e.at)
-        .bind(&e.who)
-        .bind(&e.via)
-        .bind(&e.address)
-        .bind(&e.action)
-        .bind(&e.study_uid)
-        .bind(&e.detail)
-        .execute(&mut *tx)
-        .await?;
+    let mut rest = events;
+    while !rest.is_empty() {
+        let n = AUDIT_ROWS
+            .into_iter()
+            .find(|&n| n <= rest.len())
+            .unwrap_or(1);
+        let (chunk, after) = rest.split_at(n);
+        let mut q = sqlx::query(audit_insert_sql(n));
+        for e in chunk {
+            q = q
+                .bind(e.at)
+                .bind(&e.who)
+                .bind(&e.via)
+                .bind(&e.address)
+                .bind(&e.action)
+                .bind(&e.study_uid)
+                .bind(&e.detail);
+        }
+        q.execute(&mut *tx).await?;
+        rest = after;
     }
     tx.commit().await
+}
+
+/// The INSERT of `rows` audit events (one of [`AUDIT_ROWS`]), built once.
+fn audit_insert_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        AUDIT_ROWS
+            .iter()
+            .map(|&n| {
+                let values: Vec<String> = (0..n)
+                    .map(|r| {
+                        let p: Vec<String> = (1..=7).map(|c| format!("${}", r * 7 + c)).collect();
+                        format!("({})", p.join(","))
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO audit_events (at, who, via, address, action, study_uid, detail) VALUES {}",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+    let i = AUDIT_ROWS
+        .iter()
+        .position(|&n| n == rows)
+        .unwrap_or(AUDIT_ROWS.len() - 1);
+    &all[i]
 }
 
 impl Index {
@@ -356,4 +393,51 @@ async fn distinct(tx: &mut Tx<'_>, sql: &str, pk: i64) -> Result<String, IndexEr
     values.sort();
     values.dedup();
     Ok(values.join("\\"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch of any size is written whole and in order, in statements of several rows.
+    #[tokio::test]
+    async fn audit_batches_keep_every_event_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("index.sqlite").display());
+        let index = Index::open(&url, 2).await.unwrap();
+        // 64 + 64 + 16 + 4 + 1 + 1 + 1 rows, then one alone.
+        let event = |i: i64| AuditEvent {
+            id: None,
+            at: i,
+            who: format!("who{i}"),
+            via: "loopback".into(),
+            address: (i % 2 == 0).then(|| "127.0.0.1".into()),
+            action: "read".into(),
+            study_uid: Some(format!("1.{i}")),
+            detail: None,
+        };
+        insert_audit(&index.pool, &(0..151).map(event).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        insert_audit(&index.pool, &[event(151)]).await.unwrap();
+        let filter = AuditFilter {
+            study: None,
+            who: None,
+            action: None,
+            after: None,
+            limit: Some(10_000),
+        };
+        let rows = index.audit_events(&filter).await.unwrap();
+        let got: Vec<(i64, String, Option<String>, Option<String>)> = rows
+            .into_iter()
+            .map(|e| (e.at, e.who, e.address, e.study_uid))
+            .collect();
+        let want: Vec<_> = (0..152)
+            .map(|i| {
+                let e = event(i);
+                (e.at, e.who, e.address, e.study_uid)
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
 }
