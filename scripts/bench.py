@@ -19,6 +19,11 @@ Workloads (--only takes these names; all by default):
                  exit. One row per --associations count; Orthanc is measured up to
                  --orthanc-max-associations (4), above that pacs-lite alone (scaling).
   cstore512      C-STORE of 200 512x512 CT files over 1 association: MB/s of Part-10 files.
+  cstore-nagle   C-STORE of 100 64x64 CT over 1 association by storescu with Nagle's
+                 algorithm on (without TCP_NODELAY=1 in its environment: dcmtk's default, and
+                 what many modalities do): instances/s. It writes each PDU in pieces, and
+                 each next piece waits for the last one's acknowledgement; a server that
+                 delays acknowledgements makes every message wait up to 40 ms. No target.
   stow64         STOW-RS of 1000 64x64 CT, 50 per request, one keep-alive connection:
                  instances/s (request bodies built before the clock starts).
   stow512        STOW-RS of 200 512x512 CT, 10 per request: MB/s of Part-10 instances.
@@ -141,7 +146,7 @@ def main():
     out_path = Path(args.out) if args.out else \
         Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "bench" / "bench.json"
     q = args.quick
-    c = {"cstore64_1": 200 if q else 1000, "cstore64_multi": 400 if q else 2000, "cstore512": 40 if q else 200,
+    c = {"cstore64_1": 200 if q else 1000, "cstore_nagle": 40 if q else 100, "cstore64_multi": 400 if q else 2000, "cstore512": 40 if q else 200,
          "stow64": 200 if q else 1000, "stow512": 40 if q else 200, "qido_studies": 100 if q else 300,
          "study512": 20 if q else 100, "latency_n": 10 if q else 50, "study_n": 3 if q else 10, "client": args.client}
 
@@ -184,6 +189,8 @@ def main():
                     cases.append((f"cstore64-a{k}", "cstore", (64, total, k)))
             if "cstore512" in selected:
                 cases.append(("cstore512", "cstore", (512, c["cstore512"], 1)))
+            if "cstore-nagle" in selected:
+                cases.append(("cstore-nagle", "cstore", (64, c["cstore_nagle"], 1)))
             if "stow64" in selected:
                 cases.append(("stow64", "stow", (64, c["stow64"], 50)))
             if "stow512" in selected:
@@ -199,7 +206,8 @@ def main():
                     if kind == "cstore" and name == "Orthanc" and k > args.orthanc_max_associations:
                         continue
                     if kind == "cstore":
-                        res = attempt(lambda: ingest_cstore(lambda: make(key), folders, nbytes, n))
+                        res = attempt(lambda: ingest_cstore(lambda: make(key), folders, nbytes, n,
+                                                            nagle=key == "cstore-nagle"))
                     else:
                         res = attempt(lambda: ingest_stow(lambda: make(key), bodies, nbytes, n))
                     record(key, name, rep, i == 0, res)

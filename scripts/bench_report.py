@@ -15,6 +15,7 @@ def rows(assocs):
     for k in assocs:
         out.append((f"cstore64-a{k}", f"C-STORE 64x64 CT, {k} assoc. (inst/s)", "inst_s", True, targets.get(k)))
     out += [("cstore512", "C-STORE 512x512 CT, 1 assoc. (MB/s)", "mb_s", True, 2.0),
+            ("cstore-nagle", "C-STORE 64x64, storescu with Nagle (inst/s)", "inst_s", True, None),
             ("stow64", "STOW-RS 64x64, 50/request (inst/s)", "inst_s", True, 4.0),
             ("stow512", "STOW-RS 512x512, 10/request (MB/s)", "mb_s", True, 2.5),
             ("qido", "QIDO-RS PatientName=D* (ms)", "median_ms", False, 10.0),

@@ -23,7 +23,7 @@ FRAME_ACCEPT = "multipart/related; type=application/octet-stream; transfer-synta
 JSON_ACCEPT = "application/dicom+json"
 STOW_TYPE = f'multipart/related; type="application/dicom"; boundary={stow.BOUNDARY}'
 
-INGEST = ["cstore64", "cstore512", "stow64", "stow512"]
+INGEST = ["cstore64", "cstore512", "cstore-nagle", "stow64", "stow512"]
 READS = ["qido", "wado-study", "wado-small", "wado-instance", "wado-frame", "metadata"]
 WORKLOADS = INGEST + READS
 
@@ -130,13 +130,15 @@ def count_instances(server):
         return None
 
 
-def storescu(server, folders):
-    """One storescu per folder, all at once; wall time and failures."""
+def storescu(server, folders, nagle=False):
+    """One storescu per folder, all at once; wall time and failures. `nagle`: without
+    TCP_NODELAY=1 in its environment (dcmtk then leaves Nagle's algorithm on)."""
     tool = bench_dimse.dcmtk("storescu")
+    env = {k: v for k, v in os.environ.items() if not (nagle and k == "TCP_NODELAY")}
     errs = [tempfile.TemporaryFile() for _ in folders]
     t0 = time.perf_counter()
     procs = [subprocess.Popen([tool, "-aec", server.aet, "+sd", "127.0.0.1", str(server.dicom_port), str(d)],
-                              stdout=subprocess.DEVNULL, stderr=e) for d, e in zip(folders, errs)]
+                              stdout=subprocess.DEVNULL, stderr=e, env=env) for d, e in zip(folders, errs)]
     bench_servers.CHILDREN.extend(procs)
     for p in procs:
         p.wait()
@@ -153,12 +155,12 @@ def storescu(server, folders):
     return elapsed, failed, sample
 
 
-def ingest_cstore(make, folders, total_bytes, n):
+def ingest_cstore(make, folders, total_bytes, n, nagle=False):
     os.sync()
     server = make().start()
     try:
         cpu0 = cpu_seconds(server)
-        elapsed, failed, sample = storescu(server, folders)
+        elapsed, failed, sample = storescu(server, folders, nagle)
         cpu1 = cpu_seconds(server)
         stored = count_instances(server)
     finally:

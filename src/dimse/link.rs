@@ -8,7 +8,7 @@
 //! store): it is cut into P-DATA values as it arrives, within the peer's maximum PDU length.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,20 +64,31 @@ pub fn split(
     peer_max_pdu: u32,
 ) -> std::io::Result<(Reader, Arc<Writer>)> {
     let fd = stream.as_fd().try_clone_to_owned()?;
+    let socket = fd.try_clone().ok();
     let std_stream = std::net::TcpStream::from(fd);
     std_stream.set_nonblocking(true)?;
     let (rd, wr) = tokio::net::TcpStream::from_std(std_stream)?.into_split();
-    Ok(halves(Box::new(rd), Box::new(wr), peer_max_pdu))
+    Ok(halves(Box::new(rd), Box::new(wr), socket, peer_max_pdu))
 }
 
-/// A reader and a writer over the two halves of a connection.
-pub fn halves(rd: ReadHalf, wr: WriteHalf, peer_max_pdu: u32) -> (Reader, Arc<Writer>) {
+/// A reader and a writer over the two halves of a connection; `socket` (the TCP socket
+/// under it, duplicated) to acknowledge what arrives at once (see [`Reader::next`]).
+pub fn halves(
+    rd: ReadHalf,
+    wr: WriteHalf,
+    socket: Option<OwnedFd>,
+    peer_max_pdu: u32,
+) -> (Reader, Arc<Writer>) {
+    if let Some(socket) = &socket {
+        let _ = rustix::net::sockopt::set_tcp_quickack(socket, true);
+    }
     // Values cost their data plus a 6-byte item header; the PDU header is 6 bytes more.
     let max_fragment = (peer_max_pdu.clamp(4096, 1 << 24) as usize) - 12;
     (
         Reader {
             half: rd,
             buf: BytesMut::with_capacity(64 * 1024),
+            socket,
         },
         Arc::new(Writer {
             half: tokio::sync::Mutex::new(Some(wr)),
@@ -93,6 +104,8 @@ pub fn halves(rd: ReadHalf, wr: WriteHalf, peer_max_pdu: u32) -> (Reader, Arc<Wr
 pub struct Reader {
     half: ReadHalf,
     buf: BytesMut,
+    /// The TCP socket, to turn delayed acknowledgements off again after each read.
+    socket: Option<OwnedFd>,
 }
 
 /// One presentation data value: its bytes are a slice of the PDU as read, not a copy.
@@ -178,6 +191,14 @@ impl Reader {
             }
             if self.half.read_buf(&mut self.buf).await? == 0 {
                 return Err(LinkError::Closed);
+            }
+            // Every segment is acknowledged at once, not up to 40 ms later. A sender that
+            // writes a PDU in pieces with Nagle's algorithm on (dcmtk's default: a PDV
+            // header, then its value) holds each next piece until the last is
+            // acknowledged: with delayed acknowledgements every message waited 40 ms.
+            // Linux turns quick acknowledgement off again by itself, hence after each read.
+            if let Some(socket) = &self.socket {
+                let _ = rustix::net::sockopt::set_tcp_quickack(socket, true);
             }
         }
     }

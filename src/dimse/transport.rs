@@ -7,6 +7,7 @@
 //! then share that association behind a lock taken for the length of one poll, as
 //! `tokio::io::split` does with a stream it owns — no task and no copy in between.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -37,20 +38,34 @@ impl Connection for AsyncClientAssociation<TcpStream> {
 }
 
 impl Connection for AsyncServerAssociation<server::AsyncTlsStream> {
-    fn into_link(self, peer_max_pdu: u32) -> std::io::Result<(Reader, Arc<Writer>)> {
-        Ok(shared(self, |a| a.inner_stream(), peer_max_pdu))
+    fn into_link(mut self, peer_max_pdu: u32) -> std::io::Result<(Reader, Arc<Writer>)> {
+        let socket = self
+            .inner_stream()
+            .get_ref()
+            .0
+            .as_fd()
+            .try_clone_to_owned()
+            .ok();
+        Ok(shared(self, |a| a.inner_stream(), socket, peer_max_pdu))
     }
 }
 
 impl Connection for AsyncClientAssociation<client::AsyncTlsStream> {
     fn into_link(mut self, peer_max_pdu: u32) -> std::io::Result<(Reader, Arc<Writer>)> {
-        let _ = self.inner_stream().get_ref().0.set_nodelay(true);
-        Ok(shared(self, |a| a.inner_stream(), peer_max_pdu))
+        let tcp = self.inner_stream().get_ref().0;
+        let _ = tcp.set_nodelay(true);
+        let socket = tcp.as_fd().try_clone_to_owned().ok();
+        Ok(shared(self, |a| a.inner_stream(), socket, peer_max_pdu))
     }
 }
 
 /// Reader and writer halves over the stream inside `owner`.
-fn shared<O, S>(owner: O, stream: fn(&mut O) -> &mut S, peer_max_pdu: u32) -> (Reader, Arc<Writer>)
+fn shared<O, S>(
+    owner: O,
+    stream: fn(&mut O) -> &mut S,
+    socket: Option<OwnedFd>,
+    peer_max_pdu: u32,
+) -> (Reader, Arc<Writer>)
 where
     O: Send + 'static,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -60,7 +75,7 @@ where
         owner: owner.clone(),
         stream,
     };
-    link::halves(Box::new(half()), Box::new(half()), peer_max_pdu)
+    link::halves(Box::new(half()), Box::new(half()), socket, peer_max_pdu)
 }
 
 /// One half of a shared stream: reads or writes, each under the lock for one poll.
