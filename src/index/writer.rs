@@ -58,6 +58,45 @@ pub(super) const UPDATE_STUDY: &str =
     "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
      modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1";
 
+/// PostgreSQL: the study, series and instance rows in one statement (a round trip to the
+/// server costs more than any of them); `inserted` false when the SOP Instance UID was
+/// stored already (the caller then undoes the counters). The study upsert's no-op update
+/// locks its row, as [`UPSERT_STUDY`] does.
+const PG_INSERT_ROWS: &str = "WITH st AS (\
+     INSERT INTO studies (study_uid, patient_name, patient_name_key, patient_id, \
+     patient_birth_date, patient_sex, study_date, study_time, accession_number, study_id, \
+     study_description, referring_physician_name, referring_physician_key, attrs_json, \
+     created_at, updated_at) \
+     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$15) \
+     ON CONFLICT (study_uid) DO UPDATE SET updated_at = studies.updated_at \
+     RETURNING id, modalities, sop_classes), \
+     se AS (\
+     INSERT INTO series (series_uid, study_pk, modality, series_number, series_description, \
+     body_part_examined, performed_start_date, performed_start_time, attrs_json, created_at, \
+     num_instances) \
+     VALUES ($16,(SELECT id FROM st),$17,$18,$19,$20,$21,$22,$23,$15,1) ON CONFLICT (series_uid) \
+     DO UPDATE SET num_instances = series.num_instances + 1 RETURNING id, num_instances), \
+     i AS (\
+     INSERT INTO instances (sop_instance_uid, series_pk, study_pk, sop_class_uid, \
+     instance_number, transfer_syntax, number_of_frames, num_rows, num_columns, object_key, \
+     size, sha256, metadata_json, frame_table, origin_kind, origin_who, origin_address, \
+     stored_at, attrs_json, part10_prefix) \
+     VALUES ($24,(SELECT id FROM se),(SELECT id FROM st),$25,$26,$27,$28,$29,$30,$31,$32,$33,\
+     $34,$35,$36,$37,$38,$15,$39,$40) \
+     ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id) \
+     SELECT st.id, st.modalities, st.sop_classes, se.num_instances, \
+     EXISTS (SELECT 1 FROM i) AS inserted FROM st, se";
+/// PostgreSQL: the change feed entry, the audit event and the study's counters of a new
+/// instance, in one statement ([`INSERT_CHANGE`], [`INSERT_AUDIT`], [`UPDATE_STUDY`]).
+const PG_RECORD_NEW: &str = "WITH ch AS (\
+     INSERT INTO changefeed (at, action, study_uid, series_uid, sop_instance_uid) \
+     VALUES ($5, 'create', $6, $7, $8)), \
+     au AS (\
+     INSERT INTO audit_events (at, who, via, address, action, study_uid, detail) \
+     VALUES ($5, $9, $10, $11, 'store', $6, $12)) \
+     UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
+     modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1";
+
 pub(super) struct Job {
     pub record: InstanceRecord,
     pub reply: oneshot::Sender<Result<InsertOutcome, IndexError>>,
@@ -157,6 +196,9 @@ async fn write_one(
     backend: Backend,
     r: &InstanceRecord,
 ) -> Result<InsertOutcome, IndexError> {
+    if backend == Backend::Postgres {
+        return write_one_pg(tx, r).await;
+    }
     let study = upsert_study(tx, backend, &r.study, r.stored_at).await?;
     let (series_pk, new_series) = upsert_series(tx, study.pk, &r.series, r.stored_at).await?;
     if !insert_instance(tx, study.pk, series_pk, r).await? {
@@ -202,6 +244,94 @@ async fn write_one(
         .bind(r.stored_at)
         .execute(&mut **tx)
         .await?;
+    Ok(InsertOutcome::Inserted)
+}
+
+/// [`write_one`] on PostgreSQL: the same rows in two statements instead of seven (and one
+/// per forwarding destination).
+async fn write_one_pg(
+    tx: &mut Transaction<'_, Any>,
+    r: &InstanceRecord,
+) -> Result<InsertOutcome, IndexError> {
+    let (st, se) = (&r.study, &r.series);
+    let row = sqlx::query(PG_INSERT_ROWS)
+        .bind(&st.study_uid)
+        .bind(&st.patient_name)
+        .bind(&st.patient_name_key)
+        .bind(&st.patient_id)
+        .bind(&st.patient_birth_date)
+        .bind(&st.patient_sex)
+        .bind(&st.study_date)
+        .bind(&st.study_time)
+        .bind(&st.accession_number)
+        .bind(&st.study_id)
+        .bind(&st.study_description)
+        .bind(&st.referring_physician_name)
+        .bind(&st.referring_physician_key)
+        .bind(&st.attrs_json)
+        .bind(r.stored_at)
+        .bind(&se.series_uid)
+        .bind(&se.modality)
+        .bind(se.series_number)
+        .bind(&se.series_description)
+        .bind(&se.body_part_examined)
+        .bind(&se.performed_start_date)
+        .bind(&se.performed_start_time)
+        .bind(&se.attrs_json)
+        .bind(&r.sop_instance_uid)
+        .bind(&r.sop_class_uid)
+        .bind(r.instance_number)
+        .bind(&r.transfer_syntax)
+        .bind(r.number_of_frames)
+        .bind(r.rows)
+        .bind(r.columns)
+        .bind(&r.object_key)
+        .bind(i64::try_from(r.size).unwrap_or(i64::MAX))
+        .bind(r.sha256)
+        .bind(&r.metadata_json)
+        .bind(r.frame_table.clone())
+        .bind(r.origin.kind.as_str())
+        .bind(&r.origin.who)
+        .bind(&r.origin.address)
+        .bind(&r.attrs_json)
+        .bind(r.part10_prefix)
+        .fetch_one(&mut **tx)
+        .await?;
+    if !row.try_get::<bool, _>("inserted")? {
+        // Stored before (by us or another process).
+        return existing(tx, &r.sop_instance_uid)
+            .await?
+            .map(InsertOutcome::Existing)
+            .ok_or_else(|| IndexError::Db(sqlx::Error::RowNotFound));
+    }
+    let study_pk: i64 = row.try_get("id")?;
+    let modalities: String = row.try_get("modalities")?;
+    let sop_classes: String = row.try_get("sop_classes")?;
+    let new_series = row.try_get::<i64, _>("num_instances")? == 1;
+    sqlx::query(PG_RECORD_NEW)
+        .bind(study_pk)
+        .bind(i64::from(new_series))
+        .bind(merge_set(&modalities, se.modality.as_deref()))
+        .bind(merge_set(&sop_classes, Some(r.sop_class_uid.as_str())))
+        .bind(r.stored_at)
+        .bind(&st.study_uid)
+        .bind(&se.series_uid)
+        .bind(&r.sop_instance_uid)
+        .bind(&r.origin.who)
+        .bind(r.origin.kind.as_str())
+        .bind(&r.origin.address)
+        .bind(format!("instance {}", r.sop_instance_uid))
+        .execute(&mut **tx)
+        .await?;
+    for destination in &r.forward_to {
+        sqlx::query(INSERT_FORWARD_JOB)
+            .bind(destination)
+            .bind(&r.sop_instance_uid)
+            .bind(&st.study_uid)
+            .bind(r.stored_at)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(InsertOutcome::Inserted)
 }
 
