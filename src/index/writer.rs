@@ -247,14 +247,14 @@ async fn write_one(
     Ok(InsertOutcome::Inserted)
 }
 
-/// [`write_one`] on PostgreSQL: the same rows in two statements instead of seven (and one
-/// per forwarding destination).
-async fn write_one_pg(
+/// [`PG_INSERT_ROWS`] for `r`: the study's id, modalities and SOP classes, the series'
+/// count, and whether the instance row was inserted.
+async fn insert_rows_pg(
     tx: &mut Transaction<'_, Any>,
     r: &InstanceRecord,
-) -> Result<InsertOutcome, IndexError> {
+) -> Result<sqlx::any::AnyRow, IndexError> {
     let (st, se) = (&r.study, &r.series);
-    let row = sqlx::query(PG_INSERT_ROWS)
+    Ok(sqlx::query(PG_INSERT_ROWS)
         .bind(&st.study_uid)
         .bind(&st.patient_name)
         .bind(&st.patient_name_key)
@@ -296,7 +296,17 @@ async fn write_one_pg(
         .bind(&r.attrs_json)
         .bind(r.part10_prefix)
         .fetch_one(&mut **tx)
-        .await?;
+        .await?)
+}
+
+/// [`write_one`] on PostgreSQL: the same rows in two statements instead of seven (and one
+/// per forwarding destination).
+async fn write_one_pg(
+    tx: &mut Transaction<'_, Any>,
+    r: &InstanceRecord,
+) -> Result<InsertOutcome, IndexError> {
+    let (st, se) = (&r.study, &r.series);
+    let row = insert_rows_pg(tx, r).await?;
     if !row.try_get::<bool, _>("inserted")? {
         // Stored before (by us or another process).
         return existing(tx, &r.sop_instance_uid)
