@@ -38,19 +38,24 @@ impl Readers {
     /// `f` on a read connection, on this thread; `None` when it could not answer at once
     /// (any error: the caller asks the sqlx pool, which reports it).
     pub(super) fn read<R>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> Option<R> {
-        let conn = match self.idle.lock().ok()?.pop() {
+        // Taken, then the lock released: a new connection is opened without it.
+        let idle = self.idle.lock().ok()?.pop();
+        let conn = match idle {
             Some(conn) => conn,
             None => self.open().ok()?,
         };
-        match f(&conn) {
-            Ok(r) => {
-                if let Ok(mut idle) = self.idle.lock() {
-                    if idle.len() < MAX_IDLE {
-                        idle.push(conn);
-                    }
+        let answer = f(&conn);
+        // A connection that SQLite itself failed on is not kept; a value that did not
+        // convert says nothing against it.
+        if !matches!(answer, Err(rusqlite::Error::SqliteFailure(..))) {
+            if let Ok(mut idle) = self.idle.lock() {
+                if idle.len() < MAX_IDLE {
+                    idle.push(conn);
                 }
-                Some(r)
             }
+        }
+        match answer {
+            Ok(r) => Some(r),
             Err(e) => {
                 tracing::debug!(error = %e, "index read on the calling thread failed; the pool answers");
                 None
@@ -123,13 +128,16 @@ mod tests {
                 ))
             )
             .is_none());
+        // A value that did not convert leaves the connection usable: it is kept.
+        assert_eq!(r.idle.lock().unwrap().len(), 1);
         assert!(r
             .read(|c| c.query_row("SELECT v FROM nowhere", [], |row| row.get::<_, String>(0)))
             .is_none());
         assert!(r
             .read(|c| c.execute("INSERT INTO t VALUES ('x')", []))
             .is_none());
-        // A connection that failed is not kept.
+        // A connection SQLite failed on (no such table; a write on a read-only one) is not
+        // kept.
         assert_eq!(r.idle.lock().unwrap().len(), 0);
     }
 

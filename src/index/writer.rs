@@ -1,6 +1,9 @@
 //! The index writer: one task that commits concurrent inserts in one transaction. This one
 //! serves PostgreSQL; on SQLite the storing threads write themselves
-//! ([`super::sqlite_writer`]), with the same batching and the same statements.
+//! ([`super::sqlite_writer`]), with the same batching and the same statements. On
+//! PostgreSQL, where each statement is a round trip to the server, an instance's rows go in
+//! two statements that chain the same inserts ([`PG_INSERT_ROWS`], [`PG_RECORD_NEW`]; a
+//! test keeps their columns the same).
 //!
 //! Jobs queue on a channel; the task takes all that are waiting (up to a cap), writes them
 //! in one transaction with a savepoint per instance, commits, and only then answers each
@@ -470,7 +473,53 @@ pub(super) fn merge_set(current: &str, value: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::merge_set;
+    use super::*;
+
+    /// The column list after `INSERT INTO {table} (` in `sql`.
+    fn columns<'a>(sql: &'a str, table: &str) -> &'a str {
+        let start = sql
+            .find(&format!("INSERT INTO {table} ("))
+            .unwrap_or_else(|| panic!("no insert into {table}"))
+            + table.len()
+            + 14;
+        let len = sql[start..].find(')').unwrap();
+        &sql[start..start + len]
+    }
+
+    /// PostgreSQL's chained statements insert the same columns as the statements the
+    /// other writers use.
+    #[test]
+    fn postgres_statements_keep_the_columns() {
+        for (table, one) in [
+            ("studies", UPSERT_STUDY),
+            ("series", UPSERT_SERIES),
+            ("instances", INSERT_INSTANCE),
+        ] {
+            assert_eq!(
+                columns(PG_INSERT_ROWS, table),
+                columns(one, table),
+                "{table}"
+            );
+        }
+        for (table, one) in [
+            ("changefeed", INSERT_CHANGE),
+            ("audit_events", INSERT_AUDIT),
+        ] {
+            assert_eq!(
+                columns(PG_RECORD_NEW, table),
+                columns(one, table),
+                "{table}"
+            );
+        }
+        assert!(PG_RECORD_NEW.contains(
+            "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
+             modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1"
+        ));
+        assert!(UPDATE_STUDY.ends_with(
+            "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
+             modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1"
+        ));
+    }
 
     #[test]
     fn merge_set_keeps_a_sorted_distinct_list() {

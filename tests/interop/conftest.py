@@ -65,9 +65,17 @@ def make_pacs(backend):
         return p.start() if start else p
 
     yield make
+    # Every server is cleaned up and forgotten, even when one's cleanup fails.
+    errors = []
     for p in servers:
-        _running.remove(p)
-        p.cleanup()
+        try:
+            p.cleanup()
+        except Exception as e:  # noqa: BLE001 - raised below, after the others
+            errors.append(e)
+        finally:
+            _running.remove(p)
+    if errors:
+        raise errors[0]
 
 
 @pytest.fixture
