@@ -275,7 +275,7 @@ mod tests {
     /// The index's lookups give on this thread what the pool gives.
     #[tokio::test]
     async fn lookups_answer_as_the_pool_does() {
-        use crate::index::sqlite_writer::tests::record;
+        use crate::index::records::sample as record;
         use crate::model::Uid;
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("index.sqlite").display());

@@ -34,3 +34,40 @@ pub struct InstanceRecord {
     /// each, written with the row.
     pub forward_to: Vec<String>,
 }
+
+/// A record of one CT instance for tests (64 rows, 1 000 bytes, forwarded to `ARCHIVE`).
+#[cfg(test)]
+pub(crate) fn sample(study: &str, series: &str, sop: &str, modality: &str) -> InstanceRecord {
+    let digest = crate::model::Sha256::of(sop.as_bytes());
+    InstanceRecord {
+        study: StudyAttributes {
+            patient_id: Some("P1".into()),
+            ..StudyAttributes::new(Uid::parse(study).unwrap())
+        },
+        series: SeriesAttributes {
+            modality: Some(modality.into()),
+            ..SeriesAttributes::new(Uid::parse(series).unwrap())
+        },
+        sop_instance_uid: Uid::parse(sop).unwrap(),
+        sop_class_uid: Uid::parse("1.2.840.10008.5.1.4.1.1.2").unwrap(),
+        instance_number: Some(1),
+        transfer_syntax: crate::model::TransferSyntax::explicit_vr_le(),
+        number_of_frames: 1,
+        rows: Some(64),
+        columns: None,
+        object_key: crate::model::ObjectKey::new(&Uid::parse(study).unwrap(), &digest),
+        size: 1000,
+        part10_prefix: 0,
+        sha256: digest,
+        attrs_json: "{}".into(),
+        metadata_json: "{}".into(),
+        frame_table: Some(vec![1, 2, 3]),
+        origin: Origin {
+            kind: crate::model::OriginKind::CStore,
+            who: "SCU".into(),
+            address: None,
+        },
+        stored_at: 1,
+        forward_to: vec!["ARCHIVE".into()],
+    }
+}

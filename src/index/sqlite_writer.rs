@@ -424,54 +424,10 @@ fn one_row<T>(
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::*;
-    use crate::index::{Index, SeriesAttributes, StudyAttributes};
-    use crate::model::{Origin, OriginKind};
-
-    fn uid(s: &str) -> Uid {
-        Uid::parse(s).unwrap()
-    }
-
-    pub(in crate::index) fn record(
-        study: &str,
-        series: &str,
-        sop: &str,
-        modality: &str,
-    ) -> InstanceRecord {
-        let digest = crate::model::Sha256::of(sop.as_bytes());
-        InstanceRecord {
-            study: StudyAttributes {
-                patient_id: Some("P1".into()),
-                ..StudyAttributes::new(uid(study))
-            },
-            series: SeriesAttributes {
-                modality: Some(modality.into()),
-                ..SeriesAttributes::new(uid(series))
-            },
-            sop_instance_uid: uid(sop),
-            sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.2"),
-            instance_number: Some(1),
-            transfer_syntax: crate::model::TransferSyntax::explicit_vr_le(),
-            number_of_frames: 1,
-            rows: Some(64),
-            columns: None,
-            object_key: crate::model::ObjectKey::new(&uid(study), &digest),
-            size: 1000,
-            part10_prefix: 0,
-            sha256: digest,
-            attrs_json: "{}".into(),
-            metadata_json: "{}".into(),
-            frame_table: Some(vec![1, 2, 3]),
-            origin: Origin {
-                kind: OriginKind::CStore,
-                who: "SCU".into(),
-                address: None,
-            },
-            stored_at: 1,
-            forward_to: vec!["ARCHIVE".into()],
-        }
-    }
+    use crate::index::records::sample as record;
+    use crate::index::Index;
 
     #[tokio::test]
     async fn a_batch_keeps_each_instance_apart() {

@@ -257,46 +257,11 @@ async fn insert_rows_pg(
     r: &InstanceRecord,
 ) -> Result<sqlx::any::AnyRow, IndexError> {
     let (st, se) = (&r.study, &r.series);
-    Ok(sqlx::query(PG_INSERT_ROWS)
-        .bind(&st.study_uid)
-        .bind(&st.patient_name)
-        .bind(&st.patient_name_key)
-        .bind(&st.patient_id)
-        .bind(&st.patient_birth_date)
-        .bind(&st.patient_sex)
-        .bind(&st.study_date)
-        .bind(&st.study_time)
-        .bind(&st.accession_number)
-        .bind(&st.study_id)
-        .bind(&st.study_description)
-        .bind(&st.referring_physician_name)
-        .bind(&st.referring_physician_key)
-        .bind(&st.attrs_json)
+    let q = bind_study(sqlx::query(PG_INSERT_ROWS), st)
         .bind(r.stored_at)
-        .bind(&se.series_uid)
-        .bind(&se.modality)
-        .bind(se.series_number)
-        .bind(&se.series_description)
-        .bind(&se.body_part_examined)
-        .bind(&se.performed_start_date)
-        .bind(&se.performed_start_time)
-        .bind(&se.attrs_json)
-        .bind(&r.sop_instance_uid)
-        .bind(&r.sop_class_uid)
-        .bind(r.instance_number)
-        .bind(&r.transfer_syntax)
-        .bind(r.number_of_frames)
-        .bind(r.rows)
-        .bind(r.columns)
-        .bind(&r.object_key)
-        .bind(i64::try_from(r.size).unwrap_or(i64::MAX))
-        .bind(r.sha256)
-        .bind(&r.metadata_json)
-        .bind(r.frame_table.clone())
-        .bind(r.origin.kind.as_str())
-        .bind(&r.origin.who)
-        .bind(&r.origin.address)
-        .bind(&r.attrs_json)
+        .bind(&se.series_uid);
+    let q = bind_instance(bind_series(q, se).bind(&r.sop_instance_uid), r);
+    Ok(q.bind(&r.attrs_json)
         .bind(r.part10_prefix)
         .fetch_one(&mut **tx)
         .await?)
@@ -363,21 +328,7 @@ async fn upsert_study(
     st: &StudyAttributes,
     now: i64,
 ) -> Result<StudyRow, IndexError> {
-    let row = sqlx::query(UPSERT_STUDY)
-        .bind(&st.study_uid)
-        .bind(&st.patient_name)
-        .bind(&st.patient_name_key)
-        .bind(&st.patient_id)
-        .bind(&st.patient_birth_date)
-        .bind(&st.patient_sex)
-        .bind(&st.study_date)
-        .bind(&st.study_time)
-        .bind(&st.accession_number)
-        .bind(&st.study_id)
-        .bind(&st.study_description)
-        .bind(&st.referring_physician_name)
-        .bind(&st.referring_physician_key)
-        .bind(&st.attrs_json)
+    let row = bind_study(sqlx::query(UPSERT_STUDY), st)
         .bind(now)
         .fetch_one(&mut **tx)
         .await?;
@@ -396,19 +347,10 @@ async fn upsert_series(
     se: &SeriesAttributes,
     now: i64,
 ) -> Result<(i64, bool), IndexError> {
-    let row = sqlx::query(UPSERT_SERIES)
+    let q = sqlx::query(UPSERT_SERIES)
         .bind(&se.series_uid)
-        .bind(study_pk)
-        .bind(&se.modality)
-        .bind(se.series_number)
-        .bind(&se.series_description)
-        .bind(&se.body_part_examined)
-        .bind(&se.performed_start_date)
-        .bind(&se.performed_start_time)
-        .bind(&se.attrs_json)
-        .bind(now)
-        .fetch_one(&mut **tx)
-        .await?;
+        .bind(study_pk);
+    let row = bind_series(q, se).bind(now).fetch_one(&mut **tx).await?;
     let count: i64 = row.try_get("num_instances")?;
     Ok((row.try_get("id")?, count == 1))
 }
@@ -420,11 +362,56 @@ async fn insert_instance(
     series_pk: i64,
     r: &InstanceRecord,
 ) -> Result<bool, IndexError> {
-    let inserted = sqlx::query(INSERT_INSTANCE)
+    let q = sqlx::query(INSERT_INSTANCE)
         .bind(&r.sop_instance_uid)
         .bind(series_pk)
-        .bind(study_pk)
-        .bind(&r.sop_class_uid)
+        .bind(study_pk);
+    let inserted = bind_instance(q, r)
+        .bind(r.stored_at)
+        .bind(&r.attrs_json)
+        .bind(r.part10_prefix)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(inserted.is_some())
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
+
+/// The study's columns of [`UPSERT_STUDY`], `study_uid` to `attrs_json`, in order (shared by
+/// [`PG_INSERT_ROWS`]).
+fn bind_study<'q>(q: AnyQuery<'q>, st: &'q StudyAttributes) -> AnyQuery<'q> {
+    q.bind(&st.study_uid)
+        .bind(&st.patient_name)
+        .bind(&st.patient_name_key)
+        .bind(&st.patient_id)
+        .bind(&st.patient_birth_date)
+        .bind(&st.patient_sex)
+        .bind(&st.study_date)
+        .bind(&st.study_time)
+        .bind(&st.accession_number)
+        .bind(&st.study_id)
+        .bind(&st.study_description)
+        .bind(&st.referring_physician_name)
+        .bind(&st.referring_physician_key)
+        .bind(&st.attrs_json)
+}
+
+/// The series' columns of [`UPSERT_SERIES`] after its UID and study key, `modality` to
+/// `attrs_json`, in order.
+fn bind_series<'q>(q: AnyQuery<'q>, se: &'q SeriesAttributes) -> AnyQuery<'q> {
+    q.bind(&se.modality)
+        .bind(se.series_number)
+        .bind(&se.series_description)
+        .bind(&se.body_part_examined)
+        .bind(&se.performed_start_date)
+        .bind(&se.performed_start_time)
+        .bind(&se.attrs_json)
+}
+
+/// The instance's columns of [`INSERT_INSTANCE`] after its UID and keys, `sop_class_uid` to
+/// `origin_address`, in order.
+fn bind_instance<'q>(q: AnyQuery<'q>, r: &'q InstanceRecord) -> AnyQuery<'q> {
+    q.bind(&r.sop_class_uid)
         .bind(r.instance_number)
         .bind(&r.transfer_syntax)
         .bind(r.number_of_frames)
@@ -438,12 +425,6 @@ async fn insert_instance(
         .bind(r.origin.kind.as_str())
         .bind(&r.origin.who)
         .bind(&r.origin.address)
-        .bind(r.stored_at)
-        .bind(&r.attrs_json)
-        .bind(r.part10_prefix)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(inserted.is_some())
 }
 
 async fn existing(
@@ -484,6 +465,51 @@ mod tests {
             + 14;
         let len = sql[start..].find(')').unwrap();
         &sql[start..start + len]
+    }
+
+    /// The statement-per-row path (an in-memory SQLite index's writer task) writes the rows
+    /// and keeps a duplicate from moving counters.
+    #[tokio::test]
+    async fn the_pool_writer_writes_rows_and_undoes_a_duplicate() {
+        use crate::index::records::sample as record;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("index.sqlite").display());
+        let index = crate::index::Index::open(&url, 2).await.unwrap();
+        let (a, b) = (
+            record("1.1", "1.1.1", "1.1.1.1", "CT"),
+            record("1.1", "1.1.2", "1.1.2.1", "PR"),
+        );
+        let dup = record("1.2", "1.2.1", "1.1.1.1", "MR");
+        let outcomes = write_batch(&index.pool, Backend::Sqlite, &[&a, &b, &dup])
+            .await
+            .unwrap();
+        assert!(matches!(
+            outcomes[..],
+            [
+                InsertOutcome::Inserted,
+                InsertOutcome::Inserted,
+                InsertOutcome::Existing(_)
+            ]
+        ));
+        assert_eq!(index.counts().await.unwrap(), (1, 2, 2));
+        let row: (i64, i64, String, String, i64, Vec<u8>) = sqlx::query_as(
+            "SELECT st.num_series, st.num_instances, st.modalities, i.object_key, i.size, i.frame_table \
+             FROM studies st JOIN instances i ON i.study_pk = st.id WHERE i.sop_instance_uid = '1.1.1.1'",
+        )
+        .fetch_one(&index.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            row,
+            (
+                2,
+                2,
+                "CT\\PR".to_owned(),
+                a.object_key.to_string(),
+                1000,
+                vec![1, 2, 3]
+            )
+        );
     }
 
     /// PostgreSQL's chained statements insert the same columns as the statements the
