@@ -101,7 +101,11 @@ fn reject(problem: Problem, detail: impl Into<String>) -> HeaderError {
 
 /// Parse and check an object of `len` bytes read from `source` (positioned at its start).
 pub fn parse<R: Read + Seek>(source: R, len: u64) -> Result<Header, HeaderError> {
-    let mut reader = super::seekbuf::SeekBuf::new(16 * 1024, source).map_err(io_failure)?;
+    // No larger than the object: most are a few kilobytes.
+    let buffer = usize::try_from(len)
+        .unwrap_or(usize::MAX)
+        .clamp(512, 16 * 1024);
+    let mut reader = super::seekbuf::SeekBuf::new(buffer, source).map_err(io_failure)?;
     let layout = frames::layout(&mut reader, len).map_err(walk_rejection)?;
     let (ts, encoding) = transfer_syntax(&layout)?;
     match encoding {

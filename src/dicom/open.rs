@@ -17,7 +17,9 @@ use super::frames::{self, Layout};
 /// A parsed object: its file meta group and data set.
 pub type DicomFile = dicom_object::DefaultDicomObject;
 
-/// The header up to Pixel Data (ingest: pixel data is located by the walker, not read).
+/// The header up to Pixel Data (ingest: pixel data is located by the walker, not read),
+/// from a source that buffers already (dicom-object reads through a buffer of its own as
+/// well: a third one would only copy the bytes once more).
 pub(super) fn open_header<R: Read + Seek>(source: R, layout: &Layout) -> Result<DicomFile, String> {
     open_with_layout(source, layout, true)
 }
@@ -28,7 +30,8 @@ pub fn open_file(path: &Path) -> Result<DicomFile, String> {
     let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
     let mut reader = BufReader::new(File::open(path).map_err(|e| e.to_string())?);
     let layout = frames::layout(&mut reader, len).map_err(|e| e.to_string())?;
-    open_with_layout(File::open(path).map_err(|e| e.to_string())?, &layout, false)
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    open_with_layout(BufReader::with_capacity(64 * 1024, file), &layout, false)
 }
 
 fn open_with_layout<R: Read + Seek>(
@@ -43,7 +46,7 @@ fn open_with_layout<R: Read + Seek>(
     let mut prefix = Vec::with_capacity(16);
     prefix.extend_from_slice(b"DICM\x02\x00\x00\x00UL\x04\x00");
     prefix.extend_from_slice(&group_length.to_le_bytes());
-    let reader = std::io::Cursor::new(prefix).chain(BufReader::with_capacity(64 * 1024, file));
+    let reader = std::io::Cursor::new(prefix).chain(file);
     let options = if header_only {
         OpenFileOptions::new().read_until(tags::PIXEL_DATA)
     } else {

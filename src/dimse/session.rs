@@ -26,6 +26,9 @@ use crate::model::{AeTitle, TransferSyntax};
 
 /// The largest identifier or action information gathered in memory.
 const MAX_SMALL_DATA_SET: usize = 16 << 20;
+/// C-STOREs being stored at once on one association (a peer that sends the next before
+/// its answer, which it may only with asynchronous operations, waits here).
+const MAX_STORING: usize = 8;
 
 /// The message whose data set is being received.
 enum InFlight {
@@ -58,6 +61,8 @@ struct Session {
     /// Operations in progress that C-CANCEL can stop, by message ID.
     cancellable: HashMap<u16, CancellationToken>,
     tasks: tokio::task::JoinSet<u16>,
+    /// C-STOREs being stored and answered, on blocking threads.
+    storing: tokio::task::JoinSet<()>,
 }
 
 /// Run an accepted association, over TCP or TLS, to its end.
@@ -94,6 +99,7 @@ where
         in_flight: None,
         cancellable: HashMap::new(),
         tasks: tokio::task::JoinSet::new(),
+        storing: tokio::task::JoinSet::new(),
     };
     loop {
         let pdu = match reader.next().await {
@@ -164,12 +170,17 @@ impl Session {
         self.writer.mark_closed();
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        // Stores in progress finish (their answers find the association closed).
+        while self.storing.join_next().await.is_some() {}
         self.writer.close().await;
     }
 
     /// Wait (bounded) for the operations in progress.
     async fn reap_all(&mut self) {
-        let all = async { while self.tasks.join_next().await.is_some() {} };
+        let all = async {
+            while self.storing.join_next().await.is_some() {}
+            while self.tasks.join_next().await.is_some() {}
+        };
         let drain = std::time::Duration::from_secs(self.ctx.config.dimse.drain_secs);
         if tokio::time::timeout(drain, all).await.is_err() {
             tracing::warn!("operations still running at release; stopping them");
@@ -179,6 +190,7 @@ impl Session {
     }
 
     fn reap_finished(&mut self) {
+        while self.storing.try_join_next().is_some() {}
         while let Some(done) = self.tasks.try_join_next() {
             if let Ok(message_id) = done {
                 self.cancellable.remove(&message_id);
@@ -330,20 +342,36 @@ impl Session {
         }
     }
 
-    /// The C-STORE's data set is complete: store it and answer with its status.
+    /// The C-STORE's data set is complete: store it and answer with its status, both on a
+    /// blocking thread (the instance and its answer pass through no other thread; this
+    /// task reads on meanwhile). At most [`MAX_STORING`] at once per association.
     async fn stored(
         &mut self,
         request: Command,
         context: u8,
         incoming: Incoming,
     ) -> Result<(), LinkError> {
-        let outcome = incoming.finish(&self.ctx.ingest, &request).await;
-        if let crate::ingest::Outcome::Rejected(r) = &outcome {
-            tracing::info!(sop = ?request.affected_sop_instance, reason = %r, "C-STORE refused");
+        let spooled = match incoming.finish(&request).await {
+            Ok(spooled) => spooled,
+            Err(refused) => {
+                return self
+                    .reply(context, store_response(&request, &refused))
+                    .await
+            }
+        };
+        while self.storing.len() >= MAX_STORING {
+            self.storing.join_next().await;
         }
-        let status = Status::of_store(&outcome);
-        let rsp = command::response(&request, field::C_STORE_RSP, status);
-        self.reply(context, rsp).await
+        let (ctx, writer) = (self.ctx.clone(), self.writer.clone());
+        let runtime = tokio::runtime::Handle::current();
+        self.storing.spawn_blocking(move || {
+            let outcome = spooled.store(&ctx.ingest, &runtime);
+            let rsp = store_response(&request, &outcome);
+            if let Err(e) = runtime.block_on(writer.message(context, &rsp, None)) {
+                tracing::info!(error = %e, "the C-STORE response could not be sent");
+            }
+        });
+        Ok(())
     }
 
     /// Start an operation with its data set complete.
@@ -495,6 +523,14 @@ impl Session {
         self.cancellable.insert(message_id, cancel.clone());
         cancel
     }
+}
+
+/// The C-STORE-RSP for an outcome.
+fn store_response(request: &Command, outcome: &crate::ingest::Outcome) -> Vec<u8> {
+    if let crate::ingest::Outcome::Rejected(r) = outcome {
+        tracing::info!(sop = ?request.affected_sop_instance, reason = %r, "C-STORE refused");
+    }
+    command::response(request, field::C_STORE_RSP, Status::of_store(outcome))
 }
 
 /// About how many bytes of C-FIND answers are written at once.

@@ -3,11 +3,13 @@
 //! context (`dicom::meta`), then stored through the one ingest path. Whatever happens —
 //! a command without its UIDs, a data set over the size limit, a header that does not
 //! parse — the C-STORE gets one ingest outcome, counted by ingest, and its status from
-//! `status.rs`.
+//! `status.rs`. The storing and the answer run on a blocking thread of their own
+//! (`session.rs`), so an instance passes through no other thread once received.
 
 use super::command::Command;
 use crate::ingest::{Expected, Ingest, Outcome, Reason, Receiving, Rejection};
 use crate::model::{AeTitle, Origin, OriginKind, TransferSyntax, Uid};
+use crate::storage::SpooledFile;
 
 /// A C-STORE in progress: the spool its data set streams into, or the outcome that refused
 /// it already (the rest of the data set is then discarded).
@@ -63,13 +65,10 @@ impl Incoming {
         }
     }
 
-    /// The data set is complete: store it (checked against the command's UIDs), and say
-    /// how it went.
-    pub async fn finish(self, ingest: &Ingest, command: &Command) -> Outcome {
-        let receiving = match self.receiving {
-            Ok(receiving) => receiving,
-            Err(refused) => return refused,
-        };
+    /// The data set is complete: the spooled instance and what the command says it is,
+    /// ready for [`Ingest::store_spooled_here`] — or the outcome that refused it.
+    pub async fn finish(self, command: &Command) -> Result<Spooled, Outcome> {
+        let receiving = self.receiving?;
         let expected = Expected {
             sop_instance_uid: command
                 .affected_sop_instance
@@ -82,9 +81,25 @@ impl Incoming {
             ..Default::default()
         };
         let origin = receiving.origin().clone();
-        match receiving.finish().await {
-            Ok(spooled) => ingest.store_spooled(spooled, origin, &expected).await,
-            Err(refused) => refused,
-        }
+        let spooled = receiving.finish().await?;
+        Ok(Spooled {
+            spooled,
+            origin,
+            expected,
+        })
+    }
+}
+
+/// A C-STORE's data set, spooled: to be stored (blocking) by [`Spooled::store`].
+pub struct Spooled {
+    spooled: SpooledFile,
+    origin: Origin,
+    expected: Expected,
+}
+
+impl Spooled {
+    /// Store it through the one ingest path, on this blocking thread.
+    pub fn store(self, ingest: &Ingest, runtime: &tokio::runtime::Handle) -> Outcome {
+        ingest.store_spooled_here(self.spooled, self.origin, &self.expected, runtime)
     }
 }

@@ -180,6 +180,17 @@ impl Index {
         }
     }
 
+    /// [`Index::audit`] for an event that must not be dropped (an instance stored): when
+    /// the queue is full, wait for room.
+    pub async fn audit_kept(&self, event: AuditEvent) {
+        use std::sync::atomic::Ordering;
+        self.audit.unwritten.fetch_add(1, Ordering::AcqRel);
+        if self.audit.tx.send(event).await.is_err() {
+            self.audit.unwritten.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!("audit writer stopped; store event dropped");
+        }
+    }
+
     /// Wait (up to 2 s) until the audit events queued so far are written.
     pub async fn flush_audit(&self) {
         for _ in 0..400 {

@@ -35,6 +35,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 use tokio::sync::{mpsc, oneshot};
 
+#[cfg(test)]
+pub(crate) use records::sample;
 pub use records::{InstanceRecord, SeriesAttributes, StudyAttributes};
 
 use crate::model::{ObjectKey, Sha256, Uid};
@@ -223,27 +225,39 @@ impl Index {
         self.outbox.notified().await
     }
 
-    /// [`Index::insert`] from a blocking thread: its outcome comes through the receiver.
-    /// On SQLite the row is written (and committed) by this thread before this returns;
-    /// on PostgreSQL it is queued for the writer task.
-    pub fn submit_blocking(
+    /// [`Index::insert`] for several instances, from a blocking thread (a group made
+    /// durable together): their outcomes, in order. On SQLite the rows are written (and
+    /// committed) by this thread, in one transaction unless they are more than a batch; on
+    /// PostgreSQL they are queued for the writer task, which batches what it finds.
+    pub fn insert_blocking(
         &self,
-        record: InstanceRecord,
-    ) -> Result<oneshot::Receiver<Result<InsertOutcome, IndexError>>, IndexError> {
-        let (reply, answer) = oneshot::channel();
-        match &self.writer {
-            Writer::Task(tx) => tx
-                .blocking_send(writer::Job { record, reply })
-                .map_err(|_| IndexError::WriterGone)?,
-            Writer::Sqlite(w) => {
-                let forwarded = !record.forward_to.is_empty();
-                let _ = reply.send(w.write(record));
-                if forwarded {
-                    self.outbox.notify_waiters();
-                }
+        records: Vec<InstanceRecord>,
+    ) -> Vec<Result<InsertOutcome, IndexError>> {
+        let forwarded = records.iter().any(|r| !r.forward_to.is_empty());
+        let outcomes = match &self.writer {
+            Writer::Task(tx) => {
+                let answers: Vec<_> = records
+                    .into_iter()
+                    .map(|record| {
+                        let (reply, answer) = oneshot::channel();
+                        tx.blocking_send(writer::Job { record, reply }).ok()?;
+                        Some(answer)
+                    })
+                    .collect();
+                answers
+                    .into_iter()
+                    .map(|answer| match answer.map(|a| a.blocking_recv()) {
+                        Some(Ok(outcome)) => outcome,
+                        _ => Err(IndexError::WriterGone),
+                    })
+                    .collect()
             }
+            Writer::Sqlite(w) => w.write_all(records),
+        };
+        if forwarded {
+            self.outbox.notify_waiters();
         }
-        Ok(answer)
+        outcomes
     }
 
     /// Every instance, in insertion order (for `verify`).

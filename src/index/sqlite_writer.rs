@@ -21,8 +21,8 @@ use rusqlite::{Connection, OpenFlags, Statement, ToSql, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::writer::{
-    merge_set, Job, INSERT_AUDIT, INSERT_CHANGE, INSERT_FORWARD_JOB, INSERT_INSTANCE, MAX_BATCH,
-    UPDATE_STUDY, UPSERT_SERIES, UPSERT_STUDY,
+    merge_set, Job, INSERT_CHANGE, INSERT_FORWARD_JOB, INSERT_INSTANCE, MAX_BATCH, UPDATE_STUDY,
+    UPSERT_SERIES, UPSERT_STUDY,
 };
 use super::{
     IndexError, InsertOutcome, InstanceRecord, SeriesAttributes, StoredInstance, StudyAttributes,
@@ -89,20 +89,49 @@ impl Writer {
     /// Insert one instance with its study and series, committed before this returns
     /// (blocking: call it from a blocking thread).
     pub(super) fn write(&self, record: InstanceRecord) -> Result<InsertOutcome, IndexError> {
-        let (reply, mut answer) = oneshot::channel();
-        let mut state = self.state.lock().map_err(|_| IndexError::WriterGone)?;
-        state.waiting.push(Job { record, reply });
+        self.write_all(vec![record])
+            .pop()
+            .unwrap_or(Err(IndexError::WriterGone))
+    }
+
+    /// [`Writer::write`] for several instances at once (a group the caller made durable
+    /// together): their outcomes, in order.
+    pub(super) fn write_all(
+        &self,
+        records: Vec<InstanceRecord>,
+    ) -> Vec<Result<InsertOutcome, IndexError>> {
+        let gone = |n| (0..n).map(|_| Err(IndexError::WriterGone)).collect();
+        let Ok(mut state) = self.state.lock() else {
+            return gone(records.len());
+        };
+        let mut answers = Vec::with_capacity(records.len());
+        for record in records {
+            let (reply, answer) = oneshot::channel();
+            state.waiting.push(Job { record, reply });
+            answers.push(answer);
+        }
+        let mut outcomes: Vec<Option<Result<InsertOutcome, IndexError>>> =
+            answers.iter().map(|_| None).collect();
         loop {
-            match answer.try_recv() {
-                Ok(outcome) => return outcome,
-                Err(oneshot::error::TryRecvError::Closed) => return Err(IndexError::WriterGone),
-                Err(oneshot::error::TryRecvError::Empty) => {}
+            for (outcome, answer) in outcomes.iter_mut().zip(answers.iter_mut()) {
+                if outcome.is_none() {
+                    *outcome = match answer.try_recv() {
+                        Ok(result) => Some(result),
+                        Err(oneshot::error::TryRecvError::Closed) => {
+                            Some(Err(IndexError::WriterGone))
+                        }
+                        Err(oneshot::error::TryRecvError::Empty) => None,
+                    };
+                }
+            }
+            if outcomes.iter().all(Option::is_some) {
+                return outcomes.into_iter().flatten().collect();
             }
             if state.writing {
-                state = self
-                    .written
-                    .wait(state)
-                    .map_err(|_| IndexError::WriterGone)?;
+                state = match self.written.wait(state) {
+                    Ok(state) => state,
+                    Err(_) => return gone(outcomes.len()),
+                };
                 continue;
             }
             state.writing = true;
@@ -113,7 +142,10 @@ impl Writer {
             let _free = Free(self);
             self.write_jobs(batch);
             drop(_free);
-            state = self.state.lock().map_err(|_| IndexError::WriterGone)?;
+            state = match self.state.lock() {
+                Ok(state) => state,
+                Err(_) => return gone(outcomes.len()),
+            };
         }
     }
 
@@ -228,13 +260,6 @@ fn write_one(conn: &Connection, r: &InstanceRecord) -> Result<InsertOutcome, Ind
         conn,
         INSERT_CHANGE,
         &[&now, &st.study_uid, &se.series_uid, &r.sop_instance_uid],
-    )?;
-    let detail = format!("instance {}", r.sop_instance_uid);
-    let (who, via, address) = (&r.origin.who, r.origin.kind.as_str(), &r.origin.address);
-    execute(
-        conn,
-        INSERT_AUDIT,
-        &[&now, who, &via, address, &st.study_uid, &detail],
     )?;
     for destination in &r.forward_to {
         execute(
@@ -473,7 +498,8 @@ mod tests {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
-        assert_eq!((changes, audits), (2, 2));
+        // The audit trail's store events come from ingest, through the audit writer.
+        assert_eq!((changes, audits), (2, 0));
         // Through the writer: the stored copy is found again.
         let again = index
             .insert(record("1.1", "1.1.1", "1.1.1.1", "CT"))

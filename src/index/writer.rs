@@ -49,10 +49,6 @@ pub(super) const INSERT_INSTANCE: &str =
 pub(super) const INSERT_CHANGE: &str =
     "INSERT INTO changefeed (at, action, study_uid, series_uid, sop_instance_uid) \
      VALUES ($1, 'create', $2, $3, $4)";
-/// The audit trail's "store" event, in the same transaction (no commit of its own).
-pub(super) const INSERT_AUDIT: &str =
-    "INSERT INTO audit_events (at, who, via, address, action, study_uid, detail) \
-     VALUES ($1, $2, $3, $4, 'store', $5, $6)";
 /// An outbox job per destination the instance is forwarded to (no commit of its own).
 pub(super) const INSERT_FORWARD_JOB: &str =
     "INSERT INTO forward_jobs (destination, sop_instance_uid, study_uid, not_before, created_at) \
@@ -89,14 +85,11 @@ const PG_INSERT_ROWS: &str = "WITH st AS (\
      ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id) \
      SELECT st.id, st.modalities, st.sop_classes, se.num_instances, \
      EXISTS (SELECT 1 FROM i) AS inserted FROM st, se";
-/// PostgreSQL: the change feed entry, the audit event and the study's counters of a new
-/// instance, in one statement ([`INSERT_CHANGE`], [`INSERT_AUDIT`], [`UPDATE_STUDY`]).
+/// PostgreSQL: the change feed entry and the study's counters of a new instance, in one
+/// statement ([`INSERT_CHANGE`], [`UPDATE_STUDY`]).
 const PG_RECORD_NEW: &str = "WITH ch AS (\
      INSERT INTO changefeed (at, action, study_uid, series_uid, sop_instance_uid) \
-     VALUES ($5, 'create', $6, $7, $8)), \
-     au AS (\
-     INSERT INTO audit_events (at, who, via, address, action, study_uid, detail) \
-     VALUES ($5, $9, $10, $11, 'store', $6, $12)) \
+     VALUES ($5, 'create', $6, $7, $8)) \
      UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
      modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1";
 
@@ -218,15 +211,6 @@ async fn write_one(
         .bind(&r.sop_instance_uid)
         .execute(&mut **tx)
         .await?;
-    sqlx::query(INSERT_AUDIT)
-        .bind(r.stored_at)
-        .bind(&r.origin.who)
-        .bind(r.origin.kind.as_str())
-        .bind(&r.origin.address)
-        .bind(&r.study.study_uid)
-        .bind(format!("instance {}", r.sop_instance_uid))
-        .execute(&mut **tx)
-        .await?;
     for destination in &r.forward_to {
         sqlx::query(INSERT_FORWARD_JOB)
             .bind(destination)
@@ -295,10 +279,6 @@ async fn write_one_pg(
         .bind(&st.study_uid)
         .bind(&se.series_uid)
         .bind(&r.sop_instance_uid)
-        .bind(&r.origin.who)
-        .bind(r.origin.kind.as_str())
-        .bind(&r.origin.address)
-        .bind(format!("instance {}", r.sop_instance_uid))
         .execute(&mut **tx)
         .await?;
     for destination in &r.forward_to {
@@ -527,16 +507,10 @@ mod tests {
                 "{table}"
             );
         }
-        for (table, one) in [
-            ("changefeed", INSERT_CHANGE),
-            ("audit_events", INSERT_AUDIT),
-        ] {
-            assert_eq!(
-                columns(PG_RECORD_NEW, table),
-                columns(one, table),
-                "{table}"
-            );
-        }
+        assert_eq!(
+            columns(PG_RECORD_NEW, "changefeed"),
+            columns(INSERT_CHANGE, "changefeed")
+        );
         assert!(PG_RECORD_NEW.contains(
             "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
              modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1"

@@ -12,6 +12,7 @@
 //! Below: `storage` (spool, puts), `index` (the row), `dicom` (the header). Above: the
 //! context that hands [`Ingest`] to every adapter.
 
+mod commit;
 mod outcome;
 mod pipeline;
 mod routes;
@@ -48,6 +49,7 @@ pub struct Ingest {
     on_conflict: ConflictPolicy,
     max_instance_bytes: u64,
     routes: Arc<Routes>,
+    commits: Arc<commit::Commits>,
 }
 
 impl Ingest {
@@ -63,6 +65,7 @@ impl Ingest {
             on_conflict,
             max_instance_bytes,
             routes: Arc::new(Routes::default()),
+            commits: Arc::default(),
         }
     }
 
@@ -158,6 +161,22 @@ impl Ingest {
         let started = Instant::now();
         let entry = origin.kind;
         let outcome = pipeline::store(self, spooled, origin, expected).await;
+        outcome::count(entry, outcome, Some(started.elapsed()))
+    }
+
+    /// [`Ingest::store_spooled`] from a blocking thread, every step on it (`runtime`
+    /// drives what is asynchronous from here): an entry point that answers from this
+    /// thread as well (C-STORE) so hands its instance to no other thread on the way.
+    pub fn store_spooled_here(
+        &self,
+        spooled: SpooledFile,
+        origin: Origin,
+        expected: &Expected,
+        runtime: &tokio::runtime::Handle,
+    ) -> Outcome {
+        let started = Instant::now();
+        let entry = origin.kind;
+        let outcome = pipeline::store_here(self, spooled, origin, expected, runtime);
         outcome::count(entry, outcome, Some(started.elapsed()))
     }
 

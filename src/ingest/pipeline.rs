@@ -4,26 +4,30 @@
 //! row (re-indexed by start-up recovery or `verify --reindex`), never a row without its
 //! object.
 //!
-//! One blocking task parses, checks and — on the filesystem — makes the object durable and
-//! writes its row: on SQLite it commits the row itself (no thread hop before the answer),
-//! on PostgreSQL it hands the row to the writer task. S3 uploads go on asynchronously
-//! afterwards and their row is written when the upload has completed.
+//! One blocking thread parses, checks and — on the filesystem — writes the object and
+//! commits it with whatever else is waiting ([`super::commit`]: one journal flush, one
+//! index batch per group; on SQLite the group's leader writes the rows itself, on
+//! PostgreSQL it hands them to the writer task). A caller already on a blocking thread
+//! runs all of it there ([`store_here`]: C-STORE, which answers from that thread too).
+//! S3 uploads go on asynchronously afterwards and their row is written when the upload
+//! has completed. The audit trail's store event follows the row, through the audit writer.
 
-use tokio::sync::oneshot;
-
+use super::commit::{Answer, Failed};
 use super::outcome::{failure, Accepted, Outcome, Reason, Rejection};
 use super::{Expected, Ingest};
 use crate::config::ConflictPolicy;
 use crate::dicom::Header;
-use crate::index::{IndexError, InsertOutcome, InstanceRecord, StoredInstance};
+use crate::index::admin::AuditEvent;
+use crate::index::{InsertOutcome, InstanceRecord, StoredInstance};
 use crate::model::clock::now_millis;
 use crate::model::{ObjectKey, Origin, Sha256, Uid};
-use crate::storage::SpooledFile;
+use crate::storage::{Placed, SpooledFile};
 
 /// Where an instance is after its blocking part: its row queued for the index writer, or
 /// its object still to be uploaded (S3) before the row is written.
 enum Stage {
-    Queued(oneshot::Receiver<Result<InsertOutcome, IndexError>>),
+    /// Made durable and its row committed (or not) with its group.
+    Committed(Answer),
     Upload(SpooledFile, Box<InstanceRecord>),
 }
 
@@ -34,12 +38,49 @@ pub(super) async fn store(
     origin: Origin,
     expected: &Expected,
 ) -> Outcome {
-    let (key, mut accepted, stage) = match prepare(ingest, spooled, origin, expected).await {
-        Ok(prepared) => prepared,
-        Err(rejection) => return Outcome::Rejected(rejection),
-    };
+    let audit = store_event(&origin);
+    let (ingest2, expected) = (ingest.clone(), expected.clone());
+    let prepared =
+        tokio::task::spawn_blocking(move || prepare(&ingest2, spooled, origin, &expected)).await;
+    match prepared {
+        Ok(Ok(prepared)) => complete(ingest, prepared, audit).await,
+        Ok(Err(rejection)) => Outcome::Rejected(rejection),
+        Err(e) => Outcome::Rejected(failure(format!("header task failed: {e}"), None)),
+    }
+}
+
+/// [`store`] on a blocking thread, all of it on this thread: the blocking part here, the
+/// rest (the index's answer, an upload) driven by `runtime` from here. No hand-off to
+/// another thread on the filesystem with SQLite, where the row is committed here too.
+pub(super) fn store_here(
+    ingest: &Ingest,
+    spooled: SpooledFile,
+    origin: Origin,
+    expected: &Expected,
+    runtime: &tokio::runtime::Handle,
+) -> Outcome {
+    let audit = store_event(&origin);
+    match prepare(ingest, spooled, origin, expected) {
+        Ok(prepared) => runtime.block_on(complete(ingest, prepared, audit)),
+        Err(rejection) => Outcome::Rejected(rejection),
+    }
+}
+
+/// The audit trail's event for an instance stored from `origin` (completed once stored).
+fn store_event(origin: &Origin) -> AuditEvent {
+    let (who, via) = (&origin.who, origin.kind.as_str());
+    AuditEvent::new(who, via, origin.address.clone(), "store")
+}
+
+/// An object put and its row on the way: its key, the answer to give, and where it is.
+type Prepared = (ObjectKey, Accepted, Stage);
+
+/// After the blocking part: the index's answer (the row queued or written; on S3 the
+/// object uploaded first, then its row), settled into an outcome.
+async fn complete(ingest: &Ingest, prepared: Prepared, audit: AuditEvent) -> Outcome {
+    let (key, mut accepted, stage) = prepared;
     let inserted = match stage {
-        Stage::Queued(answer) => answer.await.unwrap_or(Err(IndexError::WriterGone)),
+        Stage::Committed(answer) => answer,
         Stage::Upload(spooled, mut record) => {
             if let Err(e) = ingest.store().put(&key, spooled).await {
                 let r = Rejection::from(e);
@@ -50,57 +91,42 @@ pub(super) async fn store(
             // Stored when the upload completed, not when it began.
             record.stored_at = now_millis();
             accepted.stored_at = record.stored_at;
-            ingest.index().insert(*record).await
+            ingest.index().insert(*record).await.map_err(Failed::Index)
         }
     };
-    settle(ingest, key, accepted, inserted).await
+    settle(ingest, key, accepted, inserted, audit).await
 }
 
 /// The blocking part: parse and check the header, put the object (durably, on the
 /// filesystem) and queue its row.
-async fn prepare(
+fn prepare(
     ingest: &Ingest,
     spooled: SpooledFile,
     origin: Origin,
     expected: &Expected,
-) -> Result<(ObjectKey, Accepted, Stage), Rejection> {
-    let (store, index, expected, routes) = (
-        ingest.store().clone(),
-        ingest.index().clone(),
-        expected.clone(),
-        ingest.routes(),
-    );
+) -> Result<Prepared, Rejection> {
     let (len, digest) = (spooled.len, spooled.sha256);
-    let prepared = tokio::task::spawn_blocking(move || {
-        let source = spooled
-            .reader()
-            .map_err(|e| failure(format!("reading the spooled object: {e}"), None))?;
-        let header = crate::dicom::parse_header(source, len).map_err(Rejection::from)?;
-        check_expected(&header, &expected)?;
-        // No look-up first: the key names the bytes, so putting an instance that is
-        // already stored rewrites an identical object, and the index's uniqueness
-        // decides the rest.
-        let key = ObjectKey::new(&header.study_uid, &digest);
-        let remote = store.put_local(&key, spooled).map_err(|e| {
-            Rejection::from(e).about(&header.sop_class_uid, &header.sop_instance_uid)
-        })?;
-        let (accepted, mut record) = into_record(header, &key, len, digest, origin);
-        record.forward_to = routes.destinations(&record);
-        let stage = match remote {
-            None => Stage::Queued(
-                index
-                    .submit_blocking(record)
-                    .map_err(|e| failure(format!("index writer: {e}"), Some(&accepted)))?,
-            ),
-            Some(spooled) => Stage::Upload(spooled, Box::new(record)),
-        };
-        Ok::<_, Rejection>((key, accepted, stage))
-    })
-    .await;
-    match prepared {
-        Ok(result) => result,
-        Err(e) => Err(failure(format!("header task failed: {e}"), None)),
-    }
+    let source = spooled
+        .reader()
+        .map_err(|e| failure(format!("reading the spooled object: {e}"), None))?;
+    let header = crate::dicom::parse_header(source, len).map_err(Rejection::from)?;
+    check_expected(&header, expected)?;
+    // No look-up first: the key names the bytes, so putting an instance that is already
+    // stored rewrites an identical object, and the index's uniqueness decides the rest.
+    let key = ObjectKey::new(&header.study_uid, &digest);
+    let placed = ingest
+        .store()
+        .put_local(&key, spooled)
+        .map_err(|e| Rejection::from(e).about(&header.sop_class_uid, &header.sop_instance_uid))?;
+    let (accepted, mut record) = into_record(header, &key, len, digest, origin);
+    record.forward_to = ingest.routes().destinations(&record);
+    let stage = match placed {
+        Placed::Written(written) => {
+            Stage::Committed(ingest.commits.commit(ingest.index(), written, record))
+        }
+        Placed::Remote(spooled) => Stage::Upload(spooled, Box::new(record)),
+    };
+    Ok((key, accepted, stage))
 }
 
 /// What the index said, as an outcome.
@@ -108,11 +134,19 @@ async fn settle(
     ingest: &Ingest,
     key: ObjectKey,
     accepted: Accepted,
-    inserted: Result<InsertOutcome, IndexError>,
+    inserted: Answer,
+    mut audit: AuditEvent,
 ) -> Outcome {
     match inserted {
         Ok(InsertOutcome::Inserted) => {
             tracing::info!(sop = %accepted.sop_instance_uid, study = %accepted.study_uid, size = accepted.size, "stored");
+            // The instance row itself records who stored it, from where and when; the
+            // audit trail's event follows through the audit writer (batched), not in the
+            // row's transaction: two fewer indexes and a table written per commit.
+            audit.at = accepted.stored_at;
+            let detail = format!("instance {}", accepted.sop_instance_uid);
+            let event = audit.study(accepted.study_uid.as_str()).detail(detail);
+            ingest.index().audit_kept(event).await;
             Outcome::Stored(accepted)
         }
         Ok(InsertOutcome::Existing(existing)) => {
@@ -124,7 +158,11 @@ async fn settle(
             }
             duplicate(ingest.on_conflict, existing, accepted)
         }
-        Err(e) => {
+        Err(Failed::Object(e)) => {
+            let r = Rejection::from(e);
+            Outcome::Rejected(r.about(&accepted.sop_class_uid, &accepted.sop_instance_uid))
+        }
+        Err(Failed::Index(e)) => {
             // The object stays; recovery or `verify` finds it as an orphan (it may even have
             // been committed if the connection broke after COMMIT).
             tracing::error!(sop = %accepted.sop_instance_uid, error = %e, "index commit failed");

@@ -184,19 +184,18 @@ impl Store {
     }
 
     /// [`Store::put`] for callers already on a blocking thread: on the filesystem the object
-    /// is made durable here (`Ok(None)`); for S3 the file comes back (`Ok(Some)`) to be
-    /// uploaded with [`Store::put`].
-    pub fn put_local(
-        &self,
-        key: &ObjectKey,
-        spooled: SpooledFile,
-    ) -> Result<Option<SpooledFile>, StorageError> {
+    /// is written under its key here, durable once [`Written::flush`] has returned (which
+    /// several puts may share); for S3 the file comes back to be uploaded with
+    /// [`Store::put`].
+    pub fn put_local(&self, key: &ObjectKey, spooled: SpooledFile) -> Result<Placed, StorageError> {
         match &self.fs_root {
-            Some(root) => {
-                put_fs(root, self.journal.as_deref(), key, spooled)?;
-                Ok(None)
-            }
-            None => Ok(Some(spooled)),
+            Some(root) => Ok(Placed::Written(write_fs(
+                root,
+                self.journal.as_deref(),
+                key,
+                spooled,
+            )?)),
+            None => Ok(Placed::Remote(spooled)),
         }
     }
 
@@ -255,6 +254,16 @@ fn put_fs(
     key: &ObjectKey,
     spooled: SpooledFile,
 ) -> Result<(), StorageError> {
+    write_fs(root, journal, key, spooled)?.flush()
+}
+
+/// Write an object under its key: durable now, or once its journal record is flushed.
+fn write_fs(
+    root: &Path,
+    journal: Option<&Journal>,
+    key: &ObjectKey,
+    spooled: SpooledFile,
+) -> Result<Written, StorageError> {
     let target = root.join(key.as_str());
     // Only keys that name their bytes' digest (instances, not upload parts): a record is
     // valid when its bytes hash to its key.
@@ -265,9 +274,36 @@ fn put_fs(
             // the filesystem before it lets the record go. Written while an earlier put's
             // flush of the journal may still run; durable once the record is.
             let _synced_by_the_journal = local::put(spooled, &target, root, false)?;
-            recorded.flush()
+            Ok(Written(Some(recorded)))
         }
-        _ => local::put(spooled, &target, root, true)?.sync(),
+        _ => {
+            local::put(spooled, &target, root, true)?.sync()?;
+            Ok(Written(None))
+        }
+    }
+}
+
+/// Where [`Store::put_local`] left an object.
+pub enum Placed {
+    /// Under its key on the filesystem.
+    Written(Written),
+    /// Nowhere yet: the store is remote, the object is to be uploaded.
+    Remote(SpooledFile),
+}
+
+/// An object written under its key on the filesystem: durable once [`Written::flush`] has
+/// returned (at once when it was put with flushes of its own).
+pub struct Written(Option<journal::Entry>);
+
+impl Written {
+    /// Make it durable (blocking): flush its journal record, with every other record
+    /// written before the flush (group commit). A flush that failed fails every put it
+    /// covered, each time it is asked.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        match &self.0 {
+            Some(recorded) => recorded.flush(),
+            None => Ok(()),
+        }
     }
 }
 
