@@ -109,6 +109,8 @@ fn prepare(
     let source = spooled
         .reader()
         .map_err(|e| failure(format!("reading the spooled object: {e}"), None))?;
+    // On its way to a group from now: a group's leader may wait a moment for it.
+    let coming = ingest.commits.coming();
     let header = crate::dicom::parse_header(source, len).map_err(Rejection::from)?;
     check_expected(&header, expected)?;
     // No look-up first: the key names the bytes, so putting an instance that is already
@@ -121,9 +123,12 @@ fn prepare(
     let (accepted, mut record) = into_record(header, &key, len, digest, origin);
     record.forward_to = ingest.routes().destinations(&record);
     let stage = match placed {
-        Placed::Written(written) => {
-            Stage::Committed(ingest.commits.commit(ingest.index(), written, record))
-        }
+        Placed::Written(written) => Stage::Committed(ingest.commits.commit(
+            ingest.index(),
+            written,
+            record,
+            coming,
+        )),
         Placed::Remote(spooled) => Stage::Upload(spooled, Box::new(record)),
     };
     Ok((key, accepted, stage))
