@@ -98,8 +98,16 @@ pub struct Spooled {
 }
 
 impl Spooled {
-    /// Store it through the one ingest path, on this blocking thread.
+    /// Store it through the one ingest path, on this blocking thread. A panic on the way
+    /// (a bug) is a counted processing failure, so that the C-STORE still gets its answer.
     pub fn store(self, ingest: &Ingest, runtime: &tokio::runtime::Handle) -> Outcome {
-        ingest.store_spooled_here(self.spooled, self.origin, &self.expected, runtime)
+        let origin = self.origin.clone();
+        let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ingest.store_spooled_here(self.spooled, self.origin, &self.expected, runtime)
+        }));
+        stored.unwrap_or_else(|_| {
+            let detail = "storing the instance failed (an internal error, logged)";
+            ingest.refuse(&origin, Rejection::new(Reason::ProcessingFailure, detail))
+        })
     }
 }

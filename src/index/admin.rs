@@ -184,10 +184,13 @@ impl Index {
     /// the queue is full, wait for room.
     pub async fn audit_kept(&self, event: AuditEvent) {
         use std::sync::atomic::Ordering;
-        self.audit.unwritten.fetch_add(1, Ordering::AcqRel);
-        if self.audit.tx.send(event).await.is_err() {
-            self.audit.unwritten.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!("audit writer stopped; store event dropped");
+        // Room first, then counted: a caller cancelled while it waits leaves no count.
+        match self.audit.tx.reserve().await {
+            Ok(room) => {
+                self.audit.unwritten.fetch_add(1, Ordering::AcqRel);
+                room.send(event);
+            }
+            Err(_) => tracing::warn!("audit writer stopped; store event dropped"),
         }
     }
 

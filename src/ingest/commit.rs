@@ -56,6 +56,9 @@ pub(super) struct Coming<'c>(&'c Commits);
 
 impl Drop for Coming<'_> {
     fn drop(&mut self) {
+        // Under the lock that a gathering leader holds between its look at the count and
+        // its wait: the signal cannot fall between the two.
+        let _state = self.0.state.lock();
         self.0.coming.fetch_sub(1, Ordering::AcqRel);
         self.0.arrived.notify_all();
     }
@@ -160,8 +163,9 @@ impl Commits {
     /// the leader's own answer comes back.
     fn lead(&self, index: &Index, group: Vec<Waiting>) -> Option<Answer> {
         let mut handing = Handing(Some(self));
-        // The first flush covers every record of the group written before it began (they
-        // all were); the others find their record covered and return at once.
+        // One flush per journal segment: it covers every record of the segment written
+        // before it began (the group's all were); the others find theirs covered and
+        // return at once. A group that straddles a rotation flushes each segment.
         let flushed: Vec<Result<(), StorageError>> =
             group.iter().map(|w| w.written.flush()).collect();
         handing.pass_on(index);
@@ -214,12 +218,13 @@ impl Handing<'_> {
             }
             std::mem::take(&mut state.waiting)
         };
-        let Some(turn) = next[0].turn.take() else {
-            return;
+        // Its thread is blocked on the turn; if it is gone all the same (or had none), the
+        // group is led here (its first instance then goes unanswered, as nobody waits).
+        let sent = match next[0].turn.take() {
+            Some(turn) => turn.send(Turn::Lead(next)),
+            None => Err(Turn::Lead(next)),
         };
-        // Its thread is blocked on the turn; if it is gone all the same, the group is led
-        // here (its first instance then goes unanswered, as nobody waits for it).
-        if let Err(Turn::Lead(group)) = turn.send(Turn::Lead(next)) {
+        if let Err(Turn::Lead(group)) = sent {
             commits.lead(index, group);
         }
     }
