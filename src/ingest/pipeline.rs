@@ -81,18 +81,15 @@ async fn complete(ingest: &Ingest, prepared: Prepared, audit: AuditEvent) -> Out
     let (key, mut accepted, stage) = prepared;
     let inserted = match stage {
         Stage::Committed(answer) => answer,
-        Stage::Upload(spooled, mut record) => {
-            if let Err(e) = ingest.store().put(&key, spooled).await {
-                let r = Rejection::from(e);
-                return Outcome::Rejected(
-                    r.about(&accepted.sop_class_uid, &accepted.sop_instance_uid),
-                );
+        Stage::Upload(spooled, mut record) => match ingest.store().put(&key, spooled).await {
+            Ok(()) => {
+                // Stored when the upload completed, not when it began.
+                record.stored_at = now_millis();
+                accepted.stored_at = record.stored_at;
+                ingest.index().insert(*record).await.map_err(Failed::Index)
             }
-            // Stored when the upload completed, not when it began.
-            record.stored_at = now_millis();
-            accepted.stored_at = record.stored_at;
-            ingest.index().insert(*record).await.map_err(Failed::Index)
-        }
+            Err(e) => Err(Failed::Object(e)),
+        },
     };
     settle(ingest, key, accepted, inserted, audit).await
 }

@@ -13,7 +13,8 @@ import requests
 from pydicom.data import get_testdata_file
 
 from dicomgen import ct_series, to_bytes
-from dimsetools import dataset_bytes, dcmtk, free_port, require_dcmtk, run
+from dimsetools import (CT_IMAGE_STORAGE, EXPLICIT_LE, RELEASE_RQ, associate, dataset_bytes, dcmtk, free_port,
+                        pdata, recv_exact, require_dcmtk, response_status, run, send_fragments, store_command)
 
 CFG = Path(__file__).parent / "dimse" / "storescu.cfg"
 SAMPLES = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle_2frame.dcm", "rtdose.dcm", "test-SR.dcm",
@@ -196,3 +197,19 @@ def test_cfind_on_the_query_model(pacs, tmp_path):
     uid_list = findscu(pacs, out, "QueryRetrieveLevel=STUDY",
                        f"StudyInstanceUID={a[0].StudyInstanceUID}\\{b[0].StudyInstanceUID}")
     assert len(uid_list) == 2
+
+
+def test_c_stores_sent_before_their_responses_are_answered_before_the_release(pacs):
+    """conformance/dimse.md: each C-STORE is stored and answered on a thread of its own while
+    the association reads on. A peer that sends three C-STOREs and its A-RELEASE-RQ without
+    waiting gets the three responses (all stored) before the A-RELEASE-RP."""
+    series = ct_series(3)
+    s = associate(pacs.dimse_port, pacs.ae_title, [(CT_IMAGE_STORAGE, EXPLICIT_LE)])
+    for n, ds in enumerate(series, 1):
+        s.sendall(pdata(1, True, True, store_command(ds.SOPInstanceUID, message_id=n)))
+        send_fragments(s, 1, False, dataset_bytes(to_bytes(ds)))
+    s.sendall(RELEASE_RQ)
+    assert [response_status(s) for _ in series] == [0, 0, 0]
+    assert recv_exact(s, 1) == b"\x06", "the A-RELEASE-RP follows the responses"
+    s.close()
+    assert pacs.count("instances") == 3
