@@ -85,8 +85,18 @@ pub(super) struct AuditQueue {
 /// How long the audit writer gathers events before it writes them.
 const AUDIT_GATHER_MS: u64 = 50;
 
+/// Where audit rows are written: through the pool, or on SQLite by the index writer's own
+/// connection ([`super::sqlite_writer::Writer::write_audit`]). A pool connection there
+/// would take SQLite's write lock from the storing threads, and SQLite makes a connection
+/// that finds the lock taken sleep a millisecond or more before it looks again: on the
+/// path of every acknowledgement, while the pool's commit waited for its fsync.
+pub(super) enum AuditSink {
+    Pool(sqlx::AnyPool),
+    Sqlite(std::sync::Arc<super::sqlite_writer::Writer>),
+}
+
 /// Audit events wait here for the batch writer.
-pub(super) fn spawn_audit_writer(pool: sqlx::AnyPool) -> AuditQueue {
+pub(super) fn spawn_audit_writer(sink: AuditSink) -> AuditQueue {
     let (tx, mut rx) = mpsc::channel::<AuditEvent>(16_384);
     let unwritten = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = unwritten.clone();
@@ -102,10 +112,21 @@ pub(super) fn spawn_audit_writer(pool: sqlx::AnyPool) -> AuditQueue {
                     Err(_) => break,
                 }
             }
-            if let Err(e) = insert_audit(&pool, &batch).await {
-                tracing::error!(error = %e, lost = batch.len(), "writing audit events failed");
+            let n = batch.len();
+            let result = match &sink {
+                AuditSink::Pool(pool) => insert_audit(pool, &batch).await.map_err(IndexError::from),
+                AuditSink::Sqlite(writer) => {
+                    let writer = writer.clone();
+                    let events = std::mem::take(&mut batch);
+                    tokio::task::spawn_blocking(move || write_audit(&writer, &events))
+                        .await
+                        .unwrap_or(Err(IndexError::WriterGone))
+                }
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, lost = n, "writing audit events failed");
             }
-            counter.fetch_sub(batch.len(), std::sync::atomic::Ordering::AcqRel);
+            counter.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
             batch.clear();
         }
     });
@@ -116,16 +137,28 @@ pub(super) fn spawn_audit_writer(pool: sqlx::AnyPool) -> AuditQueue {
 /// database per batch, and few distinct statements to prepare.
 const AUDIT_ROWS: [usize; 4] = [64, 16, 4, 1];
 
-async fn insert_audit(pool: &sqlx::AnyPool, events: &[AuditEvent]) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let mut rest = events;
-    while !rest.is_empty() {
+/// `events` cut into the statements that write them: each chunk with its [`audit_insert_sql`].
+pub(super) fn audit_chunks(
+    mut rest: &[AuditEvent],
+) -> impl Iterator<Item = (&'static str, &[AuditEvent])> {
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
         let n = AUDIT_ROWS
             .into_iter()
             .find(|&n| n <= rest.len())
             .unwrap_or(1);
         let (chunk, after) = rest.split_at(n);
-        let mut q = sqlx::query(audit_insert_sql(n));
+        rest = after;
+        Some((audit_insert_sql(n), chunk))
+    })
+}
+
+async fn insert_audit(pool: &sqlx::AnyPool, events: &[AuditEvent]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for (sql, chunk) in audit_chunks(events) {
+        let mut q = sqlx::query(sql);
         for e in chunk {
             q = q
                 .bind(e.at)
@@ -137,9 +170,35 @@ async fn insert_audit(pool: &sqlx::AnyPool, events: &[AuditEvent]) -> Result<(),
                 .bind(&e.detail);
         }
         q.execute(&mut *tx).await?;
-        rest = after;
     }
     tx.commit().await
+}
+
+/// [`insert_audit`] on the SQLite writer's connection (blocking).
+fn write_audit(
+    writer: &super::sqlite_writer::Writer,
+    events: &[AuditEvent],
+) -> Result<(), IndexError> {
+    writer.transaction(|tx| {
+        for (sql, chunk) in audit_chunks(events) {
+            let values: Vec<&dyn rusqlite::ToSql> = chunk
+                .iter()
+                .flat_map(|e| -> [&dyn rusqlite::ToSql; 7] {
+                    [
+                        &e.at,
+                        &e.who,
+                        &e.via,
+                        &e.address,
+                        &e.action,
+                        &e.study_uid,
+                        &e.detail,
+                    ]
+                })
+                .collect();
+            tx.prepare_cached(sql)?.execute(values.as_slice())?;
+        }
+        Ok(())
+    })
 }
 
 /// The INSERT of `rows` audit events (one of [`AUDIT_ROWS`]), built once.
@@ -412,6 +471,54 @@ async fn distinct(tx: &mut Tx<'_>, sql: &str, pk: i64) -> Result<String, IndexEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Audit events written by the writer's connection, in statements of several rows,
+    /// wait for a write lock another connection holds (in the writer's short steps) and
+    /// are all kept, fields and order.
+    #[tokio::test]
+    async fn audit_events_wait_for_the_lock_and_are_all_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let index = Index::open(&format!("sqlite://{}", path.display()), 2)
+            .await
+            .unwrap();
+        let writer = super::super::sqlite_writer::open(path.to_str().unwrap(), true).unwrap();
+        let mut other = rusqlite::Connection::open(&path).unwrap();
+        let held = other
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        let events: Vec<AuditEvent> = (0..70)
+            .map(|i| {
+                AuditEvent::new("ae", "dimse", Some(format!("10.0.0.{i}")), "store")
+                    .study(format!("1.2.{i}"))
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let (done, result) = std::thread::scope(|s| {
+            let w = s.spawn(|| write_audit(&writer, &events));
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            held.commit().unwrap();
+            let result = w.join().unwrap();
+            (started.elapsed(), result)
+        });
+        result.unwrap();
+        assert!(
+            done >= std::time::Duration::from_millis(30),
+            "wrote while the lock was held"
+        );
+        let rows: Vec<(String, String)> = other
+            .prepare(
+                "SELECT address, study_uid FROM audit_events WHERE action = 'store' ORDER BY id",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows.len(), 70);
+        assert_eq!(rows[69], ("10.0.0.69".into(), "1.2.69".into()));
+        drop(index);
+    }
 
     /// A batch of any size is written whole and in order, in statements of several rows.
     #[tokio::test]

@@ -20,6 +20,7 @@ pub mod read;
 mod records;
 pub mod retention;
 mod sqlite_reader;
+mod sqlite_upkeep;
 mod sqlite_writer;
 mod types;
 pub mod uploads;
@@ -161,14 +162,19 @@ impl Index {
         let readers = sqlite_file(&url)
             .filter(|_| backend == Backend::Sqlite)
             .map(|path| Arc::new(sqlite_reader::Readers::new(path)));
-        let (writer, relaxed) = match sqlite_file(&url) {
-            Some(path) if backend == Backend::Sqlite => (
-                Writer::Sqlite(Arc::new(sqlite_writer::open(path, relaxed)?)),
-                relaxed,
+        let (writer, relaxed, audit) = match sqlite_file(&url) {
+            Some(path) if backend == Backend::Sqlite => {
+                let w = Arc::new(sqlite_writer::open(path, relaxed)?);
+                let sink = admin::AuditSink::Sqlite(w.clone());
+                (Writer::Sqlite(w), relaxed, sink)
+            }
+            _ => (
+                Writer::Task(writer::spawn(pool.clone(), backend)),
+                false,
+                admin::AuditSink::Pool(pool.clone()),
             ),
-            _ => (Writer::Task(writer::spawn(pool.clone(), backend)), false),
         };
-        let audit = admin::spawn_audit_writer(pool.clone());
+        let audit = admin::spawn_audit_writer(audit);
         Ok(Index {
             pool,
             backend,

@@ -14,8 +14,7 @@
 //! thread of their own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
 
 use rusqlite::{Connection, OpenFlags, Statement, ToSql, TransactionBehavior};
 use tokio::sync::oneshot;
@@ -54,12 +53,11 @@ pub(super) fn open(path: &str, relaxed: bool) -> Result<Writer, IndexError> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     // The pool's settings (durable commits: WAL, fsync at each commit; waits rather than
-    // fails while another connection writes), and the savepoints' journals in memory: as
-    // files they cost a file created and deleted per batch.
+    // fails while another connection writes, though in shorter steps: [`busy`]), and the
+    // savepoints' journals in memory: as files they cost a file created and deleted per batch.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-         PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON; \
-         PRAGMA temp_store = MEMORY;",
+         PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;",
     )?;
     if relaxed {
         // Commits are not fsynced (the WAL is, before each checkpoint): a power failure
@@ -68,9 +66,10 @@ pub(super) fn open(path: &str, relaxed: bool) -> Result<Writer, IndexError> {
         // (`verify::recover_recent`).
         conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
     }
+    conn.busy_handler(Some(super::sqlite_upkeep::busy))?;
     conn.set_prepared_statement_cache_capacity(16);
     let commits = Arc::new(AtomicU64::new(0));
-    match spawn_checkpointer(path, relaxed, Arc::downgrade(&commits)) {
+    match super::sqlite_upkeep::spawn_checkpointer(path, relaxed, Arc::downgrade(&commits)) {
         // Checkpoints happen there; the writer checkpoints only if the WAL grows large
         // all the same (under a sustained load a passive checkpoint cannot finish, and
         // only a finished one lets the WAL start over).
@@ -166,6 +165,26 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// Run `f` in one IMMEDIATE transaction on this connection and commit it, under the
+    /// connection's lock (blocking): for other rows written beside the instances' (the
+    /// audit trail's, [`super::admin::AuditSink`]), so that a batch of instances waits for
+    /// them on that lock, not in SQLite's busy wait.
+    pub(super) fn transaction<R>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction) -> Result<R, IndexError>,
+    ) -> Result<R, IndexError> {
+        let Ok(mut conn) = self.conn.lock() else {
+            return Err(IndexError::WriterGone);
+        };
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let result = f(&tx)?;
+        tx.commit()?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(result)
+    }
+}
+
 /// Ends a batch: the writing is free again, and the waiting threads look at their answers.
 struct Free<'w>(&'w Writer);
 
@@ -176,49 +195,6 @@ impl Drop for Free<'_> {
         }
         self.0.written.notify_all();
     }
-}
-
-/// How often the checkpoint thread looks for new commits.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
-/// Checkpoints (WAL pages copied into the database file, with an fsync of each) on a
-/// connection and thread of their own, passive: they never hold the writer up. Run by the
-/// writer itself, as SQLite does by default, each one stalled every association for the
-/// copy and both fsyncs (≈ 10 % of the four-association C-STORE rate). In relaxed mode this
-/// is also when the WAL reaches the disk. The thread ends with the writer.
-fn spawn_checkpointer(
-    path: &str,
-    relaxed: bool,
-    commits: Weak<AtomicU64>,
-) -> Result<(), IndexError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    let sync = if relaxed { "NORMAL" } else { "FULL" };
-    conn.execute_batch(&format!(
-        "PRAGMA busy_timeout = 30000; PRAGMA synchronous = {sync};"
-    ))?;
-    std::thread::Builder::new()
-        .name("index-checkpoint".into())
-        .spawn(move || {
-            let mut seen = 0;
-            loop {
-                std::thread::sleep(CHECKPOINT_EVERY);
-                let Some(count) = commits.upgrade().map(|c| c.load(Ordering::Relaxed)) else {
-                    return;
-                };
-                if count == seen {
-                    continue;
-                }
-                seen = count;
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "index checkpoint failed");
-                }
-            }
-        })
-        .map_err(|e| IndexError::Sqlite(format!("cannot start the checkpoint thread: {e}")))?;
-    Ok(())
 }
 
 fn write_batch(
