@@ -20,8 +20,8 @@ use rusqlite::{Connection, OpenFlags, Statement, ToSql, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::writer::{
-    merge_set, Job, INSERT_CHANGE, INSERT_FORWARD_JOB, INSERT_INSTANCE, MAX_BATCH, UPDATE_STUDY,
-    UPSERT_SERIES, UPSERT_STUDY,
+    merge_set, Job, INSERT_CHANGE, INSERT_FORWARD_JOB, INSERT_INSTANCE, MAX_BATCH, UPDATED_AT_STEP,
+    UPDATE_STUDY, UPDATE_STUDY_COUNTS, UPSERT_SERIES, UPSERT_STUDY,
 };
 use super::{
     IndexError, InsertOutcome, InstanceRecord, SeriesAttributes, StoredInstance, StudyAttributes,
@@ -246,17 +246,16 @@ fn write_one(conn: &Connection, r: &InstanceRecord) -> Result<InsertOutcome, Ind
     }
     let modalities = merge_set(&study.modalities, se.modality.as_deref());
     let classes = merge_set(&study.sop_classes, Some(r.sop_class_uid.as_str()));
-    execute(
-        conn,
-        UPDATE_STUDY,
-        &[
-            &study.pk,
-            &i64::from(new_series),
-            &modalities,
-            &classes,
-            &now,
-        ],
-    )?;
+    let counts: [&dyn ToSql; 4] = [&study.pk, &i64::from(new_series), &modalities, &classes];
+    if now >= study.updated_at + UPDATED_AT_STEP {
+        execute(
+            conn,
+            UPDATE_STUDY,
+            &[counts[0], counts[1], counts[2], counts[3], &now],
+        )?;
+    } else {
+        execute(conn, UPDATE_STUDY_COUNTS, &counts)?;
+    }
     Ok(InsertOutcome::Inserted)
 }
 
@@ -265,6 +264,7 @@ struct StudyRow {
     pk: i64,
     modalities: String,
     sop_classes: String,
+    updated_at: i64,
 }
 
 fn upsert_study(conn: &Connection, st: &StudyAttributes, now: i64) -> rusqlite::Result<StudyRow> {
@@ -290,6 +290,7 @@ fn upsert_study(conn: &Connection, st: &StudyAttributes, now: i64) -> rusqlite::
             pk: row.get("id")?,
             modalities: row.get("modalities")?,
             sop_classes: row.get("sop_classes")?,
+            updated_at: row.get("updated_at")?,
         })
     })?
     .ok_or(rusqlite::Error::QueryReturnedNoRows)
@@ -522,6 +523,39 @@ mod tests {
         // Of thread 0's instances and thread 7's copies, each stored exactly once.
         assert_eq!(inserted(&outcomes[0]) + inserted(&outcomes[7]), 40);
         assert_eq!(index.counts().await.unwrap().2, 7 * 40);
+    }
+
+    /// A study's `updated_at` (when it last gained an instance) moves when it is a second
+    /// old, not with every instance; the counters move with every one.
+    #[tokio::test]
+    async fn a_study_updated_at_moves_by_the_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let _index = Index::open(&format!("sqlite://{}", path.display()), 2)
+            .await
+            .unwrap();
+        let mut conn = Connection::open(&path).unwrap();
+        let study = |conn: &Connection| -> (i64, i64) {
+            conn.query_row(
+                "SELECT updated_at, num_instances FROM studies WHERE study_uid = '1.1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+        };
+        for (n, (sop, at, expected)) in [
+            ("1", 5_000, 5_000),
+            ("2", 5_999, 5_000),
+            ("3", 6_000, 6_000),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut r = record("1.1", "1.1.1", &format!("1.1.1.{sop}"), "CT");
+            r.stored_at = at;
+            write_batch(&mut conn, &[&r]).unwrap();
+            assert_eq!(study(&conn), (expected, n as i64 + 1), "instance {sop}");
+        }
     }
 
     /// The checkpoint thread copies committed pages into the database file on its own (the

@@ -31,8 +31,8 @@ pub(super) const UPSERT_STUDY: &str =
      study_description, referring_physician_name, referring_physician_key, attrs_json, \
      created_at, updated_at) \
      VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$15) \
-     ON CONFLICT (study_uid) DO UPDATE SET updated_at = studies.updated_at \
-     RETURNING id, modalities, sop_classes";
+     ON CONFLICT (study_uid) DO UPDATE SET num_instances = studies.num_instances \
+     RETURNING id, modalities, sop_classes, updated_at";
 pub(super) const UPSERT_SERIES: &str =
     "INSERT INTO series (series_uid, study_pk, modality, series_number, series_description, \
      body_part_examined, performed_start_date, performed_start_time, attrs_json, created_at, \
@@ -56,6 +56,17 @@ pub(super) const INSERT_FORWARD_JOB: &str =
 pub(super) const UPDATE_STUDY: &str =
     "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
      modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1";
+/// [`UPDATE_STUDY`] without the study's `updated_at` (the time it last gained an instance),
+/// for a study updated less than [`UPDATED_AT_STEP`] ago: a column in the SET list has its
+/// index entry rewritten, same value or not, and so one more page in every commit. (The
+/// no-op update of [`UPSERT_STUDY`], which locks an existing study's row, sets a column no
+/// index holds, for the same reason.)
+pub(super) const UPDATE_STUDY_COUNTS: &str =
+    "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
+     modalities = $3, sop_classes = $4 WHERE id = $1";
+/// How stale a study's `updated_at` may be (ms): what reads it (retention, compression at
+/// rest) measures quiet periods in minutes and days.
+pub(super) const UPDATED_AT_STEP: i64 = 1000;
 
 /// PostgreSQL: the study, series and instance rows in one statement (a round trip to the
 /// server costs more than any of them); `inserted` false when the SOP Instance UID was
@@ -86,12 +97,15 @@ const PG_INSERT_ROWS: &str = "WITH st AS (\
      SELECT st.id, st.modalities, st.sop_classes, se.num_instances, \
      EXISTS (SELECT 1 FROM i) AS inserted FROM st, se";
 /// PostgreSQL: the change feed entry and the study's counters of a new instance, in one
-/// statement ([`INSERT_CHANGE`], [`UPDATE_STUDY`]).
+/// statement ([`INSERT_CHANGE`], [`UPDATE_STUDY`]). `updated_at` moves only when it is
+/// [`UPDATED_AT_STEP`] old (see [`UPDATE_STUDY_COUNTS`]): an update that leaves every indexed
+/// column as it was is a HOT update, with no new entry in any of the study's indexes.
 const PG_RECORD_NEW: &str = "WITH ch AS (\
      INSERT INTO changefeed (at, action, study_uid, series_uid, sop_instance_uid) \
      VALUES ($5, 'create', $6, $7, $8)) \
      UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
-     modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1";
+     modalities = $3, sop_classes = $4, \
+     updated_at = CASE WHEN $5 >= updated_at + 1000 THEN $5 ELSE updated_at END WHERE id = $1";
 
 pub(super) struct Job {
     pub record: InstanceRecord,
@@ -511,10 +525,15 @@ mod tests {
             columns(PG_RECORD_NEW, "changefeed"),
             columns(INSERT_CHANGE, "changefeed")
         );
-        assert!(PG_RECORD_NEW.contains(
-            "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
-             modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1"
-        ));
+        let counts = UPDATE_STUDY_COUNTS.trim_end_matches(" WHERE id = $1");
+        assert!(PG_RECORD_NEW.contains(&format!(
+            "{counts}, updated_at = CASE WHEN $5 >= updated_at + {UPDATED_AT_STEP} THEN $5 \
+             ELSE updated_at END WHERE id = $1"
+        )));
+        assert_eq!(
+            format!("{counts}, updated_at = $5 WHERE id = $1"),
+            UPDATE_STUDY
+        );
         assert!(UPDATE_STUDY.ends_with(
             "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
              modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1"
