@@ -349,7 +349,26 @@ impl Segment {
         }
         state.end = at + len as u64;
         state.written += 1;
-        Ok(state.written)
+        let number = state.written;
+        drop(state);
+        start_writeback(&self.file, at, len);
+        Ok(number)
+    }
+}
+
+/// Start writing a record's pages to the disk now, without waiting: the flush that
+/// follows (after the object's own file is written) then mostly waits for the device's
+/// cache flush. Measured on a virtio disk: the `fdatasync` of a 9 KB record 120 → 55 µs.
+/// Only a hint: the flush writes whatever this did not, and reports any error.
+fn start_writeback(file: &std::fs::File, at: u64, len: usize) {
+    use std::os::fd::AsRawFd;
+    let (Ok(at), Ok(len)) = (i64::try_from(at), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: `sync_file_range` reads no memory of ours; the descriptor is open, owned by
+    // `file` for the length of the call.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), at, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
