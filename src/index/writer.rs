@@ -2,7 +2,7 @@
 //! serves PostgreSQL; on SQLite the storing threads write themselves
 //! ([`super::sqlite_writer`]), with the same batching and the same statements. On
 //! PostgreSQL, where each statement is a round trip to the server, an instance's rows go in
-//! two statements that chain the same inserts ([`PG_INSERT_ROWS`], [`PG_RECORD_NEW`]; a
+//! one call of the function `pacs_record_instance` (migration 0008, the same inserts; a
 //! test keeps their columns the same).
 //!
 //! Jobs queue on a channel; the task takes all that are waiting (up to a cap), writes them
@@ -68,44 +68,14 @@ pub(super) const UPDATE_STUDY_COUNTS: &str =
 /// rest) measures quiet periods in minutes and days.
 pub(super) const UPDATED_AT_STEP: i64 = 1000;
 
-/// PostgreSQL: the study, series and instance rows in one statement (a round trip to the
-/// server costs more than any of them); `inserted` false when the SOP Instance UID was
-/// stored already (the caller then undoes the counters). The study upsert's no-op update
-/// locks its row, as [`UPSERT_STUDY`] does.
-const PG_INSERT_ROWS: &str = "WITH st AS (\
-     INSERT INTO studies (study_uid, patient_name, patient_name_key, patient_id, \
-     patient_birth_date, patient_sex, study_date, study_time, accession_number, study_id, \
-     study_description, referring_physician_name, referring_physician_key, attrs_json, \
-     created_at, updated_at) \
-     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$15) \
-     ON CONFLICT (study_uid) DO UPDATE SET updated_at = studies.updated_at \
-     RETURNING id, modalities, sop_classes), \
-     se AS (\
-     INSERT INTO series (series_uid, study_pk, modality, series_number, series_description, \
-     body_part_examined, performed_start_date, performed_start_time, attrs_json, created_at, \
-     num_instances) \
-     VALUES ($16,(SELECT id FROM st),$17,$18,$19,$20,$21,$22,$23,$15,1) ON CONFLICT (series_uid) \
-     DO UPDATE SET num_instances = series.num_instances + 1 RETURNING id, num_instances), \
-     i AS (\
-     INSERT INTO instances (sop_instance_uid, series_pk, study_pk, sop_class_uid, \
-     instance_number, transfer_syntax, number_of_frames, num_rows, num_columns, object_key, \
-     size, sha256, metadata_json, frame_table, origin_kind, origin_who, origin_address, \
-     stored_at, attrs_json, part10_prefix) \
-     VALUES ($24,(SELECT id FROM se),(SELECT id FROM st),$25,$26,$27,$28,$29,$30,$31,$32,$33,\
-     $34,$35,$36,$37,$38,$15,$39,$40) \
-     ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id) \
-     SELECT st.id, st.modalities, st.sop_classes, se.num_instances, \
-     EXISTS (SELECT 1 FROM i) AS inserted FROM st, se";
-/// PostgreSQL: the change feed entry and the study's counters of a new instance, in one
-/// statement ([`INSERT_CHANGE`], [`UPDATE_STUDY`]). `updated_at` moves only when it is
-/// [`UPDATED_AT_STEP`] old (see [`UPDATE_STUDY_COUNTS`]): an update that leaves every indexed
-/// column as it was is a HOT update, with no new entry in any of the study's indexes.
-const PG_RECORD_NEW: &str = "WITH ch AS (\
-     INSERT INTO changefeed (at, action, study_uid, series_uid, sop_instance_uid) \
-     VALUES ($5, 'create', $6, $7, $8)) \
-     UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
-     modalities = $3, sop_classes = $4, \
-     updated_at = CASE WHEN $5 >= updated_at + 1000 THEN $5 ELSE updated_at END WHERE id = $1";
+/// PostgreSQL: every row of a new instance in one call (migration 0008): false when the
+/// SOP Instance UID was stored already, and nothing changed.
+const PG_RECORD_INSTANCE: &str = "SELECT pacs_record_instance($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,\
+     $11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26,$27,$28,$29,$30,$31,$32,\
+     $33,$34,$35,$36,$37,$38,$39,$40,$41) AS inserted";
+/// The function's text, for the test that keeps its columns those of the statements here.
+#[cfg(test)]
+const PG_MIGRATION: &str = include_str!("../../migrations/postgres/0008_record_instance.sql");
 
 pub(super) struct Job {
     pub record: InstanceRecord,
@@ -174,6 +144,9 @@ async fn write_batch(
     backend: Backend,
     records: &[&InstanceRecord],
 ) -> Result<Vec<InsertOutcome>, IndexError> {
+    if backend == Backend::Postgres {
+        return write_batch_pg(pool, records).await;
+    }
     let mut tx = pool.begin().await?;
     if let [record] = records {
         // One row: the transaction itself is the unit to keep or undo.
@@ -206,14 +179,11 @@ async fn write_one(
     backend: Backend,
     r: &InstanceRecord,
 ) -> Result<InsertOutcome, IndexError> {
-    if backend == Backend::Postgres {
-        return write_one_pg(tx, r).await;
-    }
     let study = upsert_study(tx, backend, &r.study, r.stored_at).await?;
     let (series_pk, new_series) = upsert_series(tx, study.pk, &r.series, r.stored_at).await?;
     if !insert_instance(tx, study.pk, series_pk, r).await? {
         // Stored before (by us or another process).
-        let existing = existing(tx, &r.sop_instance_uid).await?;
+        let existing = existing(&mut **tx, &r.sop_instance_uid).await?;
         return existing
             .map(InsertOutcome::Existing)
             .ok_or_else(|| IndexError::Db(sqlx::Error::RowNotFound));
@@ -248,63 +218,61 @@ async fn write_one(
     Ok(InsertOutcome::Inserted)
 }
 
-/// [`PG_INSERT_ROWS`] for `r`: the study's id, modalities and SOP classes, the series'
-/// count, and whether the instance row was inserted.
-async fn insert_rows_pg(
-    tx: &mut Transaction<'_, Any>,
-    r: &InstanceRecord,
-) -> Result<sqlx::any::AnyRow, IndexError> {
+/// PostgreSQL: each instance in one call of `pacs_record_instance`
+/// ([`PG_RECORD_INSTANCE`]). Alone, the call is its own transaction: one round trip. Several
+/// go in one transaction, which a failure undoes whole (the caller then retries them one
+/// by one). A duplicate changes nothing, and the instance stored is looked up after.
+async fn write_batch_pg(
+    pool: &AnyPool,
+    records: &[&InstanceRecord],
+) -> Result<Vec<InsertOutcome>, IndexError> {
+    let inserted = match records {
+        [r] => vec![match record_pg(pool, r).await {
+            // The same SOP Instance UID committed by another process meanwhile.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => false,
+            other => other?,
+        }],
+        _ => {
+            let mut tx = pool.begin().await?;
+            let mut inserted = Vec::with_capacity(records.len());
+            for r in records {
+                inserted.push(record_pg(&mut *tx, r).await?);
+            }
+            tx.commit().await?;
+            inserted
+        }
+    };
+    let mut outcomes = Vec::with_capacity(records.len());
+    for (r, new) in records.iter().zip(inserted) {
+        outcomes.push(if new {
+            InsertOutcome::Inserted
+        } else {
+            existing(pool, &r.sop_instance_uid)
+                .await?
+                .map(InsertOutcome::Existing)
+                .ok_or(IndexError::Db(sqlx::Error::RowNotFound))?
+        });
+    }
+    Ok(outcomes)
+}
+
+/// One call of [`PG_RECORD_INSTANCE`]: whether the instance was recorded. Forwarding
+/// destinations go one per line (configured names, which hold none).
+async fn record_pg<'e, E>(ex: E, r: &InstanceRecord) -> Result<bool, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
     let (st, se) = (&r.study, &r.series);
-    let q = bind_study(sqlx::query(PG_INSERT_ROWS), st)
+    let q = bind_study(sqlx::query(PG_RECORD_INSTANCE), st)
         .bind(r.stored_at)
         .bind(&se.series_uid);
     let q = bind_instance(bind_series(q, se).bind(&r.sop_instance_uid), r);
-    Ok(q.bind(&r.attrs_json)
+    q.bind(&r.attrs_json)
         .bind(r.part10_prefix)
-        .fetch_one(&mut **tx)
-        .await?)
-}
-
-/// [`write_one`] on PostgreSQL: the same rows in two statements instead of seven (and one
-/// per forwarding destination).
-async fn write_one_pg(
-    tx: &mut Transaction<'_, Any>,
-    r: &InstanceRecord,
-) -> Result<InsertOutcome, IndexError> {
-    let (st, se) = (&r.study, &r.series);
-    let row = insert_rows_pg(tx, r).await?;
-    if !row.try_get::<bool, _>("inserted")? {
-        // Stored before (by us or another process).
-        return existing(tx, &r.sop_instance_uid)
-            .await?
-            .map(InsertOutcome::Existing)
-            .ok_or_else(|| IndexError::Db(sqlx::Error::RowNotFound));
-    }
-    let study_pk: i64 = row.try_get("id")?;
-    let modalities: String = row.try_get("modalities")?;
-    let sop_classes: String = row.try_get("sop_classes")?;
-    let new_series = row.try_get::<i64, _>("num_instances")? == 1;
-    sqlx::query(PG_RECORD_NEW)
-        .bind(study_pk)
-        .bind(i64::from(new_series))
-        .bind(merge_set(&modalities, se.modality.as_deref()))
-        .bind(merge_set(&sop_classes, Some(r.sop_class_uid.as_str())))
-        .bind(r.stored_at)
-        .bind(&st.study_uid)
-        .bind(&se.series_uid)
-        .bind(&r.sop_instance_uid)
-        .execute(&mut **tx)
-        .await?;
-    for destination in &r.forward_to {
-        sqlx::query(INSERT_FORWARD_JOB)
-            .bind(destination)
-            .bind(&r.sop_instance_uid)
-            .bind(&st.study_uid)
-            .bind(r.stored_at)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(InsertOutcome::Inserted)
+        .bind(r.forward_to.join("\n"))
+        .fetch_one(ex)
+        .await?
+        .try_get("inserted")
 }
 
 /// The study row (created from this instance if new), locked for update on PostgreSQL.
@@ -372,7 +340,7 @@ async fn insert_instance(
 type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
 
 /// The study's columns of [`UPSERT_STUDY`], `study_uid` to `attrs_json`, in order (shared by
-/// [`PG_INSERT_ROWS`]).
+/// [`PG_RECORD_INSTANCE`]).
 fn bind_study<'q>(q: AnyQuery<'q>, st: &'q StudyAttributes) -> AnyQuery<'q> {
     q.bind(&st.study_uid)
         .bind(&st.patient_name)
@@ -421,16 +389,16 @@ fn bind_instance<'q>(q: AnyQuery<'q>, r: &'q InstanceRecord) -> AnyQuery<'q> {
         .bind(&r.origin.address)
 }
 
-async fn existing(
-    tx: &mut Transaction<'_, Any>,
-    sop: &Uid,
-) -> Result<Option<StoredInstance>, IndexError> {
+async fn existing<'e, E>(ex: E, sop: &Uid) -> Result<Option<StoredInstance>, IndexError>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
     Ok(sqlx::query_as(&format!(
         "{} WHERE i.sop_instance_uid = $1",
         super::STORED_SELECT
     ))
     .bind(sop)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(ex)
     .await?)
 }
 
@@ -506,38 +474,44 @@ mod tests {
         );
     }
 
-    /// PostgreSQL's chained statements insert the same columns as the statements the
-    /// other writers use.
+    /// PostgreSQL's function (migration 0008) inserts the same columns as the statements
+    /// the other writers use, moves `updated_at` by the same step, and is called with every
+    /// parameter it declares.
     #[test]
-    fn postgres_statements_keep_the_columns() {
+    fn postgres_function_keeps_the_columns() {
+        let names =
+            |list: &str| -> Vec<String> { list.split(',').map(|c| c.trim().to_owned()).collect() };
         for (table, one) in [
             ("studies", UPSERT_STUDY),
             ("series", UPSERT_SERIES),
             ("instances", INSERT_INSTANCE),
+            ("changefeed", INSERT_CHANGE),
+            ("forward_jobs", INSERT_FORWARD_JOB),
         ] {
             assert_eq!(
-                columns(PG_INSERT_ROWS, table),
-                columns(one, table),
+                names(columns(PG_MIGRATION, table)),
+                names(columns(one, table)),
                 "{table}"
             );
         }
-        assert_eq!(
-            columns(PG_RECORD_NEW, "changefeed"),
-            columns(INSERT_CHANGE, "changefeed")
-        );
         let counts = UPDATE_STUDY_COUNTS.trim_end_matches(" WHERE id = $1");
-        assert!(PG_RECORD_NEW.contains(&format!(
-            "{counts}, updated_at = CASE WHEN $5 >= updated_at + {UPDATED_AT_STEP} THEN $5 \
-             ELSE updated_at END WHERE id = $1"
-        )));
         assert_eq!(
             format!("{counts}, updated_at = $5 WHERE id = $1"),
             UPDATE_STUDY
         );
-        assert!(UPDATE_STUDY.ends_with(
-            "UPDATE studies SET num_instances = num_instances + 1, num_series = num_series + $2, \
-             modalities = $3, sop_classes = $4, updated_at = $5 WHERE id = $1"
-        ));
+        assert!(PG_MIGRATION.contains(&format!(
+            "CASE WHEN p_now >= v_updated_at + {UPDATED_AT_STEP} THEN p_now"
+        )));
+        let declared = PG_MIGRATION
+            .split("CREATE FUNCTION pacs_record_instance(")
+            .nth(1)
+            .and_then(|rest| rest.split(") RETURNS").next())
+            .unwrap()
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("p_"))
+            .count();
+        assert_eq!(declared, 41);
+        assert!(PG_RECORD_INSTANCE.contains("$41)") && !PG_RECORD_INSTANCE.contains("$42"));
     }
 
     #[test]
