@@ -16,7 +16,8 @@ pub const SYNTAXES: &[(&str, &str)] = &[
 pub struct CompressionConfig {
     /// `jpeg-ls-lossless` or `rle`; none: off.
     pub syntax: Option<String>,
-    /// Re-encode a study once nothing has been stored to it for this long (`0s`, `10m`, `1d`).
+    /// Re-encode a study once nothing has been stored to it for this long (`0s`, `10m`, `1d`;
+    /// a study's last store is kept to the second).
     #[serde(
         deserialize_with = "super::retention::duration_secs",
         skip_serializing_if = "Option::is_none"

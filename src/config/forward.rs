@@ -163,6 +163,9 @@ impl ForwardDestination {
     fn check(&self) -> Result<(), String> {
         let name = &self.name;
         let wrong = |what: &str| Err(format!("forward.destinations {name:?}: {what}"));
+        if name.trim().is_empty() || name.chars().any(char::is_control) {
+            return wrong("a name must be printable and not empty");
+        }
         match self.kind {
             DestinationKind::Dimse => {
                 if self.peer().is_none() {
@@ -361,6 +364,33 @@ impl ForwardConfig {
                 r.destination
             )),
             None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Destination names travel as lines (PostgreSQL's writer) and in metrics labels: an
+    /// empty one, or one with a control character, is refused.
+    #[test]
+    fn a_destination_needs_a_printable_name() {
+        let check = |name: &str| {
+            let d: ForwardDestination = serde_json::from_value(serde_json::json!({
+                "name": name, "kind": "dimse", "ae": "ARCHIVE", "host": "archive", "port": 104
+            }))
+            .unwrap();
+            ForwardConfig {
+                destinations: vec![d],
+                ..ForwardConfig::default()
+            }
+            .check()
+        };
+        assert!(check("central").is_ok());
+        for bad in ["", " ", "a\nb", "tab\there"] {
+            let e = check(bad).unwrap_err();
+            assert!(e.contains("printable"), "{bad:?}: {e}");
         }
     }
 }

@@ -150,7 +150,7 @@ async fn write_batch(
     let mut tx = pool.begin().await?;
     if let [record] = records {
         // One row: the transaction itself is the unit to keep or undo.
-        let outcome = write_one(&mut tx, backend, record).await?;
+        let outcome = write_one(&mut tx, record).await?;
         match outcome {
             InsertOutcome::Inserted => tx.commit().await?,
             InsertOutcome::Existing(_) => tx.rollback().await?,
@@ -160,7 +160,7 @@ async fn write_batch(
     let mut outcomes = Vec::with_capacity(records.len());
     for record in records {
         let mut sp = sqlx::Acquire::begin(&mut tx).await?;
-        let outcome = write_one(&mut sp, backend, record).await?;
+        let outcome = write_one(&mut sp, record).await?;
         match outcome {
             InsertOutcome::Inserted => sp.commit().await?,
             InsertOutcome::Existing(_) => sp.rollback().await?,
@@ -176,10 +176,9 @@ async fn write_batch(
 /// counters and any study or series row created on the way are not kept.
 async fn write_one(
     tx: &mut Transaction<'_, Any>,
-    backend: Backend,
     r: &InstanceRecord,
 ) -> Result<InsertOutcome, IndexError> {
-    let study = upsert_study(tx, backend, &r.study, r.stored_at).await?;
+    let study = upsert_study(tx, &r.study, r.stored_at).await?;
     let (series_pk, new_series) = upsert_series(tx, study.pk, &r.series, r.stored_at).await?;
     if !insert_instance(tx, study.pk, series_pk, r).await? {
         // Stored before (by us or another process).
@@ -204,15 +203,20 @@ async fn write_one(
             .execute(&mut **tx)
             .await?;
     }
-    sqlx::query(UPDATE_STUDY)
-        .bind(study.pk)
-        .bind(i64::from(new_series))
-        .bind(merge_set(&study.modalities, r.series.modality.as_deref()))
-        .bind(merge_set(
-            &study.sop_classes,
-            Some(r.sop_class_uid.as_str()),
-        ))
-        .bind(r.stored_at)
+    let moved = r.stored_at >= study.updated_at + UPDATED_AT_STEP;
+    let q = sqlx::query(if moved {
+        UPDATE_STUDY
+    } else {
+        UPDATE_STUDY_COUNTS
+    })
+    .bind(study.pk)
+    .bind(i64::from(new_series))
+    .bind(merge_set(&study.modalities, r.series.modality.as_deref()))
+    .bind(merge_set(
+        &study.sop_classes,
+        Some(r.sop_class_uid.as_str()),
+    ));
+    if moved { q.bind(r.stored_at) } else { q }
         .execute(&mut **tx)
         .await?;
     Ok(InsertOutcome::Inserted)
@@ -221,43 +225,54 @@ async fn write_one(
 /// PostgreSQL: each instance in one call of `pacs_record_instance`
 /// ([`PG_RECORD_INSTANCE`]). Alone, the call is its own transaction: one round trip. Several
 /// go in one transaction, which a failure undoes whole (the caller then retries them one
-/// by one). A duplicate changes nothing, and the instance stored is looked up after.
+/// by one). A duplicate changes nothing; the instance stored is looked up in the same
+/// transaction (alone: after the call, which committed nothing).
 async fn write_batch_pg(
     pool: &AnyPool,
     records: &[&InstanceRecord],
 ) -> Result<Vec<InsertOutcome>, IndexError> {
-    let inserted = match records {
-        [r] => vec![match record_pg(pool, r).await {
+    if let [r] = records {
+        let new = match record_pg(pool, r).await {
             // The same SOP Instance UID committed by another process meanwhile.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => false,
+            Err(sqlx::Error::Database(e)) if e.constraint() == Some(PG_SOP_UNIQUE) => false,
             other => other?,
-        }],
-        _ => {
-            let mut tx = pool.begin().await?;
-            let mut inserted = Vec::with_capacity(records.len());
-            for r in records {
-                inserted.push(record_pg(&mut *tx, r).await?);
-            }
-            tx.commit().await?;
-            inserted
-        }
-    };
-    let mut outcomes = Vec::with_capacity(records.len());
-    for (r, new) in records.iter().zip(inserted) {
-        outcomes.push(if new {
-            InsertOutcome::Inserted
-        } else {
-            existing(pool, &r.sop_instance_uid)
-                .await?
-                .map(InsertOutcome::Existing)
-                .ok_or(IndexError::Db(sqlx::Error::RowNotFound))?
-        });
+        };
+        return Ok(vec![outcome_pg(pool, r, new).await?]);
     }
+    let mut tx = pool.begin().await?;
+    let mut outcomes = Vec::with_capacity(records.len());
+    for r in records {
+        let new = record_pg(&mut *tx, r).await?;
+        outcomes.push(outcome_pg(&mut *tx, r, new).await?);
+    }
+    tx.commit().await?;
     Ok(outcomes)
 }
 
+/// The unique constraint on instances' SOP Instance UID (PostgreSQL's name for it).
+const PG_SOP_UNIQUE: &str = "instances_sop_instance_uid_key";
+
+/// Inserted, or the instance stored already under `r`'s SOP Instance UID.
+async fn outcome_pg<'e, E>(
+    ex: E,
+    r: &InstanceRecord,
+    new: bool,
+) -> Result<InsertOutcome, IndexError>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
+    if new {
+        return Ok(InsertOutcome::Inserted);
+    }
+    existing(ex, &r.sop_instance_uid)
+        .await?
+        .map(InsertOutcome::Existing)
+        .ok_or(IndexError::Db(sqlx::Error::RowNotFound))
+}
+
 /// One call of [`PG_RECORD_INSTANCE`]: whether the instance was recorded. Forwarding
-/// destinations go one per line (configured names, which hold none).
+/// destinations go one per line (configured names: [`crate::config`] refuses empty ones
+/// and control characters).
 async fn record_pg<'e, E>(ex: E, r: &InstanceRecord) -> Result<bool, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = Any>,
@@ -275,18 +290,17 @@ where
         .try_get("inserted")
 }
 
-/// The study row (created from this instance if new), locked for update on PostgreSQL.
+/// The study row (created from this instance if new).
 struct StudyRow {
     pk: i64,
     modalities: String,
     sop_classes: String,
+    updated_at: i64,
 }
 
-/// Insert or find the study row in one statement; on PostgreSQL the (no-op) update locks
-/// the row, so concurrent processes update its counters one after the other.
+/// Insert or find the study row in one statement.
 async fn upsert_study(
     tx: &mut Transaction<'_, Any>,
-    _backend: Backend,
     st: &StudyAttributes,
     now: i64,
 ) -> Result<StudyRow, IndexError> {
@@ -298,6 +312,7 @@ async fn upsert_study(
         pk: row.try_get("id")?,
         modalities: row.try_get("modalities")?,
         sop_classes: row.try_get("sop_classes")?,
+        updated_at: row.try_get("updated_at")?,
     })
 }
 

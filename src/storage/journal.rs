@@ -356,15 +356,24 @@ impl Segment {
     }
 }
 
-/// Start writing a record's pages to the disk now, without waiting: the flush that
+/// Start writing a record's whole pages to the disk now, without waiting: the flush that
 /// follows (after the object's own file is written) then mostly waits for the device's
 /// cache flush. Measured on a virtio disk: the `fdatasync` of a 9 KB record 120 → 55 µs.
-/// Only a hint: the flush writes whatever this did not, and reports any error.
+/// Not the last page, which the next record fills: written now, it would be written twice,
+/// and where pages must stay stable under writeback (btrfs, devices with checksums) the
+/// next append would wait for it. Only a hint: the flush writes whatever this did not, and
+/// reports any error.
 fn start_writeback(file: &std::fs::File, at: u64, len: usize) {
     use std::os::fd::AsRawFd;
-    let (Ok(at), Ok(len)) = (i64::try_from(at), i64::try_from(len)) else {
+    const PAGE: u64 = 4096;
+    let end = (at + len as u64) / PAGE * PAGE;
+    let (Ok(start), Ok(len)) = (i64::try_from(at), i64::try_from(end.saturating_sub(at))) else {
         return;
     };
+    if len == 0 {
+        return;
+    }
+    let at = start;
     // SAFETY: `sync_file_range` reads no memory of ours; the descriptor is open, owned by
     // `file` for the length of the call.
     unsafe {
