@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import bench_dimse  # (file creation probe)
+import bench_http
 import bench_stow as stow  # (directories removed at exit)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,9 +46,10 @@ def sha256_mb_s(mb):
 
 
 def loopback_http_mb_s(size, n):
-    """About the most an HTTP response of `size` bytes can be received at with curl here: a
-    minimal keep-alive server in this process answers each request by sendfile(2) from the
-    page cache; curl times n transfers as in the wado-study workload; MB/s at the median."""
+    """About the most an HTTP response of `size` bytes can be received at here: a minimal
+    keep-alive server in this process answers each request by sendfile(2) from the page
+    cache (no copy on the sending side); scripts/bench_http.py reads n transfers as in the
+    wado-study workload; MB/s at the median."""
     import socket
     d = Path(tempfile.mkdtemp(prefix="bench-loop-"))
     stow.LEFTOVERS.append(d)
@@ -77,12 +79,11 @@ def loopback_http_mb_s(size, n):
 
     threading.Thread(target=serve, daemon=True).start()
     try:
-        args = ["curl", "-s", "-m", "300", "-w", "%{time_total}\\n"]
-        for _ in range(n):
-            args += [f"http://127.0.0.1:{port}/", "-o", "/dev/null"]
-        out = subprocess.run(args, capture_output=True, text=True, timeout=120).stdout.split()
-        return size / statistics.median(float(t) for t in out) / 1e6
-    except (OSError, subprocess.SubprocessError, ValueError, statistics.StatisticsError):
+        reader = bench_http.Reader("127.0.0.1", port)
+        times = [reader.get("/", "*/*")[2] for _ in range(n)]
+        reader.close()
+        return size / statistics.median(times) / 1e6
+    except (OSError, ValueError, statistics.StatisticsError):
         return None
     finally:
         srv.close()

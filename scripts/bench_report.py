@@ -133,7 +133,7 @@ def print_table(report, names, assocs, selected, out_path):
         if loop.get("mb_s"):
             cells = [f"{n} {loop['fraction'][n]:.2f}" for n in names if loop["fraction"].get(n)]
             best = f"; the highest ratio possible here is {loop['max_ratio']:.2f}x" if loop.get("max_ratio") else ""
-            print(f"  loopback HTTP ceiling for the WADO-RS study (curl + sendfile) {loop['mb_s']:.0f} MB/s; "
+            print(f"  loopback HTTP ceiling for the WADO-RS study (bench_http reader + sendfile) {loop['mb_s']:.0f} MB/s; "
                   f"the study as a fraction of it: " + ", ".join(cells) + best)
     if report["ingest_fractions"]:
         print("ingest MB/s (Part-10 bytes), as % of the durable write rate and % of SHA-256 throughput:")
