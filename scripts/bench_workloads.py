@@ -240,17 +240,21 @@ def timed_get(server, path, accept, n, check):
     return summarize(times, len(body), errors, found)
 
 
-def timed_curl(server, path, accept, n, check):
-    """As timed_get (warm-up and check with http.client), then one curl process making n
-    requests on one keep-alive connection; curl's own time of each transfer."""
+def warm_up(server, path, accept, check):
+    """One untimed request on a connection of its own: the body's size and what
+    `check(headers, body)` found in it."""
     conn = http.client.HTTPConnection(server.host, server.port, timeout=600)
     status, headers, body = get(conn, path, accept)
     conn.close()
     if status != 200:
         raise RuntimeError(f"GET {path}: HTTP {status} {body[:200]!r}")
-    found = check(headers, body)
-    size = len(body)
-    del body
+    return len(body), check(headers, body)
+
+
+def timed_curl(server, path, accept, n, check):
+    """As timed_get (warm-up and check with http.client), then one curl process making n
+    requests on one keep-alive connection; curl's own time of each transfer."""
+    size, found = warm_up(server, path, accept, check)
     url = f"http://{server.host}:{server.port}{path}"
     args = ["curl", "-s", "-g", "-m", "300", "-H", f"Accept: {accept}",
             "-w", "%{http_code} %{size_download} %{time_total}\\n"]
@@ -269,14 +273,7 @@ def timed_bulk(server, path, accept, n, check):
     """As timed_get (warm-up and check with http.client), then n requests on one keep-alive
     connection read by scripts/bench_http.py into large buffers (curl's 16 KB reads are the
     limit of a 52 MB transfer here, whichever the server)."""
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=600)
-    status, headers, body = get(conn, path, accept)
-    conn.close()
-    if status != 200:
-        raise RuntimeError(f"GET {path}: HTTP {status} {body[:200]!r}")
-    found = check(headers, body)
-    size = len(body)
-    del body
+    size, found = warm_up(server, path, accept, check)
     reader = bench_http.Reader(server.host, server.port)
     times, errors = [], 0
     for _ in range(n):

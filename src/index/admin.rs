@@ -477,11 +477,7 @@ mod tests {
     /// are all kept, fields and order.
     #[tokio::test]
     async fn audit_events_wait_for_the_lock_and_are_all_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("index.sqlite");
-        let index = Index::open(&format!("sqlite://{}", path.display()), 2)
-            .await
-            .unwrap();
+        let (_dir, path, index) = crate::index::records::migrated_sqlite().await;
         let writer = super::super::sqlite_writer::open(path.to_str().unwrap(), true).unwrap();
         let mut other = rusqlite::Connection::open(&path).unwrap();
         let held = other

@@ -71,3 +71,15 @@ pub(crate) fn sample(study: &str, series: &str, sop: &str, modality: &str) -> In
         forward_to: vec!["ARCHIVE".into()],
     }
 }
+
+/// For tests: a migrated SQLite index in a directory of its own (kept while the first
+/// value lives), and its file's path, for connections of the test's own.
+#[cfg(test)]
+pub(crate) async fn migrated_sqlite() -> (tempfile::TempDir, std::path::PathBuf, super::Index) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.sqlite");
+    let index = super::Index::open(&format!("sqlite://{}", path.display()), 2)
+        .await
+        .unwrap();
+    (dir, path, index)
+}

@@ -428,17 +428,13 @@ fn one_row<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::records::sample as record;
+    use crate::index::records::{migrated_sqlite, sample as record};
     use crate::index::Index;
 
     #[tokio::test]
     async fn a_batch_keeps_each_instance_apart() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("index.sqlite");
-        // Migrates the file; this test then writes batches on a connection of its own.
-        let index = Index::open(&format!("sqlite://{}", path.display()), 2)
-            .await
-            .unwrap();
+        // This test writes batches on a connection of its own.
+        let (_dir, path, index) = migrated_sqlite().await;
         let mut conn = Connection::open(&path).unwrap();
         let a = record("1.1", "1.1.1", "1.1.1.1", "CT");
         let b = record("1.1", "1.1.2", "1.1.2.1", "PR");
@@ -529,11 +525,7 @@ mod tests {
     /// old, not with every instance; the counters move with every one.
     #[tokio::test]
     async fn a_study_updated_at_moves_by_the_second() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("index.sqlite");
-        let _index = Index::open(&format!("sqlite://{}", path.display()), 2)
-            .await
-            .unwrap();
+        let (_dir, path, _index) = migrated_sqlite().await;
         let mut conn = Connection::open(&path).unwrap();
         let study = |conn: &Connection| -> (i64, i64) {
             conn.query_row(
