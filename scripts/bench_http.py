@@ -15,7 +15,9 @@ class Reader:
         self.scratch = memoryview(bytearray(8 << 20))
 
     def _fill(self):
-        k = self.sock.recv_into(self.scratch)
+        # Small reads: what follows a line is mostly body, which _skip reads straight into
+        # the scratch buffer rather than through this one.
+        k = self.sock.recv_into(self.scratch, 64 << 10)
         if not k:
             raise ConnectionError("the server closed the connection mid-response")
         self.buf += self.scratch[:k]
@@ -32,8 +34,8 @@ class Reader:
         have = min(n, len(self.buf) - self.pos)
         self.pos += have
         n -= have
-        if n:
-            self.buf, self.pos = bytearray(), 0
+        if n or self.pos > (1 << 20):
+            self.buf, self.pos = self.buf[self.pos:], 0
         while n > 0:
             k = self.sock.recv_into(self.scratch, min(n, len(self.scratch)))
             if not k:

@@ -9,8 +9,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -21,6 +21,8 @@ pub struct Metrics {
     pub dimse_associations: IntCounterVec,
     pub dimse_active: IntGauge,
     pub http_seconds: HistogramVec,
+    /// Bytes of objects plain HTTP connections sent from their files (`sendfile`).
+    pub http_file_bytes: IntCounter,
     pub uploads_pending: IntGauge,
     pub tls_handshakes_refused: IntCounterVec,
     pub tls_reloads: IntCounterVec,
@@ -84,6 +86,28 @@ fn compress_metrics(registry: &Registry) -> CompressMetrics {
     }
 }
 
+/// Register a new metric (`made`) in `registry`.
+fn register<M>(registry: &Registry, made: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = made.expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn file_bytes_counter(registry: &Registry) -> IntCounter {
+    register(
+        registry,
+        IntCounter::new(
+            "http_file_bytes_total",
+            "Bytes of objects that plain HTTP connections sent straight from the page cache (sendfile), not copied through the process.",
+        ),
+    )
+}
+
 fn forward_metrics(registry: &Registry) -> ForwardMetrics {
     let register = |c: Box<dyn prometheus::core::Collector>| {
         registry.register(c).expect("unique metric");
@@ -140,30 +164,13 @@ const LATENCY_BUCKETS: &[f64] = &[
 fn build() -> Metrics {
     let registry = Registry::new_custom(Some("pacs".into()), None).expect("valid prefix");
     let counter = |name: &str, help: &str, labels: &[&str]| {
-        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-        registry
-            .register(Box::new(c.clone()))
-            .expect("unique metric");
-        c
+        register(&registry, IntCounterVec::new(Opts::new(name, help), labels))
     };
     let histogram = |name: &str, help: &str, labels: &[&str]| {
-        let h = HistogramVec::new(
-            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-            labels,
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(h.clone()))
-            .expect("unique metric");
-        h
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        register(&registry, HistogramVec::new(opts, labels))
     };
-    let gauge = |name: &str, help: &str| {
-        let g = IntGauge::new(name, help).expect("valid metric");
-        registry
-            .register(Box::new(g.clone()))
-            .expect("unique metric");
-        g
-    };
+    let gauge = |name: &str, help: &str| register(&registry, IntGauge::new(name, help));
     Metrics {
         ingest_total: counter(
             "ingest_total",
@@ -202,6 +209,7 @@ fn build() -> Metrics {
             "HTTP request latency (to the response head), by service, method and status class.",
             &["service", "method", "status"],
         ),
+        http_file_bytes: file_bytes_counter(&registry),
         uploads_pending: gauge("uploads_pending", "Offline uploads waiting for their bytes."),
         hl7_messages: counter(
             "hl7_messages_total",

@@ -82,6 +82,15 @@ impl Context {
         })
     }
 
+    /// The Part-10 bytes of a stored instance as mapped from the page cache (see
+    /// `storage::mapped`): the head it lacks, if any, then the object; `None` unless the
+    /// store is a filesystem and the kernel holds the whole object. Never waits.
+    pub fn instance_mapped(&self, loc: &InstanceLocation) -> Option<Vec<Bytes>> {
+        let object = self.store().mapped(&loc.object_key, None)?;
+        let head = crate::dicom::meta::missing_head(loc.part10_prefix);
+        Some(head.map(Bytes::from).into_iter().chain([object]).collect())
+    }
+
     /// The Part-10 bytes of a stored instance in one buffer (for small ones: one read).
     pub async fn instance_whole(&self, loc: &InstanceLocation) -> Result<Bytes, StorageError> {
         let head = crate::dicom::meta::missing_head(loc.part10_prefix).unwrap_or_default();

@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
@@ -23,14 +24,16 @@ use crate::dicom::json::BULK_PREFIX;
 use crate::index::read::{InstanceLocation, Scope};
 use crate::model::TransferSyntax;
 use crate::render::transcode::{can_transcode, transcode_file, TARGETS};
+use crate::storage::SendsFiles;
 
 /// Retrieve a study, series or instance.
 pub async fn retrieve(
     State(app): State<Arc<Context>>,
+    sends: Option<Extension<SendsFiles>>,
     r: Resource,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    retrieve_scope(app, headers, r.scope()?).await
+    retrieve_scope(app, headers, r.scope()?, Reading::from(sends)).await
 }
 
 /// Metadata of a study, series or instance.
@@ -144,13 +147,40 @@ fn small_as_stored(loc: &InstanceLocation, target: &TransferSyntax) -> bool {
     *target == loc.transfer_syntax && loc.size + loc.part10_prefix <= SMALL_OBJECT
 }
 
-/// One instance in transfer syntax `target`: its length and bytes (as stored: read whole
-/// when small, else streamed from the store; transcoded in memory otherwise).
+/// How a response's objects may be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reading {
+    /// Into memory (or streamed through it).
+    Copied,
+    /// Mapped from the page cache where cached: the connection sends them from their files.
+    Mapped,
+}
+
+impl From<Option<Extension<SendsFiles>>> for Reading {
+    fn from(sends: Option<Extension<SendsFiles>>) -> Self {
+        match sends {
+            Some(_) => Reading::Mapped,
+            None => Reading::Copied,
+        }
+    }
+}
+
+/// One instance in transfer syntax `target`: its length and bytes (as stored: mapped when
+/// `reading` allows and the object is cached, read whole when small, else streamed from
+/// the store; transcoded in memory otherwise).
 pub(super) async fn instance_bytes(
     app: &Context,
     loc: &InstanceLocation,
     target: &TransferSyntax,
+    reading: Reading,
 ) -> Result<(u64, ByteStream), ApiError> {
+    let as_stored = *target == loc.transfer_syntax;
+    if let (true, Reading::Mapped) = (as_stored, reading) {
+        if let Some(chunks) = app.instance_mapped(loc) {
+            let len = chunks.iter().map(|c| c.len() as u64).sum();
+            return Ok((len, stream::iter(chunks.into_iter().map(Ok)).boxed()));
+        }
+    }
     if small_as_stored(loc, target) {
         let bytes = app.instance_whole(loc).await?;
         let len = bytes.len() as u64;
@@ -198,6 +228,7 @@ async fn retrieve_scope(
     app: Arc<Context>,
     headers: HeaderMap,
     scope: Scope,
+    reading: Reading,
 ) -> Result<Response, ApiError> {
     let accept = parse_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let (packaging, wanted) = negotiate(&accept, scope.instance.is_some())?;
@@ -208,7 +239,7 @@ async fn retrieve_scope(
         .collect::<Result<Vec<_>, _>>()?;
     // The first object is opened now, so that a failure is an error status rather than a
     // truncated body; the others open as the body streams.
-    let (len, first) = instance_bytes(&app, &found[0], &targets[0]).await?;
+    let (len, first) = instance_bytes(&app, &found[0], &targets[0], reading).await?;
     if let Packaging::Single = packaging {
         return Ok(Response::builder()
             .header(
@@ -230,7 +261,7 @@ async fn retrieve_scope(
                 let ahead = match opened {
                     Some(ready) => Some(Ok(ready)),
                     None if small_as_stored(&loc, &target) => {
-                        Some(instance_bytes(&app, &loc, &target).await)
+                        Some(instance_bytes(&app, &loc, &target, reading).await)
                     }
                     None => None,
                 };
@@ -238,10 +269,10 @@ async fn retrieve_scope(
             }
         })
         .buffered(READ_AHEAD)
-        .then(|(app, loc, target, ahead)| async move {
+        .then(move |(app, loc, target, ahead)| async move {
             let opened = match ahead {
                 Some(opened) => opened,
-                None => instance_bytes(&app, &loc, &target).await,
+                None => instance_bytes(&app, &loc, &target, reading).await,
             };
             let (len, body) = match opened {
                 Ok((len, body)) => (Some(len), body),

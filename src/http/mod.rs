@@ -9,6 +9,7 @@ mod auth;
 mod metrics;
 mod policy;
 mod serve;
+mod zerocopy;
 
 use std::sync::Arc;
 

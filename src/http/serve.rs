@@ -1,5 +1,6 @@
 //! Serving the router: on plain TCP, or over TLS (HTTPS, with HTTP/2 and HTTP/1.1 offered
-//! by ALPN); graceful shutdown with a deadline.
+//! by ALPN); graceful shutdown with a deadline. Plain connections send cached objects
+//! without copying them ([`super::zerocopy`]).
 //!
 //! TLS handshakes run in tasks of their own, not in the accept loop, so a slow or hostile
 //! client holds up nobody else; a handshake gets [`HANDSHAKE_TIMEOUT`], and one that fails
@@ -19,6 +20,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::zerocopy::{PlainListener, SendsFiles};
 use crate::context::Context;
 
 /// How long a client has to complete the TLS handshake.
@@ -38,13 +40,16 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let grace = Duration::from_secs(ctx.config.http.shutdown_grace_secs);
-    let service = super::router(ctx).into_make_service_with_connect_info::<SocketAddr>();
+    let router = super::router(ctx);
     let stop = cancel.clone().cancelled_owned();
     let server: BoxFuture<'static, std::io::Result<()>> = match tls {
         None => {
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
+            // Plain connections send cached objects from their files (`zerocopy`).
+            let service = router
+                .layer(axum::Extension(SendsFiles))
+                .into_make_service_with_connect_info::<SocketAddr>();
+            // (`tap_io` for the connection's address, as TlsListener's.)
+            let listener = PlainListener(listener).tap_io(|_| {});
             axum::serve(listener, service)
                 .with_graceful_shutdown(stop)
                 .into_future()
@@ -52,6 +57,7 @@ pub async fn serve(
         }
         Some(config) => {
             let listener = TlsListener::spawn(listener, config)?.tap_io(|_| {});
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
             axum::serve(listener, service)
                 .with_graceful_shutdown(stop)
                 .into_future()

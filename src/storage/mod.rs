@@ -19,6 +19,7 @@
 mod dirsync;
 mod journal;
 mod local;
+mod mapped;
 mod read;
 mod spool;
 
@@ -33,6 +34,7 @@ use crate::model::ObjectKey;
 
 pub use dirsync::DirSyncs;
 pub use journal::{Journal, ReplayReport};
+pub use mapped::{region, SendsFiles};
 pub use read::StudyObjects;
 pub use spool::{Spool, SpooledFile};
 

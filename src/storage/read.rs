@@ -298,7 +298,7 @@ fn open_object(path: &Path, key: String) -> Result<std::fs::File, StorageError> 
 /// The file at `path` opened only if every directory on the way is in the dentry cache
 /// (`openat2` with `RESOLVE_CACHED`): never waits for the disk. None otherwise (or on a
 /// kernel without it, or on any error: the blocking path then reads, and reports).
-fn open_cached(path: &Path) -> Option<rustix::fd::OwnedFd> {
+pub(super) fn open_cached(path: &Path) -> Option<rustix::fd::OwnedFd> {
     use rustix::fs::{openat2, Mode, OFlags, ResolveFlags, CWD};
     let flags = OFlags::RDONLY | OFlags::CLOEXEC;
     openat2(CWD, path, flags, Mode::empty(), ResolveFlags::CACHED).ok()

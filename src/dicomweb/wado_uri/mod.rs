@@ -24,12 +24,13 @@ use axum::{Extension, Router};
 
 use self::query::{Answer, WadoQuery};
 use super::rendered::render_one;
-use super::wado::{instance_bytes, locate, target_for, Wanted};
+use super::wado::{instance_bytes, locate, target_for, Reading, Wanted};
 use super::ApiError;
 use crate::auth::Principal;
 use crate::context::Context;
 use crate::index::read::{InstanceLocation, Scope};
 use crate::render::Params;
+use crate::storage::SendsFiles;
 
 /// The route: `GET /wado` (and `HEAD`).
 pub fn router() -> Router<Arc<Context>> {
@@ -41,6 +42,7 @@ pub fn router() -> Router<Arc<Context>> {
 pub async fn retrieve(
     State(app): State<Arc<Context>>,
     principal: Option<Extension<Principal>>,
+    sends: Option<Extension<SendsFiles>>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = WadoQuery::parse(raw.as_deref().unwrap_or(""))?;
@@ -62,7 +64,7 @@ pub async fn retrieve(
     };
     let loc = locate(&app, &scope).await?.swap_remove(0);
     match q.answer {
-        Answer::Dicom(wanted) => dicom(&app, &loc, &wanted).await,
+        Answer::Dicom(wanted) => dicom(&app, &loc, &wanted, Reading::from(sends)).await,
         Answer::Image { params, frame } => image(&app, &loc, frame, &params).await,
     }
 }
@@ -72,9 +74,10 @@ async fn dicom(
     app: &Context,
     loc: &InstanceLocation,
     wanted: &Wanted,
+    reading: Reading,
 ) -> Result<Response, ApiError> {
     let target = target_for(loc, wanted)?;
-    let (len, body) = instance_bytes(app, loc, &target).await?;
+    let (len, body) = instance_bytes(app, loc, &target, reading).await?;
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "application/dicom")
         .header(header::CONTENT_LENGTH, len)

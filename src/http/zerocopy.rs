@@ -1,0 +1,245 @@
+//! Plain HTTP connections that send mapped object bytes straight from their file.
+//!
+//! hyper writes a response as a list of buffers (`writev`): its own (status line, headers,
+//! chunk framing, multipart part headers) and the body's. Where a body buffer is an object
+//! mapped from the page cache (`storage::region` knows), [`FileSending`] has the kernel
+//! copy it from the file to the socket (`sendfile`) instead of writing it from memory:
+//! the pages are never touched by this process, and a retrieval of cached objects costs
+//! the kernel's one copy only. Other buffers are written as they are.
+//!
+//! Requests on these connections carry [`SendsFiles`] so that handlers know to ask for
+//! mapped bytes; over TLS (which must encrypt them in memory) they do not.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use axum::serve::Listener;
+use rustix::net::SendFlags;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+pub use crate::storage::SendsFiles;
+
+/// Linux sends at most this much per `sendfile` call.
+const MAX_SENDFILE: usize = 0x7fff_f000;
+
+/// Accepts plain TCP connections (Nagle off) as [`FileSending`] streams.
+pub struct PlainListener(pub TcpListener);
+
+impl Listener for PlainListener {
+    type Io = FileSending;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    return (FileSending(socket), peer);
+                }
+                Err(e) => {
+                    // Out of descriptors, say: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+/// A TCP stream whose writes of mapped object bytes are `sendfile`s.
+pub struct FileSending(TcpStream);
+
+impl FileSending {
+    /// Run the non-blocking socket operation `op` once the socket is writable.
+    fn poll_send(
+        &self,
+        cx: &mut Context<'_>,
+        mut op: impl FnMut() -> rustix::io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self
+                .0
+                .try_io(Interest::WRITABLE, || op().map_err(io::Error::from))
+            {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+}
+
+impl AsyncRead for FileSending {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for FileSending {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    /// The buffers up to the first mapped one written together; a mapped one first sent
+    /// from its file. The count is of bytes from the start of `bufs`, as `writev`'s is.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let first = bufs
+            .iter()
+            .position(|b| !b.is_empty())
+            .unwrap_or(bufs.len());
+        if let Some(buf) = bufs.get(first) {
+            if let Some((file, offset)) = crate::storage::region(buf) {
+                let len = buf.len().min(MAX_SENDFILE);
+                let sent = ready!(self.poll_send(cx, || {
+                    rustix::fs::sendfile(&self.0, &*file, Some(&mut offset.clone()), len)
+                }))?;
+                crate::metrics::get().http_file_bytes.inc_by(sent as u64);
+                return Poll::Ready(Ok(sent));
+            }
+        }
+        let Some(mapped) = bufs[first..]
+            .iter()
+            .position(|b| crate::storage::region(b).is_some())
+        else {
+            return Pin::new(&mut self.0).poll_write_vectored(cx, bufs);
+        };
+        // What comes before mapped bytes (a part's header, chunk framing) waits for them
+        // in the socket (`MSG_MORE`): one segment, not a small one of its own.
+        let (run, flags) = (
+            &bufs[..first + mapped],
+            SendFlags::MORE | SendFlags::NOSIGNAL,
+        );
+        self.poll_send(cx, || {
+            rustix::net::sendmsg(&self.0, run, &mut Default::default(), flags)
+        })
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::IntoFuture;
+    use std::io::{Read, Write};
+
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::model::{ObjectKey, Uid};
+    use crate::storage::{Spool, Store};
+
+    /// The body of a chunked response, de-chunked.
+    fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..end]).unwrap(), 16).unwrap();
+            if size == 0 {
+                return body;
+            }
+            body.extend_from_slice(&rest[end + 2..end + 2 + size]);
+            rest = &rest[end + 2 + size + 2..];
+        }
+    }
+
+    /// Heap and mapped buffers, mixed, reach a real client byte for byte, through a socket
+    /// too small to take a mapped buffer in one call; the mapped ones went by `sendfile`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mapped_buffers_go_from_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        let store = Store::open(&config).await.unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut spool = Spool::create(store.spool_dir(), 8 << 20).unwrap();
+        spool.write(&data).await.unwrap();
+        let spooled = spool.finish().await.unwrap();
+        let key = ObjectKey::new(&Uid::parse("1.2").unwrap(), &spooled.sha256);
+        store.put(&key, spooled).await.unwrap();
+        let whole = store.mapped(&key, None).expect("cached");
+        let part = store.mapped(&key, Some(1001..70_001)).expect("cached");
+        assert!(crate::storage::region(&whole).is_some());
+        let chunks = vec![
+            Bytes::from_static(b"head"),
+            whole.clone(),
+            Bytes::from_static(b"--"),
+            part.clone(),
+            Bytes::from_static(b"tail"),
+        ];
+        let expected: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let router = Router::new().route(
+            "/",
+            get(move || {
+                let chunks = chunks.clone();
+                async move {
+                    Body::from_stream(futures::stream::iter(
+                        chunks.into_iter().map(Ok::<_, io::Error>),
+                    ))
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(axum::serve(PlainListener(listener), router).into_future());
+        let before = crate::metrics::get().http_file_bytes.get();
+
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 << 10).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap().into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        let got = tokio::task::spawn_blocking(move || {
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut all = Vec::new();
+            stream.read_to_end(&mut all).unwrap();
+            all
+        })
+        .await
+        .unwrap();
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200") && head.contains("transfer-encoding: chunked"));
+        assert!(dechunk(&got[head_end..]) == expected, "the body differs");
+        let from_files = crate::metrics::get().http_file_bytes.get() - before;
+        assert!(from_files >= (whole.len() + part.len()) as u64);
+    }
+}
