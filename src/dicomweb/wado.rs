@@ -147,6 +147,11 @@ fn small_as_stored(loc: &InstanceLocation, target: &TransferSyntax) -> bool {
     *target == loc.transfer_syntax && loc.size + loc.part10_prefix <= SMALL_OBJECT
 }
 
+/// Objects smaller than this are copied even where they could be mapped: mapping one and
+/// sending it on its own (`mmap`, `munmap`, a `sendfile` between the part headers' writes)
+/// costs more than copying a few pages, and small objects read together go out together.
+const MAPPED_AT_LEAST: u64 = 128 << 10;
+
 /// How a response's objects may be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Reading {
@@ -175,7 +180,7 @@ pub(super) async fn instance_bytes(
     reading: Reading,
 ) -> Result<(u64, ByteStream), ApiError> {
     let as_stored = *target == loc.transfer_syntax;
-    if let (true, Reading::Mapped) = (as_stored, reading) {
+    if as_stored && reading == Reading::Mapped && loc.size >= MAPPED_AT_LEAST {
         if let Some(chunks) = app.instance_mapped(loc) {
             let len = chunks.iter().map(|c| c.len() as u64).sum();
             return Ok((len, stream::iter(chunks.into_iter().map(Ok)).boxed()));
