@@ -12,7 +12,8 @@
 //! ```text
 //! main.rs      the command: serve | import | verify | migrate | sync | api-key | retention | compress
 //! app          assembly: back ends, context, listeners, background work, shutdown
-//! http         router, middleware (authorization, metrics, CORS), /metrics, /readyz
+//! http         router, middleware (authorization, metrics, CORS), /metrics, /readyz,
+//!              the listeners (plain TCP with zero-copy sends, TLS)
 //! ── protocol adapters: parse into domain types, call the context, render the answer
 //! sync, import, viewer, forward, hl7, dimse, admin, uploads, radiology, dicomweb
 //! ── services

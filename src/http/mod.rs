@@ -1,6 +1,7 @@
 //! The HTTP face of the server: the router that puts every adapter's routes together,
 //! the middleware around them (authentication and authorization, metrics, CORS, tracing),
-//! the health and readiness checks, and `/metrics`; serving it over TCP or TLS.
+//! the health and readiness checks, and `/metrics`; serving it over TCP (where cached
+//! objects go out with `sendfile`, `zerocopy.rs`) or TLS.
 //!
 //! Above the adapters: it imports their `router()`s and nothing imports it but `app.rs`
 //! (and the fuzz targets, through `App::router`).
