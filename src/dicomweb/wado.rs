@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::Bytes;
@@ -30,10 +30,11 @@ use crate::storage::SendsFiles;
 pub async fn retrieve(
     State(app): State<Arc<Context>>,
     sends: Option<Extension<SendsFiles>>,
+    version: Version,
     r: Resource,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    retrieve_scope(app, headers, r.scope()?, Reading::from(sends)).await
+    retrieve_scope(app, headers, r.scope()?, Reading::of(sends, version)).await
 }
 
 /// Metadata of a study, series or instance.
@@ -161,12 +162,20 @@ pub(crate) enum Reading {
     Mapped,
 }
 
-impl From<Option<Extension<SendsFiles>>> for Reading {
-    fn from(sends: Option<Extension<SendsFiles>>) -> Self {
+impl Reading {
+    /// Mapped where the connection sends files and speaks HTTP/1 (HTTP/2 frames copy
+    /// their data: mapped pages would be read here, perhaps from the disk).
+    pub(crate) fn of(sends: Option<Extension<SendsFiles>>, version: Version) -> Self {
+        let http1 = matches!(version, Version::HTTP_10 | Version::HTTP_11);
         match sends {
-            Some(_) => Reading::Mapped,
-            None => Reading::Copied,
+            Some(_) if http1 => Reading::Mapped,
+            _ => Reading::Copied,
         }
+    }
+
+    /// Whether `loc`, sent as `target`, is to be mapped (see [`MAPPED_AT_LEAST`]).
+    fn maps(self, loc: &InstanceLocation, target: &TransferSyntax) -> bool {
+        self == Reading::Mapped && *target == loc.transfer_syntax && loc.size >= MAPPED_AT_LEAST
     }
 }
 
@@ -179,8 +188,7 @@ pub(super) async fn instance_bytes(
     target: &TransferSyntax,
     reading: Reading,
 ) -> Result<(u64, ByteStream), ApiError> {
-    let as_stored = *target == loc.transfer_syntax;
-    if as_stored && reading == Reading::Mapped && loc.size >= MAPPED_AT_LEAST {
+    if reading.maps(loc, target) {
         if let Some(chunks) = app.instance_mapped(loc) {
             let len = chunks.iter().map(|c| c.len() as u64).sum();
             return Ok((len, stream::iter(chunks.into_iter().map(Ok)).boxed()));
@@ -265,7 +273,8 @@ async fn retrieve_scope(
             async move {
                 let ahead = match opened {
                     Some(ready) => Some(Ok(ready)),
-                    None if small_as_stored(&loc, &target) => {
+                    // (Mapping reads nothing: mapped objects are not read ahead.)
+                    None if small_as_stored(&loc, &target) && !reading.maps(&loc, &target) => {
                         Some(instance_bytes(&app, &loc, &target, reading).await)
                     }
                     None => None,

@@ -23,8 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub use crate::storage::SendsFiles;
 
-/// Linux sends at most this much per `sendfile` call.
-const MAX_SENDFILE: usize = 0x7fff_f000;
+/// At most this much is sent per `sendfile` call, its pages checked to be cached first.
+const SEND_WINDOW: usize = 4 << 20;
 
 /// Accepts plain TCP connections (Nagle off) as [`FileSending`] streams.
 pub struct PlainListener(pub TcpListener);
@@ -38,12 +38,22 @@ impl Listener for PlainListener {
             match self.0.accept().await {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
-                    return (FileSending(socket), peer);
+                    let blocking_allowed = tokio::runtime::Handle::current().runtime_flavor()
+                        == tokio::runtime::RuntimeFlavor::MultiThread;
+                    return (
+                        FileSending {
+                            socket,
+                            blocking_allowed,
+                        },
+                        peer,
+                    );
                 }
+                // A connection that went before it was accepted: the next one.
+                Err(e) if is_connection_error(&e) => {}
                 Err(e) => {
-                    // Out of descriptors, say: wait a little rather than spin.
-                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of descriptors, say: wait rather than spin (as axum's listener).
+                    tracing::error!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }
@@ -54,8 +64,21 @@ impl Listener for PlainListener {
     }
 }
 
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
 /// A TCP stream whose writes of mapped object bytes are `sendfile`s.
-pub struct FileSending(TcpStream);
+pub struct FileSending {
+    socket: TcpStream,
+    /// The runtime can take a worker out for a blocking call (`block_in_place`).
+    blocking_allowed: bool,
+}
 
 impl FileSending {
     /// Run the non-blocking socket operation `op` once the socket is writable.
@@ -65,9 +88,9 @@ impl FileSending {
         mut op: impl FnMut() -> rustix::io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
+            ready!(self.socket.poll_write_ready(cx))?;
             match self
-                .0
+                .socket
                 .try_io(Interest::WRITABLE, || op().map_err(io::Error::from))
             {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -77,13 +100,41 @@ impl FileSending {
     }
 }
 
+impl FileSending {
+    /// Send (a window of) mapped `bytes` from their file. Their pages were in the page
+    /// cache when mapped; if some have been dropped since (memory pressure, a slow client),
+    /// the call that reads them from the disk runs with the worker handed over to others
+    /// (`block_in_place`), not on the async thread.
+    fn poll_sendfile(
+        &self,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+        source: crate::storage::Source,
+    ) -> Poll<io::Result<usize>> {
+        let window = &bytes[..bytes.len().min(SEND_WINDOW)];
+        let cold = !crate::storage::cached(window, &source.file, source.offset);
+        let sent = ready!(self.poll_send(cx, || {
+            let send = || {
+                let mut offset = source.offset;
+                rustix::fs::sendfile(&self.socket, &*source.file, Some(&mut offset), window.len())
+            };
+            match cold && self.blocking_allowed {
+                true => tokio::task::block_in_place(send),
+                false => send(),
+            }
+        }))?;
+        crate::metrics::get().http_file_bytes.inc_by(sent as u64);
+        Poll::Ready(Ok(sent))
+    }
+}
+
 impl AsyncRead for FileSending {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.socket).poll_read(cx, buf)
     }
 }
 
@@ -99,39 +150,28 @@ impl AsyncWrite for FileSending {
     /// The buffers up to the first mapped one written together; a mapped one first sent
     /// from its file. The count is of bytes from the start of `bufs`, as `writev`'s is.
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
         let first = bufs
             .iter()
             .position(|b| !b.is_empty())
             .unwrap_or(bufs.len());
-        if let Some(buf) = bufs.get(first) {
-            if let Some((file, offset)) = crate::storage::region(buf) {
-                let len = buf.len().min(MAX_SENDFILE);
-                let sent = ready!(self.poll_send(cx, || {
-                    rustix::fs::sendfile(&self.0, &*file, Some(&mut offset.clone()), len)
-                }))?;
-                crate::metrics::get().http_file_bytes.inc_by(sent as u64);
-                return Poll::Ready(Ok(sent));
+        match crate::storage::first_mapped(bufs) {
+            Some((at, source)) if at == first => this.poll_sendfile(cx, &bufs[at], source),
+            // What comes before mapped bytes (a part's header, chunk framing) waits for
+            // them in the socket (`MSG_MORE`): one segment, not a small one of its own.
+            Some((at, _)) => {
+                let flags = SendFlags::MORE | SendFlags::NOSIGNAL;
+                let socket = &this.socket;
+                this.poll_send(cx, || {
+                    rustix::net::sendmsg(socket, &bufs[..at], &mut Default::default(), flags)
+                })
             }
+            None => Pin::new(&mut this.socket).poll_write_vectored(cx, bufs),
         }
-        let Some(mapped) = bufs[first..]
-            .iter()
-            .position(|b| crate::storage::region(b).is_some())
-        else {
-            return Pin::new(&mut self.0).poll_write_vectored(cx, bufs);
-        };
-        // What comes before mapped bytes (a part's header, chunk framing) waits for them
-        // in the socket (`MSG_MORE`): one segment, not a small one of its own.
-        let (run, flags) = (
-            &bufs[..first + mapped],
-            SendFlags::MORE | SendFlags::NOSIGNAL,
-        );
-        self.poll_send(cx, || {
-            rustix::net::sendmsg(&self.0, run, &mut Default::default(), flags)
-        })
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -139,11 +179,11 @@ impl AsyncWrite for FileSending {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.socket).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.socket).poll_shutdown(cx)
     }
 }
 
@@ -151,6 +191,7 @@ impl AsyncWrite for FileSending {
 mod tests {
     use std::future::IntoFuture;
     use std::io::{Read, Write};
+    use std::net::SocketAddr;
 
     use axum::body::Body;
     use axum::routing::get;
@@ -203,7 +244,8 @@ mod tests {
             part.clone(),
             Bytes::from_static(b"tail"),
         ];
-        let expected: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        // (From the data, not the mapping: its pages stay untouched, so they can be dropped.)
+        let expected = [b"head", &data[..], b"--", &data[1001..70_001], b"tail"].concat();
         let router = Router::new().route(
             "/",
             get(move || {
@@ -219,7 +261,28 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(axum::serve(PlainListener(listener), router).into_future());
         let before = crate::metrics::get().http_file_bytes.get();
+        assert!(
+            dechunk(&slow_get(addr).await) == expected,
+            "the body differs"
+        );
+        let from_files = crate::metrics::get().http_file_bytes.get() - before;
+        assert!(from_files >= (whole.len() + part.len()) as u64);
 
+        // The object's pages dropped from the cache since it was mapped: sent all the same
+        // (read from the disk off the async threads).
+        let file = crate::storage::region(&whole).unwrap().file;
+        rustix::fs::fadvise(&*file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        let cold = !crate::storage::cached(&whole, &file, 0);
+        eprintln!("mapped_buffers_go_from_their_file: pages dropped before the second GET: {cold}");
+        assert!(
+            dechunk(&slow_get(addr).await) == expected,
+            "the body differs (cold: {cold})"
+        );
+    }
+
+    /// `GET /` from `addr` by a client with a small receive buffer that starts reading late,
+    /// so that the server's sends are cut short: the body of the response, de-chunked.
+    async fn slow_get(addr: SocketAddr) -> Vec<u8> {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(16 << 10).unwrap();
         let mut stream = socket.connect(addr).await.unwrap().into_std().unwrap();
@@ -238,8 +301,6 @@ mod tests {
         let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
         assert!(head.starts_with("http/1.1 200") && head.contains("transfer-encoding: chunked"));
-        assert!(dechunk(&got[head_end..]) == expected, "the body differs");
-        let from_files = crate::metrics::get().http_file_bytes.get() - before;
-        assert!(from_files >= (whole.len() + part.len()) as u64);
+        got[head_end..].to_vec()
     }
 }

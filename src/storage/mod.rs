@@ -34,7 +34,7 @@ use crate::model::ObjectKey;
 
 pub use dirsync::DirSyncs;
 pub use journal::{Journal, ReplayReport};
-pub use mapped::{region, SendsFiles};
+pub use mapped::{cached, first_mapped, region, SendsFiles, Source};
 pub use read::StudyObjects;
 pub use spool::{Spool, SpooledFile};
 

@@ -43,6 +43,7 @@ pub async fn retrieve(
     State(app): State<Arc<Context>>,
     principal: Option<Extension<Principal>>,
     sends: Option<Extension<SendsFiles>>,
+    version: axum::http::Version,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = WadoQuery::parse(raw.as_deref().unwrap_or(""))?;
@@ -64,7 +65,7 @@ pub async fn retrieve(
     };
     let loc = locate(&app, &scope).await?.swap_remove(0);
     match q.answer {
-        Answer::Dicom(wanted) => dicom(&app, &loc, &wanted, Reading::from(sends)).await,
+        Answer::Dicom(wanted) => dicom(&app, &loc, &wanted, Reading::of(sends, version)).await,
         Answer::Image { params, frame } => image(&app, &loc, frame, &params).await,
     }
 }
