@@ -33,10 +33,9 @@ Workloads (--only takes these names; all by default):
   wado-study     WADO-RS of a study of 100 x 512x512 CT (multipart/related;
                  type="application/dicom"; transfer-syntax=*), warm: MB/s at the median time
                  read by scripts/bench_http.py into 8 MB buffers (curl's 16 KB reads were the
-                 limit here, whichever the server); also as a fraction of the loopback HTTP
-                 ceiling measured just after it: a minimal server in this process sends a body
-                 of the same size with sendfile(2) from the page cache (no copy on the sending
-                 side) to the same reader.
+                 limit here, whichever the server). (Until 2026-12-07 also a "loopback
+                 ceiling": a minimal Python server sending the body with one sendfile(2); it
+                 was no ceiling, pacs-lite sends the study faster, and is no longer measured.)
   wado-small     WADO-RS of a study of 20 x 64x64 CT (same Accept): median ms.
   wado-instance  WADO-RS of one 512x512 CT instance (same Accept): median ms.
   wado-frame     WADO-RS frames/1 of that instance (multipart/related;

@@ -1,6 +1,6 @@
 """Machine figures of scripts/bench.py, measured at the start of each repetition (durable
-write rate and file creation cost in the filesystem of TMPDIR, SHA-256 throughput), the
-loopback HTTP ceiling for the WADO-RS study, and the machine's description for the JSON."""
+write rate and file creation cost in the filesystem of TMPDIR, SHA-256 throughput), and the
+machine's description for the JSON."""
 
 import datetime
 import hashlib
@@ -8,15 +8,12 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import bench_dimse  # (file creation probe)
-import bench_http
 import bench_stow as stow  # (directories removed at exit)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,51 +40,6 @@ def sha256_mb_s(mb):
         dt = time.perf_counter() - t0
         best = dt if best is None else min(best, dt)
     return len(buf) / best / 1e6
-
-
-def loopback_http_mb_s(size, n):
-    """About the most an HTTP response of `size` bytes can be received at here: a minimal
-    keep-alive server in this process answers each request by sendfile(2) from the page
-    cache (no copy on the sending side); scripts/bench_http.py reads n transfers as in the
-    wado-study workload; MB/s at the median."""
-    import socket
-    d = Path(tempfile.mkdtemp(prefix="bench-loop-"))
-    stow.LEFTOVERS.append(d)
-    path = d / "body"
-    path.write_bytes(os.urandom(size))
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    port = srv.getsockname()[1]
-
-    def serve():
-        try:
-            conn, _ = srv.accept()
-            with conn, open(path, "rb") as body:
-                buf = b""
-                while True:
-                    while b"\r\n\r\n" not in buf:
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            return
-                        buf += chunk
-                    buf = buf.split(b"\r\n\r\n", 1)[1]
-                    conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
-                    conn.sendfile(body, 0, size)
-        except OSError:
-            pass
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        reader = bench_http.Reader("127.0.0.1", port)
-        times = [reader.get("/", "*/*")[2] for _ in range(n)]
-        reader.close()
-        return size / statistics.median(times) / 1e6
-    except (OSError, ValueError, statistics.StatisticsError):
-        return None
-    finally:
-        srv.close()
-        path.unlink(missing_ok=True)
 
 
 def machine_figures(quick):

@@ -77,13 +77,6 @@ def summarize_report(report, names, assocs, selected):
                         "mb_s": mb,
                         "of_dd": mb / machine["dd_dsync_mb_s"] if machine["dd_dsync_mb_s"] else None,
                         "of_sha256": mb / machine["sha256_mb_s"] if machine["sha256_mb_s"] else None}
-    study = report["raw"].get("wado-study", {})
-    loops = [r["loopback_mb_s"] for reps in study.values() for r in reps if r.get("loopback_mb_s")]
-    if loops:
-        loop = statistics.median(loops)
-        o = medians["wado-study"].get("Orthanc")
-        report["loopback"] = {"mb_s": loop, "max_ratio": loop / o if o else None,
-                              "fraction": {n: median_of(study.get(n, []), "of_loopback") for n in names}}
     report.update(medians=medians, ratios=ratios, met=met, machine_medians=machine, ingest_fractions=fractions,
                   targets={k: t for k, _, _, _, t in rows(assocs) if t} | {"rss": "< 300 MB"},
                   rss_processes=[{"server": n, "workload": w, "vmhwm_mb": r} for n, w, r in bench_servers.RSS],
@@ -129,12 +122,6 @@ def print_table(report, names, assocs, selected, out_path):
         print(f"\nmachine ({info['tmpdir']}: {info.get('tmpdir_fs') or '?'}):")
         print(f"  durable write (dd bs=512K oflag=dsync) {dd or float('nan'):.1f} MB/s, "
               f"SHA-256 {mm['sha256_mb_s']:.0f} MB/s, file creation {mm['file_create_us']:.0f} us")
-        loop = report.get("loopback", {})
-        if loop.get("mb_s"):
-            cells = [f"{n} {loop['fraction'][n]:.2f}" for n in names if loop["fraction"].get(n)]
-            best = f"; the highest ratio possible here is {loop['max_ratio']:.2f}x" if loop.get("max_ratio") else ""
-            print(f"  loopback HTTP ceiling for the WADO-RS study (bench_http reader + sendfile) {loop['mb_s']:.0f} MB/s; "
-                  f"the study as a fraction of it: " + ", ".join(cells) + best)
     if report["ingest_fractions"]:
         print("ingest MB/s (Part-10 bytes), as % of the durable write rate and % of SHA-256 throughput:")
         for key, per in report["ingest_fractions"].items():

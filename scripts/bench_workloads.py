@@ -15,7 +15,6 @@ import time
 import bench_dimse  # (storescu, folders of files)
 import bench_servers  # (CHILDREN: client processes stopped by cleanup())
 import bench_stow as stow  # (instance factory, multipart)
-from bench_machine import loopback_http_mb_s
 import bench_http
 from bench_servers import cpu_fields, cpu_seconds
 
@@ -319,9 +318,8 @@ def measure_reads(server, uids, selected, c):
     plan = {
         "qido": lambda: timed(server, f"{r}/studies?PatientName=D*", JSON_ACCEPT, nl,
                               expect_json(uids["qido_matches"])),
-        "wado-study": lambda: with_ceiling(bulk(server, f"{r}/studies/{uids['big_study']}", DICOM_ACCEPT,
-                                                c["study_n"], expect_parts(uids["big_count"], uids["big_bytes"])),
-                                           c["study_n"], c["client"] == "curl"),
+        "wado-study": lambda: bulk(server, f"{r}/studies/{uids['big_study']}", DICOM_ACCEPT,
+                                   c["study_n"], expect_parts(uids["big_count"], uids["big_bytes"])),
         "wado-small": lambda: timed(server, f"{r}/studies/{uids['small_study']}", DICOM_ACCEPT, nl,
                                     expect_parts(uids["small_count"])),
         "wado-instance": lambda: timed(server, big, DICOM_ACCEPT, nl, expect_parts(1, 512 * 512 * 2)),
@@ -333,16 +331,6 @@ def measure_reads(server, uids, selected, c):
         if w in selected:
             out[w] = attempt(plan[w])
     return out
-
-
-def with_ceiling(result, n, curl):
-    """The loopback HTTP ceiling for a body of the study's size, measured right after it
-    with the same reader (scripts/bench_http.py) as the study."""
-    if curl:
-        loop = loopback_http_mb_s(result["bytes"], n)
-        if loop:
-            result.update(loopback_mb_s=loop, of_loopback=result["mb_s"] / loop)
-    return result
 
 
 def attempt(fn):
