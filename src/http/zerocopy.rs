@@ -2,13 +2,16 @@
 //!
 //! hyper writes a response as a list of buffers (`writev`): its own (status line, headers,
 //! chunk framing, multipart part headers) and the body's. Where a body buffer is an object
-//! mapped from the page cache (`storage::region` knows), [`FileSending`] has the kernel
-//! copy it from the file to the socket (`sendfile`) instead of writing it from memory:
-//! the pages are never touched by this process, and a retrieval of cached objects costs
-//! the kernel's one copy only. Other buffers are written as they are.
+//! mapped from the page cache (`storage::first_mapped` knows), [`FileSending`] has the
+//! kernel send it from the file (`sendfile`) instead of writing it from memory: the pages
+//! are never touched by this process, and a retrieval of cached objects costs no copy on
+//! the sending side. Other buffers are written as they are; those just before a mapped one
+//! wait for it in the socket (`MSG_MORE`).
 //!
 //! Requests on these connections carry [`SendsFiles`] so that handlers know to ask for
-//! mapped bytes; over TLS (which must encrypt them in memory) they do not.
+//! mapped bytes (for HTTP/1 only: HTTP/2 frames copy their data); over TLS (which must
+//! encrypt them in memory) they do not. Pages dropped from the cache after an object was
+//! mapped are read by a `sendfile` that gives its worker's other tasks away first.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
