@@ -3,13 +3,14 @@
 //! On the filesystem, an object (or a byte range of it) that the kernel holds in its page
 //! cache can be *mapped* ([`Store::mapped`]): the [`Bytes`] that come back are the file's
 //! pages, never read here. A connection that knows how (the plain HTTP listener, see
-//! `http::zerocopy`) asks [`region`] where such bytes come from and has the kernel send
-//! them from the file (`sendfile`): no copy into this process and none out of it. Anything
-//! else that is handed them reads them like any memory.
+//! `http::zerocopy`) asks [`first_mapped`] where such bytes come from and has the kernel
+//! send them from the file (`sendfile`): no copy into this process and none out of it.
+//! Anything else that is handed them reads them like any memory.
 //!
-//! Only cached bytes are mapped, so that sending them never waits for the disk on an async
-//! thread; what is not cached is read as before (`read`). Objects are immutable and never
-//! truncated while stored: deleting one unlinks it, and its mapping stays valid.
+//! Only cached bytes are mapped, and the sender checks again ([`cached`]) before each send,
+//! so that sending never waits for the disk on an async thread; what is not cached is read
+//! as before (`read`). Objects are immutable and never truncated while stored: deleting one
+//! unlinks it, and its mapping stays valid.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
