@@ -158,12 +158,10 @@ impl AsyncWrite for FileSending {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let first = bufs
-            .iter()
-            .position(|b| !b.is_empty())
-            .unwrap_or(bufs.len());
         match crate::storage::first_mapped(bufs) {
-            Some((at, source)) if at == first => this.poll_sendfile(cx, &bufs[at], source),
+            Some((at, source)) if bufs[..at].iter().all(|b| b.is_empty()) => {
+                this.poll_sendfile(cx, &bufs[at], source)
+            }
             // What comes before mapped bytes (a part's header, chunk framing) waits for
             // them in the socket (`MSG_MORE`): one segment, not a small one of its own.
             Some((at, _)) => {

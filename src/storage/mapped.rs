@@ -90,6 +90,7 @@ pub fn first_mapped<B: std::ops::Deref<Target = [u8]>>(bufs: &[B]) -> Option<(us
 }
 
 /// The file and offset `bytes` were mapped from, when they lie wholly in one mapping.
+#[cfg(test)]
 pub fn region(bytes: &[u8]) -> Option<Source> {
     first_mapped(&[bytes]).map(|(_, source)| source)
 }

@@ -34,7 +34,9 @@ use crate::model::ObjectKey;
 
 pub use dirsync::DirSyncs;
 pub use journal::{Journal, ReplayReport};
-pub use mapped::{cached, first_mapped, region, SendsFiles, Source};
+#[cfg(test)]
+pub use mapped::region;
+pub use mapped::{cached, first_mapped, SendsFiles, Source};
 pub use read::StudyObjects;
 pub use spool::{Spool, SpooledFile};
 
