@@ -1,5 +1,5 @@
-//! The SQLite index writer's upkeep: how its connection waits for a write lock another
-//! connection holds, and the checkpoints, on a thread of their own.
+//! The SQLite index writer's upkeep: its transactions, how its connection waits for a
+//! write lock another connection holds, and the checkpoints, on a thread of their own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Weak;
@@ -8,6 +8,47 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use super::IndexError;
+
+/// A transaction on the writer's connection, rolled back unless committed (on an error
+/// or a panic too, so that the connection is never left inside it).
+pub(super) struct Tx<'c>(Option<&'c Connection>);
+
+impl<'c> Tx<'c> {
+    pub(super) fn begin(conn: &'c Connection) -> rusqlite::Result<Tx<'c>> {
+        run(conn, "BEGIN IMMEDIATE")?;
+        Ok(Tx(Some(conn)))
+    }
+
+    pub(super) fn commit(mut self) -> rusqlite::Result<()> {
+        if let Some(conn) = self.0 {
+            run(conn, "COMMIT")?;
+            self.0 = None;
+        }
+        Ok(())
+    }
+
+    pub(super) fn rollback(mut self) -> rusqlite::Result<()> {
+        match self.0.take() {
+            Some(conn) => run(conn, "ROLLBACK"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            if !conn.is_autocommit() {
+                let _ = run(conn, "ROLLBACK");
+            }
+        }
+    }
+}
+
+/// A statement without parameters or rows, from the statement cache.
+pub(super) fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.raw_execute().map(|_| ())
+}
 
 /// The writer's wait for a write lock another connection holds (a pool connection
 /// writing an upload's state, a forwarding job's, a deletion), in place of

@@ -19,6 +19,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use rusqlite::{Connection, OpenFlags, Statement, ToSql, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use super::sqlite_upkeep::{run, Tx};
 use super::writer::{
     merge_set, Job, INSERT_CHANGE, INSERT_FORWARD_JOB, INSERT_INSTANCE, MAX_BATCH, UPDATED_AT_STEP,
     UPDATE_STUDY, UPDATE_STUDY_COUNTS, UPSERT_SERIES, UPSERT_STUDY,
@@ -67,7 +68,7 @@ pub(super) fn open(path: &str, relaxed: bool) -> Result<Writer, IndexError> {
         conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
     }
     conn.busy_handler(Some(super::sqlite_upkeep::busy))?;
-    conn.set_prepared_statement_cache_capacity(16);
+    conn.set_prepared_statement_cache_capacity(32);
     let commits = Arc::new(AtomicU64::new(0));
     match super::sqlite_upkeep::spawn_checkpointer(path, relaxed, Arc::downgrade(&commits)) {
         // Checkpoints happen there; the writer checkpoints only if the WAL grows large
@@ -197,22 +198,36 @@ impl Drop for Free<'_> {
     }
 }
 
+/// Write `records` in one transaction: each in a savepoint of its own, undone when its
+/// SOP Instance UID was stored already; a lone record needs none (its transaction is
+/// rolled back instead). The transaction's statements are cached like the others:
+/// rusqlite's `Transaction` and `Savepoint` parse theirs anew each time, and a savepoint
+/// copies every page it changes into its statement journal.
 fn write_batch(
     conn: &mut Connection,
     records: &[&InstanceRecord],
 ) -> Result<Vec<InsertOutcome>, IndexError> {
+    let conn: &Connection = conn;
     // IMMEDIATE: take the write lock now, not on the first write (no upgrade deadlock
     // with another connection's read transaction).
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = Tx::begin(conn)?;
+    if let [record] = records {
+        let outcome = write_one(conn, record)?;
+        match outcome {
+            InsertOutcome::Inserted => tx.commit()?,
+            // Undone, with any study or series row it created.
+            InsertOutcome::Existing(_) => tx.rollback()?,
+        }
+        return Ok(vec![outcome]);
+    }
     let mut outcomes = Vec::with_capacity(records.len());
     for record in records {
-        let sp = tx.savepoint()?;
-        let outcome = write_one(&sp, record)?;
-        match outcome {
-            InsertOutcome::Inserted => sp.commit()?,
-            // Undone, with any study or series row it created (ROLLBACK TO, RELEASE).
-            InsertOutcome::Existing(_) => sp.finish()?,
+        run(conn, "SAVEPOINT one")?;
+        let outcome = write_one(conn, record)?;
+        if let InsertOutcome::Existing(_) = outcome {
+            run(conn, "ROLLBACK TO one")?;
         }
+        run(conn, "RELEASE one")?;
         outcomes.push(outcome);
     }
     tx.commit()?;
@@ -220,7 +235,7 @@ fn write_batch(
 }
 
 /// Write one instance with its study and series (see [`super::writer`]); the caller
-/// rolls the savepoint back when the SOP Instance UID was already stored.
+/// undoes it (a savepoint, or the whole transaction) when the SOP Instance UID was already stored.
 fn write_one(conn: &Connection, r: &InstanceRecord) -> Result<InsertOutcome, IndexError> {
     let study = upsert_study(conn, &r.study, r.stored_at)?;
     let (series_pk, new_series) = upsert_series(conn, study.pk, &r.series, r.stored_at)?;
