@@ -294,7 +294,10 @@ impl Index {
         Ok(q.fetch_all(&self.pool).await?)
     }
 
-    /// Change feed entries after `offset`, oldest first.
+    /// Change feed entries after `offset`, oldest first. An instance's entries alternate
+    /// creation and deletion (a stored instance is never created again), so an entry of an
+    /// instance that exists now was replaced if it is a deletion, or a creation that a
+    /// deletion followed: only deletions are indexed by SOP Instance UID.
     pub async fn changefeed(
         &self,
         offset: i64,
@@ -309,8 +312,9 @@ impl Index {
         Ok(sqlx::query_as(&format!(
             "SELECT c.sequence, c.at, c.action, c.study_uid, c.series_uid, c.sop_instance_uid, \
              {meta} AS metadata_json, CASE WHEN i.id IS NULL THEN 'deleted' \
-             WHEN EXISTS (SELECT 1 FROM changefeed l WHERE l.sop_instance_uid = c.sop_instance_uid \
-                          AND l.sequence > c.sequence) THEN 'replaced' ELSE 'current' END AS state \
+             WHEN c.action = 'delete' OR EXISTS (SELECT 1 FROM changefeed l \
+                 WHERE l.sop_instance_uid = c.sop_instance_uid AND l.action = 'delete' \
+                 AND l.sequence > c.sequence) THEN 'replaced' ELSE 'current' END AS state \
              FROM changefeed c LEFT JOIN instances i ON i.sop_instance_uid = c.sop_instance_uid \
              WHERE c.sequence > $1 ORDER BY c.sequence LIMIT $2"
         ))

@@ -13,6 +13,8 @@ pub mod admin;
 pub mod compress;
 mod conditions;
 pub mod forward;
+#[cfg(test)]
+mod migrate_tests;
 pub mod mpps;
 pub mod orders;
 pub mod query;
