@@ -334,13 +334,22 @@ fn send_frames(
                 let (store, key) = (store.clone(), key.clone());
                 let len: u64 = frame.iter().map(|(_, l)| *l as u64).sum();
                 let read = async move {
+                    let read = |(off, l): (u64, u32)| {
+                        let (store, key) = (&store, &key);
+                        async move {
+                            store
+                                .read_range(key, off..off + l as u64)
+                                .await
+                                .map_err(|e| std::io::Error::other(e.to_string()))
+                        }
+                    };
+                    // Nearly every frame is one range: its bytes as read, not copied again.
+                    if let [range] = frame[..] {
+                        return read(range).await;
+                    }
                     let mut out = BytesMut::with_capacity(len as usize);
-                    for (off, l) in frame {
-                        let chunk = store
-                            .read_range(&key, off..off + l as u64)
-                            .await
-                            .map_err(|e| std::io::Error::other(e.to_string()))?;
-                        out.extend_from_slice(&chunk);
+                    for range in frame {
+                        out.extend_from_slice(&read(range).await?);
                     }
                     Ok(out.freeze())
                 };
