@@ -19,10 +19,11 @@ use super::ApiError;
 use crate::context::Context;
 use crate::dicom::frames::{decode_table, Frame};
 use crate::index::read::InstanceLocation;
-use crate::model::TransferSyntax;
+use crate::model::{ObjectKey, TransferSyntax};
 use crate::render::transcode::{
     decode_frames, encode_frames, JPEG_BASELINE, JPEG_LS_LOSSLESS, RLE_LOSSLESS,
 };
+use crate::storage::Store;
 
 const EXPLICIT_LE: &str = TransferSyntax::EXPLICIT_VR_LE;
 
@@ -333,27 +334,7 @@ fn send_frames(
             .map(|frame| {
                 let (store, key) = (store.clone(), key.clone());
                 let len: u64 = frame.iter().map(|(_, l)| *l as u64).sum();
-                let read = async move {
-                    let read = |(off, l): (u64, u32)| {
-                        let (store, key) = (&store, &key);
-                        async move {
-                            store
-                                .read_range(key, off..off + l as u64)
-                                .await
-                                .map_err(|e| std::io::Error::other(e.to_string()))
-                        }
-                    };
-                    // Nearly every frame is one range: its bytes as read, not copied again.
-                    if let [range] = frame[..] {
-                        return read(range).await;
-                    }
-                    let mut out = BytesMut::with_capacity(len as usize);
-                    for range in frame {
-                        out.extend_from_slice(&read(range).await?);
-                    }
-                    Ok(out.freeze())
-                };
-                (len, read.boxed())
+                (len, read_frame(store, key, frame, len).boxed())
             })
             .collect(),
     };
@@ -392,6 +373,33 @@ fn send_frames(
         )
         .body(Body::from_stream(parts))
         .expect("valid response"))
+}
+
+/// A frame's bytes as stored: nearly every frame is one range, sent as read (not copied
+/// again); the fragments of an encapsulated frame put together.
+async fn read_frame(
+    store: Store,
+    key: ObjectKey,
+    frame: Frame,
+    len: u64,
+) -> std::io::Result<Bytes> {
+    let read = |(off, l): (u64, u32)| {
+        let (store, key) = (&store, &key);
+        async move {
+            store
+                .read_range(key, off..off + l as u64)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        }
+    };
+    if let [range] = frame[..] {
+        return read(range).await;
+    }
+    let mut out = BytesMut::with_capacity(len as usize);
+    for range in frame {
+        out.extend_from_slice(&read(range).await?);
+    }
+    Ok(out.freeze())
 }
 
 fn part_ts(part_type: &str) -> &str {
