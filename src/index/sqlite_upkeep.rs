@@ -15,6 +15,10 @@ pub(super) struct Tx<'c>(Option<&'c Connection>);
 
 impl<'c> Tx<'c> {
     pub(super) fn begin(conn: &'c Connection) -> rusqlite::Result<Tx<'c>> {
+        if !conn.is_autocommit() {
+            // Left inside a transaction by a rollback that failed: not every batch after.
+            run(conn, "ROLLBACK")?;
+        }
         run(conn, "BEGIN IMMEDIATE")?;
         Ok(Tx(Some(conn)))
     }

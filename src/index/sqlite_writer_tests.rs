@@ -164,3 +164,19 @@ async fn checkpoints_run_beside_the_writer() {
     assert!(index.commits_relaxed());
     assert_eq!(index.counts().await.unwrap(), (50, 50, 50));
 }
+
+/// A connection left inside a transaction (a rollback that failed) does not fail every
+/// batch after it: the next batch ends that transaction first.
+#[tokio::test]
+async fn a_transaction_left_open_is_ended_by_the_next_batch() {
+    let (_dir, path, index) = migrated_sqlite().await;
+    let mut conn = Connection::open(&path).unwrap();
+    conn.execute_batch("BEGIN").unwrap();
+    let a = record("1.1", "1.1.1", "1.1.1.1", "CT");
+    assert!(matches!(
+        write_batch(&mut conn, &[&a]).unwrap()[..],
+        [InsertOutcome::Inserted]
+    ));
+    assert!(conn.is_autocommit());
+    assert_eq!(index.counts().await.unwrap(), (1, 1, 1));
+}
