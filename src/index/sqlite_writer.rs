@@ -16,7 +16,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use rusqlite::{Connection, OpenFlags, Statement, ToSql, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, Statement, ToSql};
 use tokio::sync::oneshot;
 
 use super::sqlite_upkeep::{run, Tx};
@@ -173,13 +173,13 @@ impl Writer {
     /// them on that lock, not in SQLite's busy wait.
     pub(super) fn transaction<R>(
         &self,
-        f: impl FnOnce(&rusqlite::Transaction) -> Result<R, IndexError>,
+        f: impl FnOnce(&Connection) -> Result<R, IndexError>,
     ) -> Result<R, IndexError> {
-        let Ok(mut conn) = self.conn.lock() else {
+        let Ok(conn) = self.conn.lock() else {
             return Err(IndexError::WriterGone);
         };
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let result = f(&tx)?;
+        let tx = Tx::begin(&conn)?;
+        let result = f(&conn)?;
         tx.commit()?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(result)
