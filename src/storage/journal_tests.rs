@@ -80,14 +80,18 @@ fn a_torn_tail_ends_the_segment_and_a_live_journal_is_left_alone() {
         .unwrap();
     let live = Journal::open(&root, &objects).unwrap();
     live.record(&key("1.2.5", &a), &a).unwrap().flush().unwrap();
-    let segment = journal.inner.current.lock().unwrap().path.clone();
+    let (segment, end) = {
+        let current = journal.inner.current.lock().unwrap();
+        let end = current.state.lock().unwrap().end;
+        (current.path.clone(), end)
+    };
     crash(journal);
-    let len = std::fs::metadata(&segment).unwrap().len();
+    // The second record's last byte never reached the disk: the prepared file's zero.
     std::fs::OpenOptions::new()
         .write(true)
         .open(&segment)
         .unwrap()
-        .set_len(len - 1)
+        .write_all_at(&[0], end - 1)
         .unwrap();
     let report = replay(&root, &objects).unwrap();
     assert_eq!(report.restored, vec![key("1.2.3", &a).as_str().to_owned()]);
@@ -98,6 +102,52 @@ fn a_torn_tail_ends_the_segment_and_a_live_journal_is_left_alone() {
     assert_eq!(journals(&root), 1);
     drop(live);
     assert_eq!(journals(&root), 0, "clean stop");
+}
+
+/// Records are written over a prepared segment's zeros, not beyond its end; the spare is
+/// prepared to twice what the last segment held; the zeros after the last record end a
+/// replay's scan.
+#[test]
+fn segments_are_prepared_and_records_do_not_grow_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
+    std::fs::create_dir_all(&objects).unwrap();
+    let journal = Journal::open(&root, &objects).unwrap();
+    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let first = journal.inner.current.lock().unwrap().path.clone();
+    assert_eq!(len(&first), PREPARED);
+    let blobs: Vec<Vec<u8>> = (1..4u8).map(|i| vec![i; 4000 * i as usize]).collect();
+    for blob in &blobs {
+        let entry = journal.record(&key("1.2.3", blob), blob).unwrap();
+        entry.flush().unwrap();
+    }
+    assert_eq!(len(&first), PREPARED, "written over, not beyond");
+    let held = Journal::rotate(&journal.inner).unwrap();
+    let records: usize = blobs
+        .iter()
+        .map(|b| HEAD + key("1.2.3", b).as_str().len() + b.len())
+        .sum();
+    assert_eq!(held, records as u64);
+    // A segment that held PREPARED bytes retired: its spare is prepared to twice that.
+    Journal::prepare_spare(&journal.inner, PREPARED).unwrap();
+    assert_eq!(len(&journal.inner.dir.join(SPARE)), 2 * PREPARED);
+    assert_eq!(journal.inner.current.lock().unwrap().seq, 1);
+    let last = vec![9u8; 100];
+    journal
+        .record(&key("1.2.3", &last), &last)
+        .unwrap()
+        .flush()
+        .unwrap();
+    crash(journal);
+    let report = replay(&root, &objects).unwrap();
+    assert_eq!(
+        report.records, 1,
+        "segment 0 was retired; segment 1's zeros end its scan"
+    );
+    assert_eq!(
+        report.restored,
+        vec![key("1.2.3", &last).as_str().to_owned()]
+    );
 }
 
 #[test]
