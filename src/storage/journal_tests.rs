@@ -1,4 +1,6 @@
-//! Tests of the object journal (`journal.rs`).
+//! Tests of the object journal (`journal.rs`). They open journals without the thread
+//! that rotates them every second ([`Journal::open_still`]) and rotate them themselves;
+//! one test starts it.
 
 use super::*;
 
@@ -27,7 +29,7 @@ fn replay_restores_missing_and_torn_objects_with_their_time_and_keeps_intact_one
     let tmp = tempfile::tempdir().unwrap();
     let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
     std::fs::create_dir_all(&objects).unwrap();
-    let journal = Journal::open(&root, &objects).unwrap();
+    let journal = Journal::open_still(&root, &objects).unwrap();
     let blobs: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 1000 + i as usize]).collect();
     let keys: Vec<ObjectKey> = blobs.iter().map(|b| key("1.2.3", b)).collect();
     for (k, b) in keys.iter().zip(&blobs) {
@@ -66,7 +68,7 @@ fn a_torn_tail_ends_the_segment_and_a_live_journal_is_left_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
     std::fs::create_dir_all(&objects).unwrap();
-    let journal = Journal::open(&root, &objects).unwrap();
+    let journal = Journal::open_still(&root, &objects).unwrap();
     let (a, b) = (vec![1u8; 500], vec![2u8; 700]);
     journal
         .record(&key("1.2.3", &a), &a)
@@ -78,7 +80,7 @@ fn a_torn_tail_ends_the_segment_and_a_live_journal_is_left_alone() {
         .unwrap()
         .flush()
         .unwrap();
-    let live = Journal::open(&root, &objects).unwrap();
+    let live = Journal::open_still(&root, &objects).unwrap();
     live.record(&key("1.2.5", &a), &a).unwrap().flush().unwrap();
     let (segment, end) = {
         let current = journal.inner.current.lock().unwrap();
@@ -112,7 +114,7 @@ fn segments_are_prepared_and_records_do_not_grow_them() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
     std::fs::create_dir_all(&objects).unwrap();
-    let journal = Journal::open(&root, &objects).unwrap();
+    let journal = Journal::open_still(&root, &objects).unwrap();
     let len = |p: &Path| std::fs::metadata(p).unwrap().len();
     let first = journal.inner.current.lock().unwrap().path.clone();
     assert_eq!(len(&first), PREPARED);
@@ -155,7 +157,7 @@ fn a_reused_segment_replays_only_its_own_records() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
     std::fs::create_dir_all(&objects).unwrap();
-    let journal = Journal::open(&root, &objects).unwrap();
+    let journal = Journal::open_still(&root, &objects).unwrap();
     let blobs = [vec![1u8; 3000], vec![2u8; 3000], vec![3u8; 100]];
     for (n, blob) in blobs.iter().enumerate() {
         journal
@@ -188,7 +190,7 @@ fn concurrent_records_are_all_durable_and_rotation_retires_a_segment_after_its_p
     let tmp = tempfile::tempdir().unwrap();
     let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
     std::fs::create_dir_all(&objects).unwrap();
-    let journal = Arc::new(Journal::open(&root, &objects).unwrap());
+    let journal = Arc::new(Journal::open_still(&root, &objects).unwrap());
     let threads: Vec<_> = (0..8u8)
         .map(|t| {
             let journal = journal.clone();
@@ -237,7 +239,7 @@ fn replay_gives_an_object_the_time_of_its_last_record() {
         let tmp = tempfile::tempdir().unwrap();
         let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
         std::fs::create_dir_all(objects.join("1.2.3")).unwrap();
-        let journal = Journal::open(&root, &objects).unwrap();
+        let journal = Journal::open_still(&root, &objects).unwrap();
         let blob = vec![9u8; 2000];
         let k = key("1.2.3", &blob);
         journal.record(&k, &blob).unwrap().flush().unwrap();
@@ -271,7 +273,7 @@ fn a_deleted_object_stays_deleted_unless_it_was_put_again() {
         let tmp = tempfile::tempdir().unwrap();
         let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
         std::fs::create_dir_all(&objects).unwrap();
-        let journal = Journal::open(&root, &objects).unwrap();
+        let journal = Journal::open_still(&root, &objects).unwrap();
         let blob = vec![5u8; 1500];
         let k = key("1.2.3", &blob);
         journal.record(&k, &blob).unwrap().flush().unwrap();
@@ -312,7 +314,7 @@ fn a_segment_that_could_not_be_retired_survives_a_clean_stop() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
     std::fs::create_dir_all(&objects).unwrap();
-    let journal = Journal::open(&root, &objects).unwrap();
+    let journal = Journal::open_still(&root, &objects).unwrap();
     let blob = vec![4u8; 100];
     journal
         .record(&key("1.2.3", &blob), &blob)
@@ -328,4 +330,34 @@ fn a_segment_that_could_not_be_retired_survives_a_clean_stop() {
     drop(journal);
     assert_eq!(journals(&root), 1, "kept for the next start");
     assert_eq!(replay(&root, &objects).unwrap().restored.len(), 1);
+}
+
+/// Where the filesystem knows ext4's "top directory" flag, the journals' root has it: each
+/// process's journal (and the inodes of its segments) is placed apart from the objects.
+/// The journal's thread prepares the spare before the first rotation needs it.
+#[test]
+fn the_journals_are_set_apart_and_the_spare_is_prepared_ahead() {
+    use rustix::fs::{ioctl_getflags, ioctl_setflags, IFlags};
+    let tmp = tempfile::tempdir().unwrap();
+    let probe = std::fs::File::open(tmp.path()).unwrap();
+    let supported = ioctl_getflags(&probe)
+        .and_then(|flags| ioctl_setflags(&probe, flags | IFlags::TOPDIR))
+        .is_ok();
+    let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
+    std::fs::create_dir_all(&objects).unwrap();
+    let journal = Journal::open(&root, &objects).unwrap();
+    let flags = ioctl_getflags(std::fs::File::open(&root).unwrap());
+    if supported {
+        assert!(flags.unwrap().contains(IFlags::TOPDIR));
+    } else {
+        eprintln!("this filesystem has no top-directory flag: nothing to check");
+    }
+    let spare = journal.inner.dir.join(SPARE);
+    let prepared = || std::fs::metadata(&spare).is_ok_and(|m| m.len() == PREPARED);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !prepared() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(prepared(), "the spare is prepared by the journal's thread");
+    drop(journal);
 }
