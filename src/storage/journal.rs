@@ -280,6 +280,8 @@ impl Journal {
 
     /// Make sure there is a spare, prepared to twice what the last segment retired held
     /// (`held`; see [`PREPARED`]), before the next rotation needs it (which waits for this).
+    /// A spare longer than [`PREPARED_MAX`] (a burst of large objects) is cut back to it,
+    /// so that the journal does not keep the disk space of its largest second for ever.
     fn prepare_spare(inner: &Inner, held: u64) -> Result<(), StorageError> {
         let _rotating = inner.rotating.lock().expect("journal rotation");
         let path = inner.dir.join(SPARE);
@@ -294,11 +296,13 @@ impl Journal {
                 .open(&path)
                 .map_err(|e| StorageError::io("creating", &path, e))?,
         };
-        let result = prepare(
-            &file,
-            &path,
-            held.saturating_mul(2).clamp(PREPARED, PREPARED_MAX),
-        );
+        let result = cut_back(&file, &path).and_then(|()| {
+            prepare(
+                &file,
+                &path,
+                held.saturating_mul(2).clamp(PREPARED, PREPARED_MAX),
+            )
+        });
         *inner.spare.lock().expect("journal spare") = Some(file);
         result
     }
@@ -324,6 +328,15 @@ fn set_apart(root: &Path) {
     if let Err(e) = set {
         tracing::debug!(error = %e, dir = %root.display(), "journal directories not set apart");
     }
+}
+
+/// Cut a spare longer than [`PREPARED_MAX`] back to that length.
+fn cut_back(file: &std::fs::File, path: &Path) -> Result<(), StorageError> {
+    let error = |e| StorageError::io("truncating", path, e);
+    if file.metadata().map_err(error)?.len() > PREPARED_MAX {
+        file.set_len(PREPARED_MAX).map_err(error)?;
+    }
+    Ok(())
 }
 
 /// Write zeros from the end of `file` up to `len`, and flush them (blocking).

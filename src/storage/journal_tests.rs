@@ -107,8 +107,8 @@ fn a_torn_tail_ends_the_segment_and_a_live_journal_is_left_alone() {
 }
 
 /// Records are written over a prepared segment's zeros, not beyond its end; the spare is
-/// prepared to twice what the last segment held; the zeros after the last record end a
-/// replay's scan.
+/// prepared to twice what the last segment held, and cut back when longer than a spare is
+/// ever prepared to; the zeros after the last record end a replay's scan.
 #[test]
 fn segments_are_prepared_and_records_do_not_grow_them() {
     let tmp = tempfile::tempdir().unwrap();
@@ -134,6 +134,12 @@ fn segments_are_prepared_and_records_do_not_grow_them() {
     Journal::prepare_spare(&journal.inner, PREPARED).unwrap();
     assert_eq!(len(&journal.inner.dir.join(SPARE)), 2 * PREPARED);
     assert_eq!(journal.inner.current.lock().unwrap().seq, 1);
+    // A spare left longer than the most a spare is prepared to is cut back to it.
+    let spare = journal.inner.spare.lock().unwrap().take().unwrap();
+    spare.set_len(PREPARED_MAX + (1 << 20)).unwrap();
+    *journal.inner.spare.lock().unwrap() = Some(spare);
+    Journal::prepare_spare(&journal.inner, PREPARED).unwrap();
+    assert_eq!(len(&journal.inner.dir.join(SPARE)), PREPARED_MAX);
     let last = vec![9u8; 100];
     journal
         .record(&key("1.2.3", &last), &last)
