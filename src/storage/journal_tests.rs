@@ -17,6 +17,23 @@ fn key(study: &str, bytes: &[u8]) -> ObjectKey {
     ObjectKey::new(&crate::model::Uid::parse(study).unwrap(), &digest)
 }
 
+/// A temporary directory with the journals' root (not made) and the objects' (made).
+fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
+    std::fs::create_dir_all(&objects).unwrap();
+    (tmp, root, objects)
+}
+
+/// Record `bytes` under their key in `study` and flush the record.
+fn put(journal: &Journal, study: &str, bytes: &[u8]) {
+    journal
+        .record(&key(study, bytes), bytes)
+        .unwrap()
+        .flush()
+        .unwrap();
+}
+
 /// What a crash leaves: the journal's directory, its segments in place, its lock
 /// released (no clean stop: the journal is never dropped).
 fn crash(journal: Journal) {
@@ -26,9 +43,7 @@ fn crash(journal: Journal) {
 
 #[test]
 fn replay_restores_missing_and_torn_objects_with_their_time_and_keeps_intact_ones() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
-    std::fs::create_dir_all(&objects).unwrap();
+    let (_tmp, root, objects) = dirs();
     let journal = Journal::open_still(&root, &objects).unwrap();
     let blobs: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 1000 + i as usize]).collect();
     let keys: Vec<ObjectKey> = blobs.iter().map(|b| key("1.2.3", b)).collect();
@@ -65,23 +80,13 @@ fn replay_restores_missing_and_torn_objects_with_their_time_and_keeps_intact_one
 
 #[test]
 fn a_torn_tail_ends_the_segment_and_a_live_journal_is_left_alone() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
-    std::fs::create_dir_all(&objects).unwrap();
+    let (_tmp, root, objects) = dirs();
     let journal = Journal::open_still(&root, &objects).unwrap();
     let (a, b) = (vec![1u8; 500], vec![2u8; 700]);
-    journal
-        .record(&key("1.2.3", &a), &a)
-        .unwrap()
-        .flush()
-        .unwrap();
-    journal
-        .record(&key("1.2.4", &b), &b)
-        .unwrap()
-        .flush()
-        .unwrap();
+    put(&journal, "1.2.3", &a);
+    put(&journal, "1.2.4", &b);
     let live = Journal::open_still(&root, &objects).unwrap();
-    live.record(&key("1.2.5", &a), &a).unwrap().flush().unwrap();
+    put(&live, "1.2.5", &a);
     let (segment, end) = {
         let current = journal.inner.current.lock().unwrap();
         let end = current.state.lock().unwrap().end;
@@ -111,9 +116,7 @@ fn a_torn_tail_ends_the_segment_and_a_live_journal_is_left_alone() {
 /// ever prepared to; the zeros after the last record end a replay's scan.
 #[test]
 fn segments_are_prepared_and_records_do_not_grow_them() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
-    std::fs::create_dir_all(&objects).unwrap();
+    let (_tmp, root, objects) = dirs();
     let journal = Journal::open_still(&root, &objects).unwrap();
     let len = |p: &Path| std::fs::metadata(p).unwrap().len();
     let first = journal.inner.current.lock().unwrap().path.clone();
@@ -141,11 +144,7 @@ fn segments_are_prepared_and_records_do_not_grow_them() {
     Journal::prepare_spare(&journal.inner, PREPARED).unwrap();
     assert_eq!(len(&journal.inner.dir.join(SPARE)), PREPARED_MAX);
     let last = vec![9u8; 100];
-    journal
-        .record(&key("1.2.3", &last), &last)
-        .unwrap()
-        .flush()
-        .unwrap();
+    put(&journal, "1.2.3", &last);
     crash(journal);
     let report = replay(&root, &objects).unwrap();
     assert_eq!(
@@ -160,9 +159,7 @@ fn segments_are_prepared_and_records_do_not_grow_them() {
 
 #[test]
 fn a_reused_segment_replays_only_its_own_records() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
-    std::fs::create_dir_all(&objects).unwrap();
+    let (_tmp, root, objects) = dirs();
     let journal = Journal::open_still(&root, &objects).unwrap();
     let blobs = [vec![1u8; 3000], vec![2u8; 3000], vec![3u8; 100]];
     for (n, blob) in blobs.iter().enumerate() {
@@ -193,9 +190,7 @@ fn a_reused_segment_replays_only_its_own_records() {
 
 #[test]
 fn concurrent_records_are_all_durable_and_rotation_retires_a_segment_after_its_puts() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
-    std::fs::create_dir_all(&objects).unwrap();
+    let (_tmp, root, objects) = dirs();
     let journal = Arc::new(Journal::open_still(&root, &objects).unwrap());
     let threads: Vec<_> = (0..8u8)
         .map(|t| {
@@ -203,11 +198,7 @@ fn concurrent_records_are_all_durable_and_rotation_retires_a_segment_after_its_p
             std::thread::spawn(move || {
                 for i in 0..25u8 {
                     let blob = vec![t, i, 7];
-                    journal
-                        .record(&key("1.2.3", &blob), &blob)
-                        .unwrap()
-                        .flush()
-                        .unwrap();
+                    put(&journal, "1.2.3", &blob);
                 }
             })
         })
@@ -242,8 +233,7 @@ fn replay_gives_an_object_the_time_of_its_last_record() {
     // Stored, deleted, sent again: recovery compares the later record's time with the
     // delete, whether the file survived (with its first time) or has to be written again.
     for file_survived in [true, false] {
-        let tmp = tempfile::tempdir().unwrap();
-        let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
+        let (_tmp, root, objects) = dirs();
         std::fs::create_dir_all(objects.join("1.2.3")).unwrap();
         let journal = Journal::open_still(&root, &objects).unwrap();
         let blob = vec![9u8; 2000];
@@ -276,9 +266,7 @@ fn replay_gives_an_object_the_time_of_its_last_record() {
 #[test]
 fn a_deleted_object_stays_deleted_unless_it_was_put_again() {
     for put_again in [false, true] {
-        let tmp = tempfile::tempdir().unwrap();
-        let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
-        std::fs::create_dir_all(&objects).unwrap();
+        let (_tmp, root, objects) = dirs();
         let journal = Journal::open_still(&root, &objects).unwrap();
         let blob = vec![5u8; 1500];
         let k = key("1.2.3", &blob);
@@ -288,11 +276,7 @@ fn a_deleted_object_stays_deleted_unless_it_was_put_again() {
             journal.record(&k, &blob).unwrap().flush().unwrap();
         }
         let other = vec![6u8; 10];
-        journal
-            .record(&key("1.2.3", &other), &other)
-            .unwrap()
-            .flush()
-            .unwrap();
+        put(&journal, "1.2.3", &other);
         crash(journal);
         let report = replay(&root, &objects).unwrap();
         assert_eq!(report.deleted, usize::from(!put_again));
@@ -317,16 +301,10 @@ fn a_replay_waits_for_one_in_progress() {
 
 #[test]
 fn a_segment_that_could_not_be_retired_survives_a_clean_stop() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
-    std::fs::create_dir_all(&objects).unwrap();
+    let (_tmp, root, objects) = dirs();
     let journal = Journal::open_still(&root, &objects).unwrap();
     let blob = vec![4u8; 100];
-    journal
-        .record(&key("1.2.3", &blob), &blob)
-        .unwrap()
-        .flush()
-        .unwrap();
+    put(&journal, "1.2.3", &blob);
     // The retirement's rename fails: the segment is gone from under it.
     let segment = journal.inner.current.lock().unwrap().path.clone();
     let moved = segment.with_extension("moved");
@@ -344,13 +322,11 @@ fn a_segment_that_could_not_be_retired_survives_a_clean_stop() {
 #[test]
 fn the_journals_are_set_apart_and_the_spare_is_prepared_ahead() {
     use rustix::fs::{ioctl_getflags, ioctl_setflags, IFlags};
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, root, objects) = dirs();
     let probe = std::fs::File::open(tmp.path()).unwrap();
     let supported = ioctl_getflags(&probe)
         .and_then(|flags| ioctl_setflags(&probe, flags | IFlags::TOPDIR))
         .is_ok();
-    let (root, objects) = (tmp.path().join("journal"), tmp.path().join("objects"));
-    std::fs::create_dir_all(&objects).unwrap();
     let journal = Journal::open(&root, &objects).unwrap();
     let flags = ioctl_getflags(std::fs::File::open(&root).unwrap());
     if supported {
